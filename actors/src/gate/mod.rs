@@ -1,0 +1,7 @@
+//! The gate: its vocabulary ([`types`]) and its pure state machine ([`machine`]).
+
+pub mod machine;
+pub mod types;
+
+
+pub use types::*;

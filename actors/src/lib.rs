@@ -1,0 +1,7 @@
+//! Gatehouse's domain and actor tree: the pure gate state machine, the supervision toolkit,
+//! and the actors (fleet, controller, link, gate). No I/O of its own: the outside world is
+//! reached through the traits in [`ports`], implemented in `gatehouse-adapters`.
+
+pub mod gate;
+pub mod ids;
+pub mod ports;

@@ -1,0 +1,66 @@
+//! Ports: the traits through which actors reach the outside world. `adapters/` implements
+//! them; actors never see Modbus frames, sockets or SQL.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use crate::gate::{HwOp, Observation};
+
+/// A boxed, sendable future: the ports are used as trait objects.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A transport failure. It is the link's problem: the link actor crashes on it and its
+/// supervisor restarts it with backoff. Never used for one unit's refusal.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LinkError {
+    #[error("cannot connect to {endpoint}: {reason}")]
+    Connect { endpoint: String, reason: String },
+    #[error("no response within {0:?}")]
+    Timeout(Duration),
+    #[error("i/o error: {0}")]
+    Io(String),
+    #[error("malformed response: {0}")]
+    Protocol(String),
+}
+
+/// One unit's refusal: a Modbus exception code (2 illegal address, 4 device failure,
+/// 11 gateway target failed to respond, ...). It is that gate's problem, not the link's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("controller exception {0}")]
+pub struct UnitException(pub u8);
+
+/// A unit's answer: a value, or its exception.
+pub type UnitResult<T> = Result<T, UnitException>;
+
+/// A confirmed write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteDone {
+    /// The write was a pulse (a coil set on): it must be set back after this long, and set
+    /// back on reconnect if the link dropped first.
+    pub release_after: Option<Duration>,
+}
+
+/// Opens sessions to one controller. Built once per controller with its gates (index =
+/// position in the controller's gate list); reused by every restart of the link actor.
+pub trait LinkConnector: Send + Sync + 'static {
+    /// Where the controller is, for logs.
+    fn endpoint(&self) -> String;
+    fn connect(&self) -> BoxFuture<'_, Result<Box<dyn LinkSession>, LinkError>>;
+}
+
+/// One open connection to a controller. Transactions are serialized by the caller (the link
+/// actor); each has its own timeout inside the adapter.
+pub trait LinkSession: Send + 'static {
+    /// Reads gate `gate`'s status: one read per contiguous register block of its unit.
+    fn read(&mut self, gate: usize) -> BoxFuture<'_, Result<UnitResult<Observation>, LinkError>>;
+    /// Writes `op` to gate `gate` as its profile says.
+    fn write(
+        &mut self,
+        gate: usize,
+        op: HwOp,
+    ) -> BoxFuture<'_, Result<UnitResult<WriteDone>, LinkError>>;
+    /// Sets a pulsed output of `op` back (coil off).
+    fn release(&mut self, gate: usize, op: HwOp)
+    -> BoxFuture<'_, Result<UnitResult<()>, LinkError>>;
+}

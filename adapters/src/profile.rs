@@ -1,0 +1,610 @@
+//! Controller register profiles: how a controller model lays out its status block and how
+//! commands are written. A new controller model is a new TOML file in `config/profiles/`,
+//! never new code. Profiles are validated at load; every error names the file and the key.
+//!
+//! The same profile drives both ends: the Modbus link decodes readings with it, and the
+//! simulator encodes its gates' physics into registers with it.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gatehouse_actors::gate::{Capabilities, HwOp, HwState, Observation, RawCounter};
+use serde::Deserialize;
+
+/// Modbus allows at most 125 registers in one read.
+pub const MAX_BLOCK_LEN: u16 = 125;
+
+/// The profiles shipped with Gatehouse, embedded so that the binary runs from any directory.
+const BUILTIN: &[(&str, &str)] = &[
+    ("generic", include_str!("../../config/profiles/generic.toml")),
+    ("ha-cover", include_str!("../../config/profiles/ha-cover.toml")),
+    ("came-zlb30", include_str!("../../config/profiles/came-zlb30.toml")),
+];
+
+/// A profile that failed to load: the file, the key, and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("profile {file}: {key}: {message}")]
+pub struct ProfileError {
+    pub file: String,
+    /// A dotted path such as `commands.open.pulse_ms`, or `(file)` for the file as a whole.
+    pub key: String,
+    pub message: String,
+}
+
+/// Which register table the status block is read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Table {
+    Holding,
+    Input,
+}
+
+/// Which word of a 32-bit counter comes first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WordOrder {
+    LowFirst,
+    HighFirst,
+}
+
+/// The file as written. `deny_unknown_fields` everywhere: a typo is an error, not a default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProfileFile {
+    name: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default = "default_poll_interval_ms")]
+    poll_interval_ms: u64,
+    #[serde(default = "default_fast_poll_interval_ms")]
+    fast_poll_interval_ms: u64,
+    #[serde(default = "default_request_timeout_ms")]
+    request_timeout_ms: u64,
+    #[serde(default)]
+    inter_frame_delay_ms: u64,
+    #[serde(default = "default_true")]
+    entrapment_protection: bool,
+    status: StatusSpec,
+    position: Option<PositionSpec>,
+    obstruction: Option<BitSpec>,
+    fault_code: Option<RegisterSpec>,
+    cycles: Option<CyclesSpec>,
+    commands: CommandsSpec,
+}
+
+fn default_poll_interval_ms() -> u64 {
+    1000
+}
+fn default_fast_poll_interval_ms() -> u64 {
+    100
+}
+fn default_request_timeout_ms() -> u64 {
+    1000
+}
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatusSpec {
+    #[serde(default = "default_table")]
+    table: Table,
+    register: u16,
+    values: StatusValues,
+}
+
+fn default_table() -> Table {
+    Table::Holding
+}
+
+/// Status register values per state. A state may have several values (CAME's 18 "partly
+/// open" and 19 "stopped" both mean stopped); values not listed decode to `unknown`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatusValues {
+    closed: Vec<u16>,
+    open: Vec<u16>,
+    opening: Vec<u16>,
+    closing: Vec<u16>,
+    #[serde(default)]
+    stopped: Vec<u16>,
+    #[serde(default)]
+    fault: Vec<u16>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PositionSpec {
+    register: u16,
+    /// The raw value that means fully open (100 for a percentage, 1000 for per mille).
+    #[serde(default = "default_position_max")]
+    max: u16,
+}
+
+fn default_position_max() -> u16 {
+    100
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BitSpec {
+    register: u16,
+    bit: u8,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegisterSpec {
+    register: u16,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CyclesSpec {
+    register: u16,
+    /// 1 (16-bit, wraps at 65,535) or 2 (32-bit).
+    words: u8,
+    #[serde(default = "default_word_order")]
+    word_order: WordOrder,
+}
+
+fn default_word_order() -> WordOrder {
+    WordOrder::LowFirst
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CommandsSpec {
+    open: WriteSpec,
+    close: WriteSpec,
+    stop: WriteSpec,
+    reset: Option<WriteSpec>,
+    warn: Option<WriteSpec>,
+}
+
+/// How one command is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum WriteSpec {
+    /// Write `value` to holding register `register` (function 6).
+    Register { register: u16, value: u16 },
+    /// Set coil `coil` on (function 5), and off again after `pulse_ms`.
+    Coil { coil: u16, pulse_ms: u64 },
+}
+
+/// A validated profile.
+#[derive(Debug, Clone)]
+pub struct Profile {
+    /// The file stem: what a fleet file names (`profile = "came-zlb30"`).
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub poll_interval: Duration,
+    pub fast_poll_interval: Duration,
+    pub request_timeout: Duration,
+    pub inter_frame_delay: Duration,
+    pub table: Table,
+    /// First register of the status block, and its length: one read per poll.
+    pub block_start: u16,
+    pub block_len: u16,
+    entrapment_protection: bool,
+    status: StatusSpec,
+    position: Option<PositionSpec>,
+    obstruction: Option<BitSpec>,
+    fault_code: Option<RegisterSpec>,
+    cycles: Option<CyclesSpec>,
+    commands: CommandsSpec,
+}
+
+impl Profile {
+    /// Parses and validates one profile. `file` names it in errors.
+    pub fn parse(id: &str, file: &str, text: &str) -> Result<Profile, ProfileError> {
+        let err = |key: &str, message: String| ProfileError {
+            file: file.to_string(),
+            key: key.to_string(),
+            message,
+        };
+        let de = toml::Deserializer::parse(text).map_err(|e| err("(file)", e.to_string()))?;
+        let raw: ProfileFile = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let key = if path == "." { "(file)".to_string() } else { path };
+            err(&key, e.into_inner().message().to_string())
+        })?;
+
+        if raw.name.trim().is_empty() {
+            return Err(err("name", "must not be empty".into()));
+        }
+        for (key, v, min) in [
+            ("poll_interval_ms", raw.poll_interval_ms, 10),
+            ("fast_poll_interval_ms", raw.fast_poll_interval_ms, 10),
+            ("request_timeout_ms", raw.request_timeout_ms, 10),
+        ] {
+            if !(min..=600_000).contains(&v) {
+                return Err(err(key, format!("must be between {min} and 600000, got {v}")));
+            }
+        }
+        if raw.fast_poll_interval_ms > raw.poll_interval_ms {
+            return Err(err(
+                "fast_poll_interval_ms",
+                "must not be longer than poll_interval_ms".into(),
+            ));
+        }
+        if raw.inter_frame_delay_ms > 10_000 {
+            return Err(err("inter_frame_delay_ms", "must be at most 10000".into()));
+        }
+
+        // Status values: every motion state named, no value claimed by two states.
+        let v = &raw.status.values;
+        let mut seen: BTreeMap<u16, &str> = BTreeMap::new();
+        for (state, values) in [
+            ("closed", &v.closed),
+            ("open", &v.open),
+            ("opening", &v.opening),
+            ("closing", &v.closing),
+            ("stopped", &v.stopped),
+            ("fault", &v.fault),
+        ] {
+            let required = matches!(state, "closed" | "open" | "opening" | "closing");
+            if required && values.is_empty() {
+                return Err(err(
+                    &format!("status.values.{state}"),
+                    "must list at least one value".into(),
+                ));
+            }
+            for value in values {
+                if let Some(other) = seen.insert(*value, state) {
+                    return Err(err(
+                        &format!("status.values.{state}"),
+                        format!("value {value} is already used by status.values.{other}"),
+                    ));
+                }
+            }
+        }
+
+        if let Some(p) = raw.position
+            && p.max == 0
+        {
+            return Err(err("position.max", "must be greater than 0".into()));
+        }
+        if let Some(b) = raw.obstruction
+            && b.bit > 15
+        {
+            return Err(err("obstruction.bit", format!("must be 0..=15, got {}", b.bit)));
+        }
+        if let Some(c) = raw.cycles
+            && !(1..=2).contains(&c.words)
+        {
+            return Err(err("cycles.words", format!("must be 1 or 2, got {}", c.words)));
+        }
+
+        for (key, spec) in [
+            ("commands.open", Some(&raw.commands.open)),
+            ("commands.close", Some(&raw.commands.close)),
+            ("commands.stop", Some(&raw.commands.stop)),
+            ("commands.reset", raw.commands.reset.as_ref()),
+            ("commands.warn", raw.commands.warn.as_ref()),
+        ] {
+            if let Some(WriteSpec::Coil { pulse_ms, .. }) = spec
+                && !(1..=60_000).contains(pulse_ms)
+            {
+                return Err(err(
+                    &format!("{key}.pulse_ms"),
+                    format!("must be between 1 and 60000, got {pulse_ms}"),
+                ));
+            }
+        }
+        let writes = raw.commands.all();
+        for (i, (op_a, a)) in writes.iter().enumerate() {
+            for (op_b, b) in &writes[i + 1..] {
+                let clash = match (a, b) {
+                    (WriteSpec::Coil { coil: x, .. }, WriteSpec::Coil { coil: y, .. }) => x == y,
+                    (
+                        WriteSpec::Register { register: r, value: x },
+                        WriteSpec::Register { register: s, value: y },
+                    ) => r == s && x == y,
+                    _ => false,
+                };
+                if clash {
+                    return Err(err(
+                        &format!("commands.{}", op_b.as_str()),
+                        format!("writes the same thing as commands.{}", op_a.as_str()),
+                    ));
+                }
+            }
+        }
+
+        // The status block: every status register, read at once.
+        let mut regs = vec![raw.status.register];
+        regs.extend(raw.position.map(|p| p.register));
+        regs.extend(raw.obstruction.map(|b| b.register));
+        regs.extend(raw.fault_code.map(|f| f.register));
+        if let Some(c) = raw.cycles {
+            regs.push(c.register);
+            if c.words == 2 {
+                let Some(next) = c.register.checked_add(1) else {
+                    return Err(err("cycles.register", "a 2-word counter cannot start at 65535".into()));
+                };
+                regs.push(next);
+            }
+        }
+        let start = regs.iter().copied().min().unwrap_or(raw.status.register);
+        let end = regs.iter().copied().max().unwrap_or(raw.status.register);
+        let len = end - start + 1;
+        if len > MAX_BLOCK_LEN {
+            return Err(err(
+                "status.register",
+                format!(
+                    "status registers span {start}..={end} ({len} registers); one read takes at most {MAX_BLOCK_LEN}"
+                ),
+            ));
+        }
+
+        Ok(Profile {
+            id: id.to_string(),
+            name: raw.name,
+            description: raw.description,
+            poll_interval: Duration::from_millis(raw.poll_interval_ms),
+            fast_poll_interval: Duration::from_millis(raw.fast_poll_interval_ms),
+            request_timeout: Duration::from_millis(raw.request_timeout_ms),
+            inter_frame_delay: Duration::from_millis(raw.inter_frame_delay_ms),
+            table: raw.status.table,
+            block_start: start,
+            block_len: len,
+            entrapment_protection: raw.entrapment_protection,
+            status: raw.status,
+            position: raw.position,
+            obstruction: raw.obstruction,
+            fault_code: raw.fault_code,
+            cycles: raw.cycles,
+            commands: raw.commands,
+        })
+    }
+
+    pub fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            reset: self.commands.reset.is_some(),
+            warning_output: self.commands.warn.is_some(),
+            entrapment_protection: self.entrapment_protection,
+        }
+    }
+
+    /// How `op` is written, if the profile can write it.
+    pub fn write_spec(&self, op: HwOp) -> Option<WriteSpec> {
+        match op {
+            HwOp::Open => Some(self.commands.open),
+            HwOp::Close => Some(self.commands.close),
+            HwOp::Stop => Some(self.commands.stop),
+            HwOp::Reset => self.commands.reset,
+            HwOp::Warn => self.commands.warn,
+        }
+    }
+
+    /// Which command a register write means (for the simulator).
+    pub fn op_for_register(&self, register: u16, value: u16) -> Option<HwOp> {
+        self.commands.all().into_iter().find_map(|(op, spec)| match spec {
+            WriteSpec::Register { register: r, value: v } if r == register && v == value => Some(op),
+            _ => None,
+        })
+    }
+
+    /// Which command a coil belongs to (for the simulator).
+    pub fn op_for_coil(&self, coil: u16) -> Option<HwOp> {
+        self.commands.all().into_iter().find_map(|(op, spec)| match spec {
+            WriteSpec::Coil { coil: c, .. } if c == coil => Some(op),
+            _ => None,
+        })
+    }
+
+    /// Whether `register` is one the profile writes commands to (for the simulator).
+    pub fn is_command_register(&self, register: u16) -> bool {
+        self.commands
+            .all()
+            .into_iter()
+            .any(|(_, s)| matches!(s, WriteSpec::Register { register: r, .. } if r == register))
+    }
+
+    /// Decodes a status block read from `block_start` (`block.len() == block_len`).
+    pub fn decode(&self, block: &[u16]) -> Result<Observation, String> {
+        if block.len() != usize::from(self.block_len) {
+            return Err(format!(
+                "expected {} registers, got {}",
+                self.block_len,
+                block.len()
+            ));
+        }
+        let at = |register: u16| block[usize::from(register - self.block_start)];
+        let raw = at(self.status.register);
+        let v = &self.status.values;
+        let state = [
+            (&v.closed, HwState::Closed),
+            (&v.open, HwState::Open),
+            (&v.opening, HwState::Opening),
+            (&v.closing, HwState::Closing),
+            (&v.stopped, HwState::Stopped),
+            (&v.fault, HwState::Fault),
+        ]
+        .into_iter()
+        .find_map(|(values, state)| values.contains(&raw).then_some(state))
+        .unwrap_or(HwState::Unknown);
+        let position = self.position.map(|p| {
+            let raw = u32::from(at(p.register).min(p.max));
+            // Rounded to the nearest whole percent.
+            ((raw * 100 + u32::from(p.max) / 2) / u32::from(p.max)) as u8
+        });
+        let obstructed = self
+            .obstruction
+            .is_some_and(|b| at(b.register) & (1 << b.bit) != 0);
+        let fault_code = self
+            .fault_code
+            .map(|f| at(f.register))
+            .filter(|code| *code != 0);
+        let cycles = self.cycles.map(|c| {
+            if c.words == 1 {
+                RawCounter {
+                    value: u32::from(at(c.register)),
+                    bits: 16,
+                }
+            } else {
+                let (first, second) = (at(c.register), at(c.register + 1));
+                let (lo, hi) = match c.word_order {
+                    WordOrder::LowFirst => (first, second),
+                    WordOrder::HighFirst => (second, first),
+                };
+                RawCounter {
+                    value: u32::from(hi) << 16 | u32::from(lo),
+                    bits: 32,
+                }
+            }
+        });
+        Ok(Observation {
+            state,
+            position,
+            obstructed,
+            fault_code,
+            cycles,
+        })
+    }
+
+    /// Encodes what a gate shows into its status block (the inverse of [`Profile::decode`],
+    /// for the simulator). States without a value of their own fall back sensibly: a
+    /// profile without `stopped` reports a stopped gate as opening's neighbour `open`.
+    pub fn encode(&self, obs: &Observation) -> Vec<u16> {
+        let mut block = vec![0u16; usize::from(self.block_len)];
+        let start = self.block_start;
+        let mut put = |register: u16, value: u16| block[usize::from(register - start)] = value;
+        let v = &self.status.values;
+        let first = |values: &Vec<u16>| values.first().copied();
+        let status = match obs.state {
+            HwState::Closed => first(&v.closed),
+            HwState::Open => first(&v.open),
+            HwState::Opening => first(&v.opening),
+            HwState::Closing => first(&v.closing),
+            HwState::Stopped => first(&v.stopped).or(first(&v.open)),
+            HwState::Fault => first(&v.fault).or(first(&v.stopped)).or(first(&v.open)),
+            HwState::Unknown => None,
+        };
+        // An unnamed value for unknown: one past the largest named value.
+        let unknown = [&v.closed, &v.open, &v.opening, &v.closing, &v.stopped, &v.fault]
+            .iter()
+            .flat_map(|vs| vs.iter().copied())
+            .max()
+            .map_or(0xFFFF, |m| m.wrapping_add(1));
+        put(self.status.register, status.unwrap_or(unknown));
+        if let (Some(p), Some(pos)) = (self.position, obs.position) {
+            put(
+                p.register,
+                ((u32::from(pos.min(100)) * u32::from(p.max) + 50) / 100) as u16,
+            );
+        }
+        if let Some(b) = self.obstruction
+            && obs.obstructed
+        {
+            let i = usize::from(b.register - start);
+            block[i] |= 1 << b.bit;
+        }
+        if let (Some(f), Some(code)) = (self.fault_code, obs.fault_code) {
+            let i = usize::from(f.register - start);
+            block[i] = code;
+        }
+        if let (Some(c), Some(counter)) = (self.cycles, obs.cycles) {
+            let i = usize::from(c.register - start);
+            if c.words == 1 {
+                block[i] = counter.value as u16;
+            } else {
+                let (lo, hi) = (counter.value as u16, (counter.value >> 16) as u16);
+                let (a, b) = match c.word_order {
+                    WordOrder::LowFirst => (lo, hi),
+                    WordOrder::HighFirst => (hi, lo),
+                };
+                block[i] = a;
+                block[i + 1] = b;
+            }
+        }
+        block
+    }
+
+    /// The width of the cycle counter in bits, if the profile has one.
+    pub fn cycle_bits(&self) -> Option<u8> {
+        self.cycles.map(|c| if c.words == 1 { 16 } else { 32 })
+    }
+}
+
+impl CommandsSpec {
+    fn all(&self) -> Vec<(HwOp, WriteSpec)> {
+        let mut v = vec![
+            (HwOp::Open, self.open),
+            (HwOp::Close, self.close),
+            (HwOp::Stop, self.stop),
+        ];
+        v.extend(self.reset.map(|s| (HwOp::Reset, s)));
+        v.extend(self.warn.map(|s| (HwOp::Warn, s)));
+        v
+    }
+}
+
+/// The profiles a process knows, by id.
+#[derive(Debug, Clone, Default)]
+pub struct ProfileSet {
+    profiles: BTreeMap<String, Arc<Profile>>,
+}
+
+impl ProfileSet {
+    /// The profiles shipped in the binary.
+    pub fn builtin() -> Result<ProfileSet, ProfileError> {
+        let mut set = ProfileSet::default();
+        for (id, text) in BUILTIN {
+            let p = Profile::parse(id, &format!("config/profiles/{id}.toml"), text)?;
+            set.profiles.insert(id.to_string(), Arc::new(p));
+        }
+        Ok(set)
+    }
+
+    /// Adds (or overrides) every `*.toml` in `dir`, named by file stem.
+    pub fn load_dir(&mut self, dir: &Path) -> Result<(), ProfileError> {
+        let io = |key: &str, e: std::io::Error| ProfileError {
+            file: dir.display().to_string(),
+            key: key.to_string(),
+            message: e.to_string(),
+        };
+        let mut paths: Vec<_> = std::fs::read_dir(dir)
+            .map_err(|e| io("(directory)", e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        paths.sort();
+        for path in paths {
+            let file = path.display().to_string();
+            let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+            if gatehouse_actors::ids::validate_slug(stem).is_err() {
+                return Err(ProfileError {
+                    file,
+                    key: "(file name)".into(),
+                    message: "a profile's file stem is its id and must be a slug ([a-z0-9][a-z0-9-]*)".into(),
+                });
+            }
+            let text = std::fs::read_to_string(&path).map_err(|e| ProfileError {
+                file: file.clone(),
+                key: "(file)".into(),
+                message: e.to_string(),
+            })?;
+            let p = Profile::parse(stem, &file, &text)?;
+            self.profiles.insert(stem.to_string(), Arc::new(p));
+        }
+        Ok(())
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Arc<Profile>> {
+        self.profiles.get(id)
+    }
+
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        self.profiles.keys().map(String::as_str)
+    }
+
+    pub fn insert(&mut self, profile: Profile) {
+        self.profiles.insert(profile.id.clone(), Arc::new(profile));
+    }
+}
