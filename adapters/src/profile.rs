@@ -210,8 +210,19 @@ impl Profile {
         let de = toml::Deserializer::parse(text).map_err(|e| err("(file)", e.to_string()))?;
         let raw: ProfileFile = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
-            let key = if path == "." { "(file)".to_string() } else { path };
-            err(&key, e.into_inner().message().to_string())
+            let message = e.into_inner().message().to_string();
+            // serde reports a missing key at its parent table; the key itself is what the
+            // author has to add, so name it.
+            let missing = message
+                .strip_prefix("missing field `")
+                .and_then(|rest| rest.strip_suffix('`'));
+            let key = match (path.as_str(), missing) {
+                (".", Some(field)) => field.to_string(),
+                (".", None) => "(file)".to_string(),
+                (_, Some(field)) => format!("{path}.{field}"),
+                (_, None) => path,
+            };
+            err(&key, message)
         })?;
 
         if raw.name.trim().is_empty() {
@@ -606,5 +617,257 @@ impl ProfileSet {
 
     pub fn insert(&mut self, profile: Profile) {
         self.profiles.insert(profile.id.clone(), Arc::new(profile));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small valid profile; each validation test breaks exactly one thing in it.
+    const BASE: &str = r#"
+name = "test board"
+
+[status]
+register = 10
+values = { closed = [0], open = [1], opening = [2], closing = [3], stopped = [4], fault = [5] }
+
+[position]
+register = 11
+
+[cycles]
+register = 12
+words = 2
+
+[commands]
+open = { kind = "register", register = 20, value = 1 }
+close = { kind = "register", register = 20, value = 2 }
+stop = { kind = "coil", coil = 3, pulse_ms = 250 }
+"#;
+
+    fn parse_err(text: &str) -> ProfileError {
+        match Profile::parse("t", "profiles/t.toml", text) {
+            Ok(_) => panic!("expected an error for:\n{text}"),
+            Err(e) => e,
+        }
+    }
+
+    fn builtin(id: &str) -> Arc<Profile> {
+        ProfileSet::builtin().unwrap().get(id).unwrap().clone()
+    }
+
+    #[test]
+    fn base_profile_is_valid() {
+        let p = Profile::parse("t", "profiles/t.toml", BASE).unwrap();
+        assert_eq!((p.block_start, p.block_len), (10, 4));
+        assert_eq!(
+            p.write_spec(HwOp::Stop),
+            Some(WriteSpec::Coil { coil: 3, pulse_ms: 250 })
+        );
+        assert_eq!(p.write_spec(HwOp::Reset), None);
+    }
+
+    #[test]
+    fn builtin_set_loads() {
+        let set = ProfileSet::builtin().unwrap();
+        let ids: Vec<_> = set.ids().collect();
+        assert_eq!(ids, ["came-zlb30", "generic", "ha-cover"]);
+        let came = set.get("came-zlb30").unwrap();
+        assert_eq!((came.block_start, came.block_len), (100, 6));
+        assert_eq!(came.table, Table::Holding);
+        assert_eq!(came.request_timeout, Duration::from_millis(800));
+        let ha = set.get("ha-cover").unwrap();
+        assert_eq!((ha.block_start, ha.block_len), (1, 1));
+        assert_eq!(ha.write_spec(HwOp::Warn), None);
+        let generic = set.get("generic").unwrap();
+        assert!(generic.capabilities().reset && generic.capabilities().warning_output);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = parse_err(&BASE.replace("register = 11", "register = 11\ncolour = 3"));
+        assert_eq!(e.file, "profiles/t.toml");
+        assert_eq!(e.key, "position.colour", "{e}");
+        assert!(e.message.contains("colour"), "{e}");
+
+        let e = parse_err(&format!("polling_ms = 5\n{BASE}"));
+        assert_eq!(e.key, "polling_ms", "{e}");
+    }
+
+    #[test]
+    fn missing_open_command_is_named() {
+        let text = BASE.replace("open = { kind = \"register\", register = 20, value = 1 }\n", "");
+        let e = parse_err(&text);
+        assert_eq!(e.file, "profiles/t.toml");
+        assert_eq!(e.key, "commands.open", "{e}");
+
+        let e = parse_err(&BASE.replace("name = \"test board\"", ""));
+        assert_eq!(e.key, "name", "{e}");
+    }
+
+    #[test]
+    fn duplicate_status_value_is_named() {
+        let e = parse_err(&BASE.replace("stopped = [4]", "stopped = [4, 1]"));
+        assert_eq!(e.file, "profiles/t.toml");
+        assert_eq!(e.key, "status.values.stopped", "{e}");
+        assert!(e.message.contains("status.values.open"), "{e}");
+    }
+
+    #[test]
+    fn bad_cycle_word_count_is_named() {
+        for words in ["0", "3"] {
+            let e = parse_err(&BASE.replace("words = 2", &format!("words = {words}")));
+            assert_eq!(e.key, "cycles.words", "{e}");
+            assert!(e.message.contains(words), "{e}");
+        }
+    }
+
+    #[test]
+    fn block_longer_than_one_read_is_refused() {
+        // 10..=135 is 126 registers; 10..=134 (125) is still fine.
+        let e = parse_err(&BASE.replace("register = 11", "register = 135"));
+        assert_eq!(e.key, "status.register", "{e}");
+        assert!(e.message.contains("126"), "{e}");
+        let p = Profile::parse("t", "t", &BASE.replace("register = 11", "register = 134")).unwrap();
+        assert_eq!(p.block_len, MAX_BLOCK_LEN);
+    }
+
+    #[test]
+    fn zero_coil_pulse_is_named() {
+        let e = parse_err(&BASE.replace("pulse_ms = 250", "pulse_ms = 0"));
+        assert_eq!(e.file, "profiles/t.toml");
+        assert_eq!(e.key, "commands.stop.pulse_ms", "{e}");
+    }
+
+    #[test]
+    fn load_dir_refuses_a_stem_that_is_not_a_slug() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("Came_ZLB30.toml");
+        std::fs::write(&bad, BASE).unwrap();
+        let mut set = ProfileSet::default();
+        let e = set.load_dir(dir.path()).unwrap_err();
+        assert_eq!(e.file, bad.display().to_string());
+        assert_eq!(e.key, "(file name)");
+    }
+
+    #[test]
+    fn load_dir_names_the_file_of_a_broken_profile_and_loads_good_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("my-board.toml"), BASE).unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "not a profile").unwrap();
+        let mut set = ProfileSet::builtin().unwrap();
+        set.load_dir(dir.path()).unwrap();
+        assert_eq!(set.get("my-board").unwrap().name, "test board");
+        assert!(set.get("generic").is_some());
+
+        let broken = dir.path().join("zz-broken.toml");
+        std::fs::write(&broken, BASE.replace("words = 2", "words = 5")).unwrap();
+        let e = set.load_dir(dir.path()).unwrap_err();
+        assert_eq!(e.file, broken.display().to_string());
+        assert_eq!(e.key, "cycles.words");
+    }
+
+    /// The states `p` has a status value of its own for (`unknown` always: an unnamed value).
+    fn expressible(p: &Profile) -> Vec<HwState> {
+        let v = &p.status.values;
+        let mut states = vec![
+            HwState::Closed,
+            HwState::Opening,
+            HwState::Open,
+            HwState::Closing,
+            HwState::Unknown,
+        ];
+        if !v.stopped.is_empty() {
+            states.push(HwState::Stopped);
+        }
+        if !v.fault.is_empty() {
+            states.push(HwState::Fault);
+        }
+        states
+    }
+
+    #[test]
+    fn decode_inverts_encode_for_every_builtin_profile() {
+        let set = ProfileSet::builtin().unwrap();
+        for id in ["generic", "ha-cover", "came-zlb30"] {
+            let p = set.get(id).unwrap();
+            let states = expressible(p);
+            assert!(states.len() >= 5, "{id}");
+            for state in states {
+                for (position, obstructed, fault, counter) in [
+                    (0u8, false, 0u16, 0u32),
+                    (37, true, 9, 0x0001_5678),
+                    (100, false, 0xFFFF, 0xFFFF_FFFF),
+                ] {
+                    let counter = match p.cycle_bits() {
+                        Some(16) => Some(RawCounter { value: counter & 0xFFFF, bits: 16 }),
+                        Some(bits) => Some(RawCounter { value: counter, bits }),
+                        None => None,
+                    };
+                    let obs = Observation {
+                        state,
+                        position: p.position.map(|_| position),
+                        obstructed: obstructed && p.obstruction.is_some(),
+                        fault_code: p.fault_code.and((fault != 0).then_some(fault)),
+                        cycles: counter,
+                    };
+                    let block = p.encode(&obs);
+                    assert_eq!(block.len(), usize::from(p.block_len), "{id}");
+                    assert_eq!(p.decode(&block).unwrap(), obs, "{id} {state:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn decode_refuses_a_block_of_the_wrong_length() {
+        let p = builtin("came-zlb30");
+        assert!(p.decode(&[17, 0, 0, 0, 0]).is_err());
+        assert!(p.decode(&[17, 0, 0, 0, 0, 0, 0]).is_err());
+    }
+
+    #[test]
+    fn came_stopped_codes_and_low_word_first_counter() {
+        let p = builtin("came-zlb30");
+        for code in [18, 19] {
+            let obs = p.decode(&[code, 40, 0, 0, 0, 0]).unwrap();
+            assert_eq!(obs.state, HwState::Stopped, "status {code}");
+            assert_eq!(obs.position, Some(40));
+        }
+        let obs = p.decode(&[16, 100, 0b1, 0, 0x5678, 0x0001]).unwrap();
+        assert_eq!(obs.state, HwState::Open);
+        assert!(obs.obstructed);
+        assert_eq!(obs.fault_code, None);
+        assert_eq!(obs.cycles, Some(RawCounter { value: 0x0001_5678, bits: 32 }));
+        assert_eq!(p.decode(&[99, 0, 0, 3, 0, 0]).unwrap().state, HwState::Unknown);
+        assert_eq!(p.decode(&[48, 0, 0, 3, 0, 0]).unwrap().fault_code, Some(3));
+        // Encoding a stopped gate picks the first listed value.
+        let block = p.encode(&Observation::state_only(HwState::Stopped));
+        assert_eq!(block[0], 18);
+    }
+
+    #[test]
+    fn sixteen_bit_counter_and_high_word_first() {
+        let text = BASE.replace("words = 2", "words = 1");
+        let p = Profile::parse("t", "t", &text).unwrap();
+        assert_eq!(p.cycle_bits(), Some(16));
+        assert_eq!(p.block_len, 3);
+        let obs = p.decode(&[0, 0, 0xFFFF]).unwrap();
+        assert_eq!(obs.cycles, Some(RawCounter { value: 65_535, bits: 16 }));
+
+        let text = BASE.replace("words = 2", "words = 2\nword_order = \"high_first\"");
+        let p = Profile::parse("t", "t", &text).unwrap();
+        assert_eq!(p.cycle_bits(), Some(32));
+        let obs = p.decode(&[0, 0, 0x0001, 0x5678]).unwrap();
+        assert_eq!(obs.cycles, Some(RawCounter { value: 0x0001_5678, bits: 32 }));
+    }
+
+    #[test]
+    fn position_scales_from_the_raw_maximum() {
+        let text = BASE.replace("register = 11", "register = 11\nmax = 1000");
+        let p = Profile::parse("t", "t", &text).unwrap();
+        assert_eq!(p.decode(&[1, 500, 0, 0]).unwrap().position, Some(50));
+        assert_eq!(p.decode(&[1, 1200, 0, 0]).unwrap().position, Some(100));
+        assert_eq!(p.encode(&Observation { position: Some(25), ..Observation::state_only(HwState::Open) })[1], 250);
     }
 }

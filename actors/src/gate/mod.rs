@@ -5,3 +5,4 @@ pub mod types;
 
 
 pub use types::*;
+pub use machine::{Admission, Effect, GateConfig, GateMachine, Input, Write, WriteResult, WriteTag};
