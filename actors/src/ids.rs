@@ -140,7 +140,9 @@ mod tests {
 
     #[test]
     fn slug_deserialization_names_the_problem() {
-        let err = serde_json::from_str::<GateId>("\"Bad Id\"").unwrap_err().to_string();
+        let err = serde_json::from_str::<GateId>("\"Bad Id\"")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("invalid id \"Bad Id\""), "{err}");
     }
 }

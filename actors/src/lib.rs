@@ -5,3 +5,4 @@
 pub mod gate;
 pub mod ids;
 pub mod ports;
+pub mod supervision;

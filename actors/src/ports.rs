@@ -61,6 +61,9 @@ pub trait LinkSession: Send + 'static {
         op: HwOp,
     ) -> BoxFuture<'_, Result<UnitResult<WriteDone>, LinkError>>;
     /// Sets a pulsed output of `op` back (coil off).
-    fn release(&mut self, gate: usize, op: HwOp)
-    -> BoxFuture<'_, Result<UnitResult<()>, LinkError>>;
+    fn release(
+        &mut self,
+        gate: usize,
+        op: HwOp,
+    ) -> BoxFuture<'_, Result<UnitResult<()>, LinkError>>;
 }

@@ -79,12 +79,20 @@ pub enum WriteResult {
 /// What the machine is told.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Input {
-    Command { id: CommandId, action: Action },
-    WriteResult { tag: WriteTag, result: WriteResult },
+    Command {
+        id: CommandId,
+        action: Action,
+    },
+    WriteResult {
+        tag: WriteTag,
+        result: WriteResult,
+    },
     /// A fresh poll of this gate.
     Observed(Observation),
     /// The unit answered a poll with a Modbus exception: this gate only is offline.
-    UnitFailed { code: u8 },
+    UnitFailed {
+        code: u8,
+    },
     /// The link is down: every gate on it is offline.
     LinkDown,
     /// A timer may have expired.
@@ -96,9 +104,15 @@ pub enum Input {
 pub enum Effect {
     Write(Write),
     /// Tell the command's client.
-    Ack { id: CommandId, status: CommandStatus },
+    Ack {
+        id: CommandId,
+        status: CommandStatus,
+    },
     /// Record and publish an event (the actor stamps sequence, time and snapshot).
-    Event { kind: EventKind, cause: Cause },
+    Event {
+        kind: EventKind,
+        cause: Cause,
+    },
 }
 
 /// How a command was received.
@@ -117,7 +131,9 @@ pub enum Admission {
 /// Where a command is taking the gate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Target {
-    Open { hold: bool },
+    Open {
+        hold: bool,
+    },
     Closed,
     /// Not moving.
     Still,
@@ -342,9 +358,14 @@ impl GateMachine {
                         self.hold(id, out);
                         self.finish(id, action, CommandStatus::Completed, out);
                     }
-                    Action::HoldOpen => {
-                        self.start_write(now, id, action, HwOp::Open, Target::Open { hold: true }, out)
-                    }
+                    Action::HoldOpen => self.start_write(
+                        now,
+                        id,
+                        action,
+                        HwOp::Open,
+                        Target::Open { hold: true },
+                        out,
+                    ),
                     Action::Open => self.admit_open(now, id, action, out),
                     Action::Close => self.admit_close(now, id, action, out),
                     Action::Toggle => match state {
@@ -394,7 +415,14 @@ impl GateMachine {
             self.accept_now(id, out);
             return self.finish(id, action, CommandStatus::Completed, out);
         }
-        self.start_write(now, id, action, HwOp::Open, Target::Open { hold: false }, out);
+        self.start_write(
+            now,
+            id,
+            action,
+            HwOp::Open,
+            Target::Open { hold: false },
+            out,
+        );
     }
 
     fn admit_close(&mut self, now: u64, id: CommandId, action: Action, out: &mut Vec<Effect>) {
@@ -481,7 +509,13 @@ impl GateMachine {
 
     // ---- write results ----------------------------------------------------------------------
 
-    fn write_result(&mut self, now: u64, tag: WriteTag, result: WriteResult, out: &mut Vec<Effect>) {
+    fn write_result(
+        &mut self,
+        now: u64,
+        tag: WriteTag,
+        result: WriteResult,
+        out: &mut Vec<Effect>,
+    ) {
         let id = match tag {
             WriteTag::AutoClose => return self.auto_write_result(now, result),
             WriteTag::Command(id) => id,
@@ -501,18 +535,31 @@ impl GateMachine {
                 });
             }
             WriteResult::Confirmed => self.accepted(now, p.id, p.action, p.target, out),
-            WriteResult::Exception(_) => {
-                self.finish(id, p.action, CommandStatus::Failed(FailReason::ControllerException), out)
-            }
-            WriteResult::Offline => {
-                self.finish(id, p.action, CommandStatus::Failed(FailReason::Offline), out)
-            }
+            WriteResult::Exception(_) => self.finish(
+                id,
+                p.action,
+                CommandStatus::Failed(FailReason::ControllerException),
+                out,
+            ),
+            WriteResult::Offline => self.finish(
+                id,
+                p.action,
+                CommandStatus::Failed(FailReason::Offline),
+                out,
+            ),
             WriteResult::TimedOut => self.finish(id, p.action, CommandStatus::TimedOut, out),
         }
     }
 
     /// A command's write was confirmed: it now drives the gate.
-    fn accepted(&mut self, now: u64, id: CommandId, action: Action, target: Target, out: &mut Vec<Effect>) {
+    fn accepted(
+        &mut self,
+        now: u64,
+        id: CommandId,
+        action: Action,
+        target: Target,
+        out: &mut Vec<Effect>,
+    ) {
         self.ack(id, CommandStatus::Accepted, out);
         if let Some(prev) = self.active.take() {
             self.end_active(prev, CommandStatus::Failed(FailReason::Superseded), out);
@@ -572,7 +619,12 @@ impl GateMachine {
             if obs.obstructed {
                 // A remote close waiting out its warning is not written into an obstruction.
                 if let Some(d) = self.delayed.take() {
-                    self.finish(d.id, d.action, CommandStatus::Failed(FailReason::Obstructed), out);
+                    self.finish(
+                        d.id,
+                        d.action,
+                        CommandStatus::Failed(FailReason::Obstructed),
+                        out,
+                    );
                 }
             }
         }
@@ -603,7 +655,11 @@ impl GateMachine {
                 let delta = (u64::from(raw.value) + modulus - u64::from(prev.value)) % modulus;
                 // A jump of more than half the range backwards is a counter reset (a controller
                 // replaced or reset), not 30,000 cycles in one poll: re-base without counting.
-                if delta > modulus / 2 { total } else { total + delta }
+                if delta > modulus / 2 {
+                    total
+                } else {
+                    total + delta
+                }
             }
         };
         self.snap.cycles = Some(next);
@@ -696,13 +752,23 @@ impl GateMachine {
 
     fn go_offline(&mut self, now: u64, code: Option<u8>, out: &mut Vec<Effect>) {
         for p in std::mem::take(&mut self.pending) {
-            self.finish(p.id, p.action, CommandStatus::Failed(FailReason::Offline), out);
+            self.finish(
+                p.id,
+                p.action,
+                CommandStatus::Failed(FailReason::Offline),
+                out,
+            );
         }
         if let Some(a) = self.active.take() {
             self.end_active(a, CommandStatus::Failed(FailReason::Offline), out);
         }
         if let Some(d) = self.delayed.take() {
-            self.finish(d.id, d.action, CommandStatus::Failed(FailReason::Offline), out);
+            self.finish(
+                d.id,
+                d.action,
+                CommandStatus::Failed(FailReason::Offline),
+                out,
+            );
         }
         self.auto = None;
         self.auto_writing = None;
@@ -752,18 +818,30 @@ impl GateMachine {
             self.delayed = None;
             let refusal = self.motion_refusal().or_else(|| self.close_refusal());
             match refusal {
-                Some(RejectReason::Obstructed) => {
-                    self.finish(d.id, d.action, CommandStatus::Failed(FailReason::Obstructed), out)
-                }
-                Some(RejectReason::Offline) => {
-                    self.finish(d.id, d.action, CommandStatus::Failed(FailReason::Offline), out)
-                }
-                Some(RejectReason::Fault) => {
-                    self.finish(d.id, d.action, CommandStatus::Failed(FailReason::Fault), out)
-                }
-                Some(_) => {
-                    self.finish(d.id, d.action, CommandStatus::Failed(FailReason::Superseded), out)
-                }
+                Some(RejectReason::Obstructed) => self.finish(
+                    d.id,
+                    d.action,
+                    CommandStatus::Failed(FailReason::Obstructed),
+                    out,
+                ),
+                Some(RejectReason::Offline) => self.finish(
+                    d.id,
+                    d.action,
+                    CommandStatus::Failed(FailReason::Offline),
+                    out,
+                ),
+                Some(RejectReason::Fault) => self.finish(
+                    d.id,
+                    d.action,
+                    CommandStatus::Failed(FailReason::Fault),
+                    out,
+                ),
+                Some(_) => self.finish(
+                    d.id,
+                    d.action,
+                    CommandStatus::Failed(FailReason::Superseded),
+                    out,
+                ),
                 None => self.start_write(now, d.id, d.action, HwOp::Close, Target::Closed, out),
             }
         }
@@ -874,7 +952,12 @@ impl GateMachine {
 
     fn supersede_delayed(&mut self, by: CommandId, out: &mut Vec<Effect>) {
         if let Some(d) = self.delayed.take_if(|d| d.id != by) {
-            self.finish(d.id, d.action, CommandStatus::Failed(FailReason::Superseded), out);
+            self.finish(
+                d.id,
+                d.action,
+                CommandStatus::Failed(FailReason::Superseded),
+                out,
+            );
         }
     }
 
@@ -882,7 +965,13 @@ impl GateMachine {
         self.ack(id, CommandStatus::Accepted, out);
     }
 
-    fn finish(&mut self, id: CommandId, action: Action, status: CommandStatus, out: &mut Vec<Effect>) {
+    fn finish(
+        &mut self,
+        id: CommandId,
+        action: Action,
+        status: CommandStatus,
+        out: &mut Vec<Effect>,
+    ) {
         debug_assert!(status.is_terminal());
         self.ack(id, status, out);
         self.event(

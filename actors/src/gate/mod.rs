@@ -3,6 +3,7 @@
 pub mod machine;
 pub mod types;
 
-
+pub use machine::{
+    Admission, Effect, GateConfig, GateMachine, Input, Write, WriteResult, WriteTag,
+};
 pub use types::*;
-pub use machine::{Admission, Effect, GateConfig, GateMachine, Input, Write, WriteResult, WriteTag};

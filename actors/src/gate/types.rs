@@ -279,13 +279,21 @@ pub enum Cause {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum EventKind {
     /// The state changed (the snapshot carries the new one).
-    StateChanged { from: GateState },
+    StateChanged {
+        from: GateState,
+    },
     /// The obstruction flag changed.
-    Obstruction { obstructed: bool },
+    Obstruction {
+        obstructed: bool,
+    },
     /// Auto-close will close the gate soon.
-    AutoCloseWarning { closes_in_ms: u64 },
+    AutoCloseWarning {
+        closes_in_ms: u64,
+    },
     /// The gate has been open longer than the configured alert time.
-    LeftOpen { open_for_ms: u64 },
+    LeftOpen {
+        open_for_ms: u64,
+    },
     LockedOut,
     Unlocked,
     HeldOpen,

@@ -48,7 +48,10 @@ impl Gate {
     fn cmd(&mut self, action: Action) -> (CommandId, Vec<Effect>) {
         let id = CommandId::random();
         let mut out = Vec::new();
-        assert_eq!(self.m.command(self.now, id, action, &mut out), Admission::New);
+        assert_eq!(
+            self.m.command(self.now, id, action, &mut out),
+            Admission::New
+        );
         (id, out)
     }
 
@@ -118,7 +121,10 @@ fn a_new_gate_is_offline_until_its_first_reading_and_that_reading_is_a_system_ev
     assert_eq!(g.state(), GateState::Offline);
     let fx = g.observe(obs(HwState::Closed));
     assert_eq!(g.state(), GateState::Closed);
-    assert_eq!(state_changes(&fx), vec![(GateState::Offline, Cause::System)]);
+    assert_eq!(
+        state_changes(&fx),
+        vec![(GateState::Offline, Cause::System)]
+    );
 }
 
 #[test]
@@ -126,18 +132,27 @@ fn open_is_accepted_on_write_confirmation_and_completed_at_the_open_limit() {
     let mut g = Gate::at(GateConfig::default(), HwState::Closed);
     let (id, fx) = g.cmd(Action::Open);
     assert_eq!(writes(&fx), vec![HwOp::Open]);
-    assert!(acks(&fx, id).is_empty(), "nothing is acked before the write is confirmed");
+    assert!(
+        acks(&fx, id).is_empty(),
+        "nothing is acked before the write is confirmed"
+    );
 
     let fx = g.confirm(id);
     assert_eq!(acks(&fx, id), vec![CommandStatus::Accepted]);
 
     let fx = g.observe(obs(HwState::Opening));
-    assert_eq!(state_changes(&fx), vec![(GateState::Closed, Cause::Command(id))]);
+    assert_eq!(
+        state_changes(&fx),
+        vec![(GateState::Closed, Cause::Command(id))]
+    );
     assert!(acks(&fx, id).is_empty());
 
     let fx = g.observe(obs(HwState::Open));
     assert_eq!(acks(&fx, id), vec![CommandStatus::Completed]);
-    assert_eq!(state_changes(&fx), vec![(GateState::Opening, Cause::Command(id))]);
+    assert_eq!(
+        state_changes(&fx),
+        vec![(GateState::Opening, Cause::Command(id))]
+    );
 }
 
 #[test]
@@ -188,13 +203,19 @@ fn travel_timeout_fails_the_command_and_latches_a_fault_until_reset() {
         vec![CommandStatus::Failed(FailReason::TravelTimeout)]
     );
     assert_eq!(g.state(), GateState::Fault);
-    assert_eq!(g.m.snapshot().latched_fault, Some(FailReason::TravelTimeout));
+    assert_eq!(
+        g.m.snapshot().latched_fault,
+        Some(FailReason::TravelTimeout)
+    );
 
     // Readings do not clear a latched fault, and motion is refused.
     g.observe(obs(HwState::Open));
     assert_eq!(g.state(), GateState::Fault);
     let (open, fx) = g.cmd(Action::Open);
-    assert_eq!(acks(&fx, open), vec![CommandStatus::Rejected(RejectReason::Fault)]);
+    assert_eq!(
+        acks(&fx, open),
+        vec![CommandStatus::Rejected(RejectReason::Fault)]
+    );
 
     // Without a reset output, reset clears the latch and the last reading takes over.
     let (reset, fx) = g.cmd(Action::Reset);
@@ -227,13 +248,24 @@ fn reset_with_a_reset_output_writes_it_and_completes_when_the_controller_clears_
 fn offline_refuses_motion_fails_stop_and_still_takes_lockout() {
     let mut g = Gate::new(GateConfig::default());
     assert_eq!(g.state(), GateState::Offline);
-    for action in [Action::Open, Action::Close, Action::Toggle, Action::HoldOpen] {
+    for action in [
+        Action::Open,
+        Action::Close,
+        Action::Toggle,
+        Action::HoldOpen,
+    ] {
         let (id, fx) = g.cmd(action);
         assert!(writes(&fx).is_empty());
-        assert_eq!(acks(&fx, id), vec![CommandStatus::Rejected(RejectReason::Offline)]);
+        assert_eq!(
+            acks(&fx, id),
+            vec![CommandStatus::Rejected(RejectReason::Offline)]
+        );
     }
     let (stop, fx) = g.cmd(Action::Stop);
-    assert_eq!(acks(&fx, stop), vec![CommandStatus::Failed(FailReason::Offline)]);
+    assert_eq!(
+        acks(&fx, stop),
+        vec![CommandStatus::Failed(FailReason::Offline)]
+    );
     let (lock, fx) = g.cmd(Action::Lockout);
     assert_eq!(
         acks(&fx, lock),
@@ -247,7 +279,10 @@ fn lockout_refuses_motion_but_not_stop_and_unlock_lifts_it() {
     let mut g = Gate::at(GateConfig::default(), HwState::Closed);
     g.cmd(Action::Lockout);
     let (id, fx) = g.cmd(Action::Open);
-    assert_eq!(acks(&fx, id), vec![CommandStatus::Rejected(RejectReason::LockedOut)]);
+    assert_eq!(
+        acks(&fx, id),
+        vec![CommandStatus::Rejected(RejectReason::LockedOut)]
+    );
     let (_, fx) = g.cmd(Action::Stop);
     assert_eq!(writes(&fx), vec![HwOp::Stop]);
     g.cmd(Action::Unlock);
@@ -276,7 +311,10 @@ fn a_retried_command_id_does_not_move_the_gate_twice() {
         g.m.command(g.now, id, Action::Close, &mut out),
         Admission::Conflict
     );
-    assert!(out.is_empty(), "neither a duplicate nor a conflict writes anything");
+    assert!(
+        out.is_empty(),
+        "neither a duplicate nor a conflict writes anything"
+    );
 }
 
 #[test]
@@ -292,7 +330,9 @@ fn auto_close_warns_first_then_closes_and_waits_out_an_obstruction() {
     let fx = g.advance(1);
     assert!(has_event(&fx, |k| matches!(
         k,
-        EventKind::AutoCloseWarning { closes_in_ms: 5_000 }
+        EventKind::AutoCloseWarning {
+            closes_in_ms: 5_000
+        }
     )));
     assert!(writes(&fx).is_empty());
 
@@ -307,7 +347,10 @@ fn auto_close_warns_first_then_closes_and_waits_out_an_obstruction() {
     while writes(&all).is_empty() && all.len() < 100 {
         all.extend(g.advance(500));
     }
-    assert!(has_event(&all, |k| matches!(k, EventKind::AutoCloseWarning { .. })));
+    assert!(has_event(&all, |k| matches!(
+        k,
+        EventKind::AutoCloseWarning { .. }
+    )));
     assert_eq!(writes(&all), vec![HwOp::Close]);
     let fx = g.feed(Input::WriteResult {
         tag: WriteTag::AutoClose,
@@ -332,7 +375,9 @@ fn without_entrapment_protection_no_remote_or_automatic_close_is_written() {
     let (id, fx) = g.cmd(Action::Close);
     assert_eq!(
         acks(&fx, id),
-        vec![CommandStatus::Rejected(RejectReason::NoEntrapmentProtection)]
+        vec![CommandStatus::Rejected(
+            RejectReason::NoEntrapmentProtection
+        )]
     );
     assert!(writes(&g.advance(60_000)).is_empty());
 }
@@ -350,7 +395,10 @@ fn a_remote_close_runs_the_warning_output_for_the_lead_time_first() {
     let mut g = Gate::at(cfg, HwState::Open);
     let (id, fx) = g.cmd(Action::Close);
     assert_eq!(writes(&fx), vec![HwOp::Warn]);
-    assert!(acks(&g.confirm(id), id).is_empty(), "the warning is not the close");
+    assert!(
+        acks(&g.confirm(id), id).is_empty(),
+        "the warning is not the close"
+    );
     assert!(writes(&g.advance(2_999)).is_empty());
     let fx = g.advance(1);
     assert_eq!(writes(&fx), vec![HwOp::Close]);
@@ -370,7 +418,10 @@ fn a_close_waiting_out_its_warning_is_dropped_when_an_obstruction_appears() {
     let (id, _) = g.cmd(Action::Close);
     g.confirm(id);
     let fx = g.observe(obstructed(HwState::Open));
-    assert_eq!(acks(&fx, id), vec![CommandStatus::Failed(FailReason::Obstructed)]);
+    assert_eq!(
+        acks(&fx, id),
+        vec![CommandStatus::Failed(FailReason::Obstructed)]
+    );
     assert!(writes(&g.advance(10_000)).is_empty());
 }
 
@@ -396,7 +447,10 @@ fn a_later_command_supersedes_the_one_driving_the_gate() {
     );
     let fx = g.observe(obs(HwState::Stopped));
     assert_eq!(acks(&fx, stop), vec![CommandStatus::Completed]);
-    assert_eq!(state_changes(&fx), vec![(GateState::Opening, Cause::Command(stop))]);
+    assert_eq!(
+        state_changes(&fx),
+        vec![(GateState::Opening, Cause::Command(stop))]
+    );
 }
 
 #[test]
@@ -415,10 +469,16 @@ fn link_loss_fails_running_commands_and_the_first_reading_after_reconciles() {
     let (id, _) = g.cmd(Action::Open);
     g.confirm(id);
     let fx = g.feed(Input::LinkDown);
-    assert_eq!(acks(&fx, id), vec![CommandStatus::Failed(FailReason::Offline)]);
+    assert_eq!(
+        acks(&fx, id),
+        vec![CommandStatus::Failed(FailReason::Offline)]
+    );
     assert_eq!(g.state(), GateState::Offline);
     let fx = g.observe(obs(HwState::Open));
-    assert_eq!(state_changes(&fx), vec![(GateState::Offline, Cause::System)]);
+    assert_eq!(
+        state_changes(&fx),
+        vec![(GateState::Offline, Cause::System)]
+    );
 }
 
 #[test]
@@ -444,14 +504,21 @@ fn hold_open_suspends_auto_close_and_refuses_close_until_released() {
     assert!(g.m.snapshot().flags.held_open);
     assert!(writes(&g.advance(60_000)).is_empty());
     let (close, fx) = g.cmd(Action::Close);
-    assert_eq!(acks(&fx, close), vec![CommandStatus::Rejected(RejectReason::HeldOpen)]);
+    assert_eq!(
+        acks(&fx, close),
+        vec![CommandStatus::Rejected(RejectReason::HeldOpen)]
+    );
     g.cmd(Action::Release);
     assert!(!g.m.snapshot().flags.held_open);
     let mut all = Vec::new();
     for _ in 0..11 {
         all.extend(g.advance(1_000));
     }
-    assert_eq!(writes(&all), vec![HwOp::Close], "auto-close re-armed on release");
+    assert_eq!(
+        writes(&all),
+        vec![HwOp::Close],
+        "auto-close re-armed on release"
+    );
 }
 
 #[test]
@@ -468,7 +535,15 @@ fn left_open_is_raised_once_per_opening() {
     }
     let raised = all
         .iter()
-        .filter(|e| matches!(e, Effect::Event { kind: EventKind::LeftOpen { .. }, .. }))
+        .filter(|e| {
+            matches!(
+                e,
+                Effect::Event {
+                    kind: EventKind::LeftOpen { .. },
+                    ..
+                }
+            )
+        })
         .count();
     assert_eq!(raised, 1);
 }
@@ -497,13 +572,24 @@ fn cycle_counters_unwrap_across_a_16_bit_wrap_and_rebase_on_a_reset() {
 /// A step of the environment around one gate.
 #[derive(Debug, Clone)]
 enum Step {
-    Command { id: usize, action: Action },
+    Command {
+        id: usize,
+        action: Action,
+    },
     /// Answer the `n`-th outstanding write (modulo) with this result.
-    Answer { n: usize, result: WriteResult },
-    Observe { state: HwState, obstructed: bool },
+    Answer {
+        n: usize,
+        result: WriteResult,
+    },
+    Observe {
+        state: HwState,
+        obstructed: bool,
+    },
     UnitFailed,
     LinkDown,
-    Advance { ms: u64 },
+    Advance {
+        ms: u64,
+    },
 }
 
 fn hw_state() -> impl Strategy<Value = HwState> {
@@ -543,16 +629,18 @@ fn config() -> impl Strategy<Value = GateConfig> {
         proptest::option::of(1_000..60_000u64),
         proptest::option::of(1_000..120_000u64),
     )
-        .prop_map(|((reset, warning_output, entrapment), auto, left)| GateConfig {
-            capabilities: Capabilities {
-                reset,
-                warning_output,
-                entrapment_protection: entrapment,
+        .prop_map(
+            |((reset, warning_output, entrapment), auto, left)| GateConfig {
+                capabilities: Capabilities {
+                    reset,
+                    warning_output,
+                    entrapment_protection: entrapment,
+                },
+                auto_close_after_ms: auto,
+                left_open_alert_after_ms: left,
+                ..GateConfig::default()
             },
-            auto_close_after_ms: auto,
-            left_open_alert_after_ms: left,
-            ..GateConfig::default()
-        })
+        )
 }
 
 /// Everything the properties need to know about a run.
@@ -567,7 +655,10 @@ impl Ledger {
     fn record(&mut self, effects: &[Effect]) -> Result<(), TestCaseError> {
         for e in effects {
             if let Effect::Ack { id, status } = e {
-                prop_assert!(self.admitted.contains(id), "ack for a command never admitted");
+                prop_assert!(
+                    self.admitted.contains(id),
+                    "ack for a command never admitted"
+                );
                 prop_assert!(
                     !self.terminal.contains_key(id),
                     "{id} got {status:?} after its terminal outcome"
