@@ -2,7 +2,9 @@
 //! and the actors (fleet, controller, link, gate). No I/O of its own: the outside world is
 //! reached through the traits in [`ports`], implemented in `gatehouse-adapters`.
 
+pub mod fleet;
 pub mod gate;
 pub mod ids;
 pub mod ports;
+pub mod stats;
 pub mod supervision;

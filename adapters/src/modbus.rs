@@ -382,3 +382,302 @@ fn transport_error(e: tokio_modbus::Error) -> LinkError {
 fn unexpected(response: &Response) -> LinkError {
     LinkError::Protocol(format!("unexpected response {response:?}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use gatehouse_actors::gate::HwState;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::profile::ProfileSet;
+
+    /// What the scripted controller saw: unit id, request PDU, when it arrived.
+    type Seen = Arc<Mutex<Vec<(u8, Vec<u8>, Instant)>>>;
+
+    /// A hand-rolled Modbus TCP responder: `answer` maps (unit, request PDU) to a response
+    /// PDU, or to `None` for silence. Written at byte level so that it can also misbehave
+    /// in ways a conforming server library would not allow.
+    async fn scripted<F>(answer: F) -> (SocketAddr, Seen)
+    where
+        F: Fn(u8, &[u8]) -> Option<Vec<u8>> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: Seen = Arc::default();
+        let log = Arc::clone(&seen);
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            loop {
+                let mut header = [0u8; 7];
+                if socket.read_exact(&mut header).await.is_err() {
+                    return;
+                }
+                let len = usize::from(u16::from_be_bytes([header[4], header[5]]));
+                let mut pdu = vec![0u8; len - 1];
+                if socket.read_exact(&mut pdu).await.is_err() {
+                    return;
+                }
+                let unit = header[6];
+                log.lock()
+                    .unwrap()
+                    .push((unit, pdu.clone(), Instant::now()));
+                if let Some(reply) = answer(unit, &pdu) {
+                    let mut frame = Vec::new();
+                    frame.extend_from_slice(&header[0..4]);
+                    frame.extend_from_slice(&(reply.len() as u16 + 1).to_be_bytes());
+                    frame.push(unit);
+                    frame.extend_from_slice(&reply);
+                    if socket.write_all(&frame).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        (addr, seen)
+    }
+
+    fn registers(function: u8, words: &[u16]) -> Vec<u8> {
+        let mut pdu = vec![function, (words.len() * 2) as u8];
+        for w in words {
+            pdu.extend_from_slice(&w.to_be_bytes());
+        }
+        pdu
+    }
+
+    fn profile(id: &str) -> Arc<Profile> {
+        ProfileSet::builtin().unwrap().get(id).unwrap().clone()
+    }
+
+    fn timing(request_ms: u64, delay_ms: u64) -> LinkTiming {
+        LinkTiming {
+            connect_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_millis(request_ms),
+            inter_frame_delay: Duration::from_millis(delay_ms),
+        }
+    }
+
+    async fn session(addr: SocketAddr, gates: Vec<GateBinding>, t: LinkTiming) -> TcpSession {
+        TcpConnector::new(addr, gates, t).open().await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn coil_commands_pulse_and_release() {
+        // Write requests are echoed, as a conforming controller does.
+        let (addr, seen) = scripted(|_, pdu| Some(pdu.to_vec())).await;
+        let gates = vec![GateBinding {
+            unit: 7,
+            profile: profile("generic"),
+        }];
+        let mut s = session(addr, gates, timing(500, 0)).await;
+
+        let done = s.write_gate(0, HwOp::Close).await.unwrap().unwrap();
+        assert_eq!(done.release_after, Some(Duration::from_millis(500)));
+        s.release_gate(0, HwOp::Close).await.unwrap().unwrap();
+
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 2);
+        assert_eq!(
+            (seen[0].0, seen[0].1.as_slice()),
+            (7, &[0x05, 0, 1, 0xFF, 0][..])
+        );
+        assert_eq!(
+            (seen[1].0, seen[1].1.as_slice()),
+            (7, &[0x05, 0, 1, 0, 0][..])
+        );
+    }
+
+    #[tokio::test]
+    async fn unsupported_ops_and_register_releases_stay_off_the_wire() {
+        let (addr, seen) = scripted(|_, pdu| Some(pdu.to_vec())).await;
+        let gates = vec![GateBinding {
+            unit: 1,
+            profile: profile("ha-cover"),
+        }];
+        let mut s = session(addr, gates, timing(500, 0)).await;
+
+        assert_eq!(s.write_gate(0, HwOp::Reset).await, Ok(Err(UNSUPPORTED_OP)));
+        assert_eq!(s.release_gate(0, HwOp::Open).await, Ok(Ok(())));
+        assert_eq!(s.release_gate(0, HwOp::Warn).await, Ok(Ok(())));
+        assert_eq!(s.read_gate(5).await, Ok(Err(NO_SUCH_GATE)));
+        assert_eq!(s.write_gate(5, HwOp::Open).await, Ok(Err(NO_SUCH_GATE)));
+        assert!(seen.lock().unwrap().is_empty());
+
+        // HA's close is the value 0 in register 0: a plain register write, no pulse.
+        let done = s.write_gate(0, HwOp::Close).await.unwrap().unwrap();
+        assert_eq!(done.release_after, None);
+        assert_eq!(seen.lock().unwrap()[0].1, [0x06, 0, 0, 0, 0]);
+    }
+
+    #[tokio::test]
+    async fn input_table_profiles_read_input_registers() {
+        let (addr, seen) = scripted(|_, pdu| match pdu[0] {
+            0x04 => Some(registers(0x04, &[2])),
+            _ => Some(vec![pdu[0] | 0x80, 1]),
+        })
+        .await;
+        let text = include_str!("../../config/profiles/ha-cover.toml")
+            .replace("table = \"holding\"", "table = \"input\"");
+        let p = Profile::parse("ha-input", "ha-input.toml", &text).unwrap();
+        let gates = vec![GateBinding {
+            unit: 3,
+            profile: Arc::new(p),
+        }];
+        let mut s = session(addr, gates, timing(500, 0)).await;
+
+        let obs = s.read_gate(0).await.unwrap().unwrap();
+        assert_eq!(obs.state, HwState::Opening);
+        assert_eq!(seen.lock().unwrap()[0].1, [0x04, 0, 1, 0, 1]);
+    }
+
+    #[tokio::test]
+    async fn an_exception_is_the_units_problem_and_the_session_goes_on() {
+        let (addr, _) = scripted(|unit, pdu| match unit {
+            1 => Some(registers(0x03, &[16, 100, 0, 0, 0x5678, 0x0001])),
+            _ => Some(vec![pdu[0] | 0x80, 0x0B]),
+        })
+        .await;
+        let came = profile("came-zlb30");
+        let gates = vec![
+            GateBinding {
+                unit: 1,
+                profile: came.clone(),
+            },
+            GateBinding {
+                unit: 2,
+                profile: came,
+            },
+        ];
+        let mut s = session(addr, gates, timing(500, 0)).await;
+
+        assert_eq!(s.read_gate(1).await, Ok(Err(UnitException(0x0B))));
+        assert_eq!(
+            s.write_gate(1, HwOp::Open).await,
+            Ok(Err(UnitException(0x0B)))
+        );
+        let obs = s.read_gate(0).await.unwrap().unwrap();
+        assert_eq!(obs.state, HwState::Open);
+        assert_eq!(obs.cycles.map(|c| c.value), Some(0x0001_5678));
+    }
+
+    #[tokio::test]
+    async fn a_short_block_is_a_protocol_error_and_ends_the_session() {
+        let (addr, seen) = scripted(|_, _| Some(registers(0x03, &[17, 0, 0]))).await;
+        let gates = vec![GateBinding {
+            unit: 1,
+            profile: profile("came-zlb30"),
+        }];
+        let mut s = session(addr, gates, timing(500, 0)).await;
+
+        let first = s.read_gate(0).await;
+        assert!(matches!(first, Err(LinkError::Protocol(_))), "{first:?}");
+        // The broken session answers with the same error and sends nothing more.
+        assert_eq!(s.read_gate(0).await, first);
+        assert_eq!(
+            s.write_gate(0, HwOp::Stop).await.map(|_| ()),
+            first.map(|_| ())
+        );
+        assert_eq!(seen.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_wrong_echo_is_a_protocol_error() {
+        let (addr, _) = scripted(|_, _| Some(vec![0x06, 0, 200, 0, 9])).await;
+        let gates = vec![GateBinding {
+            unit: 1,
+            profile: profile("came-zlb30"),
+        }];
+        let mut s = session(addr, gates, timing(500, 0)).await;
+
+        let outcome = s.write_gate(0, HwOp::Open).await;
+        assert!(
+            matches!(outcome, Err(LinkError::Protocol(_))),
+            "{outcome:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn silence_times_out() {
+        let (addr, _) = scripted(|_, _| None).await;
+        let gates = vec![GateBinding {
+            unit: 1,
+            profile: profile("came-zlb30"),
+        }];
+        let mut s = session(addr, gates, timing(150, 0)).await;
+        let started = Instant::now();
+        assert_eq!(
+            s.read_gate(0).await,
+            Err(LinkError::Timeout(Duration::from_millis(150)))
+        );
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    #[tokio::test]
+    async fn transactions_keep_the_inter_frame_delay() {
+        let (addr, seen) = scripted(|_, _| Some(registers(0x03, &[17, 0, 0, 0, 0, 0]))).await;
+        let gates = vec![GateBinding {
+            unit: 1,
+            profile: profile("came-zlb30"),
+        }];
+        let mut s = session(addr, gates, timing(500, 80)).await;
+        for _ in 0..3 {
+            s.read_gate(0).await.unwrap().unwrap();
+        }
+        let seen = seen.lock().unwrap();
+        for pair in seen.windows(2) {
+            let gap = pair[1].2 - pair[0].2;
+            assert!(gap >= Duration::from_millis(80), "{gap:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_a_connect_error() {
+        // Bind then drop: the port is very likely closed for the next few milliseconds.
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let connector = TcpConnector::new(addr, Vec::new(), timing(500, 0));
+        match connector.connect().await {
+            Err(LinkError::Connect { endpoint, .. }) => assert_eq!(endpoint, addr.to_string()),
+            Err(other) => panic!("expected a connect error, got {other:?}"),
+            Ok(_) => panic!("expected a connect error, got a session"),
+        }
+    }
+
+    #[test]
+    fn timing_comes_from_the_slowest_profile_unless_overridden() {
+        let mut slow = (*profile("generic")).clone();
+        slow.request_timeout = Duration::from_millis(2500);
+        slow.inter_frame_delay = Duration::from_millis(40);
+        let gates = vec![
+            GateBinding {
+                unit: 1,
+                profile: profile("came-zlb30"),
+            },
+            GateBinding {
+                unit: 2,
+                profile: Arc::new(slow),
+            },
+        ];
+        let t = LinkTiming::from_profiles(&gates, TimingOverrides::default());
+        assert_eq!(t.request_timeout, Duration::from_millis(2500));
+        assert_eq!(t.inter_frame_delay, Duration::from_millis(40));
+        assert_eq!(t.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
+
+        let t = LinkTiming::from_profiles(
+            &gates[..1],
+            TimingOverrides {
+                connect_timeout: Some(Duration::from_millis(700)),
+                request_timeout: None,
+                inter_frame_delay: Some(Duration::from_millis(15)),
+            },
+        );
+        assert_eq!(t.request_timeout, Duration::from_millis(800));
+        assert_eq!(t.inter_frame_delay, Duration::from_millis(15));
+        assert_eq!(t.connect_timeout, Duration::from_millis(700));
+    }
+}

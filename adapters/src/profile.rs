@@ -18,9 +18,18 @@ pub const MAX_BLOCK_LEN: u16 = 125;
 
 /// The profiles shipped with Gatehouse, embedded so that the binary runs from any directory.
 const BUILTIN: &[(&str, &str)] = &[
-    ("generic", include_str!("../../config/profiles/generic.toml")),
-    ("ha-cover", include_str!("../../config/profiles/ha-cover.toml")),
-    ("came-zlb30", include_str!("../../config/profiles/came-zlb30.toml")),
+    (
+        "generic",
+        include_str!("../../config/profiles/generic.toml"),
+    ),
+    (
+        "ha-cover",
+        include_str!("../../config/profiles/ha-cover.toml"),
+    ),
+    (
+        "came-zlb30",
+        include_str!("../../config/profiles/came-zlb30.toml"),
+    ),
 ];
 
 /// A profile that failed to load: the file, the key, and what is wrong with it.
@@ -234,7 +243,10 @@ impl Profile {
             ("request_timeout_ms", raw.request_timeout_ms, 10),
         ] {
             if !(min..=600_000).contains(&v) {
-                return Err(err(key, format!("must be between {min} and 600000, got {v}")));
+                return Err(err(
+                    key,
+                    format!("must be between {min} and 600000, got {v}"),
+                ));
             }
         }
         if raw.fast_poll_interval_ms > raw.poll_interval_ms {
@@ -283,12 +295,18 @@ impl Profile {
         if let Some(b) = raw.obstruction
             && b.bit > 15
         {
-            return Err(err("obstruction.bit", format!("must be 0..=15, got {}", b.bit)));
+            return Err(err(
+                "obstruction.bit",
+                format!("must be 0..=15, got {}", b.bit),
+            ));
         }
         if let Some(c) = raw.cycles
             && !(1..=2).contains(&c.words)
         {
-            return Err(err("cycles.words", format!("must be 1 or 2, got {}", c.words)));
+            return Err(err(
+                "cycles.words",
+                format!("must be 1 or 2, got {}", c.words),
+            ));
         }
 
         for (key, spec) in [
@@ -313,8 +331,14 @@ impl Profile {
                 let clash = match (a, b) {
                     (WriteSpec::Coil { coil: x, .. }, WriteSpec::Coil { coil: y, .. }) => x == y,
                     (
-                        WriteSpec::Register { register: r, value: x },
-                        WriteSpec::Register { register: s, value: y },
+                        WriteSpec::Register {
+                            register: r,
+                            value: x,
+                        },
+                        WriteSpec::Register {
+                            register: s,
+                            value: y,
+                        },
                     ) => r == s && x == y,
                     _ => false,
                 };
@@ -336,7 +360,10 @@ impl Profile {
             regs.push(c.register);
             if c.words == 2 {
                 let Some(next) = c.register.checked_add(1) else {
-                    return Err(err("cycles.register", "a 2-word counter cannot start at 65535".into()));
+                    return Err(err(
+                        "cycles.register",
+                        "a 2-word counter cannot start at 65535".into(),
+                    ));
                 };
                 regs.push(next);
             }
@@ -395,18 +422,27 @@ impl Profile {
 
     /// Which command a register write means (for the simulator).
     pub fn op_for_register(&self, register: u16, value: u16) -> Option<HwOp> {
-        self.commands.all().into_iter().find_map(|(op, spec)| match spec {
-            WriteSpec::Register { register: r, value: v } if r == register && v == value => Some(op),
-            _ => None,
-        })
+        self.commands
+            .all()
+            .into_iter()
+            .find_map(|(op, spec)| match spec {
+                WriteSpec::Register {
+                    register: r,
+                    value: v,
+                } if r == register && v == value => Some(op),
+                _ => None,
+            })
     }
 
     /// Which command a coil belongs to (for the simulator).
     pub fn op_for_coil(&self, coil: u16) -> Option<HwOp> {
-        self.commands.all().into_iter().find_map(|(op, spec)| match spec {
-            WriteSpec::Coil { coil: c, .. } if c == coil => Some(op),
-            _ => None,
-        })
+        self.commands
+            .all()
+            .into_iter()
+            .find_map(|(op, spec)| match spec {
+                WriteSpec::Coil { coil: c, .. } if c == coil => Some(op),
+                _ => None,
+            })
     }
 
     /// Whether `register` is one the profile writes commands to (for the simulator).
@@ -498,11 +534,13 @@ impl Profile {
             HwState::Unknown => None,
         };
         // An unnamed value for unknown: one past the largest named value.
-        let unknown = [&v.closed, &v.open, &v.opening, &v.closing, &v.stopped, &v.fault]
-            .iter()
-            .flat_map(|vs| vs.iter().copied())
-            .max()
-            .map_or(0xFFFF, |m| m.wrapping_add(1));
+        let unknown = [
+            &v.closed, &v.open, &v.opening, &v.closing, &v.stopped, &v.fault,
+        ]
+        .iter()
+        .flat_map(|vs| vs.iter().copied())
+        .max()
+        .map_or(0xFFFF, |m| m.wrapping_add(1));
         put(self.status.register, status.unwrap_or(unknown));
         if let (Some(p), Some(pos)) = (self.position, obs.position) {
             put(
@@ -588,12 +626,17 @@ impl ProfileSet {
         paths.sort();
         for path in paths {
             let file = path.display().to_string();
-            let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+            let stem = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or_default();
             if gatehouse_actors::ids::validate_slug(stem).is_err() {
                 return Err(ProfileError {
                     file,
                     key: "(file name)".into(),
-                    message: "a profile's file stem is its id and must be a slug ([a-z0-9][a-z0-9-]*)".into(),
+                    message:
+                        "a profile's file stem is its id and must be a slug ([a-z0-9][a-z0-9-]*)"
+                            .into(),
                 });
             }
             let text = std::fs::read_to_string(&path).map_err(|e| ProfileError {
@@ -662,7 +705,10 @@ stop = { kind = "coil", coil = 3, pulse_ms = 250 }
         assert_eq!((p.block_start, p.block_len), (10, 4));
         assert_eq!(
             p.write_spec(HwOp::Stop),
-            Some(WriteSpec::Coil { coil: 3, pulse_ms: 250 })
+            Some(WriteSpec::Coil {
+                coil: 3,
+                pulse_ms: 250
+            })
         );
         assert_eq!(p.write_spec(HwOp::Reset), None);
     }
@@ -696,7 +742,10 @@ stop = { kind = "coil", coil = 3, pulse_ms = 250 }
 
     #[test]
     fn missing_open_command_is_named() {
-        let text = BASE.replace("open = { kind = \"register\", register = 20, value = 1 }\n", "");
+        let text = BASE.replace(
+            "open = { kind = \"register\", register = 20, value = 1 }\n",
+            "",
+        );
         let e = parse_err(&text);
         assert_eq!(e.file, "profiles/t.toml");
         assert_eq!(e.key, "commands.open", "{e}");
@@ -800,8 +849,14 @@ stop = { kind = "coil", coil = 3, pulse_ms = 250 }
                     (100, false, 0xFFFF, 0xFFFF_FFFF),
                 ] {
                     let counter = match p.cycle_bits() {
-                        Some(16) => Some(RawCounter { value: counter & 0xFFFF, bits: 16 }),
-                        Some(bits) => Some(RawCounter { value: counter, bits }),
+                        Some(16) => Some(RawCounter {
+                            value: counter & 0xFFFF,
+                            bits: 16,
+                        }),
+                        Some(bits) => Some(RawCounter {
+                            value: counter,
+                            bits,
+                        }),
                         None => None,
                     };
                     let obs = Observation {
@@ -838,8 +893,17 @@ stop = { kind = "coil", coil = 3, pulse_ms = 250 }
         assert_eq!(obs.state, HwState::Open);
         assert!(obs.obstructed);
         assert_eq!(obs.fault_code, None);
-        assert_eq!(obs.cycles, Some(RawCounter { value: 0x0001_5678, bits: 32 }));
-        assert_eq!(p.decode(&[99, 0, 0, 3, 0, 0]).unwrap().state, HwState::Unknown);
+        assert_eq!(
+            obs.cycles,
+            Some(RawCounter {
+                value: 0x0001_5678,
+                bits: 32
+            })
+        );
+        assert_eq!(
+            p.decode(&[99, 0, 0, 3, 0, 0]).unwrap().state,
+            HwState::Unknown
+        );
         assert_eq!(p.decode(&[48, 0, 0, 3, 0, 0]).unwrap().fault_code, Some(3));
         // Encoding a stopped gate picks the first listed value.
         let block = p.encode(&Observation::state_only(HwState::Stopped));
@@ -853,13 +917,25 @@ stop = { kind = "coil", coil = 3, pulse_ms = 250 }
         assert_eq!(p.cycle_bits(), Some(16));
         assert_eq!(p.block_len, 3);
         let obs = p.decode(&[0, 0, 0xFFFF]).unwrap();
-        assert_eq!(obs.cycles, Some(RawCounter { value: 65_535, bits: 16 }));
+        assert_eq!(
+            obs.cycles,
+            Some(RawCounter {
+                value: 65_535,
+                bits: 16
+            })
+        );
 
         let text = BASE.replace("words = 2", "words = 2\nword_order = \"high_first\"");
         let p = Profile::parse("t", "t", &text).unwrap();
         assert_eq!(p.cycle_bits(), Some(32));
         let obs = p.decode(&[0, 0, 0x0001, 0x5678]).unwrap();
-        assert_eq!(obs.cycles, Some(RawCounter { value: 0x0001_5678, bits: 32 }));
+        assert_eq!(
+            obs.cycles,
+            Some(RawCounter {
+                value: 0x0001_5678,
+                bits: 32
+            })
+        );
     }
 
     #[test]
@@ -868,6 +944,12 @@ stop = { kind = "coil", coil = 3, pulse_ms = 250 }
         let p = Profile::parse("t", "t", &text).unwrap();
         assert_eq!(p.decode(&[1, 500, 0, 0]).unwrap().position, Some(50));
         assert_eq!(p.decode(&[1, 1200, 0, 0]).unwrap().position, Some(100));
-        assert_eq!(p.encode(&Observation { position: Some(25), ..Observation::state_only(HwState::Open) })[1], 250);
+        assert_eq!(
+            p.encode(&Observation {
+                position: Some(25),
+                ..Observation::state_only(HwState::Open)
+            })[1],
+            250
+        );
     }
 }

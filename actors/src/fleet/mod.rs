@@ -1,0 +1,446 @@
+//! The fleet: the part of the supervision tree that drives hardware.
+//!
+//! ```text
+//! Fleet supervisor            one_for_one; a controller that keeps failing escalates here
+//! └── Controller supervisor   one per controller (= one Modbus endpoint), one_for_one
+//!     ├── Link actor          permanent; crashes on transport failure, restarted with backoff
+//!     └── Gate actor ×n       permanent; survive link restarts (offline meanwhile)
+//! ```
+//!
+//! The fleet supervisor owns the gate registry ([`Directory`]) and applies configuration
+//! changes by starting and stopping controller subtrees; which controllers this node drives is
+//! decided here, in one place ([`Fleet::add_controller`]).
+
+pub mod events;
+pub mod gate;
+pub mod link;
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use ractor::{Actor, ActorId, ActorRef};
+use tokio::time::Instant;
+
+use crate::gate::{Action, GateConfig};
+use crate::ids::{CommandId, ControllerId, GateId, SiteId};
+use crate::ports::LinkConnector;
+use crate::supervision::{
+    Backoff, ChildEvent, ChildSpec, Intensity, Restart, Strategy, Supervisor, SupervisorArgs,
+    SupervisorError, SupervisorMsg, SupervisorSpec,
+};
+use events::EventSink;
+use gate::{AckSink, GateActor, GateArgs, GateMsg, GateView};
+use link::{LinkActor, LinkArgs, LinkMsg, LinkStats, PulseLedger};
+
+/// A link that keeps failing is retried at most this often (the backoff cap).
+pub const LINK_BACKOFF: Backoff = Backoff {
+    initial: Duration::from_millis(200),
+    max: Duration::from_secs(30),
+    factor: 2.0,
+    jitter: 0.2,
+    reset_after: Duration::from_secs(30),
+};
+
+/// A controller subtree restarts its children at most this often before giving up. With the
+/// link's backoff, an unreachable controller settles at one restart per 30 s and never gets
+/// here; only a crash loop does.
+pub const CONTROLLER_INTENSITY: Intensity = Intensity {
+    max_restarts: 20,
+    within: Duration::from_secs(60),
+};
+
+/// The fleet restarts a failed controller subtree at most this often.
+pub const FLEET_INTENSITY: Intensity = Intensity {
+    max_restarts: 10,
+    within: Duration::from_secs(60),
+};
+
+/// How a failed controller subtree is restarted by the fleet.
+pub const CONTROLLER_BACKOFF: Backoff = Backoff {
+    initial: Duration::from_secs(1),
+    max: Duration::from_secs(60),
+    factor: 2.0,
+    jitter: 0.2,
+    reset_after: Duration::from_secs(120),
+};
+
+/// One gate, as configured.
+#[derive(Debug, Clone)]
+pub struct GateSpec {
+    pub id: GateId,
+    pub name: String,
+    pub config: GateConfig,
+}
+
+/// One controller and its gates, as configured. The connector comes from `adapters/`, built
+/// from the controller's endpoint and profile; the actors never see Modbus.
+#[derive(Clone)]
+pub struct ControllerSpec {
+    pub id: ControllerId,
+    pub site: SiteId,
+    pub connector: Arc<dyn LinkConnector>,
+    /// At rest.
+    pub poll_interval: Duration,
+    /// While a gate moves or has a command in flight.
+    pub fast_poll_interval: Duration,
+    pub gates: Vec<GateBinding>,
+}
+
+/// A gate bound to its place on a controller.
+#[derive(Debug, Clone)]
+pub struct GateBinding {
+    pub spec: GateSpec,
+    pub controller: ControllerId,
+    /// Position in the controller's gate list: what the link port calls `gate`.
+    pub index: usize,
+    /// The gate's last event sequence. Shared so that a restarted gate actor resumes it.
+    pub seq: Arc<AtomicU64>,
+}
+
+impl ControllerSpec {
+    /// Binds `gates` to this controller in order.
+    pub fn new(
+        id: ControllerId,
+        site: SiteId,
+        connector: Arc<dyn LinkConnector>,
+        poll_interval: Duration,
+        fast_poll_interval: Duration,
+        gates: Vec<GateSpec>,
+    ) -> Self {
+        let gates = gates
+            .into_iter()
+            .enumerate()
+            .map(|(index, spec)| GateBinding {
+                spec,
+                controller: id.clone(),
+                index,
+                seq: Arc::new(AtomicU64::new(0)),
+            })
+            .collect();
+        Self {
+            id,
+            site,
+            connector,
+            poll_interval,
+            fast_poll_interval,
+            gates,
+        }
+    }
+}
+
+/// Who is where, for the actors of this node. Gate and link actors enter themselves when they
+/// start and leave when they stop, so a restarted actor is found without anyone being told.
+#[derive(Default)]
+pub struct Directory {
+    gates: RwLock<HashMap<GateId, ActorRef<GateMsg>>>,
+    links: RwLock<HashMap<ControllerId, ActorRef<LinkMsg>>>,
+}
+
+impl Directory {
+    pub fn gate(&self, id: &GateId) -> Option<ActorRef<GateMsg>> {
+        self.gates.read().ok()?.get(id).cloned()
+    }
+
+    pub fn link(&self, id: &ControllerId) -> Option<ActorRef<LinkMsg>> {
+        self.links.read().ok()?.get(id).cloned()
+    }
+
+    pub fn gate_ids(&self) -> Vec<GateId> {
+        self.gates
+            .read()
+            .map(|g| g.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn insert_gate(&self, id: GateId, r: ActorRef<GateMsg>) {
+        if let Ok(mut g) = self.gates.write() {
+            g.insert(id, r);
+        }
+    }
+
+    fn remove_gate(&self, id: &GateId, actor: ActorId) {
+        if let Ok(mut g) = self.gates.write()
+            && g.get(id).is_some_and(|r| r.get_id() == actor)
+        {
+            g.remove(id);
+        }
+    }
+
+    fn insert_link(&self, id: ControllerId, r: ActorRef<LinkMsg>) {
+        if let Ok(mut l) = self.links.write() {
+            l.insert(id, r);
+        }
+    }
+
+    fn remove_link(&self, id: &ControllerId) {
+        if let Ok(mut l) = self.links.write() {
+            l.remove(id);
+        }
+    }
+}
+
+/// What every fleet actor shares.
+pub struct FleetContext {
+    pub directory: Directory,
+    pub bus: Arc<dyn EventSink>,
+    /// The zero of the gate machines' millisecond clock.
+    epoch: Instant,
+    /// Per-controller link figures.
+    stats: RwLock<HashMap<ControllerId, Arc<LinkStats>>>,
+}
+
+impl FleetContext {
+    pub fn new(bus: Arc<dyn EventSink>) -> Arc<Self> {
+        Arc::new(Self {
+            directory: Directory::default(),
+            bus,
+            epoch: Instant::now(),
+            stats: RwLock::new(HashMap::new()),
+        })
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// The link figures of every controller.
+    pub fn link_stats(&self) -> Vec<(ControllerId, Arc<LinkStats>)> {
+        self.stats
+            .read()
+            .map(|s| s.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// The child spec of one controller subtree: a supervisor over its link and gates.
+fn controller_child(spec: Arc<ControllerSpec>, ctx: Arc<FleetContext>) -> ChildSpec {
+    let stats = {
+        let mut all = ctx.stats.write().unwrap_or_else(|e| e.into_inner());
+        all.entry(spec.id.clone()).or_default().clone()
+    };
+    // Survives link restarts: pulses a dropped link left switched on.
+    let pulses: PulseLedger = Arc::default();
+    ChildSpec::actor(
+        format!("controller:{}", spec.id),
+        Restart::Permanent,
+        None,
+        move || {
+            let mut children = Vec::with_capacity(spec.gates.len() + 1);
+            // Gates first: the link finds them in the directory when it starts.
+            for binding in &spec.gates {
+                let binding = Arc::new(binding.clone());
+                let ctx = ctx.clone();
+                children.push(ChildSpec::actor(
+                    format!("gate:{}", binding.spec.id),
+                    Restart::Permanent,
+                    None,
+                    move || {
+                        (
+                            GateActor,
+                            GateArgs {
+                                binding: binding.clone(),
+                                ctx: ctx.clone(),
+                            },
+                        )
+                    },
+                ));
+            }
+            let (link_spec, link_ctx) = (spec.clone(), ctx.clone());
+            let (pulses, stats) = (pulses.clone(), stats.clone());
+            children.push(ChildSpec::actor(
+                "link",
+                Restart::Permanent,
+                None,
+                move || {
+                    (
+                        LinkActor,
+                        LinkArgs {
+                            spec: link_spec.clone(),
+                            ctx: link_ctx.clone(),
+                            pulses: pulses.clone(),
+                            stats: stats.clone(),
+                        },
+                    )
+                },
+            ));
+            // While the link waits out its backoff, its gates are offline and say so.
+            let (obs_ctx, obs_spec) = (ctx.clone(), spec.clone());
+            let observer = Arc::new(move |event: &ChildEvent| {
+                if let ChildEvent::Exited { id, reason, .. } = event
+                    && id == "link"
+                {
+                    tracing::warn!(controller = %obs_spec.id, %reason, "link down");
+                    obs_ctx.directory.remove_link(&obs_spec.id);
+                    for g in &obs_spec.gates {
+                        if let Some(gate) = obs_ctx.directory.gate(&g.spec.id) {
+                            let _ = gate.send_message(GateMsg::LinkDown);
+                        }
+                    }
+                }
+            });
+            let args = SupervisorArgs {
+                spec: SupervisorSpec {
+                    strategy: Strategy::OneForOne,
+                    intensity: CONTROLLER_INTENSITY,
+                    backoff: LINK_BACKOFF,
+                },
+                children,
+                observer: Some(observer),
+            };
+            (Supervisor, args)
+        },
+    )
+}
+
+/// Why the fleet refused a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FleetError {
+    #[error("no gate {0}")]
+    UnknownGate(GateId),
+    #[error("gate {0} is already on another controller")]
+    DuplicateGate(GateId),
+    #[error(transparent)]
+    Supervisor(#[from] SupervisorError),
+    #[error("the fleet supervisor is not running")]
+    Down,
+}
+
+/// A handle on the running fleet.
+#[derive(Clone)]
+pub struct Fleet {
+    supervisor: ActorRef<SupervisorMsg>,
+    ctx: Arc<FleetContext>,
+    /// Controller specs by id, for the gate → controller map and for export.
+    controllers: Arc<RwLock<HashMap<ControllerId, Arc<ControllerSpec>>>>,
+}
+
+impl Fleet {
+    /// Starts the fleet supervisor and every controller in `controllers`.
+    pub async fn start(
+        ctx: Arc<FleetContext>,
+        controllers: Vec<ControllerSpec>,
+    ) -> Result<(Fleet, ractor::concurrency::JoinHandle<()>), FleetError> {
+        let args = SupervisorArgs {
+            spec: SupervisorSpec {
+                strategy: Strategy::OneForOne,
+                intensity: FLEET_INTENSITY,
+                backoff: CONTROLLER_BACKOFF,
+            },
+            children: Vec::new(),
+            observer: None,
+        };
+        let (supervisor, handle) = Actor::spawn(None, Supervisor, args)
+            .await
+            .map_err(|_| FleetError::Down)?;
+        let fleet = Fleet {
+            supervisor,
+            ctx,
+            controllers: Arc::default(),
+        };
+        for c in controllers {
+            fleet.add_controller(c).await?;
+        }
+        Ok((fleet, handle))
+    }
+
+    pub fn context(&self) -> &Arc<FleetContext> {
+        &self.ctx
+    }
+
+    pub fn supervisor(&self) -> &ActorRef<SupervisorMsg> {
+        &self.supervisor
+    }
+
+    /// Starts driving a controller and its gates. Gate ids are unique across the fleet.
+    pub async fn add_controller(&self, spec: ControllerSpec) -> Result<(), FleetError> {
+        {
+            let known = self.controllers.read().map_err(|_| FleetError::Down)?;
+            for g in &spec.gates {
+                if known
+                    .values()
+                    .filter(|c| c.id != spec.id)
+                    .any(|c| c.gates.iter().any(|x| x.spec.id == g.spec.id))
+                {
+                    return Err(FleetError::DuplicateGate(g.spec.id.clone()));
+                }
+            }
+        }
+        let spec = Arc::new(spec);
+        let child = controller_child(spec.clone(), self.ctx.clone());
+        ractor::call!(self.supervisor, SupervisorMsg::StartChild, child)
+            .map_err(|_| FleetError::Down)??;
+        if let Ok(mut c) = self.controllers.write() {
+            c.insert(spec.id.clone(), spec);
+        }
+        Ok(())
+    }
+
+    /// Stops a controller subtree (its gates go with it). Answers whether it existed.
+    pub async fn remove_controller(&self, id: &ControllerId) -> Result<bool, FleetError> {
+        let existed = ractor::call!(
+            self.supervisor,
+            SupervisorMsg::StopChild,
+            format!("controller:{id}")
+        )
+        .map_err(|_| FleetError::Down)?;
+        if let Ok(mut c) = self.controllers.write() {
+            c.remove(id);
+        }
+        Ok(existed)
+    }
+
+    /// The controllers this fleet drives.
+    pub fn controllers(&self) -> Vec<Arc<ControllerSpec>> {
+        let mut v: Vec<_> = self
+            .controllers
+            .read()
+            .map(|c| c.values().cloned().collect())
+            .unwrap_or_default();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
+    /// Sends a command to a gate; acks go to `reply`.
+    pub fn command(
+        &self,
+        gate: &GateId,
+        id: CommandId,
+        action: Action,
+        reply: Option<AckSink>,
+    ) -> Result<(), FleetError> {
+        let actor = self
+            .ctx
+            .directory
+            .gate(gate)
+            .ok_or_else(|| FleetError::UnknownGate(gate.clone()))?;
+        actor
+            .send_message(GateMsg::Command { id, action, reply })
+            .map_err(|_| FleetError::UnknownGate(gate.clone()))
+    }
+
+    /// The gate's current state, straight from its actor.
+    pub async fn view(&self, gate: &GateId) -> Result<GateView, FleetError> {
+        let actor = self
+            .ctx
+            .directory
+            .gate(gate)
+            .ok_or_else(|| FleetError::UnknownGate(gate.clone()))?;
+        ractor::call!(actor, GateMsg::Snapshot).map_err(|_| FleetError::UnknownGate(gate.clone()))
+    }
+
+    /// Stops the whole tree in order: controllers in reverse start order, each one's link
+    /// after its in-progress transaction, then its gates.
+    pub async fn shutdown(&self, timeout: Duration) {
+        if self
+            .supervisor
+            .stop_and_wait(Some("shutdown".into()), Some(timeout))
+            .await
+            .is_err()
+        {
+            tracing::warn!("fleet did not stop within {timeout:?}; killing it");
+            self.supervisor.kill();
+        }
+    }
+}

@@ -1,0 +1,345 @@
+//! The fleet's actors against a scripted controller: the fault paths the design names (link
+//! drop, timeout, one unit's exception, a pulse cut short) injected exactly where wanted.
+//! The same paths against the real simulator over Modbus TCP live in `tests/`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use gatehouse_actors::fleet::events::{GateEvent, LocalBus};
+use gatehouse_actors::fleet::gate::{Ack, AckSink};
+use gatehouse_actors::fleet::{ControllerSpec, Fleet, FleetContext, GateSpec};
+use gatehouse_actors::gate::*;
+use gatehouse_actors::ids::{CommandId, ControllerId, GateId, SiteId};
+use gatehouse_actors::ports::*;
+use tokio::sync::{broadcast, mpsc};
+use tokio::time::timeout;
+
+/// A controller whose behaviour the test scripts.
+#[derive(Default)]
+struct Script {
+    states: Vec<HwState>,
+    refuse_connect: bool,
+    /// The next transaction fails with this transport error.
+    break_next: Option<LinkError>,
+    exceptions: HashMap<usize, u8>,
+    writes: Vec<(usize, HwOp)>,
+    released: Vec<(usize, HwOp)>,
+    pulse: Option<Duration>,
+    connects: usize,
+}
+
+#[derive(Clone, Default)]
+struct Scripted(Arc<Mutex<Script>>);
+
+impl Scripted {
+    fn with(&self, f: impl FnOnce(&mut Script)) {
+        f(&mut self.0.lock().unwrap());
+    }
+    fn get<T>(&self, f: impl FnOnce(&Script) -> T) -> T {
+        f(&self.0.lock().unwrap())
+    }
+}
+
+struct Session(Scripted);
+
+impl LinkConnector for Scripted {
+    fn endpoint(&self) -> String {
+        "scripted".into()
+    }
+    fn connect(&self) -> BoxFuture<'_, Result<Box<dyn LinkSession>, LinkError>> {
+        Box::pin(async move {
+            let mut s = self.0.lock().unwrap();
+            if s.refuse_connect {
+                return Err(LinkError::Connect {
+                    endpoint: "scripted".into(),
+                    reason: "refused".into(),
+                });
+            }
+            s.connects += 1;
+            Ok(Box::new(Session(self.clone())) as Box<dyn LinkSession>)
+        })
+    }
+}
+
+impl LinkSession for Session {
+    fn read(&mut self, gate: usize) -> BoxFuture<'_, Result<UnitResult<Observation>, LinkError>> {
+        Box::pin(async move {
+            let mut s = self.0.0.lock().unwrap();
+            if let Some(e) = s.break_next.take() {
+                return Err(e);
+            }
+            if let Some(code) = s.exceptions.get(&gate) {
+                return Ok(Err(UnitException(*code)));
+            }
+            Ok(Ok(Observation::state_only(s.states[gate])))
+        })
+    }
+    fn write(
+        &mut self,
+        gate: usize,
+        op: HwOp,
+    ) -> BoxFuture<'_, Result<UnitResult<WriteDone>, LinkError>> {
+        Box::pin(async move {
+            let mut s = self.0.0.lock().unwrap();
+            if let Some(e) = s.break_next.take() {
+                return Err(e);
+            }
+            s.writes.push((gate, op));
+            // A controller that reaches its end state at once.
+            match op {
+                HwOp::Open => s.states[gate] = HwState::Open,
+                HwOp::Close => s.states[gate] = HwState::Closed,
+                HwOp::Stop => s.states[gate] = HwState::Stopped,
+                _ => {}
+            }
+            Ok(Ok(WriteDone {
+                release_after: s.pulse,
+            }))
+        })
+    }
+    fn release(
+        &mut self,
+        gate: usize,
+        op: HwOp,
+    ) -> BoxFuture<'_, Result<UnitResult<()>, LinkError>> {
+        Box::pin(async move {
+            self.0.0.lock().unwrap().released.push((gate, op));
+            Ok(Ok(()))
+        })
+    }
+}
+
+struct Rig {
+    fleet: Fleet,
+    script: Scripted,
+    events: broadcast::Receiver<Arc<GateEvent>>,
+    gates: Vec<GateId>,
+}
+
+async fn rig(n: usize) -> Rig {
+    let script = Scripted::default();
+    script.with(|s| s.states = vec![HwState::Closed; n]);
+    let bus = LocalBus::default();
+    let events = bus.subscribe();
+    let ctx = FleetContext::new(Arc::new(bus));
+    let gates: Vec<GateId> = (0..n)
+        .map(|i| GateId::new(&format!("g{i}")).unwrap())
+        .collect();
+    let spec = ControllerSpec::new(
+        ControllerId::new("c1").unwrap(),
+        SiteId::new("site").unwrap(),
+        Arc::new(script.clone()),
+        Duration::from_millis(50),
+        Duration::from_millis(10),
+        gates
+            .iter()
+            .map(|id| GateSpec {
+                id: id.clone(),
+                name: id.to_string(),
+                config: GateConfig::default(),
+            })
+            .collect(),
+    );
+    let (fleet, _) = Fleet::start(ctx, vec![spec]).await.unwrap();
+    Rig {
+        fleet,
+        script,
+        events,
+        gates,
+    }
+}
+
+impl Rig {
+    /// Waits (bounded) until gate `i` is in `state`.
+    async fn until(&self, i: usize, state: GateState) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let view = self.fleet.view(&self.gates[i]).await.unwrap();
+            if view.snapshot.state == state {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "gate {i} stuck in {:?}, wanted {state:?}",
+                view.snapshot.state
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Sends a command and returns a receiver of its acks.
+    fn command(&self, i: usize, action: Action) -> (CommandId, mpsc::UnboundedReceiver<Ack>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let sink: AckSink = Arc::new(move |_: &GateId, ack| {
+            let _ = tx.send(ack);
+        });
+        let id = CommandId::random();
+        self.fleet
+            .command(&self.gates[i], id, action, Some(sink))
+            .unwrap();
+        (id, rx)
+    }
+}
+
+async fn next(rx: &mut mpsc::UnboundedReceiver<Ack>) -> CommandStatus {
+    timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("an ack in time")
+        .expect("ack channel open")
+        .status
+}
+
+#[tokio::test]
+async fn gates_come_online_from_the_first_poll_and_a_command_runs_to_completion() {
+    let r = rig(3).await;
+    for i in 0..3 {
+        r.until(i, GateState::Closed).await;
+    }
+    let (_, mut acks) = r.command(1, Action::Open);
+    assert_eq!(next(&mut acks).await, CommandStatus::Accepted);
+    assert_eq!(next(&mut acks).await, CommandStatus::Completed);
+    assert_eq!(r.script.get(|s| s.writes.clone()), vec![(1, HwOp::Open)]);
+    r.until(1, GateState::Open).await;
+    r.until(0, GateState::Closed).await;
+}
+
+#[tokio::test]
+async fn a_link_drop_takes_the_gates_offline_until_the_restarted_link_polls_again() {
+    let mut r = rig(2).await;
+    r.until(0, GateState::Closed).await;
+    r.until(1, GateState::Closed).await;
+    r.script.with(|s| {
+        s.break_next = Some(LinkError::Io("connection reset".into()));
+        s.refuse_connect = true;
+    });
+    r.until(0, GateState::Offline).await;
+    r.until(1, GateState::Offline).await;
+
+    // Offline gates refuse motion with a reason.
+    let (_, mut acks) = r.command(0, Action::Open);
+    assert_eq!(
+        next(&mut acks).await,
+        CommandStatus::Rejected(RejectReason::Offline)
+    );
+
+    // The controller comes back; the link reconnects after its backoff and reconciles.
+    r.script.with(|s| {
+        s.refuse_connect = false;
+        s.states[0] = HwState::Open; // moved by hand while we were away
+    });
+    r.until(0, GateState::Open).await;
+    r.until(1, GateState::Closed).await;
+    assert!(r.script.get(|s| s.connects) >= 2);
+
+    // The reconciliation is the runtime's own doing, not a person's.
+    let mut saw = false;
+    while let Ok(ev) = r.events.try_recv() {
+        if ev.gate == r.gates[0]
+            && matches!(
+                ev.kind,
+                EventKind::StateChanged {
+                    from: GateState::Offline
+                }
+            )
+            && ev.snapshot.state == GateState::Open
+        {
+            assert_eq!(ev.cause, Cause::System);
+            saw = true;
+        }
+    }
+    assert!(saw, "a reconcile event was published");
+}
+
+#[tokio::test]
+async fn one_units_exception_takes_only_that_gate_offline() {
+    let r = rig(2).await;
+    r.until(0, GateState::Closed).await;
+    r.until(1, GateState::Closed).await;
+    r.script.with(|s| {
+        s.exceptions.insert(1, 11);
+    });
+    r.until(1, GateState::Offline).await;
+    let view = r.fleet.view(&r.gates[1]).await.unwrap();
+    assert_eq!(view.snapshot.fault_code, Some(11));
+    // Its neighbour still works.
+    let (_, mut acks) = r.command(0, Action::Open);
+    assert_eq!(next(&mut acks).await, CommandStatus::Accepted);
+    assert_eq!(next(&mut acks).await, CommandStatus::Completed);
+    r.script.with(|s| {
+        s.exceptions.clear();
+    });
+    r.until(1, GateState::Closed).await;
+    assert_eq!(
+        r.script.get(|s| s.connects),
+        1,
+        "a unit's exception never restarts the link"
+    );
+}
+
+#[tokio::test]
+async fn a_write_that_times_out_is_reported_and_the_link_restarts() {
+    let r = rig(1).await;
+    r.until(0, GateState::Closed).await;
+    r.script
+        .with(|s| s.break_next = Some(LinkError::Timeout(Duration::from_millis(500))));
+    let (_, mut acks) = r.command(0, Action::Open);
+    assert_eq!(next(&mut acks).await, CommandStatus::TimedOut);
+    r.until(0, GateState::Offline).await;
+    r.until(0, GateState::Closed).await;
+    assert_eq!(r.script.get(|s| s.connects), 2);
+}
+
+#[tokio::test]
+async fn a_pulse_cut_short_by_a_link_drop_is_released_on_reconnect() {
+    let r = rig(1).await;
+    r.until(0, GateState::Closed).await;
+    r.script.with(|s| s.pulse = Some(Duration::from_secs(3600)));
+    let (_, mut acks) = r.command(0, Action::Open);
+    assert_eq!(next(&mut acks).await, CommandStatus::Accepted);
+    assert!(r.script.get(|s| s.released.is_empty()));
+    r.script
+        .with(|s| s.break_next = Some(LinkError::Io("reset".into())));
+    r.until(0, GateState::Offline).await;
+    r.until(0, GateState::Open).await;
+    assert_eq!(r.script.get(|s| s.released.clone()), vec![(0, HwOp::Open)]);
+}
+
+#[tokio::test]
+async fn a_retried_command_id_moves_the_gate_once_and_both_askers_hear_the_outcome() {
+    let r = rig(1).await;
+    r.until(0, GateState::Closed).await;
+    let id = CommandId::random();
+    let mut receivers = Vec::new();
+    for _ in 0..2 {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let sink: AckSink = Arc::new(move |_: &GateId, ack| {
+            let _ = tx.send(ack);
+        });
+        r.fleet
+            .command(&r.gates[0], id, Action::Open, Some(sink))
+            .unwrap();
+        receivers.push(rx);
+    }
+    for rx in &mut receivers {
+        let mut last = next(rx).await;
+        if last == CommandStatus::Accepted {
+            last = next(rx).await;
+        }
+        assert_eq!(last, CommandStatus::Completed);
+    }
+    assert_eq!(r.script.get(|s| s.writes.len()), 1);
+}
+
+#[tokio::test]
+async fn shutdown_releases_pulses_and_stops_every_actor() {
+    let r = rig(2).await;
+    r.until(0, GateState::Closed).await;
+    r.script.with(|s| s.pulse = Some(Duration::from_secs(3600)));
+    let (_, mut acks) = r.command(0, Action::Open);
+    assert_eq!(next(&mut acks).await, CommandStatus::Accepted);
+    r.fleet.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(r.script.get(|s| s.released.clone()), vec![(0, HwOp::Open)]);
+    assert!(r.fleet.context().directory.gate_ids().is_empty());
+    assert!(r.fleet.view(&r.gates[1]).await.is_err());
+}
