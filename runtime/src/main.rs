@@ -1,1 +1,118 @@
-fn main(){}
+//! `gatehouse`: the command line. Parses arguments, loads configuration, sets up logging and
+//! hands over to the library; errors are printed with their context and exit non-zero.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use gatehouse_runtime::config::Config;
+use gatehouse_runtime::{demo, logging};
+
+#[derive(Parser)]
+#[command(
+    name = "gatehouse",
+    version,
+    about = "Real-time supervision runtime for physical gates"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the simulator and the runtime together on loopback, with nothing to install.
+    Demo {
+        /// A configuration file (optional; the defaults are the embedded ones).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Stop after this many seconds instead of waiting for Ctrl-C.
+        #[arg(long = "for", value_name = "SECONDS")]
+        run_for: Option<u64>,
+        /// Do not inject faults.
+        #[arg(long)]
+        no_chaos: bool,
+    },
+    /// Run a real site from a configuration file.
+    Serve {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Check register profiles: the built-in ones, or the `*.toml` files in DIR.
+    CheckProfiles { dir: Option<PathBuf> },
+    /// Check a fleet file against the known profiles.
+    CheckFleet {
+        file: PathBuf,
+        /// Extra profiles directory.
+        #[arg(long)]
+        profiles: Option<PathBuf>,
+    },
+}
+
+fn load(path: Option<&PathBuf>) -> anyhow::Result<Config> {
+    Ok(Config::load(path.map(PathBuf::as_path), std::env::vars())?)
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Demo {
+            config,
+            run_for,
+            no_chaos,
+        } => {
+            let mut config = load(config.as_ref())?;
+            if std::env::var_os("RUST_LOG").is_none() && config.log.level == "info" {
+                // The demo's own event lines carry the story; keep the logs to what matters.
+                config.log.level = "warn,gatehouse_actors=info".into();
+            }
+            logging::init(&config.log);
+            let options = demo::DemoOptions {
+                run_for: run_for.map(Duration::from_secs),
+                no_chaos,
+            };
+            demo::run(config, options).await
+        }
+        Command::Serve { config } => {
+            let config = load(Some(&config))?;
+            logging::init(&config.log);
+            gatehouse_runtime::serve(config).await
+        }
+        Command::CheckProfiles { dir } => {
+            let mut profiles = gatehouse_adapters::profile::ProfileSet::builtin()?;
+            if let Some(dir) = &dir {
+                profiles.load_dir(dir)?;
+            }
+            for id in profiles.ids() {
+                println!("ok  {id}");
+            }
+            Ok(())
+        }
+        Command::CheckFleet { file, profiles } => {
+            let mut set = gatehouse_adapters::profile::ProfileSet::builtin()?;
+            if let Some(dir) = &profiles {
+                set.load_dir(dir)?;
+            }
+            let fleet = gatehouse_runtime::fleet_file::FleetFile::load(&file, &set)?;
+            println!(
+                "ok  {} sites, {} controllers, {} gates",
+                fleet.sites.len(),
+                fleet.controllers.len(),
+                fleet.gates.len()
+            );
+            Ok(())
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -65,6 +65,9 @@ pub struct LinkArgs {
 
 struct Slot {
     due: Instant,
+    /// Added once to the schedule after the first poll of a connection, to spread the gates
+    /// of a controller over the interval.
+    phase: Duration,
     hot_until: Option<Instant>,
     gate: Option<ActorRef<GateMsg>>,
 }
@@ -158,7 +161,7 @@ impl LinkState {
             slot.due = if hot {
                 done + fast
             } else {
-                let mut next = scheduled + base;
+                let mut next = scheduled + base + std::mem::take(&mut slot.phase);
                 if next <= done {
                     next = done + base;
                 }
@@ -195,6 +198,7 @@ impl Actor for LinkActor {
             .iter()
             .map(|g| Slot {
                 due: now,
+                phase: Duration::ZERO,
                 hot_until: None,
                 gate: args.ctx.directory.gate(&g.spec.id),
             })
@@ -265,13 +269,15 @@ impl Actor for LinkActor {
                     .ctx
                     .directory
                     .insert_link(state.args.spec.id.clone(), myself.clone());
-                // Spread the first polls over one interval so that the gates of a controller
-                // do not all land in the same millisecond, every interval, forever.
+                // Every gate is read at once, to reconcile quickly after a restart; after that
+                // the gates of a controller are spread over the interval so that they do not
+                // all land in the same millisecond, every interval, forever.
                 let now = Instant::now();
                 let n = state.slots.len().max(1) as u32;
                 let interval = state.args.spec.poll_interval;
                 for (i, slot) in state.slots.iter_mut().enumerate() {
-                    slot.due = now + interval * i as u32 / n;
+                    slot.due = now;
+                    slot.phase = interval * i as u32 / n;
                 }
                 tracing::info!(controller = %state.args.spec.id, endpoint = %state.args.spec.connector.endpoint(), "link up");
             }

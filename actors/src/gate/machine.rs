@@ -161,6 +161,8 @@ struct Pending {
     op: HwOp,
     target: Target,
     deadline: u64,
+    /// `accepted` was already sent (for the close that follows a confirmed warning).
+    announced: bool,
 }
 
 /// A remote close waiting for its warning lead time to run out.
@@ -492,6 +494,7 @@ impl GateMachine {
             op,
             target,
             deadline: now + self.cfg.write_timeout_ms,
+            announced: false,
         });
         out.push(Effect::Write(Write {
             tag: WriteTag::Command(id),
@@ -526,7 +529,9 @@ impl GateMachine {
         let p = self.pending.swap_remove(i);
         match result {
             WriteResult::Confirmed if p.op == HwOp::Warn => {
-                // The warning runs; the close follows after the lead time, re-checked then.
+                // The controller took the command: the warning runs, and the close follows
+                // after the lead time, its interlocks checked again then.
+                self.ack(id, CommandStatus::Accepted, out);
                 self.supersede_delayed(id, out);
                 self.delayed = Some(DelayedClose {
                     id,
@@ -534,7 +539,12 @@ impl GateMachine {
                     at: now + self.cfg.close_warning_lead_ms,
                 });
             }
-            WriteResult::Confirmed => self.accepted(now, p.id, p.action, p.target, out),
+            WriteResult::Confirmed => {
+                if !p.announced {
+                    self.ack(id, CommandStatus::Accepted, out);
+                }
+                self.accepted(now, p.id, p.action, p.target, out)
+            }
             WriteResult::Exception(_) => self.finish(
                 id,
                 p.action,
@@ -560,7 +570,6 @@ impl GateMachine {
         target: Target,
         out: &mut Vec<Effect>,
     ) {
-        self.ack(id, CommandStatus::Accepted, out);
         if let Some(prev) = self.active.take() {
             self.end_active(prev, CommandStatus::Failed(FailReason::Superseded), out);
         }
@@ -842,7 +851,12 @@ impl GateMachine {
                     CommandStatus::Failed(FailReason::Superseded),
                     out,
                 ),
-                None => self.start_write(now, d.id, d.action, HwOp::Close, Target::Closed, out),
+                None => {
+                    self.start_write(now, d.id, d.action, HwOp::Close, Target::Closed, out);
+                    if let Some(p) = self.pending.last_mut() {
+                        p.announced = true;
+                    }
+                }
             }
         }
 

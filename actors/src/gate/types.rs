@@ -126,8 +126,22 @@ pub enum RejectReason {
     StateUnknown,
     /// The command id was used before with a different payload.
     IdConflict,
-    /// The profile has no write for this action.
-    NotSupported,
+}
+
+impl RejectReason {
+    /// The wire spelling of the reason code.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::Offline => "offline",
+            RejectReason::Fault => "fault",
+            RejectReason::LockedOut => "locked_out",
+            RejectReason::Obstructed => "obstructed",
+            RejectReason::NoEntrapmentProtection => "no_entrapment_protection",
+            RejectReason::HeldOpen => "held_open",
+            RejectReason::StateUnknown => "state_unknown",
+            RejectReason::IdConflict => "id_conflict",
+        }
+    }
 }
 
 /// Why a command that was accepted (or tried) did not complete.
@@ -150,6 +164,22 @@ pub enum FailReason {
     Fault,
     /// `reset` was written but the controller still reports a fault.
     FaultPersists,
+}
+
+impl FailReason {
+    /// The wire spelling of the reason code.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailReason::Offline => "offline",
+            FailReason::TravelTimeout => "travel_timeout",
+            FailReason::ControllerException => "controller_exception",
+            FailReason::Interrupted => "interrupted",
+            FailReason::Obstructed => "obstructed",
+            FailReason::Superseded => "superseded",
+            FailReason::Fault => "fault",
+            FailReason::FaultPersists => "fault_persists",
+        }
+    }
 }
 
 /// A command's status as sent to clients: one `accepted`, then exactly one terminal status.

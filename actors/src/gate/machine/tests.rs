@@ -395,14 +395,17 @@ fn a_remote_close_runs_the_warning_output_for_the_lead_time_first() {
     let mut g = Gate::at(cfg, HwState::Open);
     let (id, fx) = g.cmd(Action::Close);
     assert_eq!(writes(&fx), vec![HwOp::Warn]);
-    assert!(
-        acks(&g.confirm(id), id).is_empty(),
-        "the warning is not the close"
-    );
+    // The controller took the command: accepted now, not after the lead time.
+    assert_eq!(acks(&g.confirm(id), id), vec![CommandStatus::Accepted]);
     assert!(writes(&g.advance(2_999)).is_empty());
     let fx = g.advance(1);
     assert_eq!(writes(&fx), vec![HwOp::Close]);
-    assert_eq!(acks(&g.confirm(id), id), vec![CommandStatus::Accepted]);
+    assert!(acks(&g.confirm(id), id).is_empty(), "accepted only once");
+    g.observe(obs(HwState::Closing));
+    assert_eq!(
+        acks(&g.observe(obs(HwState::Closed)), id),
+        vec![CommandStatus::Completed]
+    );
 }
 
 #[test]

@@ -1,0 +1,330 @@
+//! Runtime configuration: a TOML file plus `GATEHOUSE_SECTION__KEY` environment overrides
+//! (double underscore between levels), validated with errors that name the bad key and where
+//! it came from. The fleet (sites, controllers, gates) is not here: see [`crate::fleet_file`].
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The environment prefix for overrides.
+pub const ENV_PREFIX: &str = "GATEHOUSE_";
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub data: DataConfig,
+    #[serde(default)]
+    pub fleet: FleetConfig,
+    #[serde(default)]
+    pub profiles: ProfilesConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default)]
+    pub shutdown: ShutdownConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// Where durable state lives (the SQLite database, generated keys, the mail outbox).
+    #[serde(default = "default_data_dir")]
+    pub dir: PathBuf,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./data")
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            dir: default_data_dir(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetConfig {
+    /// The fleet file (sites, controllers, gates). Relative paths are relative to the
+    /// configuration file.
+    pub file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfilesConfig {
+    /// Extra register profiles (`*.toml`, named by file stem), on top of the built-in ones.
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// A tracing filter (`info`, `gatehouse=debug,warn`); `RUST_LOG` wins when set.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+fn default_log_level() -> String {
+    "info".into()
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: default_log_level(),
+            format: LogFormat::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// How long a graceful shutdown may take before actors are killed.
+    #[serde(default = "default_shutdown_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_shutdown_ms() -> u64 {
+    10_000
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            timeout_ms: default_shutdown_ms(),
+        }
+    }
+}
+
+impl ShutdownConfig {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+}
+
+/// A configuration that cannot be used, naming the key and its source.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("configuration {source_name}: {key}: {message}")]
+pub struct ConfigError {
+    /// The file, or the environment variable, the bad value came from.
+    pub source_name: String,
+    pub key: String,
+    pub message: String,
+}
+
+impl Config {
+    /// Loads `file` (if any), applies the `GATEHOUSE_*` variables from `env`, validates.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let file_name = file.map_or("(defaults)".to_string(), |p| p.display().to_string());
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+                    source_name: file_name.clone(),
+                    key: "(file)".into(),
+                    message: e.to_string(),
+                })?;
+                text.parse::<toml::Table>().map_err(|e| ConfigError {
+                    source_name: file_name.clone(),
+                    key: "(file)".into(),
+                    message: e.to_string(),
+                })?
+            }
+            None => toml::Table::new(),
+        };
+
+        // Which environment variable set which key, to name it in errors.
+        let mut from_env: BTreeMap<String, String> = BTreeMap::new();
+        let mut env: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .collect();
+        env.sort();
+        for (var, raw) in env {
+            let path: Vec<String> = var[ENV_PREFIX.len()..]
+                .split("__")
+                .map(str::to_ascii_lowercase)
+                .collect();
+            if path.iter().any(String::is_empty) {
+                return Err(ConfigError {
+                    source_name: format!("environment variable {var}"),
+                    key: path.join("."),
+                    message: "expected GATEHOUSE_SECTION__KEY".into(),
+                });
+            }
+            set_path(&mut table, &path, parse_env_value(&raw)).map_err(|message| ConfigError {
+                source_name: format!("environment variable {var}"),
+                key: path.join("."),
+                message,
+            })?;
+            from_env.insert(path.join("."), var);
+        }
+
+        let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|e| {
+                let key = e.path().to_string();
+                let source_name = from_env
+                    .iter()
+                    .find(|(k, _)| key.starts_with(k.as_str()) || k.starts_with(&key))
+                    .map_or(file_name.clone(), |(_, var)| {
+                        format!("environment variable {var}")
+                    });
+                ConfigError {
+                    source_name,
+                    key,
+                    message: e.into_inner().to_string(),
+                }
+            })?;
+
+        if let (Some(fleet), Some(base)) = (&config.fleet.file, file.and_then(Path::parent))
+            && fleet.is_relative()
+        {
+            config.fleet.file = Some(base.join(fleet));
+        }
+        if let (Some(dir), Some(base)) = (&config.profiles.dir, file.and_then(Path::parent))
+            && dir.is_relative()
+        {
+            config.profiles.dir = Some(base.join(dir));
+        }
+        config.validate(&file_name)?;
+        Ok(config)
+    }
+
+    fn validate(&self, source_name: &str) -> Result<(), ConfigError> {
+        let err = |key: &str, message: &str| ConfigError {
+            source_name: source_name.into(),
+            key: key.into(),
+            message: message.into(),
+        };
+        if self.data.dir.as_os_str().is_empty() {
+            return Err(err("data.dir", "must not be empty"));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return Err(err(
+                "log.level",
+                "is not a valid filter (try \"info\" or \"gatehouse=debug,warn\")",
+            ));
+        }
+        if !(100..=300_000).contains(&self.shutdown.timeout_ms) {
+            return Err(err("shutdown.timeout_ms", "must be between 100 and 300000"));
+        }
+        Ok(())
+    }
+}
+
+/// An environment value is read as a TOML value when it parses as one (`5`, `true`,
+/// `["a"]`), otherwise as a plain string (`./data`, `info`).
+fn parse_env_value(raw: &str) -> toml::Value {
+    format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()))
+}
+
+fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
+    let (last, parents) = path.split_last().ok_or("empty key")?;
+    let mut t = table;
+    for p in parents {
+        t = t
+            .entry(p.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .ok_or_else(|| format!("{p} is not a section"))?;
+    }
+    t.insert(last.clone(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn write(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gatehouse.toml");
+        std::fs::write(&path, text).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn defaults_need_no_file() {
+        let c = Config::load(None, env(&[])).unwrap();
+        assert_eq!(c.data.dir, PathBuf::from("./data"));
+        assert_eq!(c.log.level, "info");
+        assert_eq!(c.fleet.file, None);
+    }
+
+    #[test]
+    fn environment_overrides_the_file_with_double_underscores() {
+        let (_d, path) = write("[log]\nlevel = \"debug\"\n[shutdown]\ntimeout_ms = 2000\n");
+        let c = Config::load(
+            Some(&path),
+            env(&[
+                ("GATEHOUSE_LOG__LEVEL", "warn"),
+                ("GATEHOUSE_SHUTDOWN__TIMEOUT_MS", "3000"),
+                ("GATEHOUSE_DATA__DIR", "/var/lib/gatehouse"),
+                ("UNRELATED", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.log.level, "warn");
+        assert_eq!(c.shutdown.timeout_ms, 3000);
+        assert_eq!(c.data.dir, PathBuf::from("/var/lib/gatehouse"));
+    }
+
+    #[test]
+    fn a_fleet_file_path_is_relative_to_the_config_file() {
+        let (d, path) = write("[fleet]\nfile = \"fleet.toml\"\n");
+        let c = Config::load(Some(&path), env(&[])).unwrap();
+        assert_eq!(c.fleet.file, Some(d.path().join("fleet.toml")));
+    }
+
+    #[test]
+    fn errors_name_the_key_and_its_source() {
+        let (_d, path) = write("[log]\nlevle = \"debug\"\n");
+        let e = Config::load(Some(&path), env(&[])).unwrap_err();
+        assert_eq!(e.key, "log");
+        assert!(e.message.contains("levle"), "{e}");
+        assert!(e.source_name.ends_with("gatehouse.toml"));
+
+        let e = Config::load(None, env(&[("GATEHOUSE_SHUTDOWN__TIMEOUT_MS", "soon")])).unwrap_err();
+        assert_eq!(e.key, "shutdown.timeout_ms");
+        assert_eq!(
+            e.source_name,
+            "environment variable GATEHOUSE_SHUTDOWN__TIMEOUT_MS"
+        );
+
+        let e = Config::load(None, env(&[("GATEHOUSE_SHUTDOWN__TIMEOUT_MS", "5")])).unwrap_err();
+        assert_eq!(e.key, "shutdown.timeout_ms");
+        assert!(e.message.contains("between"), "{e}");
+
+        let e = Config::load(None, env(&[("GATEHOUSE_FLET__FILE", "x.toml")])).unwrap_err();
+        assert!(e.message.contains("flet"), "{e}");
+    }
+}

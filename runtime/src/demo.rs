@@ -1,0 +1,238 @@
+//! `gatehouse demo`: the simulator and the runtime in one process, on loopback, with nothing
+//! to install. Three simulated controllers (one per shipped profile) on ports from 15020 up,
+//! "residents" who open and close gates every few seconds, and a chaos scenario that drops
+//! links, restarts a controller, blocks a photo-eye and trips a motor, so that a new user can
+//! watch gates cycle, fail and recover. Every gate event is printed as it happens.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use gatehouse_actors::fleet::Fleet;
+use gatehouse_actors::fleet::gate::AckSink;
+use gatehouse_actors::gate::{Action, CommandStatus, GateState};
+use gatehouse_actors::ids::{CommandId, GateId};
+use gatehouse_sim::farm::{BASE_PORT, check_port};
+use gatehouse_sim::{ControllerSpec as SimControllerSpec, Farm, FarmSpec, Scenario, run_scenario};
+use rand::seq::IndexedRandom;
+use rand::{Rng, SeedableRng};
+
+use crate::config::Config;
+use crate::fleet_file::FleetFile;
+use crate::{Runtime, load_profiles, watch};
+
+/// The chaos the demo plays, on repeat.
+const CHAOS: &str = include_str!("../../config/scenarios/chaos.toml");
+
+/// How often, on average, a simulated resident taps open or close.
+const RESIDENT_PERIOD: Duration = Duration::from_millis(2500);
+
+/// The demo's controllers: (name, profile, gate id prefix, gates, travel time).
+const LAYOUT: [(&str, &str, &str, u8, u64); 3] = [
+    ("demo-1", "generic", "gate", 4, 6_000),
+    ("demo-2", "came-zlb30", "barrier", 4, 4_000),
+    ("demo-3", "ha-cover", "garage", 4, 8_000),
+];
+
+/// Options of `gatehouse demo`.
+#[derive(Debug, Clone, Default)]
+pub struct DemoOptions {
+    /// Stop by itself after this long (for smoke tests); otherwise run until Ctrl-C.
+    pub run_for: Option<Duration>,
+    /// Leave out the chaos scenario.
+    pub no_chaos: bool,
+}
+
+/// Free loopback ports from [`BASE_PORT`] up, skipping well-known service ports.
+fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+    let mut ports = Vec::with_capacity(n);
+    let mut port = BASE_PORT;
+    while ports.len() < n {
+        if check_port(port).is_ok()
+            && TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port))).is_ok()
+        {
+            ports.push(port);
+        }
+        port = port.checked_add(1).context("no free port above 15020")?;
+    }
+    Ok(ports)
+}
+
+/// The fleet file for the demo's controllers, as a user would write it.
+fn fleet_toml(ports: &[u16]) -> String {
+    let mut s = String::from(
+        "# Written by `gatehouse demo`: the simulated site it drives.\n\
+         [[site]]\nid = \"demo\"\nname = \"Demo car park\"\ntimezone = \"UTC\"\n",
+    );
+    for ((name, profile, prefix, gates, travel_ms), port) in LAYOUT.iter().zip(ports) {
+        s.push_str(&format!(
+            "\n[[controller]]\nid = \"{name}\"\nsite = \"demo\"\nprofile = \"{profile}\"\nendpoint = \"127.0.0.1:{port}\"\n"
+        ));
+        for unit in 1..=*gates {
+            // Travel timeout: twice the travel time, as an installer would set it.
+            let timeout_s = (travel_ms * 2).div_ceil(1000);
+            s.push_str(&format!(
+                "\n[[gate]]\nid = \"{prefix}-{unit}\"\ncontroller = \"{name}\"\nunit = {unit}\ntravel_timeout_s = {timeout_s}\n"
+            ));
+            // A few gates close by themselves, to show the warning before an auto-close.
+            if unit == 1 {
+                s.push_str("auto_close_after_s = 15\n");
+            }
+            if unit == 2 {
+                s.push_str("left_open_alert_after_s = 30\n");
+            }
+        }
+    }
+    s
+}
+
+/// Runs the demo until Ctrl-C (or `run_for`).
+pub async fn run(config: Config, options: DemoOptions) -> anyhow::Result<()> {
+    let profiles = load_profiles(&config)?;
+    std::fs::create_dir_all(&config.data.dir)
+        .with_context(|| format!("creating the data directory {}", config.data.dir.display()))?;
+
+    let ports = free_ports(LAYOUT.len())?;
+    let sims = LAYOUT
+        .iter()
+        .zip(&ports)
+        .map(|((name, profile, _, gates, travel_ms), port)| {
+            SimControllerSpec::new(*name, *profile, 1..=*gates)
+                .with_port(*port)
+                .with_travel(Duration::from_millis(*travel_ms))
+        })
+        .collect();
+    let farm = Farm::start(FarmSpec {
+        controllers: sims,
+        profiles: profiles.clone(),
+    })
+    .await
+    .context("starting the simulator")?;
+
+    let fleet_path = config.data.dir.join("demo-fleet.toml");
+    let text = fleet_toml(&ports);
+    std::fs::write(&fleet_path, &text)
+        .with_context(|| format!("writing {}", fleet_path.display()))?;
+    let fleet_file = FleetFile::parse(&fleet_path.display().to_string(), &text, &profiles)?;
+
+    let runtime = Runtime::start(fleet_file.controller_specs(&profiles)).await?;
+    banner(&farm, &fleet_path, &fleet_file);
+
+    let printer = tokio::spawn(watch::print_events(runtime.bus.subscribe()));
+    let residents = tokio::spawn(residents(
+        runtime.fleet.clone(),
+        fleet_file.gates.iter().map(|g| g.id.clone()).collect(),
+    ));
+    let chaos = if options.no_chaos {
+        None
+    } else {
+        let scenario = Scenario::parse(CHAOS).context("the demo's chaos scenario")?;
+        Some(run_scenario(&farm, scenario).context("starting the chaos scenario")?)
+    };
+
+    let reason = match options.run_for {
+        Some(d) => tokio::select! {
+            s = crate::shutdown_signal() => s,
+            _ = tokio::time::sleep(d) => "time up",
+        },
+        None => crate::shutdown_signal().await,
+    };
+    println!("\n{reason}: stopping the demo");
+    residents.abort();
+    if let Some(c) = &chaos {
+        c.stop();
+    }
+    runtime.shutdown(config.shutdown.timeout()).await;
+    printer.abort();
+    farm.shutdown().await;
+    println!("demo stopped cleanly");
+    Ok(())
+}
+
+fn banner(farm: &Farm, fleet_path: &Path, fleet: &FleetFile) {
+    println!("Gatehouse demo");
+    println!("==============");
+    println!("Simulated controllers (Modbus TCP, try them with mbpoll):");
+    for c in farm.controllers() {
+        println!(
+            "  {:<8} {:<16} profile {:<11} units {:?}",
+            c.name(),
+            c.local_addr().to_string(),
+            c.profile().id,
+            c.units()
+        );
+    }
+    println!(
+        "Runtime: {} gates on {} controllers, fleet file {}",
+        fleet.gates.len(),
+        fleet.controllers.len(),
+        fleet_path.display()
+    );
+    println!("The HTTP/WebSocket API is not part of this build yet; gate events print below.");
+    println!("Residents open and close gates every few seconds; a chaos scenario injects faults.");
+    println!("Press Ctrl-C to stop.\n");
+}
+
+/// Simulated residents: every few seconds someone taps open on a closed gate or close on an
+/// open one, and sees how fast the controller confirmed it.
+async fn residents(fleet: Fleet, gates: Vec<GateId>) {
+    let mut rng = rand::rngs::SmallRng::from_os_rng();
+    loop {
+        let wait = RESIDENT_PERIOD.mul_f64(rng.random_range(0.5..1.5));
+        tokio::time::sleep(wait).await;
+        let Some(gate) = gates.choose(&mut rng).cloned() else {
+            return;
+        };
+        let Ok(view) = fleet.view(&gate).await else {
+            continue;
+        };
+        let action = match view.snapshot.state {
+            GateState::Closed => Action::Open,
+            GateState::Open if !view.snapshot.flags.held_open => Action::Close,
+            GateState::Fault => Action::Reset,
+            _ => continue,
+        };
+        let sent = Instant::now();
+        let sink: AckSink = Arc::new(move |gate: &GateId, ack| {
+            if ack.status == CommandStatus::Accepted {
+                println!(
+                    "{} {:<12}       {:<44} [resident]",
+                    watch::clock(wall_ms()),
+                    gate.as_str(),
+                    format!(
+                        "{}: accepted in {:.2} ms",
+                        action.as_str(),
+                        sent.elapsed().as_secs_f64() * 1000.0
+                    ),
+                );
+            }
+        });
+        let _ = fleet.command(&gate, CommandId::random(), action, Some(sink));
+    }
+}
+
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_demo_fleet_file_is_valid() {
+        let profiles = gatehouse_adapters::profile::ProfileSet::builtin().unwrap();
+        let f = FleetFile::parse("demo", &fleet_toml(&[15020, 15021, 15022]), &profiles).unwrap();
+        assert_eq!(f.gates.len(), 12);
+        assert_eq!(f.controller_specs(&profiles).len(), 3);
+    }
+
+    #[test]
+    fn the_chaos_scenario_parses() {
+        Scenario::parse(CHAOS).unwrap();
+    }
+}

@@ -1,0 +1,413 @@
+//! The fleet file: sites, controllers and gates as TOML, the fleet's source until durable
+//! state exists (and its import/export format after). Parsed and validated as a whole: an
+//! error names the entry and the field, and nothing is applied from a file with an error.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gatehouse_actors::fleet::{ControllerSpec, GateSpec};
+use gatehouse_actors::gate::GateConfig;
+use gatehouse_actors::ids::{ControllerId, GateId, SiteId};
+use gatehouse_adapters::modbus::{GateBinding, TcpConnector, TimingOverrides};
+use gatehouse_adapters::profile::ProfileSet;
+use serde::{Deserialize, Serialize};
+
+/// Modbus unit ids that address one device (0 is broadcast; 248–255 are reserved).
+pub const UNIT_IDS: std::ops::RangeInclusive<u8> = 1..=247;
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetFile {
+    #[serde(default, rename = "site")]
+    pub sites: Vec<SiteEntry>,
+    #[serde(default, rename = "controller")]
+    pub controllers: Vec<ControllerEntry>,
+    #[serde(default, rename = "gate")]
+    pub gates: Vec<GateEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteEntry {
+    pub id: SiteId,
+    pub name: String,
+    /// An IANA time zone name; grants' time windows are read in it.
+    #[serde(default = "default_timezone")]
+    pub timezone: String,
+}
+
+fn default_timezone() -> String {
+    "UTC".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControllerEntry {
+    pub id: ControllerId,
+    pub site: SiteId,
+    /// A profile id: a file stem in `config/profiles/` or the configured profiles directory.
+    pub profile: String,
+    /// `host:port` of the Modbus TCP endpoint.
+    pub endpoint: String,
+    /// Overrides of the profile's timing, for slow gateways.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inter_frame_delay_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub poll_interval_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GateEntry {
+    pub id: GateId,
+    pub controller: ControllerId,
+    pub unit: u8,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default = "default_travel_timeout_s")]
+    pub travel_timeout_s: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_close_after_s: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub left_open_alert_after_s: Option<u64>,
+}
+
+fn default_travel_timeout_s() -> u64 {
+    60
+}
+
+/// A fleet file that cannot be used: the file, the entry and field, and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("fleet file {file}: {key}: {message}")]
+pub struct FleetFileError {
+    pub file: String,
+    /// Such as `gate[3].unit` or `controller[0].profile`.
+    pub key: String,
+    pub message: String,
+}
+
+impl FleetFile {
+    pub fn load(path: &Path, profiles: &ProfileSet) -> Result<FleetFile, FleetFileError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| FleetFileError {
+            file: file.clone(),
+            key: "(file)".into(),
+            message: e.to_string(),
+        })?;
+        Self::parse(&file, &text, profiles)
+    }
+
+    /// Parses and validates; `file` names the source in errors.
+    pub fn parse(
+        file: &str,
+        text: &str,
+        profiles: &ProfileSet,
+    ) -> Result<FleetFile, FleetFileError> {
+        let err = |key: String, message: String| FleetFileError {
+            file: file.to_string(),
+            key,
+            message,
+        };
+        let de =
+            toml::Deserializer::parse(text).map_err(|e| err("(file)".into(), e.to_string()))?;
+        let fleet: FleetFile = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            err(key, e.into_inner().message().to_string())
+        })?;
+        fleet
+            .validate(profiles)
+            .map_err(|(key, message)| err(key, message))?;
+        Ok(fleet)
+    }
+
+    fn validate(&self, profiles: &ProfileSet) -> Result<(), (String, String)> {
+        let mut sites = BTreeSet::new();
+        for (i, s) in self.sites.iter().enumerate() {
+            if !sites.insert(&s.id) {
+                return Err((
+                    format!("site[{i}].id"),
+                    format!("duplicate site id {}", s.id),
+                ));
+            }
+            if s.timezone.trim().is_empty() {
+                return Err((format!("site[{i}].timezone"), "must not be empty".into()));
+            }
+        }
+        let mut controllers = BTreeSet::new();
+        for (i, c) in self.controllers.iter().enumerate() {
+            let key = |f: &str| format!("controller[{i}].{f}");
+            if !controllers.insert(&c.id) {
+                return Err((key("id"), format!("duplicate controller id {}", c.id)));
+            }
+            if !sites.contains(&c.site) {
+                return Err((key("site"), format!("no site {} in this file", c.site)));
+            }
+            if profiles.get(&c.profile).is_none() {
+                let known: Vec<&str> = profiles.ids().collect();
+                return Err((
+                    key("profile"),
+                    format!(
+                        "unknown profile {:?} (known: {})",
+                        c.profile,
+                        known.join(", ")
+                    ),
+                ));
+            }
+            resolve(&c.endpoint).map_err(|m| (key("endpoint"), m))?;
+            for (field, v, range) in [
+                ("request_timeout_ms", c.request_timeout_ms, 10..=600_000),
+                ("inter_frame_delay_ms", c.inter_frame_delay_ms, 0..=10_000),
+                ("poll_interval_ms", c.poll_interval_ms, 50..=600_000),
+            ] {
+                if let Some(v) = v
+                    && !range.contains(&v)
+                {
+                    return Err((
+                        key(field),
+                        format!(
+                            "must be between {} and {}, got {v}",
+                            range.start(),
+                            range.end()
+                        ),
+                    ));
+                }
+            }
+        }
+        let mut gates = BTreeSet::new();
+        let mut units: BTreeMap<(&ControllerId, u8), usize> = BTreeMap::new();
+        for (i, g) in self.gates.iter().enumerate() {
+            let key = |f: &str| format!("gate[{i}].{f}");
+            if !gates.insert(&g.id) {
+                return Err((key("id"), format!("duplicate gate id {}", g.id)));
+            }
+            if !controllers.contains(&g.controller) {
+                return Err((
+                    key("controller"),
+                    format!("no controller {} in this file", g.controller),
+                ));
+            }
+            if !UNIT_IDS.contains(&g.unit) {
+                return Err((key("unit"), format!("must be 1..=247, got {}", g.unit)));
+            }
+            if let Some(other) = units.insert((&g.controller, g.unit), i) {
+                return Err((
+                    key("unit"),
+                    format!(
+                        "unit {} on {} is already gate[{other}]",
+                        g.unit, g.controller
+                    ),
+                ));
+            }
+            if !(1..=3_600).contains(&g.travel_timeout_s) {
+                return Err((key("travel_timeout_s"), "must be between 1 and 3600".into()));
+            }
+            if let Some(s) = g.auto_close_after_s
+                && !(5..=86_400).contains(&s)
+            {
+                return Err((
+                    key("auto_close_after_s"),
+                    "must be between 5 and 86400".into(),
+                ));
+            }
+            if let Some(s) = g.left_open_alert_after_s
+                && !(10..=7 * 86_400).contains(&s)
+            {
+                return Err((
+                    key("left_open_alert_after_s"),
+                    "must be between 10 and 604800".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The controller subtrees to start, with Modbus TCP connectors from the profiles.
+    pub fn controller_specs(&self, profiles: &ProfileSet) -> Vec<ControllerSpec> {
+        self.controllers
+            .iter()
+            .filter_map(|c| {
+                // Validated: the profile exists and the endpoint resolves.
+                let profile = profiles.get(&c.profile)?.clone();
+                let endpoint = resolve(&c.endpoint).ok()?;
+                let gates: Vec<&GateEntry> =
+                    self.gates.iter().filter(|g| g.controller == c.id).collect();
+                let bindings = gates
+                    .iter()
+                    .map(|g| GateBinding {
+                        unit: g.unit,
+                        profile: profile.clone(),
+                    })
+                    .collect();
+                let overrides = TimingOverrides {
+                    connect_timeout: None,
+                    request_timeout: c.request_timeout_ms.map(Duration::from_millis),
+                    inter_frame_delay: c.inter_frame_delay_ms.map(Duration::from_millis),
+                };
+                let connector = TcpConnector::from_profiles(endpoint, bindings, overrides);
+                let capabilities = profile.capabilities();
+                let specs = gates
+                    .iter()
+                    .map(|g| GateSpec {
+                        id: g.id.clone(),
+                        name: if g.name.is_empty() {
+                            g.id.to_string()
+                        } else {
+                            g.name.clone()
+                        },
+                        config: GateConfig {
+                            capabilities,
+                            travel_timeout_ms: g.travel_timeout_s * 1000,
+                            write_timeout_ms: (profile.request_timeout.as_millis() as u64 * 3)
+                                .max(1_000),
+                            auto_close_after_ms: g.auto_close_after_s.map(|s| s * 1000),
+                            left_open_alert_after_ms: g.left_open_alert_after_s.map(|s| s * 1000),
+                            ..GateConfig::default()
+                        },
+                    })
+                    .collect();
+                let poll = c
+                    .poll_interval_ms
+                    .map_or(profile.poll_interval, Duration::from_millis);
+                Some(ControllerSpec::new(
+                    c.id.clone(),
+                    c.site.clone(),
+                    Arc::new(connector),
+                    poll,
+                    profile.fast_poll_interval.min(poll),
+                    specs,
+                ))
+            })
+            .collect()
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+}
+
+/// `host:port` to a socket address (the first one a host name resolves to).
+fn resolve(endpoint: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = endpoint.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    if !endpoint.contains(':') {
+        return Err(format!(
+            "{endpoint:?} needs a port (host:port; Modbus TCP is usually 502)"
+        ));
+    }
+    endpoint
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {endpoint:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{endpoint:?} resolves to no address"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[[site]]
+id = "hq"
+name = "Headquarters"
+timezone = "Europe/Paris"
+
+[[controller]]
+id = "hq-north"
+site = "hq"
+profile = "came-zlb30"
+endpoint = "127.0.0.1:1502"
+
+[[gate]]
+id = "north-barrier"
+controller = "hq-north"
+unit = 1
+name = "North barrier"
+auto_close_after_s = 60
+
+[[gate]]
+id = "north-pedestrian"
+controller = "hq-north"
+unit = 2
+"#;
+
+    fn parse(text: &str) -> Result<FleetFile, FleetFileError> {
+        FleetFile::parse("fleet.toml", text, &ProfileSet::builtin().unwrap())
+    }
+
+    fn error_key(text: &str) -> String {
+        parse(text).unwrap_err().key
+    }
+
+    #[test]
+    fn a_good_file_becomes_controller_subtrees() {
+        let f = parse(GOOD).unwrap();
+        let specs = f.controller_specs(&ProfileSet::builtin().unwrap());
+        assert_eq!(specs.len(), 1);
+        assert_eq!(specs[0].gates.len(), 2);
+        assert_eq!(
+            specs[0].gates[0].spec.config.auto_close_after_ms,
+            Some(60_000)
+        );
+        assert_eq!(specs[0].gates[1].spec.name, "north-pedestrian");
+        assert!(
+            specs[0].gates[0].spec.config.capabilities.reset,
+            "came has a reset write"
+        );
+    }
+
+    #[test]
+    fn export_reimports_to_the_same_fleet() {
+        let f = parse(GOOD).unwrap();
+        assert_eq!(parse(&f.to_toml()).unwrap(), f);
+    }
+
+    #[test]
+    fn bad_entries_are_named_by_entry_and_field() {
+        assert_eq!(
+            error_key(&GOOD.replace("came-zlb30", "nope")),
+            "controller[0].profile"
+        );
+        assert_eq!(
+            error_key(&GOOD.replace("unit = 2", "unit = 1")),
+            "gate[1].unit"
+        );
+        assert_eq!(
+            error_key(&GOOD.replace("unit = 2", "unit = 0")),
+            "gate[1].unit"
+        );
+        assert_eq!(
+            error_key(&GOOD.replace("unit = 2", "unit = 300")),
+            "gate[1].unit"
+        );
+        assert_eq!(
+            error_key(&GOOD.replace("\"north-pedestrian\"", "\"north-barrier\"")),
+            "gate[1].id"
+        );
+        assert_eq!(
+            error_key(&GOOD.replace("\"north-pedestrian\"", "\"North\"")),
+            "gate[1].id"
+        );
+        assert_eq!(
+            error_key(&GOOD.replace("127.0.0.1:1502", "127.0.0.1")),
+            "controller[0].endpoint"
+        );
+        assert_eq!(
+            error_key(&GOOD.replace("site = \"hq\"", "site = \"elsewhere\"")),
+            "controller[0].site"
+        );
+        assert_eq!(
+            error_key(&GOOD.replace("auto_close_after_s = 60", "auto_close_after_s = 1")),
+            "gate[0].auto_close_after_s"
+        );
+        assert_eq!(
+            error_key(&GOOD.replace("name = \"North barrier\"", "nmae = \"x\"")),
+            "gate[0]"
+        );
+    }
+}
