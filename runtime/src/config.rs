@@ -309,8 +309,8 @@ mod tests {
     fn errors_name_the_key_and_its_source() {
         let (_d, path) = write("[log]\nlevle = \"debug\"\n");
         let e = Config::load(Some(&path), env(&[])).unwrap_err();
-        assert_eq!(e.key, "log");
-        assert!(e.message.contains("levle"), "{e}");
+        assert_eq!(e.key, "log.levle");
+        assert!(e.message.contains("unknown field"), "{e}");
         assert!(e.source_name.ends_with("gatehouse.toml"));
 
         let e = Config::load(None, env(&[("GATEHOUSE_SHUTDOWN__TIMEOUT_MS", "soon")])).unwrap_err();

@@ -407,7 +407,7 @@ unit = 2
         );
         assert_eq!(
             error_key(&GOOD.replace("name = \"North barrier\"", "nmae = \"x\"")),
-            "gate[0]"
+            "gate[0].nmae"
         );
     }
 }
