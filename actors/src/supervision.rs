@@ -278,14 +278,13 @@ impl SupervisorState {
         let child = &mut self.children[i];
         child.generation += 1;
         // Taken out of the list first, so that its exit event is not mistaken for a failure.
-        if let Some(cell) = child.cell.take() {
-            if cell
+        if let Some(cell) = child.cell.take()
+            && cell
                 .stop_and_wait(Some(reason.to_string()), Some(CHILD_SHUTDOWN_TIMEOUT))
                 .await
                 .is_err()
-            {
-                cell.kill();
-            }
+        {
+            cell.kill();
         }
     }
 

@@ -63,6 +63,9 @@ pub struct GateView {
     pub busy: bool,
 }
 
+/// A scheduled `Tick` to the gate itself.
+type TickTimer = JoinHandle<Result<(), ractor::MessagingErr<GateMsg>>>;
+
 pub struct GateActor;
 
 pub struct GateArgs {
@@ -77,7 +80,7 @@ pub struct GateActorState {
     /// Who to tell about each live command (several when a client retried the same id).
     listeners: HashMap<CommandId, Vec<AckSink>>,
     /// The pending timer and the machine deadline it is for.
-    timer: Option<(u64, JoinHandle<Result<(), ractor::MessagingErr<GateMsg>>>)>,
+    timer: Option<(u64, TickTimer)>,
     /// Reused between messages so that handling allocates nothing in the common case.
     effects: Vec<Effect>,
 }

@@ -54,6 +54,9 @@ pub enum LinkMsg {
     Release { gate: usize, op: HwOp },
 }
 
+/// A scheduled `Poll` to the link itself.
+type PollTimer = JoinHandle<Result<(), ractor::MessagingErr<LinkMsg>>>;
+
 pub struct LinkActor;
 
 pub struct LinkArgs {
@@ -77,10 +80,7 @@ pub struct LinkState {
     session: Option<Box<dyn LinkSession>>,
     slots: Vec<Slot>,
     /// When the pending poll timer fires, if one is pending.
-    timer: Option<(
-        Instant,
-        JoinHandle<Result<(), ractor::MessagingErr<LinkMsg>>>,
-    )>,
+    timer: Option<(Instant, PollTimer)>,
 }
 
 impl LinkState {

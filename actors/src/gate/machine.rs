@@ -948,10 +948,10 @@ impl GateMachine {
                 self.open_since = None;
                 self.left_open_raised = false;
             }
-            GateState::Opening | GateState::Open | GateState::Stopped | GateState::Closing => {
-                if self.open_since.is_none() && from != GateState::Offline {
-                    self.open_since = Some(now);
-                }
+            GateState::Opening | GateState::Open | GateState::Stopped | GateState::Closing
+                if self.open_since.is_none() && from != GateState::Offline =>
+            {
+                self.open_since = Some(now);
             }
             // Unknown, offline, fault: keep the clock running; we don't know better.
             _ => {}
