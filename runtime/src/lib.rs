@@ -31,7 +31,14 @@ pub struct Runtime {
 impl Runtime {
     /// Boots the tree for `controllers`.
     pub async fn start(controllers: Vec<ControllerSpec>) -> anyhow::Result<Runtime> {
-        let bus = LocalBus::default();
+        Self::start_on(LocalBus::default(), controllers).await
+    }
+
+    /// Boots the tree on `bus`, so that a caller who subscribed first sees the first events.
+    pub async fn start_on(
+        bus: LocalBus,
+        controllers: Vec<ControllerSpec>,
+    ) -> anyhow::Result<Runtime> {
         let ctx = FleetContext::new(Arc::new(bus.clone()));
         let (fleet, stopped) = Fleet::start(ctx, controllers)
             .await
