@@ -233,6 +233,19 @@ struct Child {
     generation: u64,
 }
 
+impl Child {
+    fn new(spec: ChildSpec) -> Self {
+        Self {
+            spec,
+            cell: None,
+            started_at: Instant::now(),
+            failures: 0,
+            restarts: 0,
+            generation: 0,
+        }
+    }
+}
+
 pub struct SupervisorState {
     spec: SupervisorSpec,
     children: Vec<Child>,
@@ -436,14 +449,7 @@ impl Actor for Supervisor {
             if state.children.iter().any(|c| c.spec.id == spec.id) {
                 return Err(SupervisorError::DuplicateChild(spec.id).into());
             }
-            state.children.push(Child {
-                spec,
-                cell: None,
-                started_at: Instant::now(),
-                failures: 0,
-                restarts: 0,
-                generation: 0,
-            });
+            state.children.push(Child::new(spec));
             let i = state.children.len() - 1;
             if let Err(e) = state.start_child(i, &myself.get_cell()).await {
                 state.stop_all("startup failed").await;
@@ -474,14 +480,7 @@ impl Actor for Supervisor {
                 let result = if state.children.iter().any(|c| c.spec.id == spec.id) {
                     Err(SupervisorError::DuplicateChild(spec.id))
                 } else {
-                    state.children.push(Child {
-                        spec,
-                        cell: None,
-                        started_at: Instant::now(),
-                        failures: 0,
-                        restarts: 0,
-                        generation: 0,
-                    });
+                    state.children.push(Child::new(spec));
                     let i = state.children.len() - 1;
                     let r = state.start_child(i, &myself.get_cell()).await;
                     if r.is_err() {

@@ -224,12 +224,7 @@ impl Actor for LinkActor {
         // A clean stop leaves no output switched on. If this fails, the ledger keeps the
         // pulses and the next connection releases them.
         if let Some(mut session) = state.session.take() {
-            let pulses = state
-                .args
-                .pulses
-                .lock()
-                .map(|p| p.clone())
-                .unwrap_or_default();
+            let pulses = pending_pulses(&state.args.pulses);
             for (gate, op) in pulses {
                 if let Ok(Ok(())) = session.release(gate, op).await {
                     forget_pulse(&state.args.pulses, gate, op);
@@ -249,12 +244,7 @@ impl Actor for LinkActor {
             LinkMsg::Connect => {
                 let mut session = state.args.spec.connector.connect().await?;
                 // Pulses cut short by the last drop are released before anything else.
-                let pulses = state
-                    .args
-                    .pulses
-                    .lock()
-                    .map(|p| p.clone())
-                    .unwrap_or_default();
+                let pulses = pending_pulses(&state.args.pulses);
                 for (gate, op) in pulses {
                     let _ = session.release(gate, op).await?;
                     forget_pulse(&state.args.pulses, gate, op);
@@ -342,6 +332,14 @@ impl Actor for LinkActor {
         state.schedule(&myself);
         Ok(())
     }
+}
+
+fn pending_pulses(ledger: &PulseLedger) -> Vec<(usize, HwOp)> {
+    ledger.lock().map(|p| p.clone()).unwrap_or_default()
+}
+
+fn pending_pulses(ledger: &PulseLedger) -> Vec<(usize, HwOp)> {
+    ledger.lock().map(|p| p.clone()).unwrap_or_default()
 }
 
 fn forget_pulse(ledger: &PulseLedger, gate: usize, op: HwOp) {
