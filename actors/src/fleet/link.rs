@@ -338,10 +338,6 @@ fn pending_pulses(ledger: &PulseLedger) -> Vec<(usize, HwOp)> {
     ledger.lock().map(|p| p.clone()).unwrap_or_default()
 }
 
-fn pending_pulses(ledger: &PulseLedger) -> Vec<(usize, HwOp)> {
-    ledger.lock().map(|p| p.clone()).unwrap_or_default()
-}
-
 fn forget_pulse(ledger: &PulseLedger, gate: usize, op: HwOp) {
     if let Ok(mut p) = ledger.lock()
         && let Some(i) = p.iter().position(|x| *x == (gate, op))
