@@ -7,4 +7,5 @@ pub mod gate;
 pub mod ids;
 pub mod ports;
 pub mod stats;
+pub mod store;
 pub mod supervision;

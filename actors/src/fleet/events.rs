@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use crate::gate::{Cause, EventKind, GateSnapshot};
@@ -12,7 +12,7 @@ use crate::ids::{ControllerId, GateId};
 
 /// One event of one gate. `seq` is assigned by the gate's actor, the only writer for that
 /// gate, and increases by one per event: clients resume per gate from it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GateEvent {
     pub gate: GateId,
     pub controller: ControllerId,

@@ -1,0 +1,144 @@
+//! Store ports: durable configuration (the fleet) and the durable event log. Implemented in
+//! `adapters/` with diesel on SQLite and PostgreSQL; the actors see only these traits.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::fleet::events::GateEvent;
+use crate::gate::{Action, CommandStatus};
+use crate::ids::{CommandId, ControllerId, GateId, SiteId};
+use crate::ports::BoxFuture;
+
+/// A site as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteRecord {
+    pub id: SiteId,
+    pub name: String,
+    /// IANA time zone name.
+    pub timezone: String,
+}
+
+/// A controller as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControllerRecord {
+    pub id: ControllerId,
+    pub site: SiteId,
+    /// Profile id (file stem).
+    pub profile: String,
+    /// `host:port`.
+    pub endpoint: String,
+    pub request_timeout_ms: Option<u64>,
+    pub inter_frame_delay_ms: Option<u64>,
+    pub poll_interval_ms: Option<u64>,
+}
+
+/// A gate as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GateRecord {
+    pub id: GateId,
+    pub controller: ControllerId,
+    pub unit: u8,
+    pub name: String,
+    pub travel_timeout_s: u64,
+    pub auto_close_after_s: Option<u64>,
+    pub left_open_alert_after_s: Option<u64>,
+}
+
+/// The whole fleet configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetRecords {
+    pub sites: Vec<SiteRecord>,
+    pub controllers: Vec<ControllerRecord>,
+    pub gates: Vec<GateRecord>,
+}
+
+/// One configuration change. A batch of changes is applied in one transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FleetChange {
+    UpsertSite(SiteRecord),
+    RemoveSite(SiteId),
+    UpsertController(ControllerRecord),
+    RemoveController(ControllerId),
+    UpsertGate(GateRecord),
+    RemoveGate(GateId),
+}
+
+/// Where a gate's history stands in the store: resume points for its actor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GateHead {
+    /// The highest event sequence stored for the gate.
+    pub seq: u64,
+    /// The unwrapped cycle total of the gate's latest event that carried one.
+    pub cycles: Option<u64>,
+}
+
+/// An event as read back, with its global id (commit order within one writer; not a resume
+/// point across writers — clients resume per gate by `seq`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent {
+    pub id: i64,
+    pub event: GateEvent,
+}
+
+/// Why the store could not do something.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The database is unreachable or went away: worth retrying.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// A constraint refused the change (unknown reference, duplicate key): not worth retrying.
+    #[error("rejected by the database: {0}")]
+    Rejected(String),
+    #[error("database error: {0}")]
+    Other(String),
+}
+
+impl StoreError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+/// Durable fleet configuration.
+pub trait FleetStore: Send + Sync + 'static {
+    fn load_fleet(&self) -> BoxFuture<'_, Result<FleetRecords, StoreError>>;
+    /// Applies `changes` in one transaction: all or nothing.
+    fn apply(&self, changes: Vec<FleetChange>) -> BoxFuture<'_, Result<(), StoreError>>;
+}
+
+/// The durable event log.
+pub trait EventStore: Send + Sync + 'static {
+    /// Appends in one transaction. An event whose `(gate, seq)` is already stored is skipped,
+    /// so that a retried batch is never stored twice.
+    fn append(&self, events: Vec<Arc<GateEvent>>) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// Every gate's resume point.
+    fn heads(&self) -> BoxFuture<'_, Result<Vec<(GateId, GateHead)>, StoreError>>;
+    /// A gate's events with `seq > after`, oldest first.
+    fn since(
+        &self,
+        gate: GateId,
+        after: u64,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Vec<StoredEvent>, StoreError>>;
+    /// Every event with global id `> after`, in id order.
+    fn after(&self, after: i64, limit: u32) -> BoxFuture<'_, Result<Vec<StoredEvent>, StoreError>>;
+    /// Commands that finished at or after `since_ms` (wall clock), from their
+    /// `command_finished` events: what a restarted gate must remember for idempotency.
+    fn finished_commands(
+        &self,
+        since_ms: u64,
+    ) -> BoxFuture<'_, Result<Vec<FinishedCommand>, StoreError>>;
+}
+
+/// A command's terminal outcome, as recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FinishedCommand {
+    pub gate: GateId,
+    /// The sequence of its `command_finished` event.
+    pub seq: u64,
+    pub at_ms: u64,
+    pub id: CommandId,
+    pub action: Action,
+    pub status: CommandStatus,
+}
