@@ -6,12 +6,16 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use gatehouse_actors::fleet::events::{GateEvent, LocalBus};
+use gatehouse_actors::eventlog;
+use gatehouse_actors::fleet::Directory;
+use gatehouse_actors::fleet::events::{EventSink, GateEvent, LocalBus};
 use gatehouse_actors::fleet::gate::{Ack, AckSink};
 use gatehouse_actors::fleet::{ControllerSpec, Fleet, FleetContext, GateSpec};
 use gatehouse_actors::gate::*;
 use gatehouse_actors::ids::{CommandId, ControllerId, GateId, SiteId};
 use gatehouse_actors::ports::*;
+use gatehouse_actors::store::{EventStore, FinishedCommand, GateHead, StoreError, StoredEvent};
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::timeout;
 
@@ -118,11 +122,25 @@ struct Rig {
 }
 
 async fn rig(n: usize) -> Rig {
+    rig_with(n, None).await
+}
+
+/// A fleet of `n` gates; with `store`, events go through the event log into it.
+async fn rig_with(n: usize, store: Option<Arc<MemoryStore>>) -> Rig {
     let script = Scripted::default();
     script.with(|s| s.states = vec![HwState::Closed; n]);
     let bus = LocalBus::default();
     let events = bus.subscribe();
-    let ctx = FleetContext::new(Arc::new(bus));
+    let bus: Arc<dyn EventSink> = Arc::new(bus);
+    let directory = Arc::new(Directory::default());
+    let (log, writer) = match store {
+        Some(store) => {
+            let (log, writer) = eventlog::channel(store, directory.clone(), bus.clone());
+            (Some(log), Some(writer))
+        }
+        None => (None, None),
+    };
+    let ctx = FleetContext::with_log(bus, directory, log);
     let gates: Vec<GateId> = (0..n)
         .map(|i| GateId::new(&format!("g{i}")).unwrap())
         .collect();
@@ -141,7 +159,7 @@ async fn rig(n: usize) -> Rig {
             })
             .collect(),
     );
-    let (fleet, _) = Fleet::start(ctx, vec![spec]).await.unwrap();
+    let (fleet, _) = Fleet::start(ctx, vec![spec], writer).await.unwrap();
     Rig {
         fleet,
         script,
@@ -342,4 +360,148 @@ async fn shutdown_releases_pulses_and_stops_every_actor() {
     assert_eq!(r.script.get(|s| s.released.clone()), vec![(0, HwOp::Open)]);
     assert!(r.fleet.context().directory.gate_ids().is_empty());
     assert!(r.fleet.view(&r.gates[1]).await.is_err());
+}
+
+// ---- the event log ------------------------------------------------------------------------
+
+/// An event store in memory that can be made to fail, recording each batch it was given.
+#[derive(Default)]
+struct MemoryStore {
+    events: Mutex<Vec<Arc<GateEvent>>>,
+    batches: Mutex<Vec<usize>>,
+    down: AtomicBool,
+}
+
+impl EventStore for MemoryStore {
+    fn append(&self, events: Vec<Arc<GateEvent>>) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(StoreError::Unavailable("connection refused".into()));
+            }
+            self.batches.lock().unwrap().push(events.len());
+            self.events.lock().unwrap().extend(events);
+            Ok(())
+        })
+    }
+    fn heads(&self) -> BoxFuture<'_, Result<Vec<(GateId, GateHead)>, StoreError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+    fn since(
+        &self,
+        _: GateId,
+        _: u64,
+        _: u32,
+    ) -> BoxFuture<'_, Result<Vec<StoredEvent>, StoreError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+    fn after(&self, _: i64, _: u32) -> BoxFuture<'_, Result<Vec<StoredEvent>, StoreError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+    fn finished_commands(&self, _: u64) -> BoxFuture<'_, Result<Vec<FinishedCommand>, StoreError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+}
+
+impl MemoryStore {
+    fn stored(&self) -> Vec<Arc<GateEvent>> {
+        self.events.lock().unwrap().clone()
+    }
+}
+
+#[tokio::test]
+async fn a_terminal_outcome_is_sent_only_after_its_event_is_committed() {
+    let store = Arc::new(MemoryStore::default());
+    let r = rig_with(1, Some(store.clone())).await;
+    r.until(0, GateState::Closed).await;
+
+    store.down.store(true, Ordering::SeqCst);
+    let (id, mut acks) = r.command(0, Action::Open);
+    // `accepted` does not wait for the database.
+    assert_eq!(next(&mut acks).await, CommandStatus::Accepted);
+    r.until(0, GateState::Open).await;
+    // The gate is open and the command done, but its outcome is not durable: not told yet.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        acks.try_recv().is_err(),
+        "completed was told before it was committed"
+    );
+    let health = r.fleet.context().eventlog.as_ref().unwrap().stats().clone();
+    assert!(
+        !health.is_healthy(),
+        "readiness degrades while commits fail"
+    );
+
+    store.down.store(false, Ordering::SeqCst);
+    assert_eq!(next(&mut acks).await, CommandStatus::Completed);
+    assert!(health.is_healthy());
+    let finished = store.stored().iter().any(|e| {
+        matches!(e.kind, EventKind::CommandFinished { command, status: CommandStatus::Completed, .. } if command == id)
+    });
+    assert!(finished, "the outcome's event is in the store");
+}
+
+#[tokio::test]
+async fn events_are_group_committed_then_published_in_sequence_per_gate() {
+    let store = Arc::new(MemoryStore::default());
+    let mut r = rig_with(8, Some(store.clone())).await;
+    for i in 0..8 {
+        r.until(i, GateState::Closed).await;
+    }
+    for i in 0..8 {
+        let _ = r.command(i, Action::Open);
+    }
+    for i in 0..8 {
+        r.until(i, GateState::Open).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let stored = store.stored();
+    let mut published = Vec::new();
+    while let Ok(ev) = r.events.try_recv() {
+        published.push(ev);
+    }
+    assert_eq!(
+        published.len(),
+        stored.len(),
+        "every committed event is published, and only those"
+    );
+    for gate in &r.gates {
+        let seqs: Vec<u64> = published
+            .iter()
+            .filter(|e| &e.gate == gate)
+            .map(|e| e.seq)
+            .collect();
+        let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
+        assert_eq!(seqs, expected, "{gate}: gap-free, in order");
+    }
+    let batches = store.batches.lock().unwrap().clone();
+    assert!(
+        batches.iter().any(|n| *n > 1),
+        "several events share a commit: {batches:?}"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_writes_everything_the_gates_queued() {
+    let store = Arc::new(MemoryStore::default());
+    let r = rig_with(4, Some(store.clone())).await;
+    for i in 0..4 {
+        r.until(i, GateState::Closed).await;
+    }
+    let _ = r.command(2, Action::Open);
+    r.until(2, GateState::Open).await;
+    r.fleet.shutdown(Duration::from_secs(5)).await;
+    let stored = store.stored();
+    for gate in &r.gates {
+        let seqs: Vec<u64> = stored
+            .iter()
+            .filter(|e| &e.gate == gate)
+            .map(|e| e.seq)
+            .collect();
+        let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
+        assert_eq!(seqs, expected, "{gate}");
+        // The last thing each gate said, going offline at shutdown, is stored too.
+        let last = stored.iter().filter(|e| &e.gate == gate).last().unwrap();
+        assert_eq!(last.snapshot.state, GateState::Offline, "{gate}");
+    }
 }

@@ -40,7 +40,7 @@ impl Runtime {
         controllers: Vec<ControllerSpec>,
     ) -> anyhow::Result<Runtime> {
         let ctx = FleetContext::new(Arc::new(bus.clone()));
-        let (fleet, stopped) = Fleet::start(ctx, controllers)
+        let (fleet, stopped) = Fleet::start(ctx, controllers, None)
             .await
             .context("starting the fleet")?;
         Ok(Runtime {

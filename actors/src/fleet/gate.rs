@@ -5,7 +5,7 @@
 //! It survives link restarts: while the link is down it is `offline` and refuses commands
 //! with a reason; the first reading after the link is back reconciles it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -17,8 +17,8 @@ use crate::fleet::events::GateEvent;
 use crate::fleet::link::LinkMsg;
 use crate::fleet::{FleetContext, GateBinding};
 use crate::gate::{
-    Action, Admission, CommandStatus, Effect, GateMachine, GateSnapshot, Input, Observation,
-    RejectReason, WriteResult, WriteTag,
+    Action, Admission, CommandStatus, Effect, EventKind, GateMachine, GateSnapshot, Input,
+    Observation, RejectReason, WriteResult, WriteTag,
 };
 use crate::ids::{CommandId, GateId};
 
@@ -49,6 +49,10 @@ pub enum GateMsg {
     },
     /// A machine timer may be due.
     Tick,
+    /// The event log has committed this gate's events up to `seq`.
+    Committed {
+        seq: u64,
+    },
     Snapshot(RpcReplyPort<GateView>),
 }
 
@@ -83,6 +87,12 @@ pub struct GateActorState {
     timer: Option<(u64, TickTimer)>,
     /// Reused between messages so that handling allocates nothing in the common case.
     effects: Vec<Effect>,
+    /// Terminal outcomes decided but not yet given the seq of their `command_finished` event.
+    held: Vec<(CommandId, CommandStatus)>,
+    /// Terminal outcomes waiting for their event (by seq) to be committed.
+    awaiting: VecDeque<(u64, CommandId, CommandStatus)>,
+    /// Events to hand to the event log once the current message's effects are applied.
+    to_log: Vec<Arc<GateEvent>>,
 }
 
 impl GateActorState {
@@ -92,12 +102,41 @@ impl GateActorState {
 
     /// Feeds an input and carries out every effect, including the ones that follow from
     /// writes that fail on the spot (link absent).
-    fn run(&mut self, myself: &ActorRef<GateMsg>, input: Input) {
+    async fn run(&mut self, myself: &ActorRef<GateMsg>, input: Input) {
         let now = self.now_ms();
         let mut effects = std::mem::take(&mut self.effects);
         self.machine.handle(now, input, &mut effects);
         self.apply(myself, &mut effects);
         self.effects = effects;
+        self.flush().await;
+    }
+
+    /// Hands this message's events to the event log; waits while its queue is full, which is
+    /// the backpressure that keeps memory bounded when the database is slow or away.
+    async fn flush(&mut self) {
+        let Some(log) = self.ctx.eventlog.clone() else {
+            return;
+        };
+        for event in std::mem::take(&mut self.to_log) {
+            if let Err(event) = log.append(event).await {
+                // The writer is gone for good (shutdown): nothing durable can be promised.
+                tracing::warn!(gate = %event.gate, seq = event.seq, "event log closed; event not stored");
+            }
+        }
+    }
+
+    /// Whether `id`'s terminal outcome is decided but not yet durable.
+    fn is_unsettled(&self, id: CommandId) -> bool {
+        self.held.iter().any(|(i, _)| *i == id) || self.awaiting.iter().any(|(_, i, _)| *i == id)
+    }
+
+    /// The event log committed up to `seq`: release the outcomes that waited for it.
+    fn committed(&mut self, seq: u64) {
+        while self.awaiting.front().is_some_and(|(s, _, _)| *s <= seq) {
+            if let Some((_, id, status)) = self.awaiting.pop_front() {
+                self.deliver(id, status);
+            }
+        }
     }
 
     fn apply(&mut self, myself: &ActorRef<GateMsg>, effects: &mut Vec<Effect>) {
@@ -114,7 +153,14 @@ impl GateActorState {
                         self.machine.handle(now, input, effects);
                     }
                 }
-                Effect::Ack { id, status } => self.deliver(id, status),
+                Effect::Ack { id, status } => {
+                    if status.is_terminal() && self.ctx.eventlog.is_some() {
+                        // Sent only once its `command_finished` event is committed.
+                        self.held.push((id, status));
+                    } else {
+                        self.deliver(id, status);
+                    }
+                }
                 Effect::Event { kind, cause } => {
                     let seq = self.binding.seq.fetch_add(1, Ordering::Relaxed) + 1;
                     let event = GateEvent {
@@ -126,7 +172,20 @@ impl GateActorState {
                         cause,
                         snapshot: self.machine.snapshot(),
                     };
-                    self.ctx.bus.publish(Arc::new(event));
+                    if let EventKind::CommandFinished { command, .. } = kind
+                        && let Some(i) = self.held.iter().position(|(id, _)| *id == command)
+                    {
+                        let (id, status) = self.held.swap_remove(i);
+                        self.awaiting.push_back((seq, id, status));
+                    }
+                    let event = Arc::new(event);
+                    if self.ctx.eventlog.is_some() {
+                        // Published by the writer once committed, so that no client ever
+                        // sees a seq that a crash could hand out again.
+                        self.to_log.push(event);
+                    } else {
+                        self.ctx.bus.publish(event);
+                    }
                 }
             }
             i += 1;
@@ -201,7 +260,15 @@ impl Actor for GateActor {
         args.ctx
             .directory
             .insert_gate(args.binding.spec.id.clone(), myself.clone());
-        let machine = GateMachine::new(args.binding.spec.config);
+        let mut machine = GateMachine::new(args.binding.spec.config);
+        let restore = &args.binding.restore;
+        if let Some(cycles) = restore.cycles {
+            machine = machine.with_cycles(cycles);
+        }
+        let now = args.ctx.now_ms();
+        for (id, action, status) in &restore.finished {
+            machine.remember_finished(now, *id, *action, *status);
+        }
         Ok(GateActorState {
             binding: args.binding,
             ctx: args.ctx,
@@ -209,6 +276,9 @@ impl Actor for GateActor {
             listeners: HashMap::new(),
             timer: None,
             effects: Vec::new(),
+            held: Vec::new(),
+            awaiting: VecDeque::new(),
+            to_log: Vec::new(),
         })
     }
 
@@ -224,14 +294,11 @@ impl Actor for GateActor {
             .ctx
             .directory
             .remove_gate(&state.binding.spec.id, myself.get_id());
-        // Whoever still waits hears that the gate went away rather than nothing at all.
-        let now = state.now_ms();
-        let mut effects = Vec::new();
-        state.machine.handle(now, Input::LinkDown, &mut effects);
-        for e in effects {
-            if let Effect::Ack { id, status } = e {
-                state.deliver(id, status);
-            }
+        // Whoever still waits hears that the gate went away rather than nothing at all (once
+        // that is durable, where there is an event log: it stops after the gates).
+        state.run(&myself, Input::LinkDown).await;
+        if let Some((_, handle)) = state.timer.take() {
+            handle.abort();
         }
         Ok(())
     }
@@ -253,7 +320,13 @@ impl Actor for GateActor {
                         state.listeners.entry(id).or_default().push(sink);
                     }
                     (Admission::Duplicate(status), Some(sink)) => match status {
-                        Some(s) if s.is_terminal() => sink(&gate, Ack { id, status: s }),
+                        // A terminal status is only told once it is durable.
+                        Some(s) if s.is_terminal() && !state.is_unsettled(id) => {
+                            sink(&gate, Ack { id, status: s })
+                        }
+                        Some(s) if s.is_terminal() => {
+                            state.listeners.entry(id).or_default().push(sink)
+                        }
                         Some(s) => {
                             sink(&gate, Ack { id, status: s });
                             state.listeners.entry(id).or_default().push(sink);
@@ -271,17 +344,19 @@ impl Actor for GateActor {
                 }
                 state.apply(&myself, &mut effects);
                 state.effects = effects;
+                state.flush().await;
             }
-            GateMsg::Observed(obs) => state.run(&myself, Input::Observed(obs)),
-            GateMsg::UnitFailed(code) => state.run(&myself, Input::UnitFailed { code }),
-            GateMsg::LinkDown => state.run(&myself, Input::LinkDown),
+            GateMsg::Observed(obs) => state.run(&myself, Input::Observed(obs)).await,
+            GateMsg::UnitFailed(code) => state.run(&myself, Input::UnitFailed { code }).await,
+            GateMsg::LinkDown => state.run(&myself, Input::LinkDown).await,
             GateMsg::WriteResult { tag, result } => {
-                state.run(&myself, Input::WriteResult { tag, result })
+                state.run(&myself, Input::WriteResult { tag, result }).await
             }
             GateMsg::Tick => {
                 state.timer = None;
-                state.run(&myself, Input::Tick);
+                state.run(&myself, Input::Tick).await;
             }
+            GateMsg::Committed { seq } => state.committed(seq),
             GateMsg::Snapshot(reply) => {
                 let _ = reply.send(GateView {
                     gate: state.binding.spec.id.clone(),

@@ -23,6 +23,7 @@ use std::time::Duration;
 use ractor::{Actor, ActorId, ActorRef};
 use tokio::time::Instant;
 
+use crate::eventlog::{EventLog, EventLogWriter, WriterArgs};
 use crate::gate::{Action, GateConfig};
 use crate::ids::{CommandId, ControllerId, GateId, SiteId};
 use crate::ports::LinkConnector;
@@ -95,8 +96,20 @@ pub struct GateBinding {
     pub controller: ControllerId,
     /// Position in the controller's gate list: what the link port calls `gate`.
     pub index: usize,
-    /// The gate's last event sequence. Shared so that a restarted gate actor resumes it.
+    /// The gate's last event sequence. Shared so that a restarted gate actor resumes it;
+    /// set from the store's maximum at boot.
     pub seq: Arc<AtomicU64>,
+    /// What the store remembers of the gate, for its actor's first start.
+    pub restore: Restore,
+}
+
+/// A gate's durable memory, read from the store at boot.
+#[derive(Debug, Clone, Default)]
+pub struct Restore {
+    /// The unwrapped cycle total.
+    pub cycles: Option<u64>,
+    /// Commands that finished within the idempotency window.
+    pub finished: Vec<(CommandId, Action, crate::gate::CommandStatus)>,
 }
 
 impl ControllerSpec {
@@ -117,6 +130,7 @@ impl ControllerSpec {
                 controller: id.clone(),
                 index,
                 seq: Arc::new(AtomicU64::new(0)),
+                restore: Restore::default(),
             })
             .collect();
         Self {
@@ -154,7 +168,7 @@ impl Directory {
             .unwrap_or_default()
     }
 
-    fn insert_gate(&self, id: GateId, r: ActorRef<GateMsg>) {
+    pub(crate) fn insert_gate(&self, id: GateId, r: ActorRef<GateMsg>) {
         if let Ok(mut g) = self.gates.write() {
             g.insert(id, r);
         }
@@ -183,8 +197,11 @@ impl Directory {
 
 /// What every fleet actor shares.
 pub struct FleetContext {
-    pub directory: Directory,
+    pub directory: Arc<Directory>,
     pub bus: Arc<dyn EventSink>,
+    /// Where events go to be made durable; without one (tests, tools), events are published
+    /// straight away and outcomes are not held back.
+    pub eventlog: Option<EventLog>,
     /// The zero of the gate machines' millisecond clock.
     epoch: Instant,
     /// Per-controller link figures.
@@ -192,9 +209,21 @@ pub struct FleetContext {
 }
 
 impl FleetContext {
+    /// A context without durability.
     pub fn new(bus: Arc<dyn EventSink>) -> Arc<Self> {
+        Self::with_log(bus, Arc::default(), None)
+    }
+
+    /// A context whose gates log their events through `eventlog` (whose writer was built with
+    /// the same `directory` and `bus`).
+    pub fn with_log(
+        bus: Arc<dyn EventSink>,
+        directory: Arc<Directory>,
+        eventlog: Option<EventLog>,
+    ) -> Arc<Self> {
         Arc::new(Self {
-            directory: Directory::default(),
+            directory,
+            eventlog,
             bus,
             epoch: Instant::now(),
             stats: RwLock::new(HashMap::new()),
@@ -318,17 +347,29 @@ pub struct Fleet {
 
 impl Fleet {
     /// Starts the fleet supervisor and every controller in `controllers`.
+    ///
+    /// With `writer`, the event log writer is the supervisor's first child: started before
+    /// any gate and stopped after every gate, so that nothing they log is left unwritten.
     pub async fn start(
         ctx: Arc<FleetContext>,
         controllers: Vec<ControllerSpec>,
+        writer: Option<WriterArgs>,
     ) -> Result<(Fleet, ractor::concurrency::JoinHandle<()>), FleetError> {
+        let children = writer
+            .map(|args| {
+                ChildSpec::actor("eventlog", Restart::Permanent, None, move || {
+                    (EventLogWriter, args.clone())
+                })
+            })
+            .into_iter()
+            .collect();
         let args = SupervisorArgs {
             spec: SupervisorSpec {
                 strategy: Strategy::OneForOne,
                 intensity: FLEET_INTENSITY,
                 backoff: CONTROLLER_BACKOFF,
             },
-            children: Vec::new(),
+            children,
             observer: None,
         };
         let (supervisor, handle) = Actor::spawn(None, Supervisor, args)

@@ -234,6 +234,24 @@ impl GateMachine {
         self
     }
 
+    /// Remembers a command that finished before this machine existed (restored from the
+    /// store), so that a client retrying its id after a restart does not move the gate again.
+    pub fn remember_finished(
+        &mut self,
+        now: u64,
+        id: CommandId,
+        action: Action,
+        status: CommandStatus,
+    ) {
+        if self.recent.iter().any(|r| r.id == id) {
+            return;
+        }
+        self.remember(now, id, action);
+        if let Some(r) = self.recent.back_mut() {
+            r.status = Some(status);
+        }
+    }
+
     pub fn snapshot(&self) -> GateSnapshot {
         self.snap
     }

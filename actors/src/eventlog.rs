@@ -1,0 +1,255 @@
+//! The EventLog writer: durable, group-committed append of gate events.
+//!
+//! Gate actors hand their events to an [`EventLog`] (a bounded queue: when it is full the
+//! sender waits, so memory never grows without bound). The writer actor takes whatever is
+//! queued — up to [`MAX_BATCH`] events, waiting at most [`BATCH_WINDOW`] for more once the
+//! first arrives — and appends it in one transaction. After each commit it tells every gate in
+//! the batch how far it is committed ([`GateMsg::Committed`]), which is when a gate releases
+//! the terminal outcomes waiting on those events: an outcome reported to a client is already
+//! durable. A transient database error is retried with backoff, forever, with readiness
+//! reported as degraded meanwhile; the queue fills, and senders wait.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::{Mutex, mpsc};
+
+use crate::fleet::Directory;
+use crate::fleet::events::{EventSink, GateEvent};
+use crate::fleet::gate::GateMsg;
+use crate::ids::GateId;
+use crate::stats::Histogram;
+use crate::store::EventStore;
+
+/// Events queued for the writer before senders have to wait.
+pub const QUEUE_CAPACITY: usize = 65_536;
+/// At most this many events per transaction.
+pub const MAX_BATCH: usize = 1_000;
+/// Once an event is in hand, wait at most this long for more to share its commit.
+pub const BATCH_WINDOW: Duration = Duration::from_millis(2);
+/// Retry delays after a failed commit: from the first to the cap.
+const RETRY_FIRST: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// The writer's figures and health, shared with whoever reports them.
+#[derive(Default)]
+pub struct EventLogStats {
+    pub committed: AtomicU64,
+    pub batches: AtomicU64,
+    pub failures: AtomicU64,
+    /// Time from an event's enqueueing to its commit.
+    pub commit_latency: Histogram,
+    /// False while commits are failing.
+    healthy: AtomicBool,
+}
+
+impl EventLogStats {
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+}
+
+struct Entry {
+    event: Arc<GateEvent>,
+    queued: tokio::time::Instant,
+}
+
+/// The sending side, cloned into every gate actor.
+#[derive(Clone)]
+pub struct EventLog {
+    tx: mpsc::Sender<Entry>,
+    stats: Arc<EventLogStats>,
+}
+
+impl EventLog {
+    /// Queues an event; waits while the queue is full. Fails only when the writer is gone.
+    pub async fn append(&self, event: Arc<GateEvent>) -> Result<(), Arc<GateEvent>> {
+        let entry = Entry {
+            event,
+            queued: tokio::time::Instant::now(),
+        };
+        self.tx.send(entry).await.map_err(|e| e.0.event)
+    }
+
+    pub fn stats(&self) -> &Arc<EventLogStats> {
+        &self.stats
+    }
+
+    /// Events waiting to be written.
+    pub fn queued(&self) -> usize {
+        QUEUE_CAPACITY - self.tx.capacity()
+    }
+}
+
+/// What the writer actor needs; survives its restarts (the queue is not lost with it).
+#[derive(Clone)]
+pub struct WriterArgs {
+    store: Arc<dyn EventStore>,
+    rx: Arc<Mutex<mpsc::Receiver<Entry>>>,
+    stats: Arc<EventLogStats>,
+    directory: Arc<Directory>,
+    /// Committed events are published here, in commit order.
+    bus: Arc<dyn EventSink>,
+}
+
+/// Creates the queue: the handle for senders and the arguments for the writer actor.
+pub fn channel(
+    store: Arc<dyn EventStore>,
+    directory: Arc<Directory>,
+    bus: Arc<dyn EventSink>,
+) -> (EventLog, WriterArgs) {
+    let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+    let stats = Arc::new(EventLogStats::default());
+    stats.healthy.store(true, Ordering::Relaxed);
+    (
+        EventLog {
+            tx,
+            stats: stats.clone(),
+        },
+        WriterArgs {
+            store,
+            rx: Arc::new(Mutex::new(rx)),
+            stats,
+            directory,
+            bus,
+        },
+    )
+}
+
+pub struct EventLogWriter;
+
+pub enum WriterMsg {
+    /// Internal: take the next batch.
+    Drain,
+}
+
+impl Actor for EventLogWriter {
+    type Msg = WriterMsg;
+    type State = WriterArgs;
+    type Arguments = WriterArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<WriterMsg>,
+        args: WriterArgs,
+    ) -> Result<WriterArgs, ActorProcessingErr> {
+        myself.send_message(WriterMsg::Drain)?;
+        Ok(args)
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<WriterMsg>,
+        state: &mut WriterArgs,
+    ) -> Result<(), ActorProcessingErr> {
+        // The gates stop before the writer: what they queued is written before it goes.
+        let mut rest = Vec::new();
+        {
+            let mut rx = state.rx.lock().await;
+            while let Ok(e) = rx.try_recv() {
+                rest.push(e);
+            }
+        }
+        while !rest.is_empty() {
+            let tail = rest.split_off(rest.len().min(MAX_BATCH));
+            commit(state, rest).await;
+            rest = tail;
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<WriterMsg>,
+        WriterMsg::Drain: WriterMsg,
+        state: &mut WriterArgs,
+    ) -> Result<(), ActorProcessingErr> {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        {
+            let mut rx = state.rx.lock().await;
+            // Wait for the first event; a stop request interrupts this between messages only,
+            // so wake up now and then to let it in.
+            match tokio::time::timeout(Duration::from_millis(200), rx.recv()).await {
+                Ok(Some(first)) => batch.push(first),
+                Ok(None) => return Ok(()), // every sender is gone: nothing more will come
+                Err(_) => {
+                    myself.send_message(WriterMsg::Drain)?;
+                    return Ok(());
+                }
+            }
+            let window = tokio::time::Instant::now() + BATCH_WINDOW;
+            while batch.len() < MAX_BATCH {
+                let room = MAX_BATCH - batch.len();
+                let got = rx.recv_many(&mut batch, room).now_or_wait(window).await;
+                if got == 0 {
+                    break;
+                }
+            }
+        }
+        commit(state, batch).await;
+        myself.send_message(WriterMsg::Drain)?;
+        Ok(())
+    }
+}
+
+/// Appends one batch, retrying transient failures until it is in, then tells the gates.
+async fn commit(state: &WriterArgs, batch: Vec<Entry>) {
+    let events: Vec<Arc<GateEvent>> = batch.iter().map(|e| e.event.clone()).collect();
+    let mut delay = RETRY_FIRST;
+    loop {
+        match state.store.append(events.clone()).await {
+            Ok(()) => break,
+            Err(e) => {
+                state.stats.failures.fetch_add(1, Ordering::Relaxed);
+                if state.stats.healthy.swap(false, Ordering::Relaxed) {
+                    tracing::error!("event log commit failed, retrying: {e}");
+                }
+                if !e.is_transient() {
+                    // A batch the database refuses outright would block everything behind
+                    // it forever; this is a bug, not an outage. Keep retrying but shout.
+                    tracing::error!(events = events.len(), "event batch refused: {e}");
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(RETRY_MAX);
+            }
+        }
+    }
+    if !state.stats.healthy.swap(true, Ordering::Relaxed) {
+        tracing::info!("event log commits again");
+    }
+    let now = tokio::time::Instant::now();
+    for e in &batch {
+        state.stats.commit_latency.record(now - e.queued);
+    }
+    state
+        .stats
+        .committed
+        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+    state.stats.batches.fetch_add(1, Ordering::Relaxed);
+
+    let mut heads: HashMap<&GateId, u64> = HashMap::new();
+    for e in &events {
+        let seq = heads.entry(&e.gate).or_default();
+        *seq = (*seq).max(e.seq);
+        state.bus.publish(e.clone());
+    }
+    for (gate, seq) in heads {
+        if let Some(actor) = state.directory.gate(gate) {
+            let _ = actor.send_message(GateMsg::Committed { seq });
+        }
+    }
+}
+
+/// `recv_many` until a deadline: whatever arrived by then (possibly nothing).
+trait NowOrWait {
+    async fn now_or_wait(self, deadline: tokio::time::Instant) -> usize;
+}
+
+impl<F: std::future::Future<Output = usize>> NowOrWait for F {
+    async fn now_or_wait(self, deadline: tokio::time::Instant) -> usize {
+        tokio::time::timeout_at(deadline, self).await.unwrap_or(0)
+    }
+}
