@@ -501,7 +501,7 @@ async fn shutdown_writes_everything_the_gates_queued() {
         let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
         assert_eq!(seqs, expected, "{gate}");
         // The last thing each gate said, going offline at shutdown, is stored too.
-        let last = stored.iter().filter(|e| &e.gate == gate).last().unwrap();
+        let last = stored.iter().rfind(|e| &e.gate == gate).unwrap();
         assert_eq!(last.snapshot.state, GateState::Offline, "{gate}");
     }
 }
