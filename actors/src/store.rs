@@ -64,6 +64,87 @@ pub enum FleetChange {
     RemoveGate(GateId),
 }
 
+impl FleetRecords {
+    /// Applies `changes` in order, as the store does in its transaction. Only the shape is
+    /// checked here (what a change removes must exist); references and values are the
+    /// validator's and the database's business.
+    pub fn apply(&mut self, changes: &[FleetChange]) -> Result<(), String> {
+        fn upsert<T, K: PartialEq>(list: &mut Vec<T>, item: T, key: impl Fn(&T) -> &K) {
+            match list.iter().position(|x| key(x) == key(&item)) {
+                Some(i) => list[i] = item,
+                None => list.push(item),
+            }
+        }
+        for change in changes {
+            match change {
+                FleetChange::UpsertSite(s) => upsert(&mut self.sites, s.clone(), |x| &x.id),
+                FleetChange::UpsertController(c) => {
+                    upsert(&mut self.controllers, c.clone(), |x| &x.id)
+                }
+                FleetChange::UpsertGate(g) => upsert(&mut self.gates, g.clone(), |x| &x.id),
+                FleetChange::RemoveSite(id) => {
+                    if self.controllers.iter().any(|c| &c.site == id) {
+                        return Err(format!("site {id} still has controllers"));
+                    }
+                    let before = self.sites.len();
+                    self.sites.retain(|s| &s.id != id);
+                    if self.sites.len() == before {
+                        return Err(format!("no site {id}"));
+                    }
+                }
+                FleetChange::RemoveController(id) => {
+                    if self.gates.iter().any(|g| &g.controller == id) {
+                        return Err(format!("controller {id} still has gates"));
+                    }
+                    let before = self.controllers.len();
+                    self.controllers.retain(|c| &c.id != id);
+                    if self.controllers.len() == before {
+                        return Err(format!("no controller {id}"));
+                    }
+                }
+                FleetChange::RemoveGate(id) => {
+                    let before = self.gates.len();
+                    self.gates.retain(|g| &g.id != id);
+                    if self.gates.len() == before {
+                        return Err(format!("no gate {id}"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The controllers whose subtree `changes` touch (their own record, or one of their
+    /// gates, before or after).
+    pub fn touched_controllers(&self, changes: &[FleetChange]) -> Vec<ControllerId> {
+        let mut out: Vec<ControllerId> = Vec::new();
+        let mut add = |id: &ControllerId| {
+            if !out.contains(id) {
+                out.push(id.clone());
+            }
+        };
+        for change in changes {
+            match change {
+                FleetChange::UpsertController(c) => add(&c.id),
+                FleetChange::RemoveController(id) => add(id),
+                FleetChange::UpsertGate(g) => {
+                    add(&g.controller);
+                    if let Some(old) = self.gates.iter().find(|x| x.id == g.id) {
+                        add(&old.controller);
+                    }
+                }
+                FleetChange::RemoveGate(id) => {
+                    if let Some(old) = self.gates.iter().find(|x| &x.id == id) {
+                        add(&old.controller);
+                    }
+                }
+                FleetChange::UpsertSite(_) | FleetChange::RemoveSite(_) => {}
+            }
+        }
+        out
+    }
+}
+
 /// Where a gate's history stands in the store: resume points for its actor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GateHead {

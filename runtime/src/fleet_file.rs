@@ -8,9 +8,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use gatehouse_actors::fleet::{ControllerSpec, GateSpec};
+use gatehouse_actors::fleet::{ControllerFactory, ControllerSpec, GateSpec};
 use gatehouse_actors::gate::GateConfig;
 use gatehouse_actors::ids::{ControllerId, GateId, SiteId};
+use gatehouse_actors::store::{ControllerRecord, FleetRecords, GateRecord, SiteRecord};
 use gatehouse_adapters::modbus::{GateBinding, TcpConnector, TimingOverrides};
 use gatehouse_adapters::profile::ProfileSet;
 use serde::{Deserialize, Serialize};
@@ -228,66 +229,201 @@ impl FleetFile {
 
     /// The controller subtrees to start, with Modbus TCP connectors from the profiles.
     pub fn controller_specs(&self, profiles: &ProfileSet) -> Vec<ControllerSpec> {
-        self.controllers
+        let records = self.to_records();
+        records
+            .controllers
             .iter()
-            .filter_map(|c| {
-                // Validated: the profile exists and the endpoint resolves.
-                let profile = profiles.get(&c.profile)?.clone();
-                let endpoint = resolve(&c.endpoint).ok()?;
-                let gates: Vec<&GateEntry> =
-                    self.gates.iter().filter(|g| g.controller == c.id).collect();
-                let bindings = gates
-                    .iter()
-                    .map(|g| GateBinding {
-                        unit: g.unit,
-                        profile: profile.clone(),
-                    })
-                    .collect();
-                let overrides = TimingOverrides {
-                    connect_timeout: None,
-                    request_timeout: c.request_timeout_ms.map(Duration::from_millis),
-                    inter_frame_delay: c.inter_frame_delay_ms.map(Duration::from_millis),
-                };
-                let connector = TcpConnector::from_profiles(endpoint, bindings, overrides);
-                let capabilities = profile.capabilities();
-                let specs = gates
-                    .iter()
-                    .map(|g| GateSpec {
-                        id: g.id.clone(),
-                        name: if g.name.is_empty() {
-                            g.id.to_string()
-                        } else {
-                            g.name.clone()
-                        },
-                        config: GateConfig {
-                            capabilities,
-                            travel_timeout_ms: g.travel_timeout_s * 1000,
-                            write_timeout_ms: (profile.request_timeout.as_millis() as u64 * 3)
-                                .max(1_000),
-                            auto_close_after_ms: g.auto_close_after_s.map(|s| s * 1000),
-                            left_open_alert_after_ms: g.left_open_alert_after_s.map(|s| s * 1000),
-                            ..GateConfig::default()
-                        },
-                    })
-                    .collect();
-                let poll = c
-                    .poll_interval_ms
-                    .map_or(profile.poll_interval, Duration::from_millis);
-                Some(ControllerSpec::new(
-                    c.id.clone(),
-                    c.site.clone(),
-                    Arc::new(connector),
-                    poll,
-                    profile.fast_poll_interval.min(poll),
-                    specs,
-                ))
-            })
+            .filter_map(|c| build_controller(&records, &c.id, profiles).ok())
             .collect()
+    }
+
+    /// The same fleet as store records.
+    pub fn to_records(&self) -> FleetRecords {
+        FleetRecords {
+            sites: self
+                .sites
+                .iter()
+                .map(|s| SiteRecord {
+                    id: s.id.clone(),
+                    name: s.name.clone(),
+                    timezone: s.timezone.clone(),
+                })
+                .collect(),
+            controllers: self
+                .controllers
+                .iter()
+                .map(|c| ControllerRecord {
+                    id: c.id.clone(),
+                    site: c.site.clone(),
+                    profile: c.profile.clone(),
+                    endpoint: c.endpoint.clone(),
+                    request_timeout_ms: c.request_timeout_ms,
+                    inter_frame_delay_ms: c.inter_frame_delay_ms,
+                    poll_interval_ms: c.poll_interval_ms,
+                })
+                .collect(),
+            gates: self
+                .gates
+                .iter()
+                .map(|g| GateRecord {
+                    id: g.id.clone(),
+                    controller: g.controller.clone(),
+                    unit: g.unit,
+                    name: g.name.clone(),
+                    travel_timeout_s: g.travel_timeout_s,
+                    auto_close_after_s: g.auto_close_after_s,
+                    left_open_alert_after_s: g.left_open_alert_after_s,
+                })
+                .collect(),
+        }
+    }
+
+    /// Store records as a fleet file (for export).
+    pub fn from_records(r: &FleetRecords) -> FleetFile {
+        FleetFile {
+            sites: r
+                .sites
+                .iter()
+                .map(|s| SiteEntry {
+                    id: s.id.clone(),
+                    name: s.name.clone(),
+                    timezone: s.timezone.clone(),
+                })
+                .collect(),
+            controllers: r
+                .controllers
+                .iter()
+                .map(|c| ControllerEntry {
+                    id: c.id.clone(),
+                    site: c.site.clone(),
+                    profile: c.profile.clone(),
+                    endpoint: c.endpoint.clone(),
+                    request_timeout_ms: c.request_timeout_ms,
+                    inter_frame_delay_ms: c.inter_frame_delay_ms,
+                    poll_interval_ms: c.poll_interval_ms,
+                })
+                .collect(),
+            gates: r
+                .gates
+                .iter()
+                .map(|g| GateEntry {
+                    id: g.id.clone(),
+                    controller: g.controller.clone(),
+                    unit: g.unit,
+                    name: g.name.clone(),
+                    travel_timeout_s: g.travel_timeout_s,
+                    auto_close_after_s: g.auto_close_after_s,
+                    left_open_alert_after_s: g.left_open_alert_after_s,
+                })
+                .collect(),
+        }
+    }
+
+    /// Checks store records as if they were a file (`source` names them in errors).
+    pub fn check_records(
+        source: &str,
+        records: &FleetRecords,
+        profiles: &ProfileSet,
+    ) -> Result<(), FleetFileError> {
+        Self::from_records(records)
+            .validate(profiles)
+            .map_err(|(key, message)| FleetFileError {
+                file: source.to_string(),
+                key,
+                message,
+            })
     }
 
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_default()
     }
+}
+
+/// Builds controller subtrees for the fleet from the known profiles: the runtime's
+/// implementation of the actors' [`ControllerFactory`] port.
+pub struct Catalog {
+    pub profiles: ProfileSet,
+}
+
+impl ControllerFactory for Catalog {
+    fn validate(&self, fleet: &FleetRecords) -> Result<(), String> {
+        FleetFile::check_records("configuration", fleet, &self.profiles).map_err(|e| e.to_string())
+    }
+
+    fn build(&self, fleet: &FleetRecords, id: &ControllerId) -> Result<ControllerSpec, String> {
+        build_controller(fleet, id, &self.profiles)
+    }
+}
+
+/// The subtree of controller `id`: Modbus TCP connector from its profile, gate settings.
+pub fn build_controller(
+    records: &FleetRecords,
+    id: &ControllerId,
+    profiles: &ProfileSet,
+) -> Result<ControllerSpec, String> {
+    let c = records
+        .controllers
+        .iter()
+        .find(|c| &c.id == id)
+        .ok_or_else(|| format!("no controller {id}"))?;
+    let profile = profiles
+        .get(&c.profile)
+        .ok_or_else(|| format!("controller {id}: unknown profile {:?}", c.profile))?
+        .clone();
+    let endpoint = resolve(&c.endpoint).map_err(|e| format!("controller {id}: {e}"))?;
+    let gates: Vec<&GateRecord> = records
+        .gates
+        .iter()
+        .filter(|g| &g.controller == id)
+        .collect();
+    let bindings = gates
+        .iter()
+        .map(|g| GateBinding {
+            unit: g.unit,
+            profile: profile.clone(),
+        })
+        .collect();
+    let overrides = TimingOverrides {
+        connect_timeout: None,
+        request_timeout: c.request_timeout_ms.map(Duration::from_millis),
+        inter_frame_delay: c.inter_frame_delay_ms.map(Duration::from_millis),
+    };
+    let connector = TcpConnector::from_profiles(endpoint, bindings, overrides);
+    let capabilities = profile.capabilities();
+    let request_timeout = c
+        .request_timeout_ms
+        .map_or(profile.request_timeout, Duration::from_millis);
+    let specs = gates
+        .iter()
+        .map(|g| GateSpec {
+            id: g.id.clone(),
+            name: if g.name.is_empty() {
+                g.id.to_string()
+            } else {
+                g.name.clone()
+            },
+            config: GateConfig {
+                capabilities,
+                travel_timeout_ms: g.travel_timeout_s * 1000,
+                // A write is given three request timeouts before it counts as timed out.
+                write_timeout_ms: (request_timeout.as_millis() as u64 * 3).max(1_000),
+                auto_close_after_ms: g.auto_close_after_s.map(|s| s * 1000),
+                left_open_alert_after_ms: g.left_open_alert_after_s.map(|s| s * 1000),
+                ..GateConfig::default()
+            },
+        })
+        .collect();
+    let poll = c
+        .poll_interval_ms
+        .map_or(profile.poll_interval, Duration::from_millis);
+    Ok(ControllerSpec::new(
+        c.id.clone(),
+        c.site.clone(),
+        Arc::new(connector),
+        poll,
+        profile.fast_poll_interval.min(poll),
+        specs,
+    ))
 }
 
 /// `host:port` to a socket address (the first one a host name resolves to).

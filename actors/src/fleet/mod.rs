@@ -27,6 +27,7 @@ use crate::eventlog::{EventLog, EventLogWriter, WriterArgs};
 use crate::gate::{Action, GateConfig};
 use crate::ids::{CommandId, ControllerId, GateId, SiteId};
 use crate::ports::LinkConnector;
+use crate::store::{FleetChange, FleetRecords, FleetStore, StoreError};
 use crate::supervision::{
     Backoff, ChildEvent, ChildSpec, Intensity, Restart, Strategy, Supervisor, SupervisorArgs,
     SupervisorError, SupervisorMsg, SupervisorSpec,
@@ -323,9 +324,32 @@ fn controller_child(spec: Arc<ControllerSpec>, ctx: Arc<FleetContext>) -> ChildS
     )
 }
 
+/// Builds controller subtrees from configuration records: the runtime implements it with the
+/// register profiles and the Modbus adapter, which the actors do not know.
+pub trait ControllerFactory: Send + Sync + 'static {
+    /// Checks a whole fleet configuration (references, values, profiles), naming what is wrong.
+    fn validate(&self, fleet: &FleetRecords) -> Result<(), String>;
+    /// The subtree of controller `id` as configured in `fleet`.
+    fn build(&self, fleet: &FleetRecords, id: &ControllerId) -> Result<ControllerSpec, String>;
+}
+
+/// What the fleet needs to take configuration changes at run time.
+struct Configuration {
+    store: Arc<dyn FleetStore>,
+    factory: Arc<dyn ControllerFactory>,
+    /// The configuration the running tree reflects. The lock also serializes changes.
+    records: tokio::sync::Mutex<FleetRecords>,
+}
+
 /// Why the fleet refused a request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FleetError {
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("this fleet has no store to take configuration changes")]
+    NotConfigurable,
     #[error("no gate {0}")]
     UnknownGate(GateId),
     #[error("gate {0} is already on another controller")]
@@ -343,6 +367,7 @@ pub struct Fleet {
     ctx: Arc<FleetContext>,
     /// Controller specs by id, for the gate → controller map and for export.
     controllers: Arc<RwLock<HashMap<ControllerId, Arc<ControllerSpec>>>>,
+    configuration: Option<Arc<Configuration>>,
 }
 
 impl Fleet {
@@ -379,11 +404,79 @@ impl Fleet {
             supervisor,
             ctx,
             controllers: Arc::default(),
+            configuration: None,
         };
         for c in controllers {
             fleet.add_controller(c).await?;
         }
         Ok((fleet, handle))
+    }
+
+    /// Lets this fleet take configuration changes: `records` is what it runs now, `store`
+    /// where changes are persisted, `factory` how subtrees are built.
+    pub fn configurable(
+        mut self,
+        store: Arc<dyn FleetStore>,
+        factory: Arc<dyn ControllerFactory>,
+        records: FleetRecords,
+    ) -> Fleet {
+        self.configuration = Some(Arc::new(Configuration {
+            store,
+            factory,
+            records: tokio::sync::Mutex::new(records),
+        }));
+        self
+    }
+
+    /// The configuration the running tree reflects.
+    pub async fn records(&self) -> Option<FleetRecords> {
+        match &self.configuration {
+            Some(c) => Some(c.records.lock().await.clone()),
+            None => None,
+        }
+    }
+
+    /// Applies configuration changes: validated, persisted in one transaction, then applied
+    /// to the live tree by restarting only the controller subtrees they touch. Nothing is
+    /// persisted or changed when any part is invalid.
+    pub async fn configure(&self, changes: Vec<FleetChange>) -> Result<(), FleetError> {
+        let cfg = self
+            .configuration
+            .as_ref()
+            .ok_or(FleetError::NotConfigurable)?;
+        let mut records = cfg.records.lock().await;
+        let mut next = records.clone();
+        next.apply(&changes).map_err(FleetError::Invalid)?;
+        cfg.factory.validate(&next).map_err(FleetError::Invalid)?;
+        let touched = records.touched_controllers(&changes);
+        let mut specs = Vec::new();
+        for id in &touched {
+            if next.controllers.iter().any(|c| &c.id == id) {
+                specs.push(cfg.factory.build(&next, id).map_err(FleetError::Invalid)?);
+            }
+        }
+        cfg.store.apply(changes).await?;
+        *records = next;
+
+        // Sequences continue across the rebuild (a moved gate keeps its own).
+        let old_seqs: HashMap<GateId, Arc<AtomicU64>> = self
+            .controllers()
+            .iter()
+            .flat_map(|c| c.gates.iter().map(|g| (g.spec.id.clone(), g.seq.clone())))
+            .collect();
+        for id in &touched {
+            self.remove_controller(id).await?;
+        }
+        for mut spec in specs {
+            for g in &mut spec.gates {
+                if let Some(seq) = old_seqs.get(&g.spec.id) {
+                    g.seq = seq.clone();
+                }
+            }
+            tracing::info!(controller = %spec.id, gates = spec.gates.len(), "controller (re)configured");
+            self.add_controller(spec).await?;
+        }
+        Ok(())
     }
 
     pub fn context(&self) -> &Arc<FleetContext> {
