@@ -1,0 +1,605 @@
+//! The real binaries as processes: `gatehouse serve` against a `gatehouse-sim` child (link up,
+//! a clean stop on SIGTERM, surviving the simulator's death and reconnecting when it is back),
+//! configuration errors that name the bad key, and `gatehouse demo` from start to clean stop.
+//!
+//! Cargo builds only this crate's own binaries for its tests, so `gatehouse` and
+//! `gatehouse-sim` must already be built in the same target directory. `.ci/run` builds every
+//! binary before the tests; by hand, `cargo build -p gatehouse-runtime -p gatehouse-sim --bins`
+//! (a test that misses one fails saying so). The simulators listen on port 0, a free port the
+//! system picks, and print which, so tests running in parallel never race for a port.
+
+use std::io::{BufRead, BufReader, Read, Write as _};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use gatehouse_adapters::profile::ProfileSet;
+use gatehouse_runtime::fleet_file::FleetFile;
+
+/// The longest any wait for a process may take.
+const WAIT: Duration = Duration::from_secs(40);
+
+/// The graceful-shutdown limit written into the test configurations.
+const SHUTDOWN_MS: u64 = 5_000;
+
+/// Where this test executable's sibling binaries are: `target/<profile>/`, the parent of
+/// the `deps/` folder the test runs from.
+fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable's path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test runs from target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build the binaries first with \
+         `cargo build -p gatehouse-runtime -p gatehouse-sim --bins`",
+        path.display()
+    );
+    if let Some(note) = staleness(&path) {
+        eprintln!("warning: {note}");
+    }
+    path
+}
+
+/// A note when a source file the binary is built from is newer than it: a failure may then
+/// be the old binary's, not the code's.
+fn staleness(binary: &Path) -> Option<String> {
+    let built = std::fs::metadata(binary).ok()?.modified().ok()?;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent()?;
+    let newest = [
+        "actors/src",
+        "adapters/src",
+        "runtime/src",
+        "simulations/src",
+    ]
+    .iter()
+    .filter_map(|d| newest_file(&root.join(d)))
+    .max()?;
+    (newest > built).then(|| {
+        format!(
+            "{} is older than its sources; rebuild it with \
+             `cargo build -p gatehouse-runtime -p gatehouse-sim --bins`",
+            binary.display()
+        )
+    })
+}
+
+fn newest_file(dir: &Path) -> Option<SystemTime> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let meta = e.metadata().ok()?;
+            if meta.is_dir() {
+                newest_file(&e.path())
+            } else {
+                meta.modified().ok()
+            }
+        })
+        .max()
+}
+
+/// Which output of a process.
+#[derive(Clone, Copy, Debug)]
+enum Stream {
+    Out,
+    Err,
+}
+
+/// Lines of one output, collected by a reader thread as they come.
+type Lines = Arc<Mutex<Vec<String>>>;
+
+/// A child process whose output is collected line by line. Killed (by its id) when dropped,
+/// so that a failing test leaves nothing running.
+struct Proc {
+    name: String,
+    child: Child,
+    out: Lines,
+    err: Lines,
+    readers: Vec<JoinHandle<()>>,
+}
+
+impl Proc {
+    /// Starts `cmd` with piped output, no input, and an environment free of the settings of
+    /// whoever runs the tests (`RUST_LOG`, `GATEHOUSE_*`), without colours in the logs.
+    /// Variables the test sets on `cmd` itself are kept.
+    fn spawn(name: &str, cmd: &mut Command) -> Proc {
+        let own: Vec<String> = cmd
+            .get_envs()
+            .map(|(k, _)| k.to_string_lossy().into_owned())
+            .collect();
+        for (var, _) in std::env::vars() {
+            if (var.starts_with("GATEHOUSE_") || var == "RUST_LOG") && !own.contains(&var) {
+                cmd.env_remove(var);
+            }
+        }
+        cmd.env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let (out, err) = (Lines::default(), Lines::default());
+        let readers = vec![
+            collect(child.stdout.take().expect("piped"), out.clone()),
+            collect(child.stderr.take().expect("piped"), err.clone()),
+        ];
+        Proc {
+            name: name.to_string(),
+            child,
+            out,
+            err,
+            readers,
+        }
+    }
+
+    fn lines(&self, stream: Stream) -> Vec<String> {
+        let lines = match stream {
+            Stream::Out => &self.out,
+            Stream::Err => &self.err,
+        };
+        lines.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// How many lines of `stream` contain every one of `needles`.
+    fn count(&self, stream: Stream, needles: &[&str]) -> usize {
+        self.lines(stream)
+            .iter()
+            .filter(|l| needles.iter().all(|x| l.contains(x)))
+            .count()
+    }
+
+    /// Waits until `stream` has at least `n` lines containing `needle`; returns the first.
+    fn wait_for(&mut self, stream: Stream, needle: &str, n: usize) -> String {
+        self.wait_for_all(stream, &[needle], n)
+    }
+
+    /// Waits until `stream` has at least `n` lines containing every one of `needles`;
+    /// returns the first.
+    fn wait_for_all(&mut self, stream: Stream, needles: &[&str], n: usize) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let found: Vec<String> = self
+                .lines(stream)
+                .into_iter()
+                .filter(|l| needles.iter().all(|x| l.contains(x)))
+                .collect();
+            if found.len() >= n {
+                return found[0].clone();
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                self.join_readers();
+                if self.count(stream, needles) < n {
+                    panic!(
+                        "{} exited ({status}) before printing {n} × {needles:?}\n{}",
+                        self.name,
+                        self.transcript()
+                    );
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not print {n} × {needles:?} within {WAIT:?}\n{}",
+                self.name,
+                self.transcript()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn pid(&self) -> String {
+        self.child.id().to_string()
+    }
+
+    /// Sends a signal (`TERM`, `KILL`) to this process, by its id.
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), self.pid()])
+            .status()
+            .expect("kill(1) runs");
+        assert!(status.success(), "kill -{signal} {} failed", self.pid());
+    }
+
+    fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits (bounded) for the process to exit, and for its output to be read to the end.
+    fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                self.join_readers();
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not exit within {limit:?}\n{}",
+                self.name,
+                self.transcript()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn join_readers(&mut self) {
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+    }
+
+    /// Everything the process printed so far, for failure messages.
+    fn transcript(&self) -> String {
+        format!(
+            "--- {} stdout ---\n{}\n--- {} stderr ---\n{}",
+            self.name,
+            self.lines(Stream::Out).join("\n"),
+            self.name,
+            self.lines(Stream::Err).join("\n")
+        )
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.is_running() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+fn collect(source: impl Read + Send + 'static, into: Lines) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        for line in BufReader::new(source).lines() {
+            let Ok(line) = line else { return };
+            into.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+        }
+    })
+}
+
+/// A `gatehouse-sim` child with one generic controller of two gates (3 s of travel, so that a
+/// gate polled at the profile's 1 s is seen moving) and a control port; `port` 0 = a free one.
+struct Simulator {
+    proc: Proc,
+    /// The controller's address, as the simulator printed it.
+    addr: String,
+    /// Its control port's address.
+    control: String,
+}
+
+impl Simulator {
+    /// Sends one control command and checks that it answered `ok`.
+    fn control(&self, command: &str) {
+        let mut stream = TcpStream::connect(&self.control).expect("the control port answers");
+        stream.set_read_timeout(Some(WAIT)).expect("a read timeout");
+        writeln!(stream, "{command}").expect("send a control command");
+        let mut answer = String::new();
+        BufReader::new(stream)
+            .read_line(&mut answer)
+            .expect("an answer from the control port");
+        assert_eq!(answer.trim(), "ok", "{command}");
+    }
+}
+
+fn simulator(port: u16) -> Simulator {
+    let mut proc = Proc::spawn(
+        "gatehouse-sim",
+        Command::new(bin("gatehouse-sim")).args([
+            "--controllers",
+            "1",
+            "--units",
+            "2",
+            "--profile",
+            "generic",
+            "--travel-ms",
+            "3000",
+            "--name-prefix",
+            "sim",
+            "--base-port",
+            &port.to_string(),
+            "--control",
+            "127.0.0.1:0",
+        ]),
+    );
+    // `sim-1 127.0.0.1:PORT generic units=1,2`, then `control ADDRESS`.
+    let second_word = |line: String| {
+        line.split_whitespace()
+            .nth(1)
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
+            .to_string()
+    };
+    let addr = second_word(proc.wait_for(Stream::Out, "sim-1 ", 1));
+    let control = second_word(proc.wait_for(Stream::Out, "control ", 1));
+    Simulator {
+        proc,
+        addr,
+        control,
+    }
+}
+
+fn port_of(addr: &str) -> u16 {
+    addr.rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {addr:?}"))
+}
+
+/// A fleet file with the simulator's controller and its two gates.
+fn fleet_file(endpoint: &str) -> String {
+    format!(
+        "[[site]]\nid = \"site\"\nname = \"Site\"\n\n\
+         [[controller]]\nid = \"sim-1\"\nsite = \"site\"\nprofile = \"generic\"\n\
+         endpoint = \"{endpoint}\"\n\n\
+         [[gate]]\nid = \"gate-1\"\ncontroller = \"sim-1\"\nunit = 1\n\n\
+         [[gate]]\nid = \"gate-2\"\ncontroller = \"sim-1\"\nunit = 2\n"
+    )
+}
+
+/// Writes a configuration (plus `fleet`, as `fleet.toml` beside it, if given) into `dir`.
+fn write_config(dir: &Path, config: &str, fleet: Option<&str>) -> PathBuf {
+    if let Some(fleet) = fleet {
+        std::fs::write(dir.join("fleet.toml"), fleet).expect("write the fleet file");
+    }
+    let path = dir.join("gatehouse.toml");
+    std::fs::write(&path, config).expect("write the configuration");
+    path
+}
+
+/// A configuration for `serve` over `fleet.toml`, with its data inside `dir`.
+fn serve_config(dir: &Path, endpoint: &str) -> PathBuf {
+    let config = format!(
+        "[data]\ndir = {:?}\n\n[fleet]\nfile = \"fleet.toml\"\n\n[shutdown]\ntimeout_ms = {SHUTDOWN_MS}\n",
+        dir.join("data").display().to_string()
+    );
+    write_config(dir, &config, Some(&fleet_file(endpoint)))
+}
+
+fn serve(dir: &Path, config: &Path) -> Proc {
+    Proc::spawn(
+        "gatehouse serve",
+        Command::new(bin("gatehouse"))
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .current_dir(dir),
+    )
+}
+
+/// How long `serve` may take to stop after SIGTERM: its shutdown limit, plus start-up slack.
+fn stop_limit() -> Duration {
+    Duration::from_millis(SHUTDOWN_MS) + Duration::from_secs(10)
+}
+
+/// Waits until `serve` has logged both gates coming online from their first poll.
+fn reconciled(runtime: &mut Proc) {
+    for gate in ["gate=gate-1", "gate=gate-2"] {
+        let line = runtime.wait_for_all(Stream::Err, &["offline -> closed", gate], 1);
+        assert!(line.contains("cause=system"), "{line}");
+    }
+}
+
+#[test]
+fn serve_brings_the_links_up_and_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let mut sim = simulator(0);
+    let config = serve_config(dir.path(), &sim.addr);
+
+    let mut runtime = serve(dir.path(), &config);
+    let up = runtime.wait_for(Stream::Err, "link up", 1);
+    assert!(up.contains(&sim.addr), "the log names the endpoint: {up}");
+    reconciled(&mut runtime);
+
+    // Someone presses the wall button of gate 1: the runtime sees the gate move, and logs it
+    // as nobody's doing.
+    sim.control("press sim-1 1");
+    runtime.wait_for_all(
+        Stream::Err,
+        &["closed -> opening", "gate=gate-1", "cause=local"],
+        1,
+    );
+
+    runtime.signal("TERM");
+    let status = runtime.wait_exit(stop_limit());
+    assert!(status.success(), "{status}\n{}", runtime.transcript());
+    assert_eq!(runtime.count(Stream::Err, &["SIGTERM received"]), 1);
+    assert_eq!(runtime.count(Stream::Err, &["stopped cleanly"]), 1);
+
+    // The simulator stops cleanly on SIGTERM as well.
+    sim.proc.signal("TERM");
+    let status = sim.proc.wait_exit(WAIT);
+    assert!(status.success(), "{status}\n{}", sim.proc.transcript());
+}
+
+#[test]
+fn serve_survives_a_killed_simulator_and_reconnects_when_it_is_back() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let mut sim = simulator(0);
+    let config = serve_config(dir.path(), &sim.addr);
+    let mut runtime = serve(dir.path(), &config);
+    runtime.wait_for(Stream::Err, "link up", 1);
+    reconciled(&mut runtime);
+    sim.control("press sim-1 2");
+    runtime.wait_for_all(Stream::Err, &["closed -> opening", "gate=gate-2"], 1);
+
+    sim.proc.signal("KILL");
+    let status = sim.proc.wait_exit(WAIT);
+    assert!(!status.success(), "killed: {status}");
+    runtime.wait_for(Stream::Err, "link down", 1);
+    for gate in ["gate=gate-1", "gate=gate-2"] {
+        let line = runtime.wait_for_all(Stream::Err, &["-> offline", gate], 1);
+        assert!(line.contains("cause=system"), "{line}");
+    }
+    assert!(
+        runtime.is_running(),
+        "the runtime died with the simulator\n{}",
+        runtime.transcript()
+    );
+
+    // A new simulator on the same port (its gates all closed): the link's next attempt finds
+    // it, and both gates reconcile.
+    let online = |r: &Proc, gate: &str| r.count(Stream::Err, &["offline -> closed", gate]);
+    let before = [
+        online(&runtime, "gate=gate-1"),
+        online(&runtime, "gate=gate-2"),
+    ];
+    let again = simulator(port_of(&sim.addr));
+    assert_eq!(again.addr, sim.addr);
+    runtime.wait_for(Stream::Err, "link up", 2);
+    for (gate, n) in ["gate=gate-1", "gate=gate-2"].into_iter().zip(before) {
+        runtime.wait_for_all(Stream::Err, &["offline -> closed", gate], n + 1);
+    }
+    assert!(runtime.is_running());
+
+    runtime.signal("TERM");
+    let status = runtime.wait_exit(stop_limit());
+    assert!(status.success(), "{status}\n{}", runtime.transcript());
+    assert_eq!(runtime.count(Stream::Err, &["stopped cleanly"]), 1);
+}
+
+/// Runs `gatehouse serve` on a configuration that must be refused; returns its stderr.
+fn refused(dir: &Path, config: &Path, env: &[(&str, &str)]) -> String {
+    let mut cmd = Command::new(bin("gatehouse"));
+    cmd.arg("serve")
+        .arg("--config")
+        .arg(config)
+        .current_dir(dir)
+        .envs(env.iter().copied());
+    let mut p = Proc::spawn("gatehouse serve", &mut cmd);
+    let status = p.wait_exit(WAIT);
+    assert!(
+        !status.success(),
+        "a bad configuration was accepted\n{}",
+        p.transcript()
+    );
+    p.lines(Stream::Err).join("\n")
+}
+
+#[test]
+fn an_unknown_key_in_the_config_file_is_refused_by_name() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let config = write_config(dir.path(), "[log]\nlevle = \"debug\"\n", None);
+    let err = refused(dir.path(), &config, &[]);
+    assert!(err.contains("log.levle"), "{err}");
+    assert!(err.contains("gatehouse.toml"), "names the file: {err}");
+}
+
+#[test]
+fn a_bad_environment_override_is_refused_naming_the_key_and_the_variable() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let config = write_config(dir.path(), "[log]\nlevel = \"info\"\n", None);
+    let err = refused(
+        dir.path(),
+        &config,
+        &[("GATEHOUSE_SHUTDOWN__TIMEOUT_MS", "soon")],
+    );
+    assert!(err.contains("shutdown.timeout_ms"), "{err}");
+    assert!(err.contains("GATEHOUSE_SHUTDOWN__TIMEOUT_MS"), "{err}");
+}
+
+#[test]
+fn a_fleet_file_with_a_duplicate_unit_is_refused_naming_the_entry() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    // Nothing listens there: the file must be refused before anything connects.
+    let fleet = fleet_file("127.0.0.1:15020").replace("unit = 2", "unit = 1");
+    let config = write_config(dir.path(), "[fleet]\nfile = \"fleet.toml\"\n", Some(&fleet));
+    let err = refused(dir.path(), &config, &[]);
+    assert!(err.contains("gate[1].unit"), "{err}");
+    assert!(!err.contains("link up"), "{err}");
+
+    let mut check = Proc::spawn(
+        "gatehouse check-fleet",
+        Command::new(bin("gatehouse"))
+            .arg("check-fleet")
+            .arg(dir.path().join("fleet.toml")),
+    );
+    let status = check.wait_exit(WAIT);
+    assert!(!status.success(), "{}", check.transcript());
+    assert_eq!(check.count(Stream::Err, &["gate[1].unit"]), 1);
+}
+
+/// Runs `gatehouse demo --for SECONDS --no-chaos` in `dir` to its end; returns its stdout
+/// lines and its whole transcript.
+fn demo(dir: &Path, seconds: u64) -> (Vec<String>, String) {
+    let mut demo = Proc::spawn(
+        "gatehouse demo",
+        Command::new(bin("gatehouse"))
+            .args(["demo", "--for", &seconds.to_string(), "--no-chaos"])
+            .current_dir(dir),
+    );
+    let status = demo.wait_exit(WAIT + Duration::from_secs(seconds));
+    assert!(status.success(), "{status}\n{}", demo.transcript());
+    (demo.lines(Stream::Out), demo.transcript())
+}
+
+/// Whether the demo printed `gate`'s coming online (`offline -> closed`).
+fn printed_online(out: &[String], gate: &str) -> bool {
+    out.iter()
+        .any(|l| l.split_whitespace().nth(1) == Some(gate) && l.contains("offline -> closed"))
+}
+
+#[test]
+fn demo_runs_three_simulated_controllers_and_stops_cleanly() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let (out, transcript) = demo(dir.path(), 8);
+
+    // The banner lists the three simulated controllers, one per shipped profile.
+    let banner: Vec<Vec<&str>> = out
+        .iter()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|w| w.first().is_some_and(|n| n.starts_with("demo-")))
+        .collect();
+    let names: Vec<&str> = banner.iter().map(|w| w[0]).collect();
+    assert_eq!(names, ["demo-1", "demo-2", "demo-3"], "{transcript}");
+    for profile in ["generic", "came-zlb30", "ha-cover"] {
+        assert!(
+            banner.iter().any(|w| w.contains(&profile)),
+            "{profile}: {transcript}"
+        );
+    }
+
+    // It wrote the fleet file it drives, pointing at the controllers the banner shows.
+    let fleet = FleetFile::load(
+        &dir.path().join("data/demo-fleet.toml"),
+        &ProfileSet::builtin().expect("the built-in profiles"),
+    )
+    .expect("the demo wrote a valid fleet file");
+    assert_eq!(fleet.controllers.len(), 3);
+    for (c, shown) in fleet.controllers.iter().zip(&banner) {
+        assert_eq!(c.endpoint, shown[1], "{transcript}");
+    }
+
+    // Every gate's coming online is printed (the printer listens before the fleet starts),
+    // and the simulated residents' commands are taken and move gates.
+    for gate in &fleet.gates {
+        assert!(
+            printed_online(&out, gate.id.as_str()),
+            "{} never came online: {transcript}",
+            gate.id
+        );
+    }
+    assert!(
+        out.iter()
+            .any(|l| l.contains("open: accepted in") && l.contains("[resident")),
+        "no resident command was accepted: {transcript}"
+    );
+    assert!(
+        out.iter()
+            .any(|l| l.contains("closed -> opening") && l.contains("[command ")),
+        "no gate opened on command: {transcript}"
+    );
+    assert!(
+        out.iter().any(|l| l == "time up: stopping the demo"),
+        "{transcript}"
+    );
+    assert_eq!(
+        out.last().map(String::as_str),
+        Some("demo stopped cleanly"),
+        "{transcript}"
+    );
+}
