@@ -1,5 +1,7 @@
 //! Implementations of the ports owned by `gatehouse-actors`: the Modbus TCP link and the
-//! register profiles that drive it. The only crate that knows Modbus frames.
+//! register profiles that drive it, and the SQL store (SQLite and PostgreSQL). The only crate
+//! that knows Modbus frames or SQL.
 
 pub mod modbus;
 pub mod profile;
+pub mod store;

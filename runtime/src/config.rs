@@ -15,6 +15,8 @@ pub const ENV_PREFIX: &str = "GATEHOUSE_";
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
+    pub database: DatabaseConfig,
+    #[serde(default)]
     pub data: DataConfig,
     #[serde(default)]
     pub fleet: FleetConfig,
@@ -24,6 +26,34 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub shutdown: ShutdownConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite://PATH` (embedded, the default) or `postgres://USER@HOST:PORT/DB`.
+    #[serde(default = "default_database_url")]
+    pub url: String,
+    /// Apply pending migrations at boot (otherwise `gatehouse migrate` does it).
+    #[serde(default = "default_true")]
+    pub migrate_at_boot: bool,
+}
+
+fn default_database_url() -> String {
+    "sqlite://./data/gatehouse.db".into()
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: default_database_url(),
+            migrate_at_boot: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -153,10 +183,18 @@ impl Config {
 
         // Which environment variable set which key, to name it in errors.
         let mut from_env: BTreeMap<String, String> = BTreeMap::new();
-        let mut env: Vec<(String, String)> = env
-            .into_iter()
+        let all: Vec<(String, String)> = env.into_iter().collect();
+        let mut env: Vec<(String, String)> = all
+            .iter()
             .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .cloned()
             .collect();
+        // The conventional DATABASE_URL, unless the specific variable is set.
+        if !env.iter().any(|(k, _)| k == "GATEHOUSE_DATABASE__URL")
+            && let Some((_, url)) = all.iter().find(|(k, _)| k == "DATABASE_URL")
+        {
+            env.push(("GATEHOUSE_DATABASE__URL".into(), url.clone()));
+        }
         env.sort();
         for (var, raw) in env {
             let path: Vec<String> = var[ENV_PREFIX.len()..]
@@ -214,6 +252,15 @@ impl Config {
             key: key.into(),
             message: message.into(),
         };
+        if !(self.database.url.starts_with("sqlite://")
+            || self.database.url.starts_with("postgres://")
+            || self.database.url.starts_with("postgresql://"))
+        {
+            return Err(err(
+                "database.url",
+                "must start with sqlite:// or postgres://",
+            ));
+        }
         if self.data.dir.as_os_str().is_empty() {
             return Err(err("data.dir", "must not be empty"));
         }
@@ -296,6 +343,25 @@ mod tests {
         assert_eq!(c.log.level, "warn");
         assert_eq!(c.shutdown.timeout_ms, 3000);
         assert_eq!(c.data.dir, PathBuf::from("/var/lib/gatehouse"));
+    }
+
+    #[test]
+    fn database_url_defaults_to_embedded_sqlite_and_honours_database_url() {
+        let c = Config::load(None, env(&[])).unwrap();
+        assert_eq!(c.database.url, "sqlite://./data/gatehouse.db");
+        let c = Config::load(None, env(&[("DATABASE_URL", "postgres://db/gh")])).unwrap();
+        assert_eq!(c.database.url, "postgres://db/gh");
+        let c = Config::load(
+            None,
+            env(&[
+                ("DATABASE_URL", "postgres://db/gh"),
+                ("GATEHOUSE_DATABASE__URL", "postgres://other/gh"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.database.url, "postgres://other/gh");
+        let e = Config::load(None, env(&[("DATABASE_URL", "mysql://x")])).unwrap_err();
+        assert_eq!(e.key, "database.url");
     }
 
     #[test]

@@ -21,13 +21,18 @@ use rand::{Rng, SeedableRng};
 
 use crate::config::Config;
 use crate::fleet_file::FleetFile;
-use crate::{Runtime, load_profiles, watch};
+use gatehouse_actors::fleet::events::LocalBus;
+use gatehouse_actors::store::EventStore;
+
+use gatehouse_adapters::profile::ProfileSet;
+
+use crate::{Runtime, boot, load_profiles, watch};
 
 /// The chaos the demo plays, on repeat.
 const CHAOS: &str = include_str!("../../config/scenarios/chaos.toml");
 
-/// How often, on average, a simulated resident taps open or close.
-const RESIDENT_PERIOD: Duration = Duration::from_millis(2500);
+/// How many commands per second the simulated residents send, on average, by default.
+pub const RESIDENT_RATE: f64 = 0.4;
 
 /// The demo's controllers: (name, profile, gate id prefix, gates, travel time).
 const LAYOUT: [(&str, &str, &str, u8, u64); 3] = [
@@ -37,18 +42,63 @@ const LAYOUT: [(&str, &str, &str, u8, u64); 3] = [
 ];
 
 /// Options of `gatehouse demo`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct DemoOptions {
     /// Stop by itself after this long (for smoke tests); otherwise run until Ctrl-C.
     pub run_for: Option<Duration>,
     /// Leave out the chaos scenario.
     pub no_chaos: bool,
+    /// Resident commands per second (on average).
+    pub resident_rate: f64,
 }
 
-/// Free loopback ports from [`BASE_PORT`] up, skipping well-known service ports.
-fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+/// How often the demo looks for other ports when another process took the ones it picked.
+const PORT_ATTEMPTS: usize = 10;
+
+/// Starts the simulated controllers on free ports from [`BASE_PORT`] up.
+async fn start_farm(profiles: &ProfileSet) -> anyhow::Result<(Farm, Vec<u16>)> {
+    let mut from = BASE_PORT;
+    let mut last_error = None;
+    for _ in 0..PORT_ATTEMPTS {
+        let ports = free_ports(from, LAYOUT.len())?;
+        let sims = LAYOUT
+            .iter()
+            .zip(&ports)
+            .map(|((name, profile, _, gates, travel_ms), port)| {
+                SimControllerSpec::new(*name, *profile, 1..=*gates)
+                    .with_port(*port)
+                    .with_travel(Duration::from_millis(*travel_ms))
+            })
+            .collect();
+        let spec = FarmSpec {
+            controllers: sims,
+            profiles: profiles.clone(),
+        };
+        match Farm::start(spec).await {
+            Ok(farm) => return Ok((farm, ports)),
+            // Another process bound one of them between our check and our bind: move on.
+            Err(e @ gatehouse_sim::FarmError::Bind { .. }) => {
+                last_error = Some(e);
+                from = ports
+                    .iter()
+                    .max()
+                    .copied()
+                    .unwrap_or(from)
+                    .saturating_add(1);
+            }
+            Err(e) => return Err(e).context("starting the simulator"),
+        }
+    }
+    Err(anyhow::anyhow!(
+        "no free ports for the simulator: {}",
+        last_error.map(|e| e.to_string()).unwrap_or_default()
+    ))
+}
+
+/// Free loopback ports from `from` up, skipping well-known service ports.
+fn free_ports(from: u16, n: usize) -> anyhow::Result<Vec<u16>> {
     let mut ports = Vec::with_capacity(n);
-    let mut port = BASE_PORT;
+    let mut port = from;
     while ports.len() < n {
         if check_port(port).is_ok()
             && TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port))).is_ok()
@@ -94,22 +144,7 @@ pub async fn run(config: Config, options: DemoOptions) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data.dir)
         .with_context(|| format!("creating the data directory {}", config.data.dir.display()))?;
 
-    let ports = free_ports(LAYOUT.len())?;
-    let sims = LAYOUT
-        .iter()
-        .zip(&ports)
-        .map(|((name, profile, _, gates, travel_ms), port)| {
-            SimControllerSpec::new(*name, *profile, 1..=*gates)
-                .with_port(*port)
-                .with_travel(Duration::from_millis(*travel_ms))
-        })
-        .collect();
-    let farm = Farm::start(FarmSpec {
-        controllers: sims,
-        profiles: profiles.clone(),
-    })
-    .await
-    .context("starting the simulator")?;
+    let (farm, ports) = start_farm(&profiles).await?;
 
     let fleet_path = config.data.dir.join("demo-fleet.toml");
     let text = fleet_toml(&ports);
@@ -117,12 +152,19 @@ pub async fn run(config: Config, options: DemoOptions) -> anyhow::Result<()> {
         .with_context(|| format!("writing {}", fleet_path.display()))?;
     let fleet_file = FleetFile::parse(&fleet_path.display().to_string(), &text, &profiles)?;
 
-    let runtime = Runtime::start(fleet_file.controller_specs(&profiles)).await?;
-    banner(&farm, &fleet_path, &fleet_file);
+    // The store keeps the history across runs; the demo's fleet is imported into it each time
+    // (the simulator's ports may differ from the last run).
+    let store = boot::open_store(&config).await?;
+    boot::import(&store, &fleet_file, false, &profiles).await?;
+    let previous = store.heads().await?.len();
+    let bus = LocalBus::default();
+    let printer = tokio::spawn(watch::print_events(bus.subscribe()));
+    let runtime = Runtime::boot(store, profiles.clone(), None, bus).await?;
+    banner(&farm, &fleet_path, &fleet_file, &config, previous);
 
-    let printer = tokio::spawn(watch::print_events(runtime.bus.subscribe()));
     let residents = tokio::spawn(residents(
         runtime.fleet.clone(),
+        options.resident_rate,
         fleet_file.gates.iter().map(|g| g.id.clone()).collect(),
     ));
     let chaos = if options.no_chaos {
@@ -151,7 +193,7 @@ pub async fn run(config: Config, options: DemoOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn banner(farm: &Farm, fleet_path: &Path, fleet: &FleetFile) {
+fn banner(farm: &Farm, fleet_path: &Path, fleet: &FleetFile, config: &Config, previous: usize) {
     println!("Gatehouse demo");
     println!("==============");
     println!("Simulated controllers (Modbus TCP, try them with mbpoll):");
@@ -170,6 +212,15 @@ fn banner(farm: &Farm, fleet_path: &Path, fleet: &FleetFile) {
         fleet.controllers.len(),
         fleet_path.display()
     );
+    let history = if previous > 0 {
+        format!("history of {previous} gates kept from earlier runs")
+    } else {
+        "new".to_string()
+    };
+    println!(
+        "Database: {} ({history})",
+        boot::redact(&config.database.url)
+    );
     println!("The HTTP/WebSocket API is not part of this build yet; gate events print below.");
     println!("Residents open and close gates every few seconds; a chaos scenario injects faults.");
     println!("Press Ctrl-C to stop.\n");
@@ -177,10 +228,14 @@ fn banner(farm: &Farm, fleet_path: &Path, fleet: &FleetFile) {
 
 /// Simulated residents: every few seconds someone taps open on a closed gate or close on an
 /// open one, and sees how fast the controller confirmed it.
-async fn residents(fleet: Fleet, gates: Vec<GateId>) {
+async fn residents(fleet: Fleet, rate: f64, gates: Vec<GateId>) {
+    if rate <= 0.0 {
+        return;
+    }
+    let period = Duration::from_secs_f64(1.0 / rate);
     let mut rng = rand::rngs::SmallRng::from_os_rng();
     loop {
-        let wait = RESIDENT_PERIOD.mul_f64(rng.random_range(0.5..1.5));
+        let wait = period.mul_f64(rng.random_range(0.5..1.5));
         tokio::time::sleep(wait).await;
         let Some(gate) = gates.choose(&mut rng).cloned() else {
             return;
@@ -196,18 +251,27 @@ async fn residents(fleet: Fleet, gates: Vec<GateId>) {
         };
         let sent = Instant::now();
         let sink: AckSink = Arc::new(move |gate: &GateId, ack| {
-            if ack.status == CommandStatus::Accepted {
-                println!(
-                    "{} {:<12}       {:<44} [resident]",
-                    watch::clock(wall_ms()),
-                    gate.as_str(),
-                    format!(
-                        "{}: accepted in {:.2} ms",
-                        action.as_str(),
-                        sent.elapsed().as_secs_f64() * 1000.0
-                    ),
-                );
-            }
+            let what = if ack.status == CommandStatus::Accepted {
+                format!(
+                    "{}: accepted in {:.2} ms",
+                    action.as_str(),
+                    sent.elapsed().as_secs_f64() * 1000.0
+                )
+            } else {
+                // The resident hears the outcome once it is durable.
+                format!(
+                    "{}: told {}",
+                    action.as_str(),
+                    watch::status_text(ack.status)
+                )
+            };
+            println!(
+                "{} {:<12}       {:<44} [resident {}]",
+                watch::clock(wall_ms()),
+                gate.as_str(),
+                what,
+                ack.id
+            );
         });
         let _ = fleet.command(&gate, CommandId::random(), action, Some(sink));
     }

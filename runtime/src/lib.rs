@@ -2,6 +2,7 @@
 //! and the demo. It wires the crates together and holds no business rules; those live in
 //! `gatehouse-actors`.
 
+pub mod boot;
 pub mod config;
 pub mod demo;
 pub mod fleet_file;
@@ -34,7 +35,20 @@ impl Runtime {
         Self::start_on(LocalBus::default(), controllers).await
     }
 
-    /// Boots the tree on `bus`, so that a caller who subscribed first sees the first events.
+    fn from_parts(
+        fleet: Fleet,
+        bus: LocalBus,
+        stopped: ractor::concurrency::JoinHandle<()>,
+    ) -> Runtime {
+        Runtime {
+            fleet,
+            bus,
+            stopped,
+        }
+    }
+
+    /// Boots the tree on `bus` without a store (nothing durable: tools, tests, benchmarks),
+    /// so that a caller who subscribed first sees the first events.
     pub async fn start_on(
         bus: LocalBus,
         controllers: Vec<ControllerSpec>,
@@ -82,22 +96,28 @@ pub fn load_profiles(config: &Config) -> anyhow::Result<ProfileSet> {
     Ok(profiles)
 }
 
-/// `gatehouse serve`: the fleet from the configured fleet file, until SIGINT/SIGTERM.
+/// `gatehouse serve`: the fleet from the store (seeded from the fleet file on first boot),
+/// until SIGINT/SIGTERM.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let profiles = load_profiles(&config)?;
-    let path = config.fleet.file.as_ref().context(
-        "no fleet: set fleet.file in the configuration (or GATEHOUSE_FLEET__FILE) to a fleet file",
-    )?;
-    let fleet = FleetFile::load(path, &profiles)?;
+    let seed = match &config.fleet.file {
+        Some(path) => Some(FleetFile::load(path, &profiles)?),
+        None => None,
+    };
+    let store = boot::open_store(&config).await?;
     tracing::info!(
-        sites = fleet.sites.len(),
-        controllers = fleet.controllers.len(),
-        gates = fleet.gates.len(),
-        "fleet loaded from {}",
-        path.display()
+        database = %boot::redact(&config.database.url),
+        backend = store.backend().as_str(),
+        "database open"
     );
-    let runtime = Runtime::start(fleet.controller_specs(&profiles)).await?;
-    let watcher = tokio::spawn(watch::log_events(runtime.bus.subscribe()));
+    let bus = LocalBus::default();
+    let watcher = tokio::spawn(watch::log_events(bus.subscribe()));
+    let runtime = Runtime::boot(store, profiles, seed.as_ref(), bus).await?;
+    if runtime.fleet.controllers().is_empty() {
+        tracing::warn!(
+            "no controllers configured: import a fleet with `gatehouse fleet import FILE`"
+        );
+    }
     let result = runtime.run_until_signal(config.shutdown.timeout()).await;
     watcher.abort();
     result

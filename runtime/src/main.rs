@@ -33,11 +33,24 @@ enum Command {
         /// Do not inject faults.
         #[arg(long)]
         no_chaos: bool,
+        /// Resident commands per second, on average (0 for none).
+        #[arg(long, default_value_t = demo::RESIDENT_RATE)]
+        rate: f64,
     },
     /// Run a real site from a configuration file.
     Serve {
         #[arg(long)]
         config: PathBuf,
+    },
+    /// Apply pending database migrations.
+    Migrate {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Import or export the fleet (sites, controllers, gates) as a fleet file.
+    Fleet {
+        #[command(subcommand)]
+        command: FleetCommand,
     },
     /// Check register profiles: the built-in ones, or the `*.toml` files in DIR.
     CheckProfiles { dir: Option<PathBuf> },
@@ -47,6 +60,24 @@ enum Command {
         /// Extra profiles directory.
         #[arg(long)]
         profiles: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum FleetCommand {
+    /// Bring the store in line with FILE: idempotent; keeps what the file leaves out unless
+    /// --prune. Checked as a whole and applied in one transaction.
+    Import {
+        file: PathBuf,
+        #[arg(long)]
+        prune: bool,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Print the store's fleet as a fleet file.
+    Export {
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -60,7 +91,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             config,
             run_for,
             no_chaos,
+            rate,
         } => {
+            if !(0.0..=1000.0).contains(&rate) {
+                anyhow::bail!("--rate must be between 0 and 1000 commands per second, got {rate}");
+            }
             let mut config = load(config.as_ref())?;
             if std::env::var_os("RUST_LOG").is_none() && config.log.level == "info" {
                 // The demo's own event lines carry the story; keep the logs to what matters.
@@ -70,6 +105,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let options = demo::DemoOptions {
                 run_for: run_for.map(Duration::from_secs),
                 no_chaos,
+                resident_rate: rate,
             };
             demo::run(config, options).await
         }
@@ -78,6 +114,43 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             logging::init(&config.log);
             gatehouse_runtime::serve(config).await
         }
+        Command::Migrate { config } => {
+            let config = load(config.as_ref())?;
+            logging::init(&config.log);
+            let applied = gatehouse_runtime::boot::migrate(&config).await?;
+            println!("{applied} migration(s) applied");
+            Ok(())
+        }
+        Command::Fleet { command } => match command {
+            FleetCommand::Import {
+                file,
+                prune,
+                config,
+            } => {
+                let config = load(config.as_ref())?;
+                logging::init(&config.log);
+                let profiles = gatehouse_runtime::load_profiles(&config)?;
+                let fleet = gatehouse_runtime::fleet_file::FleetFile::load(&file, &profiles)?;
+                let store = gatehouse_runtime::boot::open_store(&config).await?;
+                let plan =
+                    gatehouse_runtime::boot::import(&store, &fleet, prune, &profiles).await?;
+                println!(
+                    "imported {} sites, {} controllers, {} gates; {} removed",
+                    fleet.sites.len(),
+                    fleet.controllers.len(),
+                    fleet.gates.len(),
+                    plan.removed
+                );
+                Ok(())
+            }
+            FleetCommand::Export { config } => {
+                let config = load(config.as_ref())?;
+                logging::init(&config.log);
+                let store = gatehouse_runtime::boot::open_store(&config).await?;
+                print!("{}", gatehouse_runtime::boot::export(&store).await?);
+                Ok(())
+            }
+        },
         Command::CheckProfiles { dir } => {
             let mut profiles = gatehouse_adapters::profile::ProfileSet::builtin()?;
             if let Some(dir) = &dir {

@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run --release -p gatehouse-tests --bin gatehouse-bench -- all           # full size
 //! cargo run --release -p gatehouse-tests --bin gatehouse-bench -- all --smoke   # CI size
+//! cargo run --release -p gatehouse-tests --bin gatehouse-bench -- store         # the store
 //! ```
 //!
 //! The simulator runs in a child process (this binary, `sim` subcommand) so that the
@@ -33,6 +34,8 @@ use gatehouse_runtime::Runtime;
 use gatehouse_runtime::fleet_file::FleetFile;
 use serde::Serialize;
 
+mod store;
+
 #[derive(Parser)]
 #[command(about = "Gatehouse benchmarks against the simulator")]
 struct Cli {
@@ -44,6 +47,8 @@ struct Cli {
 enum Cmd {
     /// Every phase on one fleet.
     All(Sizes),
+    /// The store: event log throughput and boot from the store, on SQLite and PostgreSQL.
+    Store(store::StoreSizes),
     /// Internal: run a simulator farm for the parent process.
     Sim {
         #[arg(long)]
@@ -179,7 +184,7 @@ fn cpu_time() -> Duration {
 /// The simulator child process and its control connection.
 struct SimProcess {
     child: Child,
-    controllers: Vec<(String, SocketAddr)>,
+    pub controllers: Vec<(String, SocketAddr)>,
     control: std::net::TcpStream,
 }
 
@@ -531,6 +536,12 @@ async fn main() -> anyhow::Result<()> {
             units,
             travel_ms,
         } => run_sim(controllers, units, travel_ms).await,
+        Cmd::Store(sizes) => {
+            let report = store::run(sizes).await?;
+            store::print_text(&report);
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
         Cmd::All(sizes) => {
             let report = all(sizes).await?;
             print_text(&report);

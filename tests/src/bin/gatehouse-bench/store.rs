@@ -1,0 +1,268 @@
+//! The store's figures, on SQLite and on PostgreSQL:
+//! - event log throughput: many gates append through the EventLog writer (group commit) into
+//!   the real store; events per second and the enqueue-to-commit latency;
+//! - boot: a fleet of N gates restored from the store (resume points read, tree started) until
+//!   every gate has been polled once.
+
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use gatehouse_actors::eventlog::{self, EventLogWriter};
+use gatehouse_actors::fleet::Directory;
+use gatehouse_actors::fleet::events::{EventSink, GateEvent, LocalBus};
+use gatehouse_actors::gate::{Cause, EventKind, GateSnapshot, GateState};
+use gatehouse_actors::ids::{ControllerId, GateId};
+use gatehouse_actors::store::EventStore;
+use gatehouse_adapters::profile::ProfileSet;
+use gatehouse_adapters::store::Store;
+use gatehouse_runtime::Runtime;
+use gatehouse_runtime::fleet_file::FleetFile;
+use ractor::Actor;
+use serde::Serialize;
+
+use crate::{SimProcess, fleet_toml, ms};
+
+/// Gates writing concurrently in the throughput phase.
+const WRITERS: usize = 100;
+
+#[derive(clap::Args, Clone)]
+pub struct StoreSizes {
+    /// CI size.
+    #[arg(long)]
+    smoke: bool,
+    /// Events appended per backend.
+    #[arg(long, default_value_t = 200_000)]
+    events: usize,
+    /// Gates restored at boot (100 per simulated controller).
+    #[arg(long, default_value_t = 10_000)]
+    gates: usize,
+    /// PostgreSQL server (a fresh database is created and dropped on it).
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432")]
+    pg: String,
+}
+
+#[derive(Serialize)]
+pub struct BackendFigures {
+    backend: &'static str,
+    events: usize,
+    events_per_second: f64,
+    batches: u64,
+    commit_p50_ms: f64,
+    commit_p99_ms: f64,
+    boot_gates: usize,
+    boot_to_all_polled_ms: f64,
+}
+
+#[derive(Serialize)]
+pub struct StoreReport {
+    smoke: bool,
+    backends: Vec<BackendFigures>,
+}
+
+/// A PostgreSQL database that exists for the benchmark's duration.
+struct PgDatabase {
+    base: String,
+    name: String,
+}
+
+impl PgDatabase {
+    fn create(base: &str) -> anyhow::Result<PgDatabase> {
+        let name = format!("gh_bench_{}", uuid::Uuid::new_v4().simple());
+        let out = Command::new("psql")
+            .args([&format!("{base}/postgres"), "-v", "ON_ERROR_STOP=1", "-c"])
+            .arg(format!("CREATE DATABASE {name}"))
+            .output()
+            .context("running psql")?;
+        if !out.status.success() {
+            bail!(
+                "cannot create a database on {base}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(PgDatabase {
+            base: base.to_string(),
+            name,
+        })
+    }
+
+    fn url(&self) -> String {
+        format!("{}/{}", self.base, self.name)
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .args([&format!("{}/postgres", self.base), "-c"])
+            .arg(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .output();
+    }
+}
+
+fn event(gate: &GateId, controller: &ControllerId, seq: u64) -> Arc<GateEvent> {
+    Arc::new(GateEvent {
+        gate: gate.clone(),
+        controller: controller.clone(),
+        seq,
+        at_ms: 1_700_000_000_000 + seq,
+        kind: EventKind::StateChanged {
+            from: GateState::Closed,
+        },
+        cause: Cause::Local,
+        snapshot: GateSnapshot {
+            state: GateState::Opening,
+            position: Some(40),
+            cycles: Some(seq),
+            ..GateSnapshot::default()
+        },
+    })
+}
+
+async fn throughput(store: Arc<Store>, events: usize) -> anyhow::Result<(f64, u64, f64, f64)> {
+    let bus: Arc<dyn EventSink> = Arc::new(LocalBus::default());
+    let sink: Arc<dyn EventStore> = store;
+    let (log, writer) = eventlog::channel(sink, Arc::new(Directory::default()), bus);
+    let (writer_ref, writer_handle) = Actor::spawn(None, EventLogWriter, writer).await?;
+    let per_writer = events / WRITERS;
+    let total = per_writer * WRITERS;
+    let controller = ControllerId::new("bench")?;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..WRITERS {
+        let log = log.clone();
+        let gate = GateId::new(&format!("tp-{w}"))?;
+        let controller = controller.clone();
+        tasks.push(tokio::spawn(async move {
+            for seq in 1..=per_writer as u64 {
+                if log.append(event(&gate, &controller, seq)).await.is_err() {
+                    return;
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let stats = log.stats().clone();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while stats.committed.load(Ordering::Relaxed) < total as u64 {
+        if Instant::now() > deadline {
+            bail!("the event log did not commit {total} events within 600 s");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    writer_ref.stop(None);
+    let _ = writer_handle.await;
+    Ok((
+        total as f64 / elapsed,
+        stats.batches.load(Ordering::Relaxed),
+        ms(stats.commit_latency.quantile(0.5)),
+        ms(stats.commit_latency.quantile(0.99)),
+    ))
+}
+
+async fn boot(store: Arc<Store>, sim: &SimProcess, units: u8) -> anyhow::Result<(usize, f64)> {
+    let profiles = ProfileSet::builtin()?;
+    let fleet = FleetFile::parse("bench", &fleet_toml(&sim.controllers, units), &profiles)?;
+    gatehouse_runtime::boot::import(&store, &fleet, true, &profiles).await?;
+    let gates = fleet.gates.len();
+    let bus = LocalBus::default();
+    let mut events = bus.subscribe();
+    let started = Instant::now();
+    let runtime = Runtime::boot(store, profiles, None, bus).await?;
+    let mut online = 0;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while online < gates {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(remaining, events.recv()).await {
+            Ok(Ok(ev)) => {
+                if matches!(
+                    ev.kind,
+                    EventKind::StateChanged {
+                        from: GateState::Offline
+                    }
+                ) {
+                    online += 1;
+                }
+            }
+            Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(n))) => {
+                bail!("lost {n} events while counting")
+            }
+            Ok(Err(_)) | Err(_) => bail!("only {online} of {gates} gates were polled"),
+        }
+    }
+    let elapsed = ms(started.elapsed());
+    runtime.shutdown(Duration::from_secs(30)).await;
+    Ok((gates, elapsed))
+}
+
+pub async fn run(sizes: StoreSizes) -> anyhow::Result<StoreReport> {
+    let (events, gates) = if sizes.smoke {
+        (5_000, 200)
+    } else {
+        (sizes.events, sizes.gates)
+    };
+    let units: u8 = 100;
+    let controllers = gates.div_ceil(usize::from(units)).max(1);
+    let sim = SimProcess::spawn(controllers, units.min(gates as u8).max(1), 2_000)?;
+    let units = units.min(gates as u8).max(1);
+    let dir = tempfile::tempdir()?;
+    let pg = PgDatabase::create(&sizes.pg)?;
+    let mut backends = Vec::new();
+    for (backend, url) in [
+        (
+            "sqlite",
+            format!("sqlite://{}/bench.db", dir.path().display()),
+        ),
+        ("postgres", pg.url()),
+    ] {
+        eprintln!("{backend}: event log throughput, {events} events");
+        let store = Arc::new(Store::connect(&url).await?);
+        store.migrate().await?;
+        let (rate, batches, p50, p99) = throughput(store.clone(), events).await?;
+        eprintln!("{backend}: boot of {gates} gates");
+        let (boot_gates, boot_ms) = boot(store.clone(), &sim, units).await?;
+        store.close();
+        backends.push(BackendFigures {
+            backend,
+            events,
+            events_per_second: rate,
+            batches,
+            commit_p50_ms: p50,
+            commit_p99_ms: p99,
+            boot_gates,
+            boot_to_all_polled_ms: boot_ms,
+        });
+    }
+    Ok(StoreReport {
+        smoke: sizes.smoke,
+        backends,
+    })
+}
+
+pub fn print_text(r: &StoreReport) {
+    println!(
+        "gatehouse-bench store{}",
+        if r.smoke { " (smoke)" } else { "" }
+    );
+    for b in &r.backends {
+        println!(
+            "  {:<9} event log {:.0} events/s ({} events, {} commits; enqueue-to-commit p50 {:.2} ms, p99 {:.2} ms); boot {} gates to all polled in {:.0} ms",
+            b.backend,
+            b.events_per_second,
+            b.events,
+            b.batches,
+            b.commit_p50_ms,
+            b.commit_p99_ms,
+            b.boot_gates,
+            b.boot_to_all_polled_ms
+        );
+    }
+}
