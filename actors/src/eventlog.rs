@@ -42,6 +42,8 @@ pub struct EventLogStats {
     pub failures: AtomicU64,
     /// Time from an event's enqueueing to its commit.
     pub commit_latency: Histogram,
+    /// Time of each append transaction (successful ones).
+    pub transaction_time: Histogram,
     /// False while commits are failing.
     healthy: AtomicBool,
 }
@@ -200,8 +202,12 @@ async fn commit(state: &WriterArgs, batch: Vec<Entry>) {
     let events: Vec<Arc<GateEvent>> = batch.iter().map(|e| e.event.clone()).collect();
     let mut delay = RETRY_FIRST;
     loop {
+        let started = tokio::time::Instant::now();
         match state.store.append(events.clone()).await {
-            Ok(()) => break,
+            Ok(()) => {
+                state.stats.transaction_time.record(started.elapsed());
+                break;
+            }
             Err(e) => {
                 state.stats.failures.fetch_add(1, Ordering::Relaxed);
                 if state.stats.healthy.swap(false, Ordering::Relaxed) {
