@@ -2,6 +2,7 @@
 //! and the actors (fleet, controller, link, gate). No I/O of its own: the outside world is
 //! reached through the traits in [`ports`], implemented in `gatehouse-adapters`.
 
+pub mod access;
 pub mod eventlog;
 pub mod fleet;
 pub mod gate;
