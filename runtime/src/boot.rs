@@ -59,6 +59,17 @@ pub struct ImportPlan {
 pub fn plan_import(current: &FleetRecords, file: &FleetFile, prune: bool) -> ImportPlan {
     let wanted = file.to_records();
     let mut plan = ImportPlan::default();
+    let gates: BTreeSet<_> = wanted.gates.iter().map(|g| &g.id).collect();
+    let controllers: BTreeSet<_> = wanted.controllers.iter().map(|c| &c.id).collect();
+    let sites: BTreeSet<_> = wanted.sites.iter().map(|s| &s.id).collect();
+    // Gates leave first, so that a new gate may take a removed gate's unit (the database
+    // checks (controller, unit) at each statement).
+    if prune {
+        for g in current.gates.iter().filter(|g| !gates.contains(&g.id)) {
+            plan.changes.push(FleetChange::RemoveGate(g.id.clone()));
+        }
+    }
+    let removed_gates = plan.changes.len();
     for s in &wanted.sites {
         plan.changes.push(FleetChange::UpsertSite(s.clone()));
     }
@@ -68,14 +79,8 @@ pub fn plan_import(current: &FleetRecords, file: &FleetFile, prune: bool) -> Imp
     for g in &wanted.gates {
         plan.changes.push(FleetChange::UpsertGate(g.clone()));
     }
-    plan.upserted = plan.changes.len();
+    plan.upserted = plan.changes.len() - removed_gates;
     if prune {
-        let gates: BTreeSet<_> = wanted.gates.iter().map(|g| &g.id).collect();
-        let controllers: BTreeSet<_> = wanted.controllers.iter().map(|c| &c.id).collect();
-        let sites: BTreeSet<_> = wanted.sites.iter().map(|s| &s.id).collect();
-        for g in current.gates.iter().filter(|g| !gates.contains(&g.id)) {
-            plan.changes.push(FleetChange::RemoveGate(g.id.clone()));
-        }
         for c in current
             .controllers
             .iter()
@@ -87,8 +92,8 @@ pub fn plan_import(current: &FleetRecords, file: &FleetFile, prune: bool) -> Imp
         for s in current.sites.iter().filter(|s| !sites.contains(&s.id)) {
             plan.changes.push(FleetChange::RemoveSite(s.id.clone()));
         }
-        plan.removed = plan.changes.len() - plan.upserted;
     }
+    plan.removed = plan.changes.len() - plan.upserted;
     plan
 }
 
