@@ -1,4 +1,4 @@
-//! The SQL store: the `FleetStore` and `EventStore` ports on SQLite (bundled, the embedded
+//! The SQL store: the `FleetStore`, `EventStore` and `AccessStore` ports on SQLite (bundled, the embedded
 //! default) and PostgreSQL (pure-Rust tokio-postgres, no libpq, no TLS), with one query
 //! codebase. diesel-async has no async multi-backend connection, so a [`Store`] holds a pool
 //! of either kind and each query body is written once inside a dispatch macro that expands
@@ -126,6 +126,7 @@ fn defer_foreign_keys<C: Dialect>(_: &C) -> &'static str {
     C::DEFER_FOREIGN_KEYS
 }
 
+mod access;
 mod error;
 mod events;
 mod fleet;

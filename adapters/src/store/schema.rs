@@ -1,7 +1,7 @@
 //! diesel's view of the tables the store queries, written by hand to match both migration
 //! folders (`migrations/sqlite`, `migrations/postgres`). The SQL types are the ones both
 //! dialects agree on: PostgreSQL checks them strictly, SQLite reads whatever it stored.
-//! Tables that no query uses yet (users, grants, audit, maintenance) are not declared here.
+//! Tables that no query uses yet (roles, maintenance) are not declared here.
 
 diesel::table! {
     sites (id) {
@@ -51,5 +51,70 @@ diesel::table! {
         state -> Text,
         cycles -> Nullable<BigInt>,
         payload -> Text,
+    }
+}
+
+diesel::table! {
+    users (id) {
+        id -> Text,
+        username -> Text,
+        password_hash -> Text,
+        role -> Text,
+        created_at -> BigInt,
+        disabled -> Bool,
+    }
+}
+
+diesel::table! {
+    grants (id) {
+        id -> Text,
+        user_id -> Text,
+        gate_id -> Nullable<Text>,
+        site_id -> Nullable<Text>,
+        windows -> Text,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    api_keys (id) {
+        id -> Text,
+        name -> Text,
+        hash -> Text,
+        role -> Text,
+        site_id -> Nullable<Text>,
+        created_at -> BigInt,
+        revoked_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    refresh_token_families (id) {
+        id -> Text,
+        user_id -> Text,
+        created_at -> BigInt,
+        revoked_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    refresh_tokens (id) {
+        id -> Text,
+        family_id -> Text,
+        hash -> Text,
+        issued_at -> BigInt,
+        used_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    audit_log (id) {
+        id -> BigInt,
+        at_ms -> BigInt,
+        actor -> Text,
+        action -> Text,
+        target -> Nullable<Text>,
+        source_ip -> Nullable<Text>,
+        details -> Text,
     }
 }
