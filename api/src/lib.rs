@@ -1,6 +1,48 @@
 //! Gatehouse's people-facing layer: REST for admins, WebSocket sessions for phones,
 //! authentication and authorization. It turns requests into messages to the actors and knows
-//! nothing of SQL or Modbus.
+//! nothing of SQL or Modbus (it depends on `gatehouse-actors`, never on `gatehouse-adapters`).
 //!
-//! Empty in this build: it arrives with the people-facing issue. The crate exists so that its
-//! place in the dependency graph (`api` → `actors`, never `adapters`) is fixed from the start.
+//! The skeleton every endpoint plugs into:
+//! - [`routing`]: the route table. An endpoint is a handler with a `#[utoipa::path]`
+//!   annotation plus one [`Route::new`] call; the table serves it and documents it from that
+//!   single source, and refuses overlapping or ill-documented routes at start-up.
+//! - [`error`]: the one error shape; [`json`]: strict JSON bodies and replies;
+//!   [`request_id`]: the id on every answer; [`server`]: listening, security headers, CORS,
+//!   client addresses, graceful shutdown; [`health`]: probes; [`openapi`]: the document.
+//!
+//! Adding an endpoint: write `async fn handler(..) -> Outcome` with `#[utoipa::path(...)]`
+//! (method, path, `params(...)` for every `{name}` in the path, responses), add
+//! `Route::new::<__path_handler, _>(|params| ...)` to its module's `routes()`, and list that
+//! module in [`route_table`] if it is new.
+
+pub mod auth;
+mod cors;
+pub mod error;
+pub mod health;
+pub mod json;
+pub mod openapi;
+pub mod request_id;
+pub mod routing;
+pub mod server;
+
+use std::sync::Arc;
+
+pub use error::ApiError;
+pub use health::{Check, Readiness};
+pub use request_id::{RequestId, request_id};
+pub use routing::{Outcome, Params, PathParams, Route, RouteError, RouteTable};
+pub use server::{ApiConfig, ClientIp, ServeError, client_ip, serve};
+
+/// What the endpoints need from the rest of the process. The runtime builds it; later
+/// endpoints add their handles here (the fleet, the store ports, the auth keys).
+#[derive(Clone)]
+pub struct ApiState {
+    pub readiness: Arc<dyn Readiness>,
+}
+
+/// The API's complete route table: the one list of endpoint modules.
+pub fn route_table(state: &ApiState) -> Result<RouteTable, RouteError> {
+    let mut routes = Vec::new();
+    routes.extend(health::routes(state.readiness.clone()));
+    RouteTable::new(routes)
+}

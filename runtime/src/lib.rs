@@ -7,6 +7,7 @@ pub mod config;
 pub mod demo;
 pub mod fleet_file;
 pub mod logging;
+pub mod users;
 pub mod watch;
 
 use std::sync::Arc;

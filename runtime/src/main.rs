@@ -6,8 +6,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use gatehouse_actors::access::Role;
 use gatehouse_runtime::config::Config;
-use gatehouse_runtime::{demo, logging};
+use gatehouse_runtime::{demo, logging, users};
 
 #[derive(Parser)]
 #[command(
@@ -52,6 +53,11 @@ enum Command {
         #[command(subcommand)]
         command: FleetCommand,
     },
+    /// Manage user accounts.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
     /// Check register profiles: the built-in ones, or the `*.toml` files in DIR.
     CheckProfiles { dir: Option<PathBuf> },
     /// Check a fleet file against the known profiles.
@@ -60,6 +66,26 @@ enum Command {
         /// Extra profiles directory.
         #[arg(long)]
         profiles: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create a user. Without --password-stdin and without a terminal, a password is
+    /// generated and printed once.
+    Add {
+        name: String,
+        /// admin, operator, resident or viewer.
+        #[arg(long, required_unless_present = "admin")]
+        role: Option<String>,
+        /// Shorthand for --role admin (the first account of a site).
+        #[arg(long, conflicts_with = "role")]
+        admin: bool,
+        /// Read the password from one line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -151,6 +177,37 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             }
         },
+        Command::User {
+            command:
+                UserCommand::Add {
+                    name,
+                    role,
+                    admin,
+                    password_stdin,
+                    config,
+                },
+        } => {
+            let config = load(config.as_ref())?;
+            logging::init(&config.log);
+            let role: Role = match (admin, role) {
+                (true, _) => Role::Admin,
+                (false, Some(r)) => r.parse().map_err(anyhow::Error::msg)?,
+                (false, None) => anyhow::bail!("--role or --admin is required"),
+            };
+            let store = gatehouse_runtime::boot::open_store(&config).await?;
+            let source = if password_stdin {
+                users::PasswordSource::Stdin
+            } else {
+                users::PasswordSource::Interactive
+            };
+            let added = users::add(&store, &name, role, source).await?;
+            println!("created user {name} ({role}), id {}", added.id);
+            if let Some(password) = added.generated {
+                println!("password: {password}");
+                println!("(shown once; store it now)");
+            }
+            Ok(())
+        }
         Command::CheckProfiles { dir } => {
             let mut profiles = gatehouse_adapters::profile::ProfileSet::builtin()?;
             if let Some(dir) = &dir {

@@ -1,0 +1,120 @@
+//! `gatehouse user add`: creating accounts from the command line (the first admin, above all).
+//! With `--password-stdin` the password is one line of standard input; at a terminal it is
+//! asked for (twice, not echoed); otherwise one is generated and printed once.
+
+use std::io::{BufRead as _, IsTerminal as _};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use gatehouse_actors::access::{AccessStore, AuditRecord, Role, UserId, UserRecord};
+use gatehouse_adapters::store::Store;
+use gatehouse_api::auth::password::Passwords;
+use gatehouse_api::auth::secrets;
+
+/// Usernames: what people type on a phone, and what appears in the audit log.
+pub const MAX_USERNAME_CHARS: usize = 64;
+
+/// Checks a username: 1..=64 characters of letters, digits, `.`, `_`, `-`, `@`.
+pub fn check_username(name: &str) -> anyhow::Result<()> {
+    let n = name.chars().count();
+    if n == 0 || n > MAX_USERNAME_CHARS {
+        bail!("a username has 1 to {MAX_USERNAME_CHARS} characters");
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_alphanumeric() || matches!(c, '.' | '_' | '-' | '@')))
+    {
+        bail!("a username may not contain {c:?}");
+    }
+    Ok(())
+}
+
+/// Where the password comes from.
+pub enum PasswordSource {
+    /// One line on standard input.
+    Stdin,
+    /// Typed at the terminal (twice), or generated when there is no terminal.
+    Interactive,
+}
+
+/// What `user add` did; `generated` holds a password to print once.
+pub struct Added {
+    pub id: UserId,
+    pub generated: Option<String>,
+}
+
+/// Creates the user and records it in the audit log.
+pub async fn add(
+    store: &Store,
+    username: &str,
+    role: Role,
+    source: PasswordSource,
+) -> anyhow::Result<Added> {
+    check_username(username)?;
+    if store.user_by_name(username.to_string()).await?.is_some() {
+        bail!("a user named {username:?} already exists");
+    }
+    let (password, generated) = match source {
+        PasswordSource::Stdin => {
+            let mut line = String::new();
+            std::io::stdin()
+                .lock()
+                .read_line(&mut line)
+                .context("reading the password from standard input")?;
+            (line.trim_end_matches(['\r', '\n']).to_string(), false)
+        }
+        PasswordSource::Interactive if std::io::stdin().is_terminal() => {
+            let first = rpassword::prompt_password(format!("Password for {username}: "))
+                .context("reading the password")?;
+            let again = rpassword::prompt_password("Again: ").context("reading the password")?;
+            if first != again {
+                bail!("the passwords differ");
+            }
+            (first, false)
+        }
+        PasswordSource::Interactive => (secrets::refresh_token(), true),
+    };
+    let hash = Passwords::owasp()?.hash(&password).await?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let id = UserId(uuid::Uuid::new_v4());
+    store
+        .create_user(UserRecord {
+            id,
+            username: username.to_string(),
+            password_hash: hash,
+            role,
+            created_at_ms: now,
+            disabled: false,
+        })
+        .await?;
+    store
+        .audit(AuditRecord {
+            at_ms: now,
+            actor: "system:cli".into(),
+            action: "user.create".into(),
+            target: Some(format!("user:{id}")),
+            source_ip: None,
+            details: format!(r#"{{"username":{:?},"role":"{role}"}}"#, username),
+        })
+        .await?;
+    Ok(Added {
+        id,
+        generated: generated.then_some(password),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usernames_are_checked() {
+        assert!(check_username("alice").is_ok());
+        assert!(check_username("bob.smith@example.org").is_ok());
+        assert!(check_username("").is_err());
+        assert!(check_username("two words").is_err());
+        assert!(check_username(&"a".repeat(65)).is_err());
+    }
+}
