@@ -21,9 +21,11 @@ pub mod error;
 pub mod health;
 pub mod json;
 pub mod openapi;
+pub mod principal;
 pub mod request_id;
 pub mod routing;
 pub mod server;
+pub mod v1;
 
 use std::sync::Arc;
 
@@ -38,11 +40,16 @@ pub use server::{ApiConfig, ClientIp, ServeError, client_ip, serve};
 #[derive(Clone)]
 pub struct ApiState {
     pub readiness: Arc<dyn Readiness>,
+    /// The application endpoints; without it only the probes and the document are served.
+    pub app: Option<v1::App>,
 }
 
 /// The API's complete route table: the one list of endpoint modules.
 pub fn route_table(state: &ApiState) -> Result<RouteTable, RouteError> {
     let mut routes = Vec::new();
     routes.extend(health::routes(state.readiness.clone()));
+    if let Some(app) = &state.app {
+        routes.extend(v1::routes(app));
+    }
     RouteTable::new(routes)
 }

@@ -503,6 +503,7 @@ async fn health_and_readiness() {
     let ready = Arc::new(AtomicBool::new(true));
     let state = ApiState {
         readiness: Arc::new(Flag(ready.clone())),
+        app: None,
     };
     let table = route_table(&state).expect("the production table is valid");
     let mut server = TestServer::start(ApiConfig::default(), table).await;

@@ -18,6 +18,9 @@ use warp::Filter;
 fn production_table() -> RouteTable {
     let state = ApiState {
         readiness: Arc::new(Vec::<Check>::new),
+        // The application routes need a fleet and a store; their parity is checked where
+        // those exist (tests/tests/rest_api.rs).
+        app: None,
     };
     route_table(&state).expect("the production table is valid")
 }

@@ -15,6 +15,8 @@ pub const ENV_PREFIX: &str = "GATEHOUSE_";
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default)]
     pub database: DatabaseConfig,
     #[serde(default)]
     pub data: DataConfig,
@@ -26,6 +28,34 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub shutdown: ShutdownConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Where the API listens (plain HTTP: TLS ends at the reverse proxy).
+    #[serde(default = "default_listen")]
+    pub listen: std::net::SocketAddr,
+    /// Origins allowed to call the API from a browser; empty denies cross-origin calls.
+    #[serde(default)]
+    pub cors_origins: Vec<String>,
+    /// Reverse proxies whose `X-Forwarded-For` is believed (rate limits, audit).
+    #[serde(default)]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+}
+
+fn default_listen() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            cors_origins: Vec::new(),
+            trusted_proxies: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -268,6 +298,13 @@ impl Config {
             return Err(err(
                 "log.level",
                 "is not a valid filter (try \"info\" or \"gatehouse=debug,warn\")",
+            ));
+        }
+        const RESERVED: [u16; 6] = [5432, 3306, 6379, 5672, 1883, 4222];
+        if RESERVED.contains(&self.http.listen.port()) {
+            return Err(err(
+                "http.listen",
+                "is a well-known service port (PostgreSQL, MySQL, Redis, ...); pick another",
             ));
         }
         if !(100..=300_000).contains(&self.shutdown.timeout_ms) {

@@ -21,12 +21,15 @@ use rand::{Rng, SeedableRng};
 
 use crate::config::Config;
 use crate::fleet_file::FleetFile;
+use gatehouse_actors::access::{AccessStore, Role, UserId, UserRecord};
 use gatehouse_actors::fleet::events::LocalBus;
 use gatehouse_actors::store::EventStore;
+use gatehouse_adapters::store::Store;
+use gatehouse_api::auth::password::Passwords;
 
 use gatehouse_adapters::profile::ProfileSet;
 
-use crate::{Runtime, boot, load_profiles, watch};
+use crate::{Runtime, boot, http, load_profiles, watch};
 
 /// The chaos the demo plays, on repeat.
 const CHAOS: &str = include_str!("../../config/scenarios/chaos.toml");
@@ -40,6 +43,38 @@ const LAYOUT: [(&str, &str, &str, u8, u64); 3] = [
     ("demo-2", "came-zlb30", "barrier", 4, 4_000),
     ("demo-3", "ha-cover", "garage", 4, 8_000),
 ];
+
+/// The demo's admin account; its password is new on every run.
+pub const DEMO_USER: &str = "demo";
+
+/// Creates the demo admin, or gives it a new password, and returns the password.
+async fn demo_login(store: &Store, passwords: &Passwords) -> anyhow::Result<String> {
+    let password = gatehouse_api::auth::secrets::refresh_token()[..20].to_string();
+    let hash = passwords.hash(&password).await?;
+    let now = wall_ms();
+    match store.user_by_name(DEMO_USER.to_string()).await? {
+        Some(mut user) => {
+            user.password_hash = hash;
+            user.disabled = false;
+            user.role = Role::Admin;
+            store.update_user(user.clone()).await?;
+            store.revoke_user_families(user.id, now).await?;
+        }
+        None => {
+            store
+                .create_user(UserRecord {
+                    id: UserId(uuid::Uuid::new_v4()),
+                    username: DEMO_USER.to_string(),
+                    password_hash: hash,
+                    role: Role::Admin,
+                    created_at_ms: now,
+                    disabled: false,
+                })
+                .await?
+        }
+    }
+    Ok(password)
+}
 
 /// Options of `gatehouse demo`.
 #[derive(Debug, Clone)]
@@ -159,8 +194,24 @@ pub async fn run(config: Config, options: DemoOptions) -> anyhow::Result<()> {
     let previous = store.heads().await?.len();
     let bus = LocalBus::default();
     let printer = tokio::spawn(watch::print_events(bus.subscribe()));
-    let runtime = Runtime::boot(store, profiles.clone(), None, bus).await?;
+    let runtime = Runtime::boot(store.clone(), profiles.clone(), None, bus).await?;
+
+    // The API, and a login to try it with (a fresh password every run).
+    let passwords = Passwords::owasp()?;
+    let password = demo_login(&store, &passwords).await?;
+    let app = http::app(&config, &runtime, store, passwords)?;
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let (api_addr, server) = http::start(&config, &runtime, app, true, async {
+        let _ = http_stopped.await;
+    })
+    .await?;
     banner(&farm, &fleet_path, &fleet_file, &config, previous);
+    println!(
+        "API:      http://{api_addr}/api/v1  (OpenAPI: http://{api_addr}/api/v1/openapi.json)"
+    );
+    println!("username: {DEMO_USER}");
+    println!("password: {password}");
+    println!();
 
     let residents = tokio::spawn(residents(
         runtime.fleet.clone(),
@@ -186,6 +237,8 @@ pub async fn run(config: Config, options: DemoOptions) -> anyhow::Result<()> {
     if let Some(c) = &chaos {
         c.stop();
     }
+    let _ = stop_http.send(());
+    let _ = server.await;
     runtime.shutdown(config.shutdown.timeout()).await;
     printer.abort();
     farm.shutdown().await;
@@ -221,7 +274,7 @@ fn banner(farm: &Farm, fleet_path: &Path, fleet: &FleetFile, config: &Config, pr
         "Database: {} ({history})",
         boot::redact(&config.database.url)
     );
-    println!("The HTTP/WebSocket API is not part of this build yet; gate events print below.");
+    println!("Gate events print below as they are committed.");
     println!("Residents open and close gates every few seconds; a chaos scenario injects faults.");
     println!("Press Ctrl-C to stop.\n");
 }

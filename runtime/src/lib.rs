@@ -6,6 +6,7 @@ pub mod boot;
 pub mod config;
 pub mod demo;
 pub mod fleet_file;
+pub mod http;
 pub mod logging;
 pub mod users;
 pub mod watch;
@@ -113,13 +114,27 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     );
     let bus = LocalBus::default();
     let watcher = tokio::spawn(watch::log_events(bus.subscribe()));
-    let runtime = Runtime::boot(store, profiles, seed.as_ref(), bus).await?;
+    let runtime = Runtime::boot(store.clone(), profiles, seed.as_ref(), bus).await?;
     if runtime.fleet.controllers().is_empty() {
         tracing::warn!(
             "no controllers configured: import a fleet with `gatehouse fleet import FILE`"
         );
     }
+    let app = http::app(
+        &config,
+        &runtime,
+        store,
+        gatehouse_api::auth::password::Passwords::owasp()?,
+    )?;
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let (addr, server) = http::start(&config, &runtime, app, false, async {
+        let _ = http_stopped.await;
+    })
+    .await?;
+    tracing::info!("API on http://{addr}/api/v1 (OpenAPI at /api/v1/openapi.json)");
     let result = runtime.run_until_signal(config.shutdown.timeout()).await;
+    let _ = stop_http.send(());
+    let _ = server.await;
     watcher.abort();
     result
 }

@@ -354,7 +354,7 @@ fn write_config(dir: &Path, config: &str, fleet: Option<&str>) -> PathBuf {
 /// A configuration for `serve` over `fleet.toml`, with its data inside `dir`.
 fn serve_config(dir: &Path, endpoint: &str) -> PathBuf {
     let config = format!(
-        "[data]\ndir = {:?}\n\n[fleet]\nfile = \"fleet.toml\"\n\n[shutdown]\ntimeout_ms = {SHUTDOWN_MS}\n",
+        "[http]\nlisten = \"127.0.0.1:0\"\n\n[data]\ndir = {:?}\n\n[fleet]\nfile = \"fleet.toml\"\n\n[shutdown]\ntimeout_ms = {SHUTDOWN_MS}\n",
         dir.join("data").display().to_string()
     );
     write_config(dir, &config, Some(&fleet_file(endpoint)))

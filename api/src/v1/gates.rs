@@ -1,0 +1,429 @@
+//! Gates: state for whoever may read it, commands for whoever may give them (with the
+//! command id as the idempotency key and an optional bounded wait for the outcome), and the
+//! gate's event history by sequence.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gatehouse_actors::access::{AuditRecord, Denial, LocalTime, Operation, authorize};
+use gatehouse_actors::fleet::FleetError;
+use gatehouse_actors::fleet::gate::{Ack, AckSink, GateView};
+use gatehouse_actors::gate::{Action, CommandStatus};
+use gatehouse_actors::ids::{CommandId, ControllerId, GateId, SiteId};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use warp::Filter;
+use warp::http::StatusCode;
+
+use super::{App, now_ms};
+use crate::principal::{Caller, store_error};
+use crate::routing::{Outcome, PathParams, Route};
+use crate::{ApiError, client_ip, json};
+
+/// The longest `?wait=true` holds a request.
+pub const MAX_WAIT: Duration = Duration::from_secs(30);
+/// Without `wait`, how long the answer waits for the first status (normally `accepted`,
+/// within milliseconds) before saying `pending`.
+const FIRST_STATUS_WAIT: Duration = Duration::from_secs(2);
+/// Events per page, at most.
+pub const MAX_EVENTS_PAGE: u32 = 500;
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Flags {
+    pub obstructed: bool,
+    pub locked_out: bool,
+    pub held_open: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GateBody {
+    pub id: String,
+    pub site: String,
+    pub controller: String,
+    pub name: String,
+    /// unknown, closed, opening, open, closing, stopped, fault, offline.
+    pub state: String,
+    pub flags: Flags,
+    pub position: Option<u8>,
+    pub fault_code: Option<u16>,
+    pub cycles: Option<u64>,
+    /// The gate's latest event sequence.
+    pub seq: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GateList {
+    pub gates: Vec<GateBody>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CommandRequest {
+    /// Client-chosen UUID: the idempotency key.
+    #[schema(value_type = String, format = Uuid)]
+    pub id: uuid::Uuid,
+    /// open, close, stop, toggle, hold_open, release, lockout, unlock, reset.
+    pub action: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CommandBody {
+    pub id: String,
+    pub gate: String,
+    pub action: String,
+    /// pending, accepted, completed, rejected, failed, timed_out.
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct CommandQuery {
+    /// Hold the request until the outcome (at most 30 s).
+    pub wait: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct EventsQuery {
+    /// Events with a sequence above this (0 for the first).
+    pub after: Option<u64>,
+    /// At most this many (default 100, at most 500).
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventPage {
+    #[schema(value_type = Vec<Object>)]
+    pub events: Vec<serde_json::Value>,
+    /// The `after` for the next page, or null at the end.
+    pub next: Option<u64>,
+}
+
+/// Where a gate is, from the running fleet.
+fn locate(app: &App, gate: &GateId) -> Option<(SiteId, ControllerId, String)> {
+    app.fleet.controllers().into_iter().find_map(|c| {
+        c.gates
+            .iter()
+            .find(|g| &g.spec.id == gate)
+            .map(|g| (c.site.clone(), c.id.clone(), g.spec.name.clone()))
+    })
+}
+
+fn unknown_gate(gate: &str) -> ApiError {
+    ApiError::not_found(format!("no gate {gate}"))
+        .with_details(serde_json::json!({"gate": gate}))
+        .into_code("unknown_gate")
+}
+
+trait IntoCode {
+    fn into_code(self, code: &'static str) -> ApiError;
+}
+
+impl IntoCode for ApiError {
+    fn into_code(mut self, code: &'static str) -> ApiError {
+        self.code = code;
+        self
+    }
+}
+
+fn forbidden(denial: Denial) -> ApiError {
+    let reason = match denial {
+        Denial::Role => "role",
+        Denial::NoGrant => "no_grant",
+        Denial::OutsideWindow => "outside_window",
+        Denial::OtherSite => "other_site",
+    };
+    ApiError::new(StatusCode::FORBIDDEN, "forbidden", "not allowed")
+        .with_details(serde_json::json!({ "reason": reason }))
+}
+
+/// The local time of the week at `site` (UTC when its zone is unknown).
+async fn local_time(app: &App, site: &SiteId) -> LocalTime {
+    let zone = app
+        .fleet
+        .records()
+        .await
+        .and_then(|r| r.sites.into_iter().find(|s| &s.id == site))
+        .map(|s| s.timezone)
+        .unwrap_or_else(|| "UTC".into());
+    let tz = jiff::tz::TimeZone::get(&zone).unwrap_or(jiff::tz::TimeZone::UTC);
+    let now = jiff::Timestamp::now().to_zoned(tz);
+    LocalTime {
+        weekday: now.weekday().to_monday_zero_offset() as u8,
+        minute: now.hour() as u16 * 60 + now.minute() as u16,
+    }
+}
+
+async fn check(
+    app: &App,
+    caller: &Caller,
+    op: Operation,
+    gate: &GateId,
+) -> Result<(SiteId, ControllerId, String), ApiError> {
+    let (site, controller, name) = locate(app, gate).ok_or_else(|| unknown_gate(gate.as_str()))?;
+    let at = local_time(app, &site).await;
+    authorize(&caller.principal, op, Some((gate, &site)), at).map_err(forbidden)?;
+    Ok((site, controller, name))
+}
+
+fn body(view: GateView, site: &SiteId, controller: &ControllerId, name: String) -> GateBody {
+    let s = view.snapshot;
+    GateBody {
+        id: view.gate.to_string(),
+        site: site.to_string(),
+        controller: controller.to_string(),
+        name,
+        state: s.state.as_str().to_string(),
+        flags: Flags {
+            obstructed: s.flags.obstructed,
+            locked_out: s.flags.locked_out,
+            held_open: s.flags.held_open,
+        },
+        position: s.position,
+        fault_code: s.fault_code,
+        cycles: s.cycles,
+        seq: view.seq,
+    }
+}
+
+fn parse_gate(params: &PathParams) -> Result<GateId, ApiError> {
+    let raw = params.get("gate")?;
+    raw.parse::<GateId>().map_err(|_| unknown_gate(raw))
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/gates",
+    tag = "gates",
+    operation_id = "list_gates",
+    responses((status = 200, description = "The gates the caller may read", body = GateList)),
+    security(("bearer" = [])),
+)]
+async fn list(app: App, bearer: Option<String>) -> Outcome {
+    let caller = app.authenticate(bearer).await?;
+    let mut gates = Vec::new();
+    for c in app.fleet.controllers() {
+        let at = local_time(&app, &c.site).await;
+        for g in &c.gates {
+            if authorize(
+                &caller.principal,
+                Operation::Read,
+                Some((&g.spec.id, &c.site)),
+                at,
+            )
+            .is_err()
+            {
+                continue;
+            }
+            if let Ok(view) = app.fleet.view(&g.spec.id).await {
+                gates.push(body(view, &c.site, &c.id, g.spec.name.clone()));
+            }
+        }
+    }
+    gates.sort_by(|a, b| a.id.cmp(&b.id));
+    json::reply(StatusCode::OK, &GateList { gates })
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/gates/{gate}",
+    tag = "gates",
+    operation_id = "get_gate",
+    params(("gate" = String, Path, description = "Gate id")),
+    responses(
+        (status = 200, description = "The gate", body = GateBody),
+        (status = 403, description = "Not allowed"),
+        (status = 404, description = "No such gate"),
+    ),
+    security(("bearer" = [])),
+)]
+async fn get(params: PathParams, app: App, bearer: Option<String>) -> Outcome {
+    let caller = app.authenticate(bearer).await?;
+    let gate = parse_gate(&params)?;
+    let (site, controller, name) = check(&app, &caller, Operation::Read, &gate).await?;
+    let view = app
+        .fleet
+        .view(&gate)
+        .await
+        .map_err(|_| unknown_gate(gate.as_str()))?;
+    json::reply(StatusCode::OK, &body(view, &site, &controller, name))
+}
+
+fn status_body(
+    id: CommandId,
+    gate: &GateId,
+    action: Action,
+    status: Option<CommandStatus>,
+) -> CommandBody {
+    let (status, reason) = match status {
+        None => ("pending".to_string(), None),
+        Some(CommandStatus::Accepted) => ("accepted".into(), None),
+        Some(CommandStatus::Completed) => ("completed".into(), None),
+        Some(CommandStatus::Rejected(r)) => ("rejected".into(), Some(r.as_str().to_string())),
+        Some(CommandStatus::Failed(r)) => ("failed".into(), Some(r.as_str().to_string())),
+        // The controller never confirmed the write: whether it moved is unknown.
+        Some(CommandStatus::TimedOut) => ("timed_out".into(), Some("write_unconfirmed".into())),
+    };
+    CommandBody {
+        id: id.to_string(),
+        gate: gate.to_string(),
+        action: action.as_str().to_string(),
+        status,
+        reason,
+    }
+}
+
+#[utoipa::path(
+    post,
+    path = "/api/v1/gates/{gate}/commands",
+    tag = "gates",
+    operation_id = "command_gate",
+    params(("gate" = String, Path, description = "Gate id"), CommandQuery),
+    request_body = CommandRequest,
+    responses(
+        (status = 202, description = "Taken; the current status (pending or accepted)", body = CommandBody),
+        (status = 200, description = "With wait: the terminal status", body = CommandBody),
+        (status = 400, description = "Unknown action"),
+        (status = 403, description = "Not allowed"),
+        (status = 404, description = "No such gate"),
+    ),
+    security(("bearer" = [])),
+)]
+async fn command(
+    params: PathParams,
+    query: CommandQuery,
+    app: App,
+    bearer: Option<String>,
+    ip: IpAddr,
+    request: CommandRequest,
+) -> Outcome {
+    let caller = app.authenticate(bearer).await?;
+    let gate = parse_gate(&params)?;
+    let action: Action = request.action.parse().map_err(|e: String| {
+        ApiError::bad_request("unknown_action", e)
+            .with_details(serde_json::json!({ "field": "action" }))
+    })?;
+    check(&app, &caller, Operation::Command(action), &gate).await?;
+    let id = CommandId(request.id);
+    let _ = app
+        .access
+        .audit(AuditRecord {
+            at_ms: now_ms(),
+            actor: caller.actor.clone(),
+            action: format!("gate.{}", action.as_str()),
+            target: Some(format!("gate:{gate}")),
+            source_ip: Some(ip.to_string()),
+            details: format!(r#"{{"command":"{id}"}}"#),
+        })
+        .await;
+
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Ack>();
+    let sink: AckSink = Arc::new(move |_: &GateId, ack| {
+        let _ = tx.send(ack);
+    });
+    app.fleet
+        .command(&gate, id, action, Some(sink))
+        .map_err(|e| match e {
+            FleetError::UnknownGate(_) => unknown_gate(gate.as_str()),
+            other => ApiError::internal(other),
+        })?;
+
+    let wait = query.wait.unwrap_or(false);
+    let limit = if wait { MAX_WAIT } else { FIRST_STATUS_WAIT };
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut last = None;
+    // Until the terminal status (with wait) or the first one; a gate that went away or the
+    // bound running out ends it with what is known.
+    while let Ok(Some(ack)) = tokio::time::timeout_at(deadline, rx.recv()).await {
+        last = Some(ack.status);
+        if ack.status.is_terminal() || !wait {
+            break;
+        }
+    }
+    let code = if last.is_some_and(CommandStatus::is_terminal) && wait {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    json::reply(code, &status_body(id, &gate, action, last))
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/gates/{gate}/events",
+    tag = "gates",
+    operation_id = "gate_events",
+    params(("gate" = String, Path, description = "Gate id"), EventsQuery),
+    responses(
+        (status = 200, description = "Committed events in sequence order", body = EventPage),
+        (status = 403, description = "Not allowed"),
+        (status = 404, description = "No such gate"),
+    ),
+    security(("bearer" = [])),
+)]
+async fn events(
+    params: PathParams,
+    query: EventsQuery,
+    app: App,
+    bearer: Option<String>,
+) -> Outcome {
+    let caller = app.authenticate(bearer).await?;
+    let gate = parse_gate(&params)?;
+    check(&app, &caller, Operation::Read, &gate).await?;
+    let after = query.after.unwrap_or(0);
+    let limit = query.limit.unwrap_or(100).clamp(1, MAX_EVENTS_PAGE);
+    let page = app
+        .events
+        .since(gate.clone(), after, limit)
+        .await
+        .map_err(store_error)?;
+    let next = (page.len() as u32 == limit)
+        .then(|| page.last().map(|e| e.event.seq))
+        .flatten();
+    let events = page
+        .into_iter()
+        .map(|e| wire_event(&e.event))
+        .collect::<Result<Vec<_>, _>>()?;
+    json::reply(StatusCode::OK, &EventPage { events, next })
+}
+
+/// An event in the wire format: `cause` is the command id, `local` or `system`.
+pub fn wire_event(
+    event: &gatehouse_actors::fleet::events::GateEvent,
+) -> Result<serde_json::Value, ApiError> {
+    let mut value = serde_json::to_value(event).map_err(ApiError::internal)?;
+    if let Some(obj) = value.as_object_mut() {
+        let cause = match event.cause {
+            gatehouse_actors::gate::Cause::Command(id) => id.to_string(),
+            gatehouse_actors::gate::Cause::Local => "local".into(),
+            gatehouse_actors::gate::Cause::System => "system".into(),
+        };
+        obj.insert("cause".into(), serde_json::Value::String(cause));
+    }
+    Ok(value)
+}
+
+pub fn routes(app: &App) -> Vec<Route> {
+    let (a, b, c, d) = (app.clone(), app.clone(), app.clone(), app.clone());
+    vec![
+        Route::new::<__path_list, _>(move |_p| a.caller().then(list)),
+        Route::new::<__path_get, _>(move |p| p.and(b.caller()).then(get)),
+        Route::new::<__path_command, _>(move |p| {
+            p.and(warp::query::<CommandQuery>())
+                .and(c.caller())
+                .and(client_ip())
+                .and(json::body::<CommandRequest>())
+                .then(command)
+        }),
+        Route::new::<__path_events, _>(move |p| {
+            p.and(warp::query::<EventsQuery>())
+                .and(d.caller())
+                .then(events)
+        }),
+    ]
+}
