@@ -61,6 +61,8 @@ pub async fn start(
     fallback: bool,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<(SocketAddr, JoinHandle<()>)> {
+    // Shared, so that the fallback attempt stops on the same signal as the first would have.
+    let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
     let state = ApiState {
         readiness: Arc::new(Ready {
             eventlog: runtime
@@ -79,7 +81,7 @@ pub async fn start(
         trusted_proxies: config.http.trusted_proxies.clone(),
         ..ApiConfig::default()
     };
-    match gatehouse_api::serve(api.clone(), table, shutdown).await {
+    match gatehouse_api::serve(api.clone(), table, shutdown.clone()).await {
         Ok(served) => Ok(served),
         Err(gatehouse_api::ServeError::Bind { .. }) if fallback => {
             // The demo must run next to anything else on the machine.
@@ -88,7 +90,7 @@ pub async fn start(
                 listen: SocketAddr::new(config.http.listen.ip(), 0),
                 ..api
             };
-            Ok(gatehouse_api::serve(any, table, std::future::pending()).await?)
+            Ok(gatehouse_api::serve(any, table, shutdown).await?)
         }
         Err(e) => Err(e.into()),
     }

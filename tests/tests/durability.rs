@@ -48,6 +48,22 @@ fn start_demo(dir: &Path, url: &str, args: &[&str]) -> (Child, mpsc::Receiver<St
     (child, rx)
 }
 
+/// Waits for a child to exit; kills it and fails the test when it does not in time.
+fn wait_bounded(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the demo did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// The command id of a line telling a resident a terminal outcome.
 fn told(line: &str) -> Option<String> {
     if !line.contains(": told ") {
@@ -112,7 +128,7 @@ fn kill_dash_nine_loses_no_told_outcome(url: &str) {
         url,
         &["--no-chaos", "--rate", "0", "--for", "4"],
     );
-    let status = again.wait().expect("restarted demo exits");
+    let status = wait_bounded(&mut again, Duration::from_secs(120));
     assert!(status.success(), "the restarted demo failed: {status:?}");
     let saw_history = lines
         .try_iter()
