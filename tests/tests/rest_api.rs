@@ -154,6 +154,8 @@ struct Rig {
     users: HashMap<&'static str, UserId>,
     base: String,
     client: reqwest::Client,
+    /// (method, path) of every route the server was built with.
+    routes: Vec<(String, String)>,
     stop: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
     _dir: tempfile::TempDir,
@@ -278,6 +280,11 @@ poll_interval_ms = 200
             }),
         };
         let table = gatehouse_api::route_table(&state).expect("the route table is valid");
+        let routes = table
+            .entries()
+            .into_iter()
+            .map(|(method, path)| (method.as_str().to_string(), path))
+            .collect();
         let (stop, stopped) = oneshot::channel::<()>();
         let config = ApiConfig {
             listen: ([127, 0, 0, 1], 0).into(),
@@ -300,6 +307,7 @@ poll_interval_ms = 200
             users,
             base: format!("http://{addr}"),
             client,
+            routes,
             stop: Some(stop),
             server: Some(server),
             _dir: dir,
@@ -1367,4 +1375,36 @@ async fn every_answer_carries_a_request_id_and_errors_repeat_it() {
     assert_eq!(mine.status, 200);
     assert_eq!(mine.request_id, "client-chosen-42");
     rig.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_lists_exactly_the_routes_served_including_the_application() {
+    let rig = Rig::start().await;
+    let document: serde_json::Value = rig
+        .client
+        .get(format!("{}/api/v1/openapi.json", rig.base))
+        .send()
+        .await
+        .expect("the document is served")
+        .json()
+        .await
+        .expect("the document is JSON");
+    let mut documented = gatehouse_api::routing::document_entries(&document);
+    let mut served = rig.routes.clone();
+    documented.sort();
+    served.sort();
+    assert_eq!(
+        documented, served,
+        "a route is served but not documented, or the other way round"
+    );
+    for (method, path) in [
+        ("POST", "/api/v1/auth/login"),
+        ("POST", "/api/v1/gates/{gate}/commands"),
+        ("GET", "/api/v1/gates/{gate}/events"),
+    ] {
+        assert!(
+            served.iter().any(|(m, p)| m == method && p == path),
+            "{method} {path} is not served"
+        );
+    }
 }
