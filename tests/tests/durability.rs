@@ -3,6 +3,7 @@
 //! without warning; every outcome that was told must be in the event log exactly once, and a
 //! restarted runtime continues every gate's sequence without a gap or a duplicate.
 
+use gatehouse_tests::{ScratchDatabase, pg_server};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -160,49 +161,9 @@ fn kill_dash_nine_on_sqlite_loses_no_told_outcome() {
     kill_dash_nine_loses_no_told_outcome(&url);
 }
 
-/// A fresh PostgreSQL database for one test, dropped afterwards.
-struct PgDatabase {
-    name: String,
-    base: String,
-}
-
-impl PgDatabase {
-    fn create() -> PgDatabase {
-        let base = std::env::var("GATEHOUSE_TEST_PG_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_string());
-        let name = format!("gh_test_durability_{}", uuid::Uuid::new_v4().simple());
-        let out = Command::new("psql")
-            .args([&format!("{base}/postgres"), "-v", "ON_ERROR_STOP=1", "-c"])
-            .arg(format!("CREATE DATABASE {name}"))
-            .output()
-            .expect("psql runs");
-        assert!(
-            out.status.success(),
-            "cannot create a PostgreSQL database at {base} (start it: pg_ctlcluster --skip-systemctl-redirect 15 main start): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        PgDatabase { name, base }
-    }
-
-    fn url(&self) -> String {
-        format!("{}/{}", self.base, self.name)
-    }
-}
-
-impl Drop for PgDatabase {
-    fn drop(&mut self) {
-        let _ = Command::new("psql")
-            .args([&format!("{}/postgres", self.base), "-c"])
-            .arg(format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            ))
-            .output();
-    }
-}
-
 #[test]
 fn kill_dash_nine_on_postgresql_loses_no_told_outcome() {
-    let db = PgDatabase::create();
+    let db =
+        ScratchDatabase::create(&pg_server(), "gh_test_durability").expect("a scratch database");
     kill_dash_nine_loses_no_told_outcome(&db.url());
 }

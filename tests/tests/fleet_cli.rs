@@ -6,6 +6,7 @@
 //! file that is bad on its own, or that would leave the store inconsistent, is refused whole
 //! with the offending key named, and the store's export is byte-identical afterwards.
 
+use gatehouse_tests::{ScratchDatabase, pg_server};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -25,49 +26,6 @@ fn gatehouse_bin() -> PathBuf {
         bin.display()
     );
     bin
-}
-
-/// A fresh database on the shared PostgreSQL server; dropped (connections and all) on drop.
-struct ScratchDatabase {
-    server: String,
-    name: String,
-}
-
-impl ScratchDatabase {
-    fn create() -> ScratchDatabase {
-        let server = std::env::var("GATEHOUSE_TEST_PG_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_string());
-        let name = format!("gh_test_fleet_cli_{}", uuid::Uuid::new_v4().simple());
-        let out = Command::new("psql")
-            .arg(format!("{server}/postgres"))
-            .args(["-v", "ON_ERROR_STOP=1", "-c"])
-            .arg(format!("CREATE DATABASE {name}"))
-            .output()
-            .expect("psql runs");
-        assert!(
-            out.status.success(),
-            "cannot create a database on {server} (is PostgreSQL running? .ci/run starts it): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        ScratchDatabase { server, name }
-    }
-
-    fn url(&self) -> String {
-        format!("{}/{}", self.server, self.name)
-    }
-}
-
-impl Drop for ScratchDatabase {
-    fn drop(&mut self) {
-        let _ = Command::new("psql")
-            .arg(format!("{}/postgres", self.server))
-            .arg("-c")
-            .arg(format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            ))
-            .output();
-    }
 }
 
 /// A child process killed if the test lets go of it before it exited.
@@ -111,7 +69,8 @@ impl Gatehouse {
     }
 
     fn on_postgresql() -> Gatehouse {
-        let database = ScratchDatabase::create();
+        let database =
+            ScratchDatabase::create(&pg_server(), "gh_test_fleet_cli").expect("a scratch database");
         Gatehouse {
             dir: tempfile::tempdir().expect("tempdir"),
             url: database.url(),

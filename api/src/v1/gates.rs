@@ -115,20 +115,12 @@ fn locate(app: &App, gate: &GateId) -> Option<(SiteId, ControllerId, String)> {
 }
 
 fn unknown_gate(gate: &str) -> ApiError {
-    ApiError::not_found(format!("no gate {gate}"))
-        .with_details(serde_json::json!({"gate": gate}))
-        .into_code("unknown_gate")
-}
-
-trait IntoCode {
-    fn into_code(self, code: &'static str) -> ApiError;
-}
-
-impl IntoCode for ApiError {
-    fn into_code(mut self, code: &'static str) -> ApiError {
-        self.code = code;
-        self
-    }
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "unknown_gate",
+        format!("no gate {gate}"),
+    )
+    .with_details(serde_json::json!({ "gate": gate }))
 }
 
 fn forbidden(denial: Denial) -> ApiError {

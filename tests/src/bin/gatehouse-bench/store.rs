@@ -4,12 +4,11 @@
 //! - boot: a fleet of N gates restored from the store (resume points read, tree started) until
 //!   every gate has been polled once.
 
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use gatehouse_actors::eventlog::{self, EventLogWriter};
 use gatehouse_actors::fleet::Directory;
 use gatehouse_actors::fleet::events::{EventSink, GateEvent, LocalBus};
@@ -22,6 +21,8 @@ use gatehouse_runtime::Runtime;
 use gatehouse_runtime::fleet_file::FleetFile;
 use ractor::Actor;
 use serde::Serialize;
+
+use gatehouse_tests::ScratchDatabase;
 
 use crate::{SimProcess, fleet_toml, ms};
 
@@ -64,49 +65,6 @@ pub struct BackendFigures {
 pub struct StoreReport {
     smoke: bool,
     backends: Vec<BackendFigures>,
-}
-
-/// A PostgreSQL database that exists for the benchmark's duration.
-struct PgDatabase {
-    base: String,
-    name: String,
-}
-
-impl PgDatabase {
-    fn create(base: &str) -> anyhow::Result<PgDatabase> {
-        let name = format!("gh_bench_{}", uuid::Uuid::new_v4().simple());
-        let out = Command::new("psql")
-            .args([&format!("{base}/postgres"), "-v", "ON_ERROR_STOP=1", "-c"])
-            .arg(format!("CREATE DATABASE {name}"))
-            .output()
-            .context("running psql")?;
-        if !out.status.success() {
-            bail!(
-                "cannot create a database on {base}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(PgDatabase {
-            base: base.to_string(),
-            name,
-        })
-    }
-
-    fn url(&self) -> String {
-        format!("{}/{}", self.base, self.name)
-    }
-}
-
-impl Drop for PgDatabase {
-    fn drop(&mut self) {
-        let _ = Command::new("psql")
-            .args([&format!("{}/postgres", self.base), "-c"])
-            .arg(format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            ))
-            .output();
-    }
 }
 
 fn event(gate: &GateId, controller: &ControllerId, seq: u64) -> Arc<GateEvent> {
@@ -227,7 +185,7 @@ pub async fn run(sizes: StoreSizes) -> anyhow::Result<StoreReport> {
     let controllers = gates.div_ceil(usize::from(units));
     let sim = SimProcess::spawn(controllers, units, 2_000)?;
     let dir = tempfile::tempdir()?;
-    let pg = PgDatabase::create(&sizes.pg)?;
+    let pg = ScratchDatabase::create(&sizes.pg, "gh_bench")?;
     let mut backends = Vec::new();
     for (backend, url) in [
         (
