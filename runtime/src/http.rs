@@ -49,6 +49,7 @@ pub fn app(
         events: store,
         keys: Arc::new(keys),
         passwords,
+        changes: Default::default(),
     })
 }
 

@@ -277,6 +277,7 @@ poll_interval_ms = 200
                 events,
                 keys: keys.clone(),
                 passwords,
+                changes: Default::default(),
             }),
         };
         let table = gatehouse_api::route_table(&state).expect("the route table is valid");

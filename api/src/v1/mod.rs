@@ -2,6 +2,7 @@
 //! application handles ([`App`]) and the authenticated-caller filter.
 
 pub mod auth;
+pub mod changes;
 pub mod gates;
 
 use std::sync::Arc;
@@ -25,6 +26,8 @@ pub struct App {
     pub events: Arc<dyn EventStore>,
     pub keys: Arc<TokenKeys>,
     pub passwords: Passwords,
+    /// Announce here every committed change to users, grants and API keys.
+    pub changes: changes::AccessChanges,
 }
 
 impl App {
