@@ -22,6 +22,7 @@ pub mod health;
 pub mod json;
 pub mod openapi;
 pub mod principal;
+pub mod ratelimit;
 pub mod request_id;
 pub mod routing;
 pub mod server;

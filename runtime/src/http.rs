@@ -50,6 +50,7 @@ pub fn app(
         keys: Arc::new(keys),
         passwords,
         changes: Default::default(),
+        limits: Default::default(),
     })
 }
 

@@ -278,6 +278,7 @@ poll_interval_ms = 200
                 keys: keys.clone(),
                 passwords,
                 changes: Default::default(),
+                limits: Default::default(),
             }),
         };
         let table = gatehouse_api::route_table(&state).expect("the route table is valid");

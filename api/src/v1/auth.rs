@@ -1,5 +1,7 @@
 //! Login, token refresh with rotation and reuse detection, logout, and "who am I".
 
+use std::net::IpAddr;
+
 use gatehouse_actors::access::{AuditRecord, RefreshUse, Role, UserRecord};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -9,8 +11,9 @@ use warp::http::StatusCode;
 use super::{App, now_ms};
 use crate::auth::secrets;
 use crate::principal::store_error;
+use crate::ratelimit::rate_limited;
 use crate::routing::{Outcome, Route};
-use crate::{ApiError, json};
+use crate::{ApiError, client_ip, json};
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -94,9 +97,14 @@ fn tokens(app: &App, user: &UserRecord, refresh: String) -> Outcome {
     responses(
         (status = 200, description = "Logged in", body = TokenResponse),
         (status = 401, description = "Wrong username or password"),
+        (status = 429, description = "Too many failed logins for this account or from this address; see Retry-After"),
     ),
 )]
-async fn login(app: App, body: LoginRequest) -> Outcome {
+async fn login(app: App, ip: IpAddr, body: LoginRequest) -> Outcome {
+    // A locked-out guesser is answered before any hashing or database work.
+    app.limits
+        .login_allowed(&body.username, ip)
+        .map_err(|wait| rate_limited(wait, "failed logins"))?;
     let user = app
         .access
         .user_by_name(body.username.clone())
@@ -113,8 +121,12 @@ async fn login(app: App, body: LoginRequest) -> Outcome {
         .map_err(ApiError::internal)?;
     let user = match user {
         Some(u) if ok && !u.disabled => u,
-        _ => return Err(invalid_credentials()),
+        _ => {
+            app.limits.login_failed(&body.username, ip);
+            return Err(invalid_credentials());
+        }
     };
+    app.limits.login_succeeded(&body.username);
     let refresh = secrets::refresh_token();
     let now = now_ms();
     app.access
@@ -128,7 +140,7 @@ async fn login(app: App, body: LoginRequest) -> Outcome {
             actor: format!("user:{}", user.id),
             action: "auth.login".into(),
             target: None,
-            source_ip: None,
+            source_ip: Some(ip.to_string()),
             details: "{}".into(),
         })
         .await;
@@ -247,7 +259,10 @@ pub fn routes(app: &App) -> Vec<Route> {
     let (a, b, c, d) = (app.clone(), app.clone(), app.clone(), app.clone());
     vec![
         Route::new::<__path_login, _>(move |_p| {
-            a.with().and(json::body::<LoginRequest>()).then(login)
+            a.with()
+                .and(client_ip())
+                .and(json::body::<LoginRequest>())
+                .then(login)
         }),
         Route::new::<__path_refresh, _>(move |_p| {
             b.with().and(json::body::<RefreshRequest>()).then(refresh)

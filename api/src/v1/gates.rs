@@ -123,7 +123,7 @@ fn unknown_gate(gate: &str) -> ApiError {
     .with_details(serde_json::json!({ "gate": gate }))
 }
 
-fn forbidden(denial: Denial) -> ApiError {
+pub(crate) fn forbidden(denial: Denial) -> ApiError {
     let reason = match denial {
         Denial::Role => "role",
         Denial::NoGrant => "no_grant",
@@ -283,6 +283,7 @@ fn status_body(
         (status = 400, description = "Unknown action"),
         (status = 403, description = "Not allowed"),
         (status = 404, description = "No such gate"),
+        (status = 429, description = "Too many commands by this caller on this gate (stop is never limited); see Retry-After"),
     ),
     security(("bearer" = [])),
 )]
@@ -301,6 +302,9 @@ async fn command(
             .with_details(serde_json::json!({ "field": "action" }))
     })?;
     check(&app, &caller, Operation::Command(action), &gate).await?;
+    app.limits
+        .admit_command(&caller.actor, &gate, action)
+        .map_err(|wait| crate::ratelimit::rate_limited(wait, "commands on this gate"))?;
     let id = CommandId(request.id);
     let _ = app
         .access
@@ -310,7 +314,7 @@ async fn command(
             action: format!("gate.{}", action.as_str()),
             target: Some(format!("gate:{gate}")),
             source_ip: Some(ip.to_string()),
-            details: format!(r#"{{"command":"{id}"}}"#),
+            details: serde_json::json!({ "command": id.to_string() }).to_string(),
         })
         .await;
 

@@ -1,6 +1,7 @@
 //! `/api/v1`: the endpoints for people and integrations, with what they share: the
 //! application handles ([`App`]) and the authenticated-caller filter.
 
+pub mod admin;
 pub mod auth;
 pub mod changes;
 pub mod gates;
@@ -28,6 +29,8 @@ pub struct App {
     pub passwords: Passwords,
     /// Announce here every committed change to users, grants and API keys.
     pub changes: changes::AccessChanges,
+    /// Login and command rate limits, shared by REST and the WebSocket sessions.
+    pub limits: Arc<crate::ratelimit::RateLimits>,
 }
 
 impl App {
@@ -59,6 +62,7 @@ impl App {
 pub fn routes(app: &App) -> Vec<Route> {
     let mut routes = auth::routes(app);
     routes.extend(gates::routes(app));
+    routes.extend(admin::routes(app));
     routes
 }
 

@@ -1,0 +1,582 @@
+//! In-process rate limits: gate commands per caller and gate, and login attempts per account
+//! and per client address with an exponential lockout after repeated failures.
+//!
+//! Both are keyed tables behind one mutex each, bounded in size: when a table is full, the
+//! keys that have gone idle (whose state has fully decayed, so forgetting them changes
+//! nothing) are dropped first, and only if every key is still active is the one closest to
+//! idle forgotten. Time comes from a [`Clock`], so that tests step it by hand instead of
+//! sleeping. One node only; a multi-node deployment shares these over Redis (later issue).
+//!
+//! The limits (see [`Limits::default`]):
+//! - commands: a burst of 5 per caller and gate, then one every 2 s (GCRA). `stop` is never
+//!   limited (see [`RateLimits::admit_command`]): refusing to stop a gate is never safer;
+//! - login, per account name (whether it exists or not, so that the answer does not tell):
+//!   5 failures are free, then each further failure locks the name for 30 s, doubling up to
+//!   15 min; failures are forgotten 1 h after the last one, and a successful login clears them;
+//! - login, per client address: the same with 20 free failures, and a success does not clear
+//!   them (one valid account must not reset an address that is guessing others).
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use gatehouse_actors::gate::Action;
+use gatehouse_actors::ids::GateId;
+
+/// Monotonic time for the limiter, as a duration since an arbitrary origin.
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> Duration;
+}
+
+/// The process's monotonic clock.
+pub struct SystemClock {
+    origin: Instant,
+}
+
+impl Default for SystemClock {
+    fn default() -> Self {
+        SystemClock {
+            origin: Instant::now(),
+        }
+    }
+}
+
+impl Clock for SystemClock {
+    fn now(&self) -> Duration {
+        self.origin.elapsed()
+    }
+}
+
+/// A clock that moves only when told to: for tests.
+#[derive(Default)]
+pub struct ManualClock {
+    now: Mutex<Duration>,
+}
+
+impl ManualClock {
+    pub fn advance(&self, by: Duration) {
+        *lock(&self.now) += by;
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Duration {
+        *lock(&self.now)
+    }
+}
+
+/// A rate: `burst` at once, then one every `period`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    pub burst: u32,
+    pub period: Duration,
+}
+
+/// Lockout after repeated failures: `free` failures cost nothing; failure number `free + n`
+/// (n ≥ 0) locks for `base · 2ⁿ`, at most `max`; `forget` after the last failure, the count
+/// starts over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    pub free: u32,
+    pub base: Duration,
+    pub max: Duration,
+    pub forget: Duration,
+}
+
+/// Every limit, with the table sizes that bound their memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub command: Quota,
+    pub login_account: Backoff,
+    pub login_address: Backoff,
+    /// Keys per table, at most.
+    pub max_keys: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            // A person presses a button a few times in a row at most; a script looping on a
+            // gate wears out the motor and floods the controller.
+            command: Quota {
+                burst: 5,
+                period: Duration::from_secs(2),
+            },
+            login_account: Backoff {
+                free: 5,
+                base: Duration::from_secs(30),
+                max: Duration::from_secs(15 * 60),
+                forget: Duration::from_secs(60 * 60),
+            },
+            // More room: several people may log in from behind one NAT.
+            login_address: Backoff {
+                free: 20,
+                base: Duration::from_secs(30),
+                max: Duration::from_secs(15 * 60),
+                forget: Duration::from_secs(60 * 60),
+            },
+            // ~100 bytes per key: a few MiB at most per table.
+            max_keys: 20_000,
+        }
+    }
+}
+
+/// The limiter's state per key: when it becomes idle (fully decayed), so that a full table
+/// knows what it may forget.
+trait Decays {
+    fn idle_at(&self) -> Duration;
+}
+
+/// GCRA state: the theoretical arrival time of the next request.
+#[derive(Debug, Clone, Copy)]
+struct Gcra {
+    tat: Duration,
+}
+
+impl Decays for Gcra {
+    fn idle_at(&self) -> Duration {
+        self.tat
+    }
+}
+
+impl Gcra {
+    /// Admits one request at `now`, or says how long until one would be.
+    fn admit(&mut self, quota: Quota, now: Duration) -> Result<(), Duration> {
+        let tolerance = quota.period * quota.burst.saturating_sub(1);
+        let tat = self.tat.max(now);
+        let allowed_at = tat.saturating_sub(tolerance);
+        if allowed_at > now {
+            return Err(allowed_at - now);
+        }
+        self.tat = tat + quota.period;
+        Ok(())
+    }
+}
+
+/// Failure count and lockout of one login key.
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    count: u32,
+    last: Duration,
+    locked_until: Duration,
+    forget_at: Duration,
+}
+
+impl Decays for Failures {
+    fn idle_at(&self) -> Duration {
+        self.forget_at.max(self.locked_until)
+    }
+}
+
+impl Failures {
+    fn fresh() -> Self {
+        Failures {
+            count: 0,
+            last: Duration::ZERO,
+            locked_until: Duration::ZERO,
+            forget_at: Duration::ZERO,
+        }
+    }
+
+    fn locked(&self, now: Duration) -> Result<(), Duration> {
+        if self.locked_until > now {
+            Err(self.locked_until - now)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn fail(&mut self, policy: Backoff, now: Duration) {
+        if now >= self.forget_at {
+            self.count = 0;
+        }
+        self.count = self.count.saturating_add(1);
+        self.last = now;
+        self.forget_at = now + policy.forget;
+        if self.count > policy.free {
+            let doublings = (self.count - policy.free - 1).min(30);
+            let lock = policy.base.saturating_mul(1 << doublings).min(policy.max);
+            self.locked_until = now + lock;
+        }
+    }
+}
+
+/// A bounded map from keys to limiter state.
+struct Table<K, V> {
+    map: Mutex<HashMap<K, V>>,
+    max: usize,
+}
+
+impl<K: Hash + Eq + Clone, V: Decays + Copy> Table<K, V> {
+    fn new(max: usize) -> Self {
+        Table {
+            map: Mutex::new(HashMap::new()),
+            max: max.max(1),
+        }
+    }
+
+    /// Runs `f` on the key's state (`fresh` if it has none), making room first if needed.
+    fn with<T>(&self, key: &K, now: Duration, fresh: V, f: impl FnOnce(&mut V) -> T) -> T {
+        let mut map = lock(&self.map);
+        if !map.contains_key(key) && map.len() >= self.max {
+            map.retain(|_, v| v.idle_at() > now);
+            if map.len() >= self.max
+                && let Some(victim) = map
+                    .iter()
+                    .min_by_key(|(_, v)| v.idle_at())
+                    .map(|(k, _)| k.clone())
+            {
+                map.remove(&victim);
+            }
+        }
+        f(map.entry(key.clone()).or_insert(fresh))
+    }
+
+    /// Runs `f` on the key's state only if it has one.
+    fn peek<T>(&self, key: &K, f: impl FnOnce(&V) -> T) -> Option<T> {
+        lock(&self.map).get(key).map(f)
+    }
+
+    fn remove(&self, key: &K) {
+        lock(&self.map).remove(key);
+    }
+
+    fn len(&self) -> usize {
+        lock(&self.map).len()
+    }
+}
+
+/// The process's rate limits. Shared by REST and the WebSocket sessions.
+pub struct RateLimits {
+    limits: Limits,
+    clock: Arc<dyn Clock>,
+    /// Per (caller, gate): `user:<uuid>` or `key:<uuid>`, and the gate.
+    commands: Table<(String, GateId), Gcra>,
+    /// Per account name as typed (lower-cased), existing or not.
+    accounts: Table<String, Failures>,
+    /// Per client address.
+    addresses: Table<IpAddr, Failures>,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        RateLimits::new(Limits::default(), Arc::new(SystemClock::default()))
+    }
+}
+
+impl RateLimits {
+    pub fn new(limits: Limits, clock: Arc<dyn Clock>) -> Self {
+        RateLimits {
+            limits,
+            clock,
+            commands: Table::new(limits.max_keys),
+            accounts: Table::new(limits.max_keys),
+            addresses: Table::new(limits.max_keys),
+        }
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Takes one command by `actor` on `gate`, or says how long until one would be admitted.
+    pub fn command(&self, actor: &str, gate: &GateId) -> Result<(), Duration> {
+        let now = self.clock.now();
+        let quota = self.limits.command;
+        self.commands.with(
+            &(actor.to_string(), gate.clone()),
+            now,
+            Gcra { tat: now },
+            |g| g.admit(quota, now),
+        )
+    }
+
+    /// [`command`](Self::command), except that `stop` is always admitted (and not counted):
+    /// stopping a moving gate must never wait for a limiter.
+    pub fn admit_command(
+        &self,
+        actor: &str,
+        gate: &GateId,
+        action: Action,
+    ) -> Result<(), Duration> {
+        if action == Action::Stop {
+            return Ok(());
+        }
+        self.command(actor, gate)
+    }
+
+    /// Whether a login for `account` from `address` may be tried now; otherwise how long the
+    /// longer of the two lockouts still runs. Check before verifying the password, so that a
+    /// locked-out guesser costs no hashing.
+    pub fn login_allowed(&self, account: &str, address: IpAddr) -> Result<(), Duration> {
+        let now = self.clock.now();
+        let by_account = self
+            .accounts
+            .peek(&account_key(account), |f| f.locked(now))
+            .unwrap_or(Ok(()));
+        let by_address = self
+            .addresses
+            .peek(&address, |f| f.locked(now))
+            .unwrap_or(Ok(()));
+        match (by_account, by_address) {
+            (Ok(()), Ok(())) => Ok(()),
+            (Err(a), Err(b)) => Err(a.max(b)),
+            (Err(d), Ok(())) | (Ok(()), Err(d)) => Err(d),
+        }
+    }
+
+    /// Records a failed login (wrong password, unknown or disabled account).
+    pub fn login_failed(&self, account: &str, address: IpAddr) {
+        let now = self.clock.now();
+        let (account_policy, address_policy) =
+            (self.limits.login_account, self.limits.login_address);
+        self.accounts
+            .with(&account_key(account), now, Failures::fresh(), |f| {
+                f.fail(account_policy, now)
+            });
+        self.addresses.with(&address, now, Failures::fresh(), |f| {
+            f.fail(address_policy, now)
+        });
+    }
+
+    /// Records a successful login: the account's failures are forgotten (the address's are
+    /// not).
+    pub fn login_succeeded(&self, account: &str) {
+        self.accounts.remove(&account_key(account));
+    }
+
+    /// Keys held, per table (commands, accounts, addresses): for tests and metrics.
+    pub fn sizes(&self) -> (usize, usize, usize) {
+        (
+            self.commands.len(),
+            self.accounts.len(),
+            self.addresses.len(),
+        )
+    }
+}
+
+/// Account names are matched as typed, but case does not make a new key to guess with.
+fn account_key(account: &str) -> String {
+    account.to_lowercase()
+}
+
+/// `Retry-After` in whole seconds, rounded up, at least 1.
+pub fn retry_after_secs(wait: Duration) -> u64 {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    secs.max(1)
+}
+
+/// The HTTP answer for a refused request: 429 `rate_limited` with `Retry-After`.
+pub fn rate_limited(wait: Duration, what: &'static str) -> crate::ApiError {
+    let secs = retry_after_secs(wait);
+    crate::ApiError::new(
+        warp::http::StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        format!("too many {what}; retry in {secs} s"),
+    )
+    .with_details(serde_json::json!({ "retry_after_s": secs }))
+    .with_header(
+        warp::http::header::RETRY_AFTER,
+        warp::http::HeaderValue::from(secs),
+    )
+}
+
+/// A poisoned lock only means another thread panicked mid-update of plain numbers; the
+/// state is still usable.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rig(limits: Limits) -> (Arc<ManualClock>, RateLimits) {
+        let clock = Arc::new(ManualClock::default());
+        let limits = RateLimits::new(limits, clock.clone());
+        (clock, limits)
+    }
+
+    fn gate(s: &str) -> GateId {
+        GateId::new(s).unwrap()
+    }
+
+    const ADDR: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 7));
+    const OTHER_ADDR: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 8));
+
+    #[test]
+    fn commands_allow_a_burst_then_one_per_period_with_the_wait_until_the_next() {
+        let (clock, limits) = rig(Limits::default());
+        let g = gate("front");
+        for i in 0..5 {
+            assert_eq!(limits.command("user:a", &g), Ok(()), "burst command {i}");
+        }
+        assert_eq!(limits.command("user:a", &g), Err(Duration::from_secs(2)));
+        clock.advance(Duration::from_millis(500));
+        assert_eq!(
+            limits.command("user:a", &g),
+            Err(Duration::from_millis(1500)),
+            "a refused command does not push the next one back"
+        );
+        clock.advance(Duration::from_millis(1500));
+        assert_eq!(limits.command("user:a", &g), Ok(()));
+        assert!(limits.command("user:a", &g).is_err());
+        clock.advance(Duration::from_secs(10));
+        for _ in 0..5 {
+            assert_eq!(limits.command("user:a", &g), Ok(()), "the burst refills");
+        }
+        assert!(limits.command("user:a", &g).is_err());
+    }
+
+    #[test]
+    fn command_limits_are_per_caller_and_per_gate_and_stop_is_never_limited() {
+        let (_clock, limits) = rig(Limits::default());
+        let (front, back) = (gate("front"), gate("back"));
+        for _ in 0..5 {
+            limits.command("user:a", &front).unwrap();
+        }
+        assert!(limits.command("user:a", &front).is_err());
+        assert_eq!(limits.command("user:b", &front), Ok(()), "another caller");
+        assert_eq!(limits.command("user:a", &back), Ok(()), "another gate");
+        for _ in 0..20 {
+            assert_eq!(limits.admit_command("user:a", &front, Action::Stop), Ok(()));
+        }
+        assert!(
+            limits
+                .admit_command("user:a", &front, Action::Open)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn login_failures_lock_the_account_after_the_free_ones_doubling_each_time() {
+        let (clock, limits) = rig(Limits::default());
+        for _ in 0..5 {
+            assert_eq!(limits.login_allowed("alice", ADDR), Ok(()));
+            limits.login_failed("alice", ADDR);
+        }
+        assert_eq!(
+            limits.login_allowed("alice", ADDR),
+            Ok(()),
+            "five failures are free"
+        );
+        limits.login_failed("alice", ADDR);
+        assert_eq!(
+            limits.login_allowed("Alice", OTHER_ADDR),
+            Err(Duration::from_secs(30)),
+            "the account is locked from anywhere, whatever the case"
+        );
+        assert_eq!(limits.login_allowed("bob", ADDR), Ok(()), "others are not");
+        clock.advance(Duration::from_secs(30));
+        assert_eq!(limits.login_allowed("alice", ADDR), Ok(()));
+        limits.login_failed("alice", ADDR);
+        assert_eq!(
+            limits.login_allowed("alice", ADDR),
+            Err(Duration::from_secs(60))
+        );
+        for _ in 0..20 {
+            clock.advance(Duration::from_secs(3600 - 1));
+            limits.login_failed("alice", ADDR);
+        }
+        assert_eq!(
+            limits.login_allowed("alice", OTHER_ADDR),
+            Err(Duration::from_secs(15 * 60)),
+            "the lockout is capped"
+        );
+    }
+
+    #[test]
+    fn a_success_clears_the_account_and_an_hour_without_failures_forgets_them() {
+        let (clock, limits) = rig(Limits::default());
+        for _ in 0..5 {
+            limits.login_failed("alice", ADDR);
+        }
+        limits.login_succeeded("alice");
+        limits.login_failed("alice", OTHER_ADDR);
+        assert_eq!(limits.login_allowed("alice", OTHER_ADDR), Ok(()));
+
+        for _ in 0..4 {
+            limits.login_failed("carol", OTHER_ADDR);
+        }
+        clock.advance(Duration::from_secs(3600));
+        limits.login_failed("carol", OTHER_ADDR);
+        limits.login_failed("carol", OTHER_ADDR);
+        assert_eq!(
+            limits.login_allowed("carol", OTHER_ADDR),
+            Ok(()),
+            "the old failures were forgotten"
+        );
+    }
+
+    #[test]
+    fn an_address_guessing_many_accounts_is_locked_and_a_success_does_not_unlock_it() {
+        let (_clock, limits) = rig(Limits::default());
+        for i in 0..20 {
+            limits.login_failed(&format!("user{i}"), ADDR);
+            limits.login_succeeded("mallory");
+        }
+        assert_eq!(limits.login_allowed("someone", ADDR), Ok(()));
+        limits.login_failed("user20", ADDR);
+        assert_eq!(
+            limits.login_allowed("someone", ADDR),
+            Err(Duration::from_secs(30))
+        );
+        assert_eq!(limits.login_allowed("someone", OTHER_ADDR), Ok(()));
+    }
+
+    #[test]
+    fn tables_stay_bounded_dropping_idle_keys_first() {
+        let (clock, limits) = rig(Limits {
+            max_keys: 3,
+            ..Limits::default()
+        });
+        let g = gate("front");
+        // "user:busy" uses its whole burst: it stays active for a while.
+        for _ in 0..5 {
+            limits.command("user:busy", &g).unwrap();
+        }
+        limits.command("user:a", &g).unwrap();
+        limits.command("user:b", &g).unwrap();
+        clock.advance(Duration::from_secs(3));
+        for i in 0..10 {
+            limits.command(&format!("user:new{i}"), &g).unwrap();
+            assert!(limits.sizes().0 <= 3);
+        }
+        // The idle ones went first; the busy caller's state lasted until it had to go.
+        clock.advance(Duration::from_secs(100));
+        assert_eq!(limits.sizes().0, 3);
+        limits.login_failed("x", ADDR);
+        assert_eq!(limits.sizes(), (3, 1, 1));
+    }
+
+    #[test]
+    fn a_full_table_keeps_a_busy_key_over_an_idle_one() {
+        let (clock, limits) = rig(Limits {
+            max_keys: 2,
+            ..Limits::default()
+        });
+        let g = gate("front");
+        for _ in 0..5 {
+            limits.command("user:busy", &g).unwrap();
+        }
+        limits.command("user:idle", &g).unwrap();
+        clock.advance(Duration::from_secs(2));
+        limits.command("user:new", &g).unwrap();
+        // Two seconds refilled one command; a forgotten caller would have its whole burst.
+        assert_eq!(limits.command("user:busy", &g), Ok(()));
+        assert!(
+            limits.command("user:busy", &g).is_err(),
+            "the busy caller was not forgotten"
+        );
+    }
+
+    #[test]
+    fn retry_after_rounds_up_to_whole_seconds() {
+        assert_eq!(retry_after_secs(Duration::from_millis(1)), 1);
+        assert_eq!(retry_after_secs(Duration::from_secs(2)), 2);
+        assert_eq!(retry_after_secs(Duration::from_millis(2001)), 3);
+        assert_eq!(retry_after_secs(Duration::ZERO), 1);
+    }
+}
