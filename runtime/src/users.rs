@@ -11,22 +11,12 @@ use gatehouse_adapters::store::Store;
 use gatehouse_api::auth::password::Passwords;
 use gatehouse_api::auth::secrets;
 
-/// Usernames: what people type on a phone, and what appears in the audit log.
-pub const MAX_USERNAME_CHARS: usize = 64;
+/// Usernames: one rule for the command line and the REST API (which owns it).
+pub use gatehouse_api::v1::admin::users::MAX_USERNAME_CHARS;
 
 /// Checks a username: 1..=64 characters of letters, digits, `.`, `_`, `-`, `@`.
 pub fn check_username(name: &str) -> anyhow::Result<()> {
-    let n = name.chars().count();
-    if n == 0 || n > MAX_USERNAME_CHARS {
-        bail!("a username has 1 to {MAX_USERNAME_CHARS} characters");
-    }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_alphanumeric() || matches!(c, '.' | '_' | '-' | '@')))
-    {
-        bail!("a username may not contain {c:?}");
-    }
-    Ok(())
+    gatehouse_api::v1::admin::users::check_username(name).map_err(anyhow::Error::msg)
 }
 
 /// Where the password comes from.
