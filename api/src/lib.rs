@@ -27,6 +27,8 @@ pub mod request_id;
 pub mod routing;
 pub mod server;
 pub mod v1;
+pub mod wire;
+pub mod ws;
 
 use std::sync::Arc;
 

@@ -25,6 +25,8 @@ pub struct Caller {
     pub actor: String,
     /// The user, when the caller is one (not an API key).
     pub user: Option<UserRecord>,
+    /// When the credential expires, seconds since the epoch (none for API keys).
+    pub expires_at: Option<u64>,
 }
 
 /// 401 with the challenge header.
@@ -67,6 +69,7 @@ pub async fn resolve(
             },
             actor: format!("key:{}", key.id),
             user: None,
+            expires_at: None,
         });
     }
     let claims = keys.verify(bearer).map_err(|e| match e {
@@ -78,6 +81,14 @@ pub async fn resolve(
         .parse::<uuid::Uuid>()
         .map(UserId)
         .map_err(|_| unauthenticated("invalid access token"))?;
+    let mut caller = user_caller(access, id).await?;
+    caller.expires_at = Some(claims.exp);
+    Ok(caller)
+}
+
+/// The caller for user `id` as the store has it now: refused once the user is gone or
+/// disabled; residents with their current grants.
+pub async fn user_caller(access: &Arc<dyn AccessStore>, id: UserId) -> Result<Caller, ApiError> {
     let user = access
         .user(id)
         .await
@@ -97,6 +108,7 @@ pub async fn resolve(
         },
         actor: format!("user:{}", user.id),
         user: Some(user),
+        expires_at: None,
     })
 }
 

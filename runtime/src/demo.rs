@@ -199,7 +199,7 @@ pub async fn run(config: Config, options: DemoOptions) -> anyhow::Result<()> {
     // The API, and a login to try it with (a fresh password every run).
     let passwords = Passwords::owasp()?;
     let password = demo_login(&store, &passwords).await?;
-    let app = http::app(&config, &runtime, store, passwords)?;
+    let app = http::app(&config, &runtime, store, passwords).await?;
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let (api_addr, server) = http::start(&config, &runtime, app, true, async {
         let _ = http_stopped.await;

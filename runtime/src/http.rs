@@ -10,11 +10,16 @@ use gatehouse_adapters::store::Store;
 use gatehouse_api::auth::password::Passwords;
 use gatehouse_api::auth::tokens::TokenKeys;
 use gatehouse_api::v1::App;
+use gatehouse_api::v1::changes::AccessChanges;
+use gatehouse_api::ws::{Sessions, WsConfig};
 use gatehouse_api::{ApiConfig, ApiState, Check, Readiness};
 use tokio::task::JoinHandle;
 
 use crate::Runtime;
 use crate::config::Config;
+
+/// How long stopping waits for sessions to flush their close frames.
+const SESSION_CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Ready while the event log commits.
 struct Ready {
@@ -34,8 +39,9 @@ impl Readiness for Ready {
     }
 }
 
-/// The application handles for `runtime` on `store`.
-pub fn app(
+/// The application handles for `runtime` on `store`, with the WebSocket session layer started
+/// on the runtime's bus.
+pub async fn app(
     config: &Config,
     runtime: &Runtime,
     store: Arc<Store>,
@@ -43,13 +49,18 @@ pub fn app(
 ) -> anyhow::Result<App> {
     let keys =
         TokenKeys::load_or_create(&config.data.dir).context("loading the token signing key")?;
+    let changes = AccessChanges::default();
+    let sessions = Sessions::start(runtime.bus.subscribe(), &changes, WsConfig::default())
+        .await
+        .context("starting the WebSocket session supervisor")?;
     Ok(App {
         fleet: runtime.fleet.clone(),
         access: store.clone(),
         events: store,
         keys: Arc::new(keys),
         passwords,
-        changes: Default::default(),
+        changes,
+        sessions,
         limits: Default::default(),
     })
 }
@@ -63,6 +74,13 @@ pub async fn start(
     fallback: bool,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<(SocketAddr, JoinHandle<()>)> {
+    // Live sessions are upgraded connections the HTTP server no longer tracks: they are told
+    // to go (4500) before the server stops.
+    let sessions = app.sessions.clone();
+    let shutdown = async move {
+        shutdown.await;
+        sessions.shutdown(SESSION_CLOSE_WAIT).await;
+    };
     // Shared, so that the fallback attempt stops on the same signal as the first would have.
     let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
     let state = ApiState {

@@ -125,7 +125,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         &runtime,
         store,
         gatehouse_api::auth::password::Passwords::owasp()?,
-    )?;
+    )
+    .await?;
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let (addr, server) = http::start(&config, &runtime, app, false, async {
         let _ = http_stopped.await;

@@ -2,6 +2,9 @@
 
 use std::process::Command;
 
+pub mod stack;
+pub mod wsclient;
+
 use anyhow::{Context, bail};
 
 /// The PostgreSQL server scratch databases are made on: `GATEHOUSE_TEST_PG_URL`, or the local

@@ -269,6 +269,14 @@ poll_interval_ms = 200
         let events: Arc<dyn EventStore> = store.clone();
         // The brief pinned flat fields on `ApiState` (readiness, fleet, access, events, keys,
         // passwords); the implementation groups the application handles in `v1::App`.
+        let changes = gatehouse_api::v1::changes::AccessChanges::default();
+        let sessions = gatehouse_api::ws::Sessions::start(
+            runtime.bus.subscribe(),
+            &changes,
+            gatehouse_api::ws::WsConfig::default(),
+        )
+        .await
+        .expect("the session layer starts");
         let state = ApiState {
             readiness,
             app: Some(App {
@@ -277,7 +285,8 @@ poll_interval_ms = 200
                 events,
                 keys: keys.clone(),
                 passwords,
-                changes: Default::default(),
+                changes,
+                sessions,
                 limits: Default::default(),
             }),
         };

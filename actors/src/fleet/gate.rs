@@ -63,6 +63,10 @@ pub struct GateView {
     pub snapshot: GateSnapshot,
     /// The sequence number of the gate's latest event (0 before any).
     pub seq: u64,
+    /// The highest sequence known to be durable (equal to `seq` without an event log). Live
+    /// clients resume from committed sequences only: an event not yet committed may still be
+    /// on its way to the bus.
+    pub committed: u64,
     /// Whether the gate wants fast polling (moving or a command in flight).
     pub busy: bool,
 }
@@ -93,6 +97,8 @@ pub struct GateActorState {
     awaiting: VecDeque<(u64, CommandId, CommandStatus)>,
     /// Events to hand to the event log once the current message's effects are applied.
     to_log: Vec<Arc<GateEvent>>,
+    /// The highest committed seq.
+    committed: u64,
 }
 
 impl GateActorState {
@@ -132,6 +138,7 @@ impl GateActorState {
 
     /// The event log committed up to `seq`: release the outcomes that waited for it.
     fn committed(&mut self, seq: u64) {
+        self.committed = self.committed.max(seq);
         while self.awaiting.front().is_some_and(|(s, _, _)| *s <= seq) {
             if let Some((_, id, status)) = self.awaiting.pop_front() {
                 self.deliver(id, status);
@@ -269,6 +276,7 @@ impl Actor for GateActor {
         for (id, action, status) in &restore.finished {
             machine.remember_finished(now, *id, *action, *status);
         }
+        let committed = args.binding.seq.load(Ordering::Relaxed);
         Ok(GateActorState {
             binding: args.binding,
             ctx: args.ctx,
@@ -279,6 +287,7 @@ impl Actor for GateActor {
             held: Vec::new(),
             awaiting: VecDeque::new(),
             to_log: Vec::new(),
+            committed,
         })
     }
 
@@ -358,10 +367,16 @@ impl Actor for GateActor {
             }
             GateMsg::Committed { seq } => state.committed(seq),
             GateMsg::Snapshot(reply) => {
+                let seq = state.binding.seq.load(Ordering::Relaxed);
                 let _ = reply.send(GateView {
                     gate: state.binding.spec.id.clone(),
                     snapshot: state.machine.snapshot(),
-                    seq: state.binding.seq.load(Ordering::Relaxed),
+                    seq,
+                    committed: if state.ctx.eventlog.is_some() {
+                        state.committed
+                    } else {
+                        seq
+                    },
                     busy: state.machine.is_busy(),
                 });
             }

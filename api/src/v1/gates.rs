@@ -19,7 +19,7 @@ use warp::http::StatusCode;
 use super::{App, now_ms};
 use crate::principal::{Caller, store_error};
 use crate::routing::{Outcome, PathParams, Route};
-use crate::{ApiError, client_ip, json};
+use crate::{ApiError, client_ip, json, wire};
 
 /// The longest `?wait=true` holds a request.
 pub const MAX_WAIT: Duration = Duration::from_secs(30);
@@ -105,7 +105,7 @@ pub struct EventPage {
 }
 
 /// Where a gate is, from the running fleet.
-fn locate(app: &App, gate: &GateId) -> Option<(SiteId, ControllerId, String)> {
+pub(crate) fn locate(app: &App, gate: &GateId) -> Option<(SiteId, ControllerId, String)> {
     app.fleet.controllers().into_iter().find_map(|c| {
         c.gates
             .iter()
@@ -114,7 +114,7 @@ fn locate(app: &App, gate: &GateId) -> Option<(SiteId, ControllerId, String)> {
     })
 }
 
-fn unknown_gate(gate: &str) -> ApiError {
+pub(crate) fn unknown_gate(gate: &str) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "unknown_gate",
@@ -135,7 +135,7 @@ pub(crate) fn forbidden(denial: Denial) -> ApiError {
 }
 
 /// The local time of the week at `site` (UTC when its zone is unknown).
-async fn local_time(app: &App, site: &SiteId) -> LocalTime {
+pub(crate) async fn local_time(app: &App, site: &SiteId) -> LocalTime {
     let zone = app
         .fleet
         .records()
@@ -158,9 +158,27 @@ async fn check(
     gate: &GateId,
 ) -> Result<(SiteId, ControllerId, String), ApiError> {
     let (site, controller, name) = locate(app, gate).ok_or_else(|| unknown_gate(gate.as_str()))?;
-    let at = local_time(app, &site).await;
+    let at = time_for(app, &caller.principal, op, &site).await;
     authorize(&caller.principal, op, Some((gate, &site)), at).map_err(forbidden)?;
     Ok((site, controller, name))
+}
+
+/// The local time the policy needs for `op`: only residents' commands depend on it (their
+/// grants' windows), so everyone else skips the site lookup.
+pub(crate) async fn time_for(
+    app: &App,
+    who: &gatehouse_actors::access::Principal,
+    op: Operation,
+    site: &SiteId,
+) -> LocalTime {
+    if who.role == gatehouse_actors::access::Role::Resident && matches!(op, Operation::Command(_)) {
+        local_time(app, site).await
+    } else {
+        LocalTime {
+            weekday: 0,
+            minute: 0,
+        }
+    }
 }
 
 fn body(view: GateView, site: &SiteId, controller: &ControllerId, name: String) -> GateBody {
@@ -200,7 +218,7 @@ async fn list(app: App, bearer: Option<String>) -> Outcome {
     let caller = app.authenticate(bearer).await?;
     let mut gates = Vec::new();
     for c in app.fleet.controllers() {
-        let at = local_time(&app, &c.site).await;
+        let at = time_for(&app, &caller.principal, Operation::Read, &c.site).await;
         for g in &c.gates {
             if authorize(
                 &caller.principal,
@@ -253,20 +271,15 @@ fn status_body(
     status: Option<CommandStatus>,
 ) -> CommandBody {
     let (status, reason) = match status {
-        None => ("pending".to_string(), None),
-        Some(CommandStatus::Accepted) => ("accepted".into(), None),
-        Some(CommandStatus::Completed) => ("completed".into(), None),
-        Some(CommandStatus::Rejected(r)) => ("rejected".into(), Some(r.as_str().to_string())),
-        Some(CommandStatus::Failed(r)) => ("failed".into(), Some(r.as_str().to_string())),
-        // The controller never confirmed the write: whether it moved is unknown.
-        Some(CommandStatus::TimedOut) => ("timed_out".into(), Some("write_unconfirmed".into())),
+        None => ("pending", None),
+        Some(s) => wire::status(s),
     };
     CommandBody {
         id: id.to_string(),
         gate: gate.to_string(),
         action: action.as_str().to_string(),
-        status,
-        reason,
+        status: status.to_string(),
+        reason: reason.map(str::to_string),
     }
 }
 
@@ -383,25 +396,9 @@ async fn events(
         .flatten();
     let events = page
         .into_iter()
-        .map(|e| wire_event(&e.event))
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(|e| serde_json::Value::Object(wire::event(&e.event)))
+        .collect();
     json::reply(StatusCode::OK, &EventPage { events, next })
-}
-
-/// An event in the wire format: `cause` is the command id, `local` or `system`.
-pub fn wire_event(
-    event: &gatehouse_actors::fleet::events::GateEvent,
-) -> Result<serde_json::Value, ApiError> {
-    let mut value = serde_json::to_value(event).map_err(ApiError::internal)?;
-    if let Some(obj) = value.as_object_mut() {
-        let cause = match event.cause {
-            gatehouse_actors::gate::Cause::Command(id) => id.to_string(),
-            gatehouse_actors::gate::Cause::Local => "local".into(),
-            gatehouse_actors::gate::Cause::System => "system".into(),
-        };
-        obj.insert("cause".into(), serde_json::Value::String(cause));
-    }
-    Ok(value)
 }
 
 pub fn routes(app: &App) -> Vec<Route> {

@@ -29,6 +29,8 @@ pub struct App {
     pub passwords: Passwords,
     /// Announce here every committed change to users, grants and API keys.
     pub changes: changes::AccessChanges,
+    /// The live WebSocket sessions.
+    pub sessions: crate::ws::Sessions,
     /// Login and command rate limits, shared by REST and the WebSocket sessions.
     pub limits: Arc<crate::ratelimit::RateLimits>,
 }
@@ -62,6 +64,7 @@ impl App {
 pub fn routes(app: &App) -> Vec<Route> {
     let mut routes = auth::routes(app);
     routes.extend(gates::routes(app));
+    routes.extend(crate::ws::routes(app));
     routes.extend(admin::routes(app));
     routes
 }

@@ -1,0 +1,195 @@
+//! The hub: one task between the event bus and the sessions. It serializes each committed
+//! event once, remembers each gate's newest one, and hands it to the sessions subscribed to
+//! that gate. It also routes access-change notices to the sessions of the user or key they
+//! concern.
+//!
+//! Ordering and completeness: subscribing registers the session and reads the gate's newest
+//! event under the same lock that publishing takes, so every event after the one the snapshot
+//! shows reaches the session, and none before it does twice (the session drops anything at or
+//! below the seq it already sent). When the hub itself falls behind the bus and loses events,
+//! it tells every session to fill its gaps from the event store.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use gatehouse_actors::fleet::events::GateEvent;
+use gatehouse_actors::ids::GateId;
+use ractor::{ActorId, ActorRef};
+use tokio::sync::broadcast::{self, error::RecvError};
+
+use super::outbox::LiveEvent;
+use super::session::SessionMsg;
+use crate::v1::changes::AccessChange;
+
+#[derive(Default)]
+struct Slot {
+    latest: Option<Arc<LiveEvent>>,
+    subscribers: HashMap<ActorId, ActorRef<SessionMsg>>,
+}
+
+struct Registered {
+    actor: ActorRef<SessionMsg>,
+    /// `user:<uuid>` or `key:<uuid>` once authenticated.
+    who: Option<String>,
+}
+
+/// Counters for operators and benchmarks.
+#[derive(Debug, Default)]
+pub struct HubStats {
+    /// Events received from the bus.
+    pub events: AtomicU64,
+    /// Events handed to sessions.
+    pub deliveries: AtomicU64,
+    /// Times the hub fell behind the bus (each followed by a resync of every session).
+    pub lagged: AtomicU64,
+    /// Sessions ever opened, and closed.
+    pub opened: AtomicU64,
+    pub closed: AtomicU64,
+    /// Sessions closed for being too slow (4509).
+    pub too_slow: AtomicU64,
+    /// Events coalesced for clients that were behind.
+    pub coalesced: AtomicU64,
+    /// Session actors that failed (a bug; the connection is closed with 1011).
+    pub failed: AtomicU64,
+}
+
+#[derive(Default)]
+pub struct Hub {
+    gates: Mutex<HashMap<GateId, Slot>>,
+    sessions: Mutex<HashMap<ActorId, Registered>>,
+    pub stats: HubStats,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section is a map update that cannot be left half done.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Hub {
+    pub fn register(&self, actor: &ActorRef<SessionMsg>) {
+        lock(&self.sessions).insert(
+            actor.get_id(),
+            Registered {
+                actor: actor.clone(),
+                who: None,
+            },
+        );
+        self.stats.opened.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records who the session belongs to, for access-change notices.
+    pub fn identify(&self, session: ActorId, who: &str) {
+        if let Some(r) = lock(&self.sessions).get_mut(&session) {
+            r.who = Some(who.to_string());
+        }
+    }
+
+    /// Forgets a session and its subscriptions.
+    pub fn deregister<'a>(&self, session: ActorId, gates: impl Iterator<Item = &'a GateId>) {
+        self.unsubscribe(session, gates);
+        if lock(&self.sessions).remove(&session).is_some() {
+            self.stats.closed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn open_sessions(&self) -> usize {
+        lock(&self.sessions).len()
+    }
+
+    /// Subscribes the session to `gates`; answers each gate's newest committed event, if the
+    /// hub has seen one since it started.
+    pub fn subscribe(
+        &self,
+        actor: &ActorRef<SessionMsg>,
+        gates: &[GateId],
+    ) -> Vec<Option<Arc<LiveEvent>>> {
+        let mut map = lock(&self.gates);
+        gates
+            .iter()
+            .map(|gate| {
+                let slot = map.entry(gate.clone()).or_default();
+                slot.subscribers.insert(actor.get_id(), actor.clone());
+                slot.latest.clone()
+            })
+            .collect()
+    }
+
+    pub fn unsubscribe<'a>(&self, session: ActorId, gates: impl Iterator<Item = &'a GateId>) {
+        let mut map = lock(&self.gates);
+        for gate in gates {
+            if let Some(slot) = map.get_mut(gate) {
+                slot.subscribers.remove(&session);
+            }
+        }
+    }
+
+    /// Hands a committed event to its gate's subscribers.
+    pub fn publish(&self, event: Arc<GateEvent>) {
+        self.stats.events.fetch_add(1, Ordering::Relaxed);
+        let live = Arc::new(LiveEvent::new(event));
+        let mut map = lock(&self.gates);
+        let slot = map.entry(live.event.gate.clone()).or_default();
+        // Several writers could commit out of order; the newest stays the newest.
+        if slot
+            .latest
+            .as_ref()
+            .is_none_or(|l| l.event.seq < live.event.seq)
+        {
+            slot.latest = Some(live.clone());
+        }
+        for session in slot.subscribers.values() {
+            // A session that is stopping has deregistered or is about to: nothing to do.
+            let _ = session.send_message(SessionMsg::Event(live.clone()));
+        }
+        self.stats
+            .deliveries
+            .fetch_add(slot.subscribers.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Sends `make()` to every session.
+    pub fn tell_all(&self, make: impl Fn() -> SessionMsg) {
+        for r in lock(&self.sessions).values() {
+            let _ = r.actor.send_message(make());
+        }
+    }
+
+    fn tell_about(&self, change: AccessChange) {
+        let who = match change {
+            AccessChange::User(id) => format!("user:{id}"),
+            AccessChange::ApiKey(id) => format!("key:{id}"),
+        };
+        for r in lock(&self.sessions).values() {
+            if r.who.as_deref() == Some(who.as_str()) {
+                let _ = r.actor.send_message(SessionMsg::AccessChanged);
+            }
+        }
+    }
+
+    /// The hub's task: until the bus closes.
+    pub async fn run(
+        self: Arc<Self>,
+        mut bus: broadcast::Receiver<Arc<GateEvent>>,
+        mut changes: broadcast::Receiver<AccessChange>,
+    ) {
+        let mut changes_open = true;
+        loop {
+            tokio::select! {
+                event = bus.recv() => match event {
+                    Ok(event) => self.publish(event),
+                    Err(RecvError::Lagged(missed)) => {
+                        self.stats.lagged.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(missed, "the session hub fell behind the event bus; sessions refill from the event store");
+                        self.tell_all(|| SessionMsg::Resync);
+                    }
+                    Err(RecvError::Closed) => return,
+                },
+                change = changes.recv(), if changes_open => match change {
+                    Ok(change) => self.tell_about(change),
+                    Err(RecvError::Lagged(_)) => self.tell_all(|| SessionMsg::AccessChanged),
+                    Err(RecvError::Closed) => changes_open = false,
+                },
+            }
+        }
+    }
+}

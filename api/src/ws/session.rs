@@ -1,0 +1,825 @@
+//! One session actor per WebSocket connection: identity, subscriptions, the outbound queue.
+//!
+//! Three tasks serve a connection: the actor (all decisions, one message at a time), a reader
+//! (frames → messages to the actor, with the idle timeout and the per-connection frame rate
+//! limit) and a writer ([`Outbox::write`]). Everything that reaches the client goes through
+//! the actor and then the outbox, so the order the actor decides is the order on the wire:
+//! snapshot, then replay, then live events, with acks in between.
+//!
+//! Per gate, the actor remembers the last seq it queued. A live event at or below it is a
+//! duplicate and dropped; one above `last + 1` means events went missing on the way (the hub
+//! fell behind the bus) and the gap is filled from the event store first.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use gatehouse_actors::access::{AuditRecord, Denial, Operation, UserId, authorize};
+use gatehouse_actors::fleet::gate::{Ack, AckSink};
+use gatehouse_actors::gate::{Action, GateSnapshot};
+use gatehouse_actors::ids::{CommandId, GateId, SiteId};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+
+use super::WsConfig;
+use super::hub::Hub;
+use super::outbox::{LiveEvent, Outbox, Queued, WriterEnd};
+use super::protocol::{self, ClientMsg, close};
+use crate::auth::secrets::{self, API_KEY_PREFIX};
+use crate::principal::{self, Caller};
+use crate::v1::gates::{forbidden, locate, time_for};
+use crate::v1::{App, now_ms};
+use crate::{ApiError, wire};
+
+pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
+
+/// What the reader saw.
+#[derive(Debug)]
+pub enum Inbound {
+    Text(Utf8Bytes),
+    Binary,
+    TooLarge,
+    Idle,
+    RateLimited,
+    Closed,
+}
+
+pub enum SessionMsg {
+    Inbound(Inbound),
+    /// A committed event of a subscribed gate, from the hub.
+    Event(Arc<LiveEvent>),
+    /// A status of one of this session's commands, from the gate.
+    Ack {
+        gate: GateId,
+        ack: Ack,
+    },
+    /// The hub lost events: fill every subscribed gate from the store.
+    Resync,
+    /// The caller's user or key changed: check the session's authority again.
+    AccessChanged,
+    /// The authentication deadline or the token's expiry.
+    Deadline,
+    /// The server is stopping: close with 4500.
+    Shutdown,
+    /// The writer stopped; the session ends.
+    WriterDone(WriterEnd),
+}
+
+pub struct SessionArgs {
+    pub app: App,
+    pub hub: Arc<Hub>,
+    pub config: Arc<WsConfig>,
+    pub ip: IpAddr,
+    pub socket: Socket,
+}
+
+/// How to check the caller again when its access changes.
+enum Credential {
+    User(UserId),
+    /// The API key's digest.
+    Key(String),
+}
+
+struct Authed {
+    caller: Caller,
+    credential: Credential,
+}
+
+struct Sub {
+    site: SiteId,
+    /// The last seq queued for the client.
+    last: u64,
+}
+
+pub struct SessionState {
+    app: App,
+    hub: Arc<Hub>,
+    config: Arc<WsConfig>,
+    ip: IpAddr,
+    me: ActorRef<SessionMsg>,
+    outbox: Arc<Outbox>,
+    reader: JoinHandle<()>,
+    auth: Option<Authed>,
+    subs: HashMap<GateId, Sub>,
+    deadline: Option<JoinHandle<Result<(), ractor::MessagingErr<SessionMsg>>>>,
+}
+
+impl Drop for SessionState {
+    fn drop(&mut self) {
+        // Runs however the actor ends, a panic included.
+        self.hub.deregister(self.me.get_id(), self.subs.keys());
+        self.reader.abort();
+        if let Some(d) = self.deadline.take() {
+            d.abort();
+        }
+        self.outbox.close(1011, "internal error", false);
+    }
+}
+
+pub struct Session;
+
+impl Actor for Session {
+    type Msg = SessionMsg;
+    type State = SessionState;
+    type Arguments = SessionArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<SessionMsg>,
+        args: SessionArgs,
+    ) -> Result<SessionState, ActorProcessingErr> {
+        let (sink, stream) = args.socket.split();
+        let outbox = Arc::new(Outbox::default());
+        let stall = args.config.write_stall;
+        {
+            let outbox = outbox.clone();
+            let me = myself.clone();
+            tokio::spawn(async move {
+                let end = outbox.write(sink, stall).await;
+                let _ = me.send_message(SessionMsg::WriterDone(end));
+            });
+        }
+        let reader = tokio::spawn(read(stream, myself.clone(), args.config.clone()));
+        args.hub.register(&myself);
+        let deadline = myself.send_after(args.config.auth_timeout, || SessionMsg::Deadline);
+        Ok(SessionState {
+            app: args.app,
+            hub: args.hub,
+            config: args.config,
+            ip: args.ip,
+            me: myself,
+            outbox,
+            reader,
+            auth: None,
+            subs: HashMap::new(),
+            deadline: Some(deadline),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<SessionMsg>,
+        msg: SessionMsg,
+        state: &mut SessionState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SessionMsg::WriterDone(end) => {
+                if end == WriterEnd::Stalled {
+                    state
+                        .hub
+                        .stats
+                        .too_slow
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                myself.stop(None);
+            }
+            // Once closing, only the writer's end matters.
+            _ if state.outbox.is_closing() => {}
+            SessionMsg::Inbound(inbound) => state.inbound(inbound).await,
+            SessionMsg::Event(live) => state.live(live).await,
+            SessionMsg::Ack { gate, ack } => {
+                let (status, reason) = wire::status(ack.status);
+                let frame = protocol::ack(&ack.id.to_string(), gate.as_str(), status, reason);
+                state.send(frame);
+            }
+            SessionMsg::Resync => {
+                let gates: Vec<GateId> = state.subs.keys().cloned().collect();
+                for gate in gates {
+                    state.fill(&gate, None).await;
+                }
+            }
+            SessionMsg::AccessChanged => state.recheck().await,
+            SessionMsg::Deadline => state.deadline(),
+            SessionMsg::Shutdown => {
+                state.outbox.close(
+                    close::SHUTTING_DOWN,
+                    "server shutting down; resume elsewhere",
+                    true,
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The reader task: frames to the actor until the connection ends.
+async fn read(
+    mut stream: futures::stream::SplitStream<Socket>,
+    me: ActorRef<SessionMsg>,
+    config: Arc<WsConfig>,
+) {
+    let mut bucket = Bucket::new(config.frame_burst, config.frames_per_second);
+    loop {
+        let inbound = match tokio::time::timeout(config.idle_timeout, stream.next()).await {
+            Err(_) => Inbound::Idle,
+            Ok(None) | Ok(Some(Ok(Message::Close(_)))) => Inbound::Closed,
+            Ok(Some(Ok(Message::Text(text)))) => match bucket.take(Instant::now()) {
+                true => Inbound::Text(text),
+                false => Inbound::RateLimited,
+            },
+            Ok(Some(Ok(Message::Binary(_)))) => match bucket.take(Instant::now()) {
+                true => Inbound::Binary,
+                false => Inbound::RateLimited,
+            },
+            // Control frames keep the connection alive; tungstenite answers pings itself.
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)))) => continue,
+            Ok(Some(Err(WsError::Capacity(_)))) => Inbound::TooLarge,
+            Ok(Some(Err(_))) => Inbound::Closed,
+        };
+        let more = matches!(inbound, Inbound::Text(_) | Inbound::Binary);
+        if me.send_message(SessionMsg::Inbound(inbound)).is_err() || !more {
+            return;
+        }
+    }
+}
+
+/// A token bucket: `burst` frames at once, refilled at `rate` per second.
+struct Bucket {
+    tokens: f64,
+    burst: f64,
+    rate: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn new(burst: u32, rate: u32) -> Self {
+        Self {
+            tokens: f64::from(burst),
+            burst: f64::from(burst),
+            rate: f64::from(rate),
+            at: Instant::now(),
+        }
+    }
+
+    fn take(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.at = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+fn api_error(id: Option<&str>, e: &ApiError) -> String {
+    let details = match &e.details {
+        Value::Object(m) if m.is_empty() => None,
+        d => Some(d.clone()),
+    };
+    protocol::error(id, e.code, &e.message, details)
+}
+
+impl SessionState {
+    /// Queues a frame; a client that let [`Outbox::HARD`] frames pile up is cut off.
+    fn send(&mut self, frame: String) {
+        if !self.outbox.push(frame) {
+            self.outbox
+                .close(close::TOO_SLOW, "too slow; resume with since", false);
+        }
+    }
+
+    fn error(&mut self, id: Option<&str>, code: &str, message: &str, details: Option<Value>) {
+        self.send(protocol::error(id, code, message, details));
+    }
+
+    /// Sends a final error, then closes with `code`.
+    fn fail(&mut self, id: Option<&str>, code: &str, message: &str, close_code: u16) {
+        self.error(id, code, message, None);
+        self.outbox.close(close_code, message, true);
+    }
+
+    async fn inbound(&mut self, inbound: Inbound) {
+        match inbound {
+            Inbound::Text(text) => match protocol::parse(text.as_str()) {
+                Ok(msg) => self.request(msg).await,
+                Err(e) => self.error(e.id.as_deref(), e.code, &e.message, None),
+            },
+            Inbound::Binary => self.error(
+                None,
+                "invalid_message",
+                "binary frames are not part of gatehouse.v1; send JSON text frames",
+                None,
+            ),
+            Inbound::TooLarge => self.fail(
+                None,
+                "frame_too_large",
+                &format!("frames are limited to {} bytes", self.config.max_frame_bytes),
+                close::TOO_LARGE,
+            ),
+            Inbound::Idle => self.fail(
+                None,
+                "idle_timeout",
+                &format!(
+                    "nothing received for {} s; send ping",
+                    self.config.idle_timeout.as_secs()
+                ),
+                close::IDLE,
+            ),
+            Inbound::RateLimited => self.fail(
+                None,
+                "rate_limited",
+                &format!(
+                    "more than {} frames per second",
+                    self.config.frames_per_second
+                ),
+                close::RATE_LIMITED,
+            ),
+            Inbound::Closed => self.outbox.close(1000, "", false),
+        }
+    }
+
+    async fn request(&mut self, msg: ClientMsg) {
+        match msg {
+            ClientMsg::Auth { id, token } => self.auth(id.as_deref(), &token).await,
+            ClientMsg::Ping { id } => self.send(protocol::bare("pong", id.as_deref())),
+            _ if self.auth.is_none() => self.fail(
+                None,
+                "unauthenticated",
+                "the first message must be auth",
+                close::UNAUTHENTICATED,
+            ),
+            ClientMsg::Subscribe {
+                id,
+                gates,
+                sites,
+                since,
+            } => self.subscribe(id.as_deref(), gates, sites, since).await,
+            ClientMsg::Unsubscribe { id, gates, sites } => {
+                let mut gone: Vec<GateId> = gates
+                    .iter()
+                    .filter_map(|g| g.parse::<GateId>().ok())
+                    .filter(|g| self.subs.contains_key(g))
+                    .collect();
+                gone.extend(
+                    self.subs
+                        .iter()
+                        .filter(|(_, s)| sites.iter().any(|site| site == s.site.as_str()))
+                        .map(|(g, _)| g.clone()),
+                );
+                self.hub.unsubscribe(self.me.get_id(), gone.iter());
+                for g in &gone {
+                    self.subs.remove(g);
+                }
+                self.send(protocol::bare("ok", id.as_deref()));
+            }
+            ClientMsg::Command { id, gate, action } => self.command(id, &gate, &action).await,
+        }
+    }
+
+    async fn auth(&mut self, id: Option<&str>, token: &str) {
+        let caller = match principal::resolve(&self.app.keys, &self.app.access, token).await {
+            Ok(caller) => caller,
+            Err(e) if e.status == warp::http::StatusCode::SERVICE_UNAVAILABLE => {
+                // The database is away: the client may try again; nothing changes meanwhile.
+                self.send(api_error(id, &e));
+                return;
+            }
+            Err(e) => {
+                self.send(api_error(id, &e));
+                self.outbox
+                    .close(close::UNAUTHENTICATED, "unauthenticated", true);
+                return;
+            }
+        };
+        if let Some(current) = &self.auth
+            && current.caller.actor != caller.actor
+        {
+            self.fail(
+                id,
+                "identity_mismatch",
+                "re-authentication must be for the same user or key",
+                close::UNAUTHENTICATED,
+            );
+            return;
+        }
+        let credential = match &caller.user {
+            Some(user) => Credential::User(user.id),
+            None if token.starts_with(API_KEY_PREFIX) => Credential::Key(secrets::digest(token)),
+            None => Credential::Key(String::new()),
+        };
+        if let Some(d) = self.deadline.take() {
+            d.abort();
+        }
+        if let Some(expires_at) = caller.expires_at {
+            let left = Duration::from_secs(expires_at.saturating_sub(now_ms() / 1000));
+            self.deadline = Some(self.me.send_after(left, || SessionMsg::Deadline));
+        }
+        self.hub.identify(self.me.get_id(), &caller.actor);
+        self.send(protocol::auth_ok(
+            id,
+            caller.expires_at,
+            caller.principal.role.as_str(),
+        ));
+        self.auth = Some(Authed { caller, credential });
+    }
+
+    /// The auth deadline passed, or the token may have expired.
+    fn deadline(&mut self) {
+        match &self.auth {
+            None => self.fail(
+                None,
+                "unauthenticated",
+                "no auth message in time",
+                close::UNAUTHENTICATED,
+            ),
+            Some(a) => {
+                let now = now_ms() / 1000;
+                match a.caller.expires_at {
+                    Some(exp) if exp <= now => self.fail(
+                        None,
+                        "token_expired",
+                        "the access token expired; reconnect with a fresh one",
+                        close::UNAUTHENTICATED,
+                    ),
+                    Some(exp) => {
+                        let left = Duration::from_secs(exp - now);
+                        self.deadline = Some(self.me.send_after(left, || SessionMsg::Deadline));
+                    }
+                    None => {}
+                }
+            }
+        }
+    }
+
+    /// The caller's access changed: read it again; close when the account went away or a
+    /// subscribed gate is no longer readable.
+    async fn recheck(&mut self) {
+        let Some(authed) = &self.auth else { return };
+        let fresh = match &authed.credential {
+            Credential::User(id) => principal::user_caller(&self.app.access, *id).await,
+            Credential::Key(digest) => match self.app.access.api_key_by_hash(digest.clone()).await
+            {
+                Ok(Some(key)) if key.revoked_at_ms.is_none() => Ok(authed.caller.clone()),
+                Ok(_) => Err(principal::unauthenticated("the API key was revoked")),
+                Err(e) => Err(principal::store_error(e)),
+            },
+        };
+        let mut caller = match fresh {
+            Ok(c) => c,
+            // The database is away: keep the session as it is; the next notice checks again.
+            Err(e) if e.status == warp::http::StatusCode::SERVICE_UNAVAILABLE => return,
+            Err(e) => {
+                let message = e.message.to_string();
+                self.fail(None, e.code, &message, close::UNAUTHENTICATED);
+                return;
+            }
+        };
+        caller.expires_at = authed.caller.expires_at;
+        let revoked: Vec<String> = self
+            .subs
+            .iter()
+            .filter(|(gate, sub)| {
+                authorize(
+                    &caller.principal,
+                    Operation::Read,
+                    Some((gate, &sub.site)),
+                    gatehouse_actors::access::LocalTime {
+                        weekday: 0,
+                        minute: 0,
+                    },
+                )
+                .is_err()
+            })
+            .map(|(gate, _)| gate.to_string())
+            .collect();
+        if let Some(a) = &mut self.auth {
+            a.caller = caller;
+        }
+        if !revoked.is_empty() {
+            self.error(
+                None,
+                "grant_revoked",
+                "access to subscribed gates was revoked",
+                Some(json!({ "gates": revoked })),
+            );
+            self.outbox
+                .close(close::GRANT_REVOKED, "grant revoked", true);
+        }
+    }
+
+    fn caller(&self) -> &Caller {
+        &self
+            .auth
+            .as_ref()
+            .expect("only called once authenticated")
+            .caller
+    }
+
+    async fn subscribe(
+        &mut self,
+        id: Option<&str>,
+        gates: Vec<String>,
+        sites: Vec<String>,
+        since: std::collections::BTreeMap<String, u64>,
+    ) {
+        // Everything is checked before anything changes.
+        let mut wanted: Vec<(GateId, SiteId)> = Vec::new();
+        for name in &gates {
+            let Some((gate, site)) = name
+                .parse::<GateId>()
+                .ok()
+                .and_then(|g| locate(&self.app, &g).map(|(site, _, _)| (g, site)))
+            else {
+                return self.error(
+                    id,
+                    "unknown_gate",
+                    &format!("no gate {name}"),
+                    Some(json!({ "gate": name })),
+                );
+            };
+            if let Err(denial) = self.may_read(&gate, &site) {
+                let e = forbidden(denial);
+                let mut details = e.details.clone();
+                details["gate"] = json!(name);
+                return self.error(id, "forbidden", "not allowed", Some(details));
+            }
+            wanted.push((gate, site));
+        }
+        if !sites.is_empty() {
+            let controllers = self.app.fleet.controllers();
+            let known = self.app.fleet.records().await.map(|r| r.sites);
+            for name in &sites {
+                let exists = known
+                    .as_ref()
+                    .is_some_and(|s| s.iter().any(|s| s.id.as_str() == name))
+                    || controllers.iter().any(|c| c.site.as_str() == name);
+                if !exists {
+                    return self.error(
+                        id,
+                        "unknown_site",
+                        &format!("no site {name}"),
+                        Some(json!({ "site": name })),
+                    );
+                }
+                if let Some(limit) = &self.caller().principal.site
+                    && limit.as_str() != name
+                {
+                    let e = forbidden(Denial::OtherSite);
+                    let mut details = e.details.clone();
+                    details["site"] = json!(name);
+                    return self.error(id, "forbidden", "not allowed", Some(details));
+                }
+                for c in controllers.iter().filter(|c| c.site.as_str() == name) {
+                    for g in &c.gates {
+                        // A site brings the gates of it the caller may read.
+                        if self.may_read(&g.spec.id, &c.site).is_ok() {
+                            wanted.push((g.spec.id.clone(), c.site.clone()));
+                        }
+                    }
+                }
+            }
+        }
+        wanted.sort_by(|a, b| a.0.cmp(&b.0));
+        wanted.dedup_by(|a, b| a.0 == b.0);
+        let total = wanted
+            .iter()
+            .filter(|(g, _)| !self.subs.contains_key(g))
+            .count()
+            + self.subs.len();
+        if total > self.config.max_subscriptions {
+            return self.error(
+                id,
+                "too_many_gates",
+                &format!(
+                    "a session follows at most {} gates",
+                    self.config.max_subscriptions
+                ),
+                None,
+            );
+        }
+        if let Some(stray) = since
+            .keys()
+            .find(|g| !wanted.iter().any(|(w, _)| w.as_str() == g.as_str()))
+        {
+            return self.error(
+                id,
+                "invalid_message",
+                &format!("since: gate {stray} is not subscribed by this request"),
+                Some(json!({ "gate": stray })),
+            );
+        }
+
+        let ids: Vec<GateId> = wanted.iter().map(|(g, _)| g.clone()).collect();
+        let latest = self.hub.subscribe(&self.me, &ids);
+        let mut entries = Vec::with_capacity(ids.len());
+        let mut replays = Vec::new();
+        let mut budget = self.config.max_replay;
+        for ((gate, site), latest) in wanted.into_iter().zip(latest) {
+            let (seq, snapshot): (u64, GateSnapshot) = match latest {
+                Some(l) => (l.event.seq, l.event.snapshot),
+                None => match self.app.fleet.view(&gate).await {
+                    Ok(view) => (view.committed, view.snapshot),
+                    // Removed a moment ago: nothing to follow.
+                    Err(_) => {
+                        self.hub.unsubscribe(self.me.get_id(), std::iter::once(&gate));
+                        continue;
+                    }
+                },
+            };
+            let mut entry = wire::gate_state(gate.as_str(), seq, &snapshot);
+            entry.insert("site".into(), site.as_str().into());
+            if let Some(&after) = since.get(gate.as_str())
+                && after < seq
+            {
+                // The newest missed events, within the per-request budget.
+                let missed = seq - after;
+                let take = missed.min(self.config.max_replay_per_gate).min(budget);
+                budget -= take;
+                if take > 0 {
+                    let from = seq - take + 1;
+                    entry.insert("replay_from".into(), from.into());
+                    replays.push((gate.clone(), from, seq));
+                }
+            }
+            entries.push(Value::Object(entry));
+            self.subs.insert(gate, Sub { site, last: seq });
+        }
+        self.send(protocol::frame(
+            "snapshot",
+            id,
+            protocol::fields(json!({ "gates": entries })),
+        ));
+        let mut unavailable = Vec::new();
+        for (gate, from, to) in replays {
+            if !self.replay(&gate, from, to).await {
+                unavailable.push(gate.to_string());
+            }
+        }
+        if !unavailable.is_empty() {
+            self.error(
+                id,
+                "replay_unavailable",
+                "the event store is unavailable; these gates continue live without the replay (fetch it later from /api/v1/gates/{gate}/events)",
+                Some(json!({ "gates": unavailable })),
+            );
+        }
+    }
+
+    fn may_read(&self, gate: &GateId, site: &SiteId) -> Result<(), Denial> {
+        authorize(
+            &self.caller().principal,
+            Operation::Read,
+            Some((gate, site)),
+            gatehouse_actors::access::LocalTime {
+                weekday: 0,
+                minute: 0,
+            },
+        )
+    }
+
+    /// Queues the committed events `from..=to` of `gate`. `false` when the store failed.
+    async fn replay(&mut self, gate: &GateId, from: u64, to: u64) -> bool {
+        let mut after = from.saturating_sub(1);
+        while after < to {
+            let limit = (to - after).min(500) as u32;
+            let page = match self.app.events.since(gate.clone(), after, limit).await {
+                Ok(page) => page,
+                Err(e) => {
+                    tracing::warn!(%gate, error = %e, "replay from the event store failed");
+                    return false;
+                }
+            };
+            if page.is_empty() {
+                return true;
+            }
+            for stored in page {
+                if stored.event.seq > to {
+                    return true;
+                }
+                after = stored.event.seq;
+                let frame = protocol::frame("event", None, wire::event(&stored.event));
+                self.send(frame);
+            }
+        }
+        true
+    }
+
+    /// Fills a subscribed gate from the store after its last queued seq, up to `to` (or
+    /// everything stored).
+    async fn fill(&mut self, gate: &GateId, to: Option<u64>) {
+        let Some(last) = self.subs.get(gate).map(|s| s.last) else {
+            return;
+        };
+        let to = to.unwrap_or(u64::MAX);
+        let mut after = last;
+        while after < to {
+            let limit = (to - after).min(500) as u32;
+            let Ok(page) = self.app.events.since(gate.clone(), after, limit).await else {
+                return;
+            };
+            let Some(newest) = page.last().map(|e| e.event.seq) else {
+                break;
+            };
+            for stored in page.iter().filter(|e| e.event.seq <= to) {
+                let frame = protocol::frame("event", None, wire::event(&stored.event));
+                self.send(frame);
+            }
+            after = newest.min(to);
+        }
+        if let Some(sub) = self.subs.get_mut(gate) {
+            sub.last = sub.last.max(after);
+        }
+    }
+
+    async fn live(&mut self, live: Arc<LiveEvent>) {
+        let gate = &live.event.gate;
+        let seq = live.event.seq;
+        let Some(last) = self.subs.get(gate).map(|s| s.last) else {
+            return;
+        };
+        if seq <= last {
+            return;
+        }
+        if seq > last + 1 {
+            self.fill(gate, Some(seq - 1)).await;
+        }
+        if let Some(sub) = self.subs.get_mut(gate) {
+            sub.last = seq;
+        }
+        if self.outbox.event(&live) == Queued::Coalesced {
+            self.hub
+                .stats
+                .coalesced
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    async fn command(&mut self, id: uuid::Uuid, gate: &str, action: &str) {
+        let request = id.to_string();
+        let rid = Some(request.as_str());
+        let Ok(action) = action.parse::<Action>() else {
+            return self.error(
+                rid,
+                "unknown_action",
+                &format!("unknown action {action:?}"),
+                Some(json!({ "field": "action" })),
+            );
+        };
+        let Some((gate_id, site)) = gate
+            .parse::<GateId>()
+            .ok()
+            .and_then(|g| locate(&self.app, &g).map(|(site, _, _)| (g, site)))
+        else {
+            return self.error(
+                rid,
+                "unknown_gate",
+                &format!("no gate {gate}"),
+                Some(json!({ "gate": gate })),
+            );
+        };
+        let caller = self.caller().clone();
+        let op = Operation::Command(action);
+        // Inline, so that one session's commands reach a gate in the order they were sent.
+        let at = time_for(&self.app, &caller.principal, op, &site).await;
+        if let Err(denial) = authorize(&caller.principal, op, Some((&gate_id, &site)), at) {
+            let e = forbidden(denial);
+            return self.send(api_error(rid, &e));
+        }
+        let me = self.me.clone();
+        let sink: AckSink = Arc::new(move |gate: &GateId, ack| {
+            let _ = me.send_message(SessionMsg::Ack {
+                gate: gate.clone(),
+                ack,
+            });
+        });
+        if self
+            .app
+            .fleet
+            .command(&gate_id, CommandId(id), action, Some(sink))
+            .is_err()
+        {
+            return self.error(
+                rid,
+                "unknown_gate",
+                &format!("no gate {gate_id}"),
+                Some(json!({ "gate": gate_id.as_str() })),
+            );
+        }
+        // The audit write must not hold up the session (nor the next command).
+        let access = self.app.access.clone();
+        let record = AuditRecord {
+            at_ms: now_ms(),
+            actor: caller.actor,
+            action: format!("gate.{}", action.as_str()),
+            target: Some(format!("gate:{gate_id}")),
+            source_ip: Some(self.ip.to_string()),
+            details: json!({ "command": request, "via": "websocket" }).to_string(),
+        };
+        tokio::spawn(async move {
+            if let Err(e) = access.audit(record).await {
+                tracing::warn!(error = %e, "a command's audit record was not written");
+            }
+        });
+    }
+}

@@ -1,0 +1,200 @@
+//! A whole Gatehouse in one process for end-to-end tests and benchmarks: a SQLite store in a
+//! temporary directory, users in it, a runtime booted from a fleet file over real Modbus TCP
+//! (simulated controllers, in this process or another), and the real route table served on
+//! an ephemeral loopback port, WebSocket sessions included.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use gatehouse_actors::access::{AccessStore, Role, UserId, UserRecord};
+use gatehouse_actors::fleet::events::LocalBus;
+use gatehouse_actors::gate::GateState;
+use gatehouse_actors::ids::GateId;
+use gatehouse_actors::store::EventStore;
+use gatehouse_adapters::profile::ProfileSet;
+use gatehouse_adapters::store::Store;
+use gatehouse_api::auth::password::Passwords;
+use gatehouse_api::auth::tokens::TokenKeys;
+use gatehouse_api::v1::App;
+use gatehouse_api::v1::changes::AccessChanges;
+use gatehouse_api::ws::{Sessions, WsConfig};
+use gatehouse_api::{ApiConfig, ApiState, Check, Readiness};
+use gatehouse_runtime::Runtime;
+use gatehouse_runtime::fleet_file::FleetFile;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// The password every stack user gets: `<name>-correct-horse-battery`.
+pub fn password_of(user: &str) -> String {
+    format!("{user}-correct-horse-battery")
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// What to build.
+pub struct StackSpec {
+    /// The fleet file's text (controllers' endpoints already filled in).
+    pub fleet: String,
+    pub users: Vec<(&'static str, Role)>,
+    pub ws: WsConfig,
+    /// Wait for every gate to come up closed before answering.
+    pub wait_closed: bool,
+}
+
+pub struct Stack {
+    pub runtime: Runtime,
+    pub store: Arc<Store>,
+    pub app: App,
+    pub keys: Arc<TokenKeys>,
+    pub users: HashMap<&'static str, (UserId, Role)>,
+    pub addr: SocketAddr,
+    /// (method, path) of every route served.
+    pub routes: Vec<(String, String)>,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Stack {
+    pub async fn start(spec: StackSpec) -> anyhow::Result<Stack> {
+        let profiles = ProfileSet::builtin()?;
+        let fleet = FleetFile::parse("stack fleet", &spec.fleet, &profiles)?;
+        let dir = tempfile::tempdir()?;
+        let url = format!("sqlite://{}/gatehouse.db", dir.path().display());
+        let store = Arc::new(Store::connect(&url).await?);
+        store.migrate().await?;
+
+        let passwords = Passwords::cheap_for_tests()?;
+        let mut users = HashMap::new();
+        for (name, role) in spec.users {
+            let id = UserId(uuid::Uuid::new_v4());
+            store
+                .create_user(UserRecord {
+                    id,
+                    username: name.to_string(),
+                    password_hash: passwords.hash(&password_of(name)).await?,
+                    role,
+                    created_at_ms: now_ms(),
+                    disabled: false,
+                })
+                .await?;
+            users.insert(name, (id, role));
+        }
+        let bus = LocalBus::default();
+        let sessions_bus = bus.subscribe();
+        let runtime = Runtime::boot(store.clone(), profiles, Some(&fleet), bus).await?;
+        if spec.wait_closed {
+            for gate in &fleet.gates {
+                wait_closed(&runtime, &gate.id).await?;
+            }
+        }
+
+        let keys = Arc::new(TokenKeys::ephemeral()?);
+        let changes = AccessChanges::default();
+        let sessions = Sessions::start(sessions_bus, &changes, spec.ws).await?;
+        let access: Arc<dyn AccessStore> = store.clone();
+        let events: Arc<dyn EventStore> = store.clone();
+        let app = App {
+            fleet: runtime.fleet.clone(),
+            access,
+            events,
+            keys: keys.clone(),
+            passwords,
+            changes,
+            sessions,
+            limits: Default::default(),
+        };
+        let readiness: Arc<dyn Readiness> = Arc::new(Vec::<Check>::new);
+        let state = ApiState {
+            readiness,
+            app: Some(app.clone()),
+        };
+        let table = gatehouse_api::route_table(&state)?;
+        let routes = table
+            .entries()
+            .into_iter()
+            .map(|(method, path)| (method.as_str().to_string(), path))
+            .collect();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let config = ApiConfig {
+            listen: ([127, 0, 0, 1], 0).into(),
+            ..ApiConfig::default()
+        };
+        let sessions = app.sessions.clone();
+        let (addr, server) = gatehouse_api::serve(config, table, async move {
+            let _ = stopped.await;
+            sessions.shutdown(Duration::from_secs(2)).await;
+        })
+        .await?;
+        Ok(Stack {
+            runtime,
+            store,
+            app,
+            keys,
+            users,
+            addr,
+            routes,
+            stop: Some(stop),
+            server: Some(server),
+            _dir: dir,
+        })
+    }
+
+    /// An access token for `user`, minted directly (no Argon2 round).
+    pub fn token(&self, user: &str) -> String {
+        self.token_at(user, now_ms() / 1000)
+    }
+
+    /// A token for `user` issued at `issued_at` (seconds since the epoch): one from the past
+    /// is expired or about to expire.
+    pub fn token_at(&self, user: &str, issued_at: u64) -> String {
+        let (id, role) = self.users[user];
+        let (token, _) = self
+            .keys
+            .issue(&id.to_string(), role, issued_at)
+            .expect("a token");
+        token
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/api/v1/ws", self.addr)
+    }
+
+    /// Stops the server (sessions get 4500), then the runtime.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(30), server).await;
+        }
+        self.runtime.shutdown(Duration::from_secs(10)).await;
+    }
+}
+
+/// Waits (bounded) until `gate` reads closed.
+pub async fn wait_closed(runtime: &Runtime, gate: &GateId) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(view) = runtime.fleet.view(gate).await
+            && view.snapshot.state == GateState::Closed
+        {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(anyhow::anyhow!("{gate} never came up closed")).context("booting");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,544 @@
+//! The WebSocket protocol end to end (`/api/v1/ws`, `gatehouse.v1`): a real tungstenite client
+//! against the real route table, sessions and runtime, over Modbus TCP to the in-process
+//! simulator. Authentication and its failures, subscriptions with snapshots, commands with
+//! their acks, resume with `since` without gap or duplicate, who may see and do what, bad
+//! input that keeps the connection, and every close code the protocol names.
+
+use std::time::Duration;
+
+use gatehouse_actors::access::{AccessStore, Grant, GrantScope, Role};
+use gatehouse_api::auth::tokens::TokenKeys;
+use gatehouse_api::v1::changes::AccessChange;
+use gatehouse_api::ws::WsConfig;
+use gatehouse_sim::{ControllerSpec as SimControllerSpec, Farm, FarmSpec};
+use gatehouse_tests::stack::{Stack, StackSpec, now_ms};
+use gatehouse_tests::wsclient::{Ended, WsClient};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(30);
+const TRAVEL: Duration = Duration::from_millis(400);
+
+struct Rig {
+    farm: Farm,
+    stack: Stack,
+    grant: Uuid,
+}
+
+impl Rig {
+    async fn start() -> Rig {
+        Self::start_with(WsConfig::default()).await
+    }
+
+    async fn start_with(ws: WsConfig) -> Rig {
+        let profiles = gatehouse_adapters::profile::ProfileSet::builtin().unwrap();
+        let farm = Farm::start(FarmSpec {
+            controllers: vec![
+                SimControllerSpec::new("north", "generic", [1, 2, 3]).with_travel(TRAVEL),
+                SimControllerSpec::new("south", "generic", [1]).with_travel(TRAVEL),
+            ],
+            profiles,
+        })
+        .await
+        .expect("the farm starts");
+        let north = farm.controller("north").unwrap().local_addr();
+        let south = farm.controller("south").unwrap().local_addr();
+        let fleet = format!(
+            r#"
+[[site]]
+id = "north"
+name = "North"
+timezone = "UTC"
+
+[[site]]
+id = "south"
+name = "South"
+timezone = "UTC"
+
+[[controller]]
+id = "north-ctl"
+site = "north"
+profile = "generic"
+endpoint = "{north}"
+poll_interval_ms = 200
+
+[[controller]]
+id = "south-ctl"
+site = "south"
+profile = "generic"
+endpoint = "{south}"
+poll_interval_ms = 200
+
+[[gate]]
+id = "n1"
+controller = "north-ctl"
+unit = 1
+
+[[gate]]
+id = "n2"
+controller = "north-ctl"
+unit = 2
+
+[[gate]]
+id = "n3"
+controller = "north-ctl"
+unit = 3
+
+[[gate]]
+id = "s1"
+controller = "south-ctl"
+unit = 1
+"#
+        );
+        let stack = Stack::start(StackSpec {
+            fleet,
+            users: vec![
+                ("admin", Role::Admin),
+                ("op", Role::Operator),
+                ("res", Role::Resident),
+                ("view", Role::Viewer),
+            ],
+            ws,
+            wait_closed: true,
+        })
+        .await
+        .expect("the stack starts");
+        let grant = Uuid::new_v4();
+        stack
+            .store
+            .create_grant(
+                Grant {
+                    id: grant,
+                    user: stack.users["res"].0,
+                    scope: GrantScope::Gate("n1".parse().unwrap()),
+                    windows: Vec::new(),
+                },
+                now_ms(),
+            )
+            .await
+            .expect("the grant");
+        Rig { farm, stack, grant }
+    }
+
+    async fn client(&self, user: &str) -> WsClient {
+        WsClient::authed(self.stack.addr, &self.stack.token(user))
+            .await
+            .expect("connects and authenticates")
+            .0
+    }
+
+    async fn stop(self) {
+        self.stack.shutdown().await;
+        self.farm.shutdown().await;
+    }
+}
+
+/// Subscribes and answers the snapshot.
+async fn subscribe(c: &mut WsClient, request: Value) -> Value {
+    c.send(request).await.unwrap();
+    let (snapshot, before) = c
+        .until(WAIT, |f| f["type"] == "snapshot" || f["type"] == "error")
+        .await
+        .unwrap();
+    assert_eq!(snapshot["type"], "snapshot", "{snapshot} after {before:?}");
+    snapshot
+}
+
+/// Sends a command; answers every frame up to and including its terminal ack.
+async fn command(c: &mut WsClient, gate: &str, action: &str) -> (Uuid, Vec<Value>) {
+    let id = Uuid::new_v4();
+    c.send(json!({"type": "command", "id": id, "gate": gate, "action": action}))
+        .await
+        .unwrap();
+    let sid = id.to_string();
+    let (last, mut before) = c
+        .until(WAIT, |f| {
+            f["id"] == sid.as_str()
+                && (f["type"] == "error"
+                    || (f["type"] == "ack" && f["status"] != "accepted"))
+        })
+        .await
+        .unwrap();
+    before.push(last);
+    (id, before)
+}
+
+/// `frames`, plus what follows until a `command_finished` event has been seen.
+async fn finished(c: &mut WsClient, mut frames: Vec<Value>) -> Vec<Value> {
+    let done = |f: &Value| f["type"] == "event" && f["kind"] == "command_finished";
+    if !frames.iter().any(done) {
+        let (last, before) = c.until(WAIT, done).await.unwrap();
+        frames.extend(before);
+        frames.push(last);
+    }
+    frames
+}
+
+/// Pings and expects the pong: the connection is alive and in order.
+async fn alive(c: &mut WsClient) {
+    c.send(json!({"type": "ping", "id": "alive"})).await.unwrap();
+    let (pong, _) = c
+        .until(WAIT, |f| f["type"] == "pong")
+        .await
+        .expect("a pong");
+    assert_eq!(pong["id"], "alive");
+}
+
+fn seqs_of(frames: &[Value], gate: &str) -> Vec<u64> {
+    frames
+        .iter()
+        .filter(|f| f["type"] == "event" && f["gate"] == gate)
+        .map(|f| f["seq"].as_u64().unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_in_subscribe_command_and_watch_the_gate_move() {
+    let rig = Rig::start().await;
+    let (mut c, ok) = WsClient::authed(rig.stack.addr, &rig.stack.token("op"))
+        .await
+        .unwrap();
+    assert_eq!(ok["id"], "a");
+    assert_eq!(ok["role"], "operator");
+    assert!(ok["expires_at"].as_u64().unwrap() > now_ms() / 1000);
+
+    let snapshot = subscribe(&mut c, json!({"type": "subscribe", "id": "s", "gates": ["n1"]})).await;
+    assert_eq!(snapshot["id"], "s");
+    let gates = snapshot["gates"].as_array().unwrap();
+    assert_eq!(gates.len(), 1);
+    assert_eq!(gates[0]["gate"], "n1");
+    assert_eq!(gates[0]["site"], "north");
+    assert_eq!(gates[0]["state"], "closed");
+    let start = gates[0]["seq"].as_u64().unwrap();
+
+    let (id, frames) = command(&mut c, "n1", "open").await;
+    let sid = id.to_string();
+    let acks: Vec<&Value> = frames
+        .iter()
+        .filter(|f| f["type"] == "ack" && f["id"] == sid.as_str())
+        .collect();
+    assert_eq!(acks.len(), 2, "{frames:?}");
+    assert_eq!(acks[0]["status"], "accepted");
+    assert_eq!(acks[0]["gate"], "n1");
+    assert_eq!(acks[1]["status"], "completed", "{frames:?}");
+    let events: Vec<&Value> = frames.iter().filter(|f| f["type"] == "event").collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["kind"] == "state_changed" && e["state"] == "opening" && e["cause"] == sid.as_str()),
+        "the gate was seen opening because of the command: {frames:?}"
+    );
+    let seqs = seqs_of(&frames, "n1");
+    let expected: Vec<u64> = (start + 1..start + 1 + seqs.len() as u64).collect();
+    assert_eq!(seqs, expected, "live events follow the snapshot without gaps");
+
+    // The `open` state and the command's finish reach the client too (the terminal ack is
+    // only sent once they are committed, but may overtake their delivery).
+    let all = finished(&mut c, frames).await;
+    assert!(
+        all.iter().any(|f| f["type"] == "event" && f["state"] == "open"),
+        "{all:?}"
+    );
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_with_since_replays_the_missed_events_then_goes_live_without_gap_or_duplicate() {
+    let rig = Rig::start().await;
+    let mut c = rig.client("op").await;
+    let snapshot = subscribe(&mut c, json!({"type": "subscribe", "gates": ["n2"]})).await;
+    let mut last = snapshot["gates"][0]["seq"].as_u64().unwrap();
+    let (_, frames) = command(&mut c, "n2", "open").await;
+    if let Some(&s) = seqs_of(&frames, "n2").last() {
+        last = s;
+    }
+    // The tunnel: the connection drops without a goodbye.
+    drop(c);
+
+    // Meanwhile the gate moves (commanded by someone else).
+    let mut other = rig.client("admin").await;
+    command(&mut other, "n2", "close").await;
+    command(&mut other, "n2", "open").await;
+
+    let mut c = rig.client("op").await;
+    let snapshot = subscribe(
+        &mut c,
+        json!({"type": "subscribe", "id": "r", "gates": ["n2"], "since": {"n2": last}}),
+    )
+    .await;
+    let head = snapshot["gates"][0]["seq"].as_u64().unwrap();
+    assert!(head > last + 2, "events were missed: {snapshot}");
+    assert_eq!(snapshot["gates"][0]["replay_from"], last + 1, "{snapshot}");
+
+    // The replay, then live events after another command: one contiguous run.
+    let (_, frames) = command(&mut c, "n2", "close").await;
+    let all = finished(&mut c, frames).await;
+    let seqs = seqs_of(&all, "n2");
+    let expected: Vec<u64> = (last + 1..last + 1 + seqs.len() as u64).collect();
+    assert_eq!(seqs, expected, "no gap and no duplicate across the drop");
+    assert!(seqs.iter().any(|&s| s > head), "live events followed the replay");
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_answered_with_an_error_and_the_connection_stays() {
+    let rig = Rig::start().await;
+    let mut c = rig.client("op").await;
+    let cases: Vec<(String, &str)> = vec![
+        ("{not json".into(), "malformed_json"),
+        ("[1,2]".into(), "invalid_message"),
+        (r#"{"id":"1"}"#.into(), "invalid_message"),
+        (r#"{"type":"fly","id":"2"}"#.into(), "unknown_type"),
+        (r#"{"type":"ping","id":"3","extra":true}"#.into(), "invalid_message"),
+        (r#"{"type":"subscribe","id":"4","gates":"n1"}"#.into(), "invalid_message"),
+        (r#"{"type":"subscribe","id":"5","gates":["nope"]}"#.into(), "unknown_gate"),
+        (r#"{"type":"subscribe","id":"6","sites":["atlantis"]}"#.into(), "unknown_site"),
+        (
+            r#"{"type":"subscribe","id":"7","gates":["n1"],"since":{"n2":1}}"#.into(),
+            "invalid_message",
+        ),
+        (
+            r#"{"type":"command","id":"not-a-uuid","gate":"n1","action":"open"}"#.into(),
+            "invalid_message",
+        ),
+        (
+            format!(
+                r#"{{"type":"command","id":"{}","gate":"n1","action":"fly"}}"#,
+                Uuid::new_v4()
+            ),
+            "unknown_action",
+        ),
+        (
+            format!(
+                r#"{{"type":"command","id":"{}","gate":"nowhere","action":"open"}}"#,
+                Uuid::new_v4()
+            ),
+            "unknown_gate",
+        ),
+    ];
+    for (text, code) in cases {
+        c.send_text(text.clone()).await.unwrap();
+        let error = c.recv().await.unwrap();
+        assert_eq!(error["type"], "error", "{text} → {error}");
+        assert_eq!(error["code"], code, "{text} → {error}");
+        assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()));
+        alive(&mut c).await;
+    }
+    // The id is echoed where there was one.
+    c.send_text(r#"{"type":"fly","id":"echo-me"}"#.into()).await.unwrap();
+    assert_eq!(c.recv().await.unwrap()["id"], "echo-me");
+    // A binary frame is refused, not fatal.
+    use futures::SinkExt;
+    c.socket
+        .send(tokio_tungstenite::tungstenite::Message::Binary(vec![0xde, 0xad].into()))
+        .await
+        .unwrap();
+    assert_eq!(c.recv().await.unwrap()["code"], "invalid_message");
+    alive(&mut c).await;
+    // Nothing moved.
+    assert_eq!(
+        rig.stack.runtime.fleet.view(&"n1".parse().unwrap()).await.unwrap().snapshot.state,
+        gatehouse_actors::gate::GateState::Closed
+    );
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_credentials_close_with_4401() {
+    let rig = Rig::start().await;
+    let addr = rig.stack.addr;
+    let other_keys = TokenKeys::ephemeral().unwrap();
+    let (forged, _) = other_keys
+        .issue(&rig.stack.users["admin"].0.to_string(), Role::Admin, now_ms() / 1000)
+        .unwrap();
+    // alg "none": a header and claims with no signature.
+    let b64 = |v: Value| {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    };
+    let none = format!(
+        "{}.{}.",
+        b64(json!({"alg": "none", "typ": "JWT"})),
+        b64(json!({"sub": rig.stack.users["admin"].0.to_string(), "role": "admin",
+                   "iss": "gatehouse", "aud": "gatehouse", "iat": now_ms() / 1000,
+                   "exp": now_ms() / 1000 + 600, "jti": "x"}))
+    );
+    let expired = rig.stack.token_at("op", now_ms() / 1000 - 3600);
+    for (what, token) in [
+        ("forged with another key", forged),
+        ("alg none", none),
+        ("expired", expired),
+        ("garbage", "garbage".to_string()),
+        ("unknown API key", "ghk_0000000000000000".to_string()),
+    ] {
+        let mut c = WsClient::connect(addr).await.unwrap();
+        c.send(json!({"type": "auth", "id": "x", "token": token})).await.unwrap();
+        let (end, frames) = c.ended(WAIT).await.unwrap();
+        assert_eq!(end, Ended::Closed(4401, "unauthenticated".into()), "{what}: {frames:?}");
+        assert_eq!(frames.len(), 1, "{what}: {frames:?}");
+        assert_eq!(frames[0]["type"], "error");
+        assert_eq!(frames[0]["code"], "unauthenticated", "{what}");
+        assert_eq!(frames[0]["id"], "x", "{what}");
+    }
+    // Anything but auth first.
+    let mut c = WsClient::connect(addr).await.unwrap();
+    c.send(json!({"type": "subscribe", "gates": ["n1"]})).await.unwrap();
+    let (end, _) = c.ended(WAIT).await.unwrap();
+    assert!(matches!(end, Ended::Closed(4401, _)), "{end:?}");
+    // No subprotocol: the upgrade is refused.
+    assert!(WsClient::connect_with(addr, None).await.is_err());
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn residents_follow_and_command_only_their_granted_gates() {
+    let rig = Rig::start().await;
+    let mut c = rig.client("res").await;
+    c.send(json!({"type": "subscribe", "id": "1", "gates": ["n2"]})).await.unwrap();
+    let e = c.recv().await.unwrap();
+    assert_eq!((e["type"].clone(), e["code"].clone()), ("error".into(), "forbidden".into()), "{e}");
+    assert_eq!(e["details"]["reason"], "no_grant", "{e}");
+    // A site brings only the granted gates of it.
+    let snapshot = subscribe(&mut c, json!({"type": "subscribe", "sites": ["north"]})).await;
+    let gates: Vec<&str> = snapshot["gates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["gate"].as_str().unwrap())
+        .collect();
+    assert_eq!(gates, vec!["n1"]);
+    let id = Uuid::new_v4();
+    c.send(json!({"type": "command", "id": id, "gate": "n3", "action": "open"})).await.unwrap();
+    let e = c.until(WAIT, |f| f["type"] == "error").await.unwrap().0;
+    assert_eq!(e["code"], "forbidden");
+    assert_eq!(e["id"], id.to_string());
+    let (_, frames) = command(&mut c, "n1", "open").await;
+    assert_eq!(frames.last().unwrap()["status"], "completed", "{frames:?}");
+
+    // Viewers watch and never command.
+    let mut v = rig.client("view").await;
+    subscribe(&mut v, json!({"type": "subscribe", "gates": ["n2", "s1"]})).await;
+    let (_, frames) = command(&mut v, "n2", "open").await;
+    let last = frames.last().unwrap();
+    assert_eq!(last["code"], "forbidden", "{frames:?}");
+    assert_eq!(last["details"]["reason"], "role");
+    // Operators may lock out; residents may not.
+    let (_, frames) = command(&mut c, "n1", "lockout").await;
+    assert_eq!(frames.last().unwrap()["code"], "forbidden");
+    let mut op = rig.client("op").await;
+    let (_, frames) = command(&mut op, "n3", "lockout").await;
+    assert_eq!(frames.last().unwrap()["status"], "completed", "{frames:?}");
+    let (_, frames) = command(&mut op, "n3", "open").await;
+    assert_eq!(frames.last().unwrap()["status"], "rejected");
+    assert_eq!(frames.last().unwrap()["reason"], "locked_out");
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_grant_closes_the_live_session_with_4403() {
+    let rig = Rig::start().await;
+    let mut c = rig.client("res").await;
+    subscribe(&mut c, json!({"type": "subscribe", "gates": ["n1"]})).await;
+    // An unrelated change (another user) leaves the session alone.
+    rig.stack
+        .app
+        .changes
+        .announce(AccessChange::User(rig.stack.users["op"].0));
+    alive(&mut c).await;
+
+    assert!(rig.stack.store.delete_grant(rig.grant).await.unwrap());
+    rig.stack
+        .app
+        .changes
+        .announce(AccessChange::User(rig.stack.users["res"].0));
+    let (end, frames) = c.ended(WAIT).await.unwrap();
+    assert!(matches!(end, Ended::Closed(4403, _)), "{end:?} {frames:?}");
+    let error = frames.iter().find(|f| f["type"] == "error").expect("an error first");
+    assert_eq!(error["code"], "grant_revoked");
+    assert_eq!(error["details"]["gates"], json!(["n1"]));
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_oversized_flooding_and_shutdown_close_with_their_codes() {
+    let rig = Rig::start_with(WsConfig {
+        idle_timeout: Duration::from_millis(1500),
+        ..WsConfig::default()
+    })
+    .await;
+    // Idle: nothing sent for the idle timeout.
+    let mut idle = rig.client("op").await;
+    let (end, frames) = idle.ended(WAIT).await.unwrap();
+    assert!(matches!(end, Ended::Closed(4408, _)), "{end:?}");
+    assert_eq!(frames.last().unwrap()["code"], "idle_timeout");
+
+    // Pinging keeps it open past the timeout.
+    let mut busy = rig.client("op").await;
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        alive(&mut busy).await;
+    }
+
+    // A frame over the limit.
+    let mut big = rig.client("op").await;
+    big.send_text(format!(r#"{{"type":"ping","id":"{}"}}"#, "x".repeat(64 * 1024)))
+        .await
+        .unwrap();
+    let (end, _) = big.ended(WAIT).await.unwrap();
+    assert!(matches!(end, Ended::Closed(4413, _)), "{end:?}");
+
+    // Flooding: far more frames than the per-connection rate.
+    let mut flood = rig.client("op").await;
+    for i in 0..200 {
+        if flood.send(json!({"type": "ping", "id": i.to_string()})).await.is_err() {
+            break;
+        }
+    }
+    let (end, _) = flood.ended(WAIT).await.unwrap();
+    assert!(matches!(end, Ended::Closed(4429, _)), "{end:?}");
+
+    // Shutdown: 4500, resume elsewhere.
+    let mut last = rig.client("op").await;
+    alive(&mut busy).await;
+    let Rig { farm, stack, .. } = rig;
+    let stopping = tokio::spawn(stack.shutdown());
+    for c in [&mut last, &mut busy] {
+        let (end, _) = c.ended(WAIT).await.unwrap();
+        assert!(matches!(end, Ended::Closed(4500, _)), "{end:?}");
+    }
+    stopping.await.unwrap();
+    farm.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expiring_token_is_renewed_in_session_or_the_session_closes_with_4401() {
+    let rig = Rig::start().await;
+    // Issued 15 minutes minus 2 seconds ago: expires in about 2 s.
+    let issued = now_ms() / 1000 - (15 * 60 - 2);
+    let (mut renewing, _) = WsClient::authed(rig.stack.addr, &rig.stack.token_at("op", issued))
+        .await
+        .unwrap();
+    let (mut lapsing, _) = WsClient::authed(rig.stack.addr, &rig.stack.token_at("op", issued))
+        .await
+        .unwrap();
+    renewing
+        .send(json!({"type": "auth", "id": "renew", "token": rig.stack.token("op")}))
+        .await
+        .unwrap();
+    let ok = renewing.recv().await.unwrap();
+    assert_eq!((ok["type"].clone(), ok["id"].clone()), ("auth_ok".into(), "renew".into()));
+    // Another user's token cannot take over the session.
+    let (end, frames) = lapsing.ended(WAIT).await.unwrap();
+    assert!(matches!(end, Ended::Closed(4401, _)), "{end:?}");
+    assert_eq!(frames.last().unwrap()["code"], "token_expired");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    alive(&mut renewing).await;
+    renewing
+        .send(json!({"type": "auth", "id": "swap", "token": rig.stack.token("admin")}))
+        .await
+        .unwrap();
+    let (end, frames) = renewing.ended(WAIT).await.unwrap();
+    assert!(matches!(end, Ended::Closed(4401, _)), "{end:?}");
+    assert_eq!(frames.last().unwrap()["code"], "identity_mismatch");
+    rig.stop().await;
+}
