@@ -21,6 +21,7 @@ use gatehouse_api::auth::password::Passwords;
 use gatehouse_api::auth::tokens::TokenKeys;
 use gatehouse_api::v1::App;
 use gatehouse_api::v1::changes::{AccessChange, AccessChanges};
+use gatehouse_api::ws::{Sessions, WsConfig};
 use gatehouse_api::{ApiConfig, ApiState, Check, Readiness};
 use gatehouse_runtime::Runtime;
 use gatehouse_runtime::fleet_file::FleetFile;
@@ -201,6 +202,9 @@ unit = 2
         let access: Arc<dyn AccessStore> = store.clone();
         let events: Arc<dyn EventStore> = store.clone();
         let changes = AccessChanges::default();
+        let sessions = Sessions::start(runtime.bus.subscribe(), &changes, WsConfig::default())
+            .await
+            .expect("the session layer starts");
         let state = ApiState {
             readiness,
             app: Some(App {
@@ -210,6 +214,7 @@ unit = 2
                 keys,
                 passwords,
                 changes: changes.clone(),
+                sessions,
                 limits: Default::default(),
             }),
         };
