@@ -41,13 +41,22 @@ impl WsClient {
         addr: SocketAddr,
         subprotocol: Option<&str>,
     ) -> anyhow::Result<WsClient> {
+        let tcp = TcpStream::connect(addr).await?;
+        Self::handshake(tcp, addr, subprotocol).await
+    }
+
+    /// The handshake over a connection made by the caller (with its own socket options).
+    pub async fn handshake(
+        tcp: TcpStream,
+        addr: SocketAddr,
+        subprotocol: Option<&str>,
+    ) -> anyhow::Result<WsClient> {
         let mut request = format!("ws://{addr}/api/v1/ws").into_client_request()?;
         if let Some(p) = subprotocol {
             request
                 .headers_mut()
                 .insert("sec-websocket-protocol", HeaderValue::from_str(p)?);
         }
-        let tcp = TcpStream::connect(addr).await?;
         tcp.set_nodelay(true)?;
         let (socket, response) = tokio_tungstenite::client_async(request, tcp)
             .await

@@ -154,8 +154,7 @@ async fn command(c: &mut WsClient, gate: &str, action: &str) -> (Uuid, Vec<Value
     let (last, mut before) = c
         .until(WAIT, |f| {
             f["id"] == sid.as_str()
-                && (f["type"] == "error"
-                    || (f["type"] == "ack" && f["status"] != "accepted"))
+                && (f["type"] == "error" || (f["type"] == "ack" && f["status"] != "accepted"))
         })
         .await
         .unwrap();
@@ -176,7 +175,9 @@ async fn finished(c: &mut WsClient, mut frames: Vec<Value>) -> Vec<Value> {
 
 /// Pings and expects the pong: the connection is alive and in order.
 async fn alive(c: &mut WsClient) {
-    c.send(json!({"type": "ping", "id": "alive"})).await.unwrap();
+    c.send(json!({"type": "ping", "id": "alive"}))
+        .await
+        .unwrap();
     let (pong, _) = c
         .until(WAIT, |f| f["type"] == "pong")
         .await
@@ -202,7 +203,11 @@ async fn log_in_subscribe_command_and_watch_the_gate_move() {
     assert_eq!(ok["role"], "operator");
     assert!(ok["expires_at"].as_u64().unwrap() > now_ms() / 1000);
 
-    let snapshot = subscribe(&mut c, json!({"type": "subscribe", "id": "s", "gates": ["n1"]})).await;
+    let snapshot = subscribe(
+        &mut c,
+        json!({"type": "subscribe", "id": "s", "gates": ["n1"]}),
+    )
+    .await;
     assert_eq!(snapshot["id"], "s");
     let gates = snapshot["gates"].as_array().unwrap();
     assert_eq!(gates.len(), 1);
@@ -223,20 +228,24 @@ async fn log_in_subscribe_command_and_watch_the_gate_move() {
     assert_eq!(acks[1]["status"], "completed", "{frames:?}");
     let events: Vec<&Value> = frames.iter().filter(|f| f["type"] == "event").collect();
     assert!(
-        events
-            .iter()
-            .any(|e| e["kind"] == "state_changed" && e["state"] == "opening" && e["cause"] == sid.as_str()),
+        events.iter().any(|e| e["kind"] == "state_changed"
+            && e["state"] == "opening"
+            && e["cause"] == sid.as_str()),
         "the gate was seen opening because of the command: {frames:?}"
     );
     let seqs = seqs_of(&frames, "n1");
     let expected: Vec<u64> = (start + 1..start + 1 + seqs.len() as u64).collect();
-    assert_eq!(seqs, expected, "live events follow the snapshot without gaps");
+    assert_eq!(
+        seqs, expected,
+        "live events follow the snapshot without gaps"
+    );
 
     // The `open` state and the command's finish reach the client too (the terminal ack is
     // only sent once they are committed, but may overtake their delivery).
     let all = finished(&mut c, frames).await;
     assert!(
-        all.iter().any(|f| f["type"] == "event" && f["state"] == "open"),
+        all.iter()
+            .any(|f| f["type"] == "event" && f["state"] == "open"),
         "{all:?}"
     );
     rig.stop().await;
@@ -276,7 +285,10 @@ async fn resume_with_since_replays_the_missed_events_then_goes_live_without_gap_
     let seqs = seqs_of(&all, "n2");
     let expected: Vec<u64> = (last + 1..last + 1 + seqs.len() as u64).collect();
     assert_eq!(seqs, expected, "no gap and no duplicate across the drop");
-    assert!(seqs.iter().any(|&s| s > head), "live events followed the replay");
+    assert!(
+        seqs.iter().any(|&s| s > head),
+        "live events followed the replay"
+    );
     rig.stop().await;
 }
 
@@ -289,10 +301,22 @@ async fn bad_input_is_answered_with_an_error_and_the_connection_stays() {
         ("[1,2]".into(), "invalid_message"),
         (r#"{"id":"1"}"#.into(), "invalid_message"),
         (r#"{"type":"fly","id":"2"}"#.into(), "unknown_type"),
-        (r#"{"type":"ping","id":"3","extra":true}"#.into(), "invalid_message"),
-        (r#"{"type":"subscribe","id":"4","gates":"n1"}"#.into(), "invalid_message"),
-        (r#"{"type":"subscribe","id":"5","gates":["nope"]}"#.into(), "unknown_gate"),
-        (r#"{"type":"subscribe","id":"6","sites":["atlantis"]}"#.into(), "unknown_site"),
+        (
+            r#"{"type":"ping","id":"3","extra":true}"#.into(),
+            "invalid_message",
+        ),
+        (
+            r#"{"type":"subscribe","id":"4","gates":"n1"}"#.into(),
+            "invalid_message",
+        ),
+        (
+            r#"{"type":"subscribe","id":"5","gates":["nope"]}"#.into(),
+            "unknown_gate",
+        ),
+        (
+            r#"{"type":"subscribe","id":"6","sites":["atlantis"]}"#.into(),
+            "unknown_site",
+        ),
         (
             r#"{"type":"subscribe","id":"7","gates":["n1"],"since":{"n2":1}}"#.into(),
             "invalid_message",
@@ -325,19 +349,30 @@ async fn bad_input_is_answered_with_an_error_and_the_connection_stays() {
         alive(&mut c).await;
     }
     // The id is echoed where there was one.
-    c.send_text(r#"{"type":"fly","id":"echo-me"}"#.into()).await.unwrap();
+    c.send_text(r#"{"type":"fly","id":"echo-me"}"#.into())
+        .await
+        .unwrap();
     assert_eq!(c.recv().await.unwrap()["id"], "echo-me");
     // A binary frame is refused, not fatal.
     use futures::SinkExt;
     c.socket
-        .send(tokio_tungstenite::tungstenite::Message::Binary(vec![0xde, 0xad].into()))
+        .send(tokio_tungstenite::tungstenite::Message::Binary(
+            vec![0xde, 0xad].into(),
+        ))
         .await
         .unwrap();
     assert_eq!(c.recv().await.unwrap()["code"], "invalid_message");
     alive(&mut c).await;
     // Nothing moved.
     assert_eq!(
-        rig.stack.runtime.fleet.view(&"n1".parse().unwrap()).await.unwrap().snapshot.state,
+        rig.stack
+            .runtime
+            .fleet
+            .view(&"n1".parse().unwrap())
+            .await
+            .unwrap()
+            .snapshot
+            .state,
         gatehouse_actors::gate::GateState::Closed
     );
     rig.stop().await;
@@ -349,7 +384,11 @@ async fn bad_credentials_close_with_4401() {
     let addr = rig.stack.addr;
     let other_keys = TokenKeys::ephemeral().unwrap();
     let (forged, _) = other_keys
-        .issue(&rig.stack.users["admin"].0.to_string(), Role::Admin, now_ms() / 1000)
+        .issue(
+            &rig.stack.users["admin"].0.to_string(),
+            Role::Admin,
+            now_ms() / 1000,
+        )
         .unwrap();
     // alg "none": a header and claims with no signature.
     let b64 = |v: Value| {
@@ -359,9 +398,11 @@ async fn bad_credentials_close_with_4401() {
     let none = format!(
         "{}.{}.",
         b64(json!({"alg": "none", "typ": "JWT"})),
-        b64(json!({"sub": rig.stack.users["admin"].0.to_string(), "role": "admin",
+        b64(
+            json!({"sub": rig.stack.users["admin"].0.to_string(), "role": "admin",
                    "iss": "gatehouse", "aud": "gatehouse", "iat": now_ms() / 1000,
-                   "exp": now_ms() / 1000 + 600, "jti": "x"}))
+                   "exp": now_ms() / 1000 + 600, "jti": "x"})
+        )
     );
     let expired = rig.stack.token_at("op", now_ms() / 1000 - 3600);
     for (what, token) in [
@@ -372,9 +413,15 @@ async fn bad_credentials_close_with_4401() {
         ("unknown API key", "ghk_0000000000000000".to_string()),
     ] {
         let mut c = WsClient::connect(addr).await.unwrap();
-        c.send(json!({"type": "auth", "id": "x", "token": token})).await.unwrap();
+        c.send(json!({"type": "auth", "id": "x", "token": token}))
+            .await
+            .unwrap();
         let (end, frames) = c.ended(WAIT).await.unwrap();
-        assert_eq!(end, Ended::Closed(4401, "unauthenticated".into()), "{what}: {frames:?}");
+        assert_eq!(
+            end,
+            Ended::Closed(4401, "unauthenticated".into()),
+            "{what}: {frames:?}"
+        );
         assert_eq!(frames.len(), 1, "{what}: {frames:?}");
         assert_eq!(frames[0]["type"], "error");
         assert_eq!(frames[0]["code"], "unauthenticated", "{what}");
@@ -382,7 +429,9 @@ async fn bad_credentials_close_with_4401() {
     }
     // Anything but auth first.
     let mut c = WsClient::connect(addr).await.unwrap();
-    c.send(json!({"type": "subscribe", "gates": ["n1"]})).await.unwrap();
+    c.send(json!({"type": "subscribe", "gates": ["n1"]}))
+        .await
+        .unwrap();
     let (end, _) = c.ended(WAIT).await.unwrap();
     assert!(matches!(end, Ended::Closed(4401, _)), "{end:?}");
     // No subprotocol: the upgrade is refused.
@@ -394,9 +443,15 @@ async fn bad_credentials_close_with_4401() {
 async fn residents_follow_and_command_only_their_granted_gates() {
     let rig = Rig::start().await;
     let mut c = rig.client("res").await;
-    c.send(json!({"type": "subscribe", "id": "1", "gates": ["n2"]})).await.unwrap();
+    c.send(json!({"type": "subscribe", "id": "1", "gates": ["n2"]}))
+        .await
+        .unwrap();
     let e = c.recv().await.unwrap();
-    assert_eq!((e["type"].clone(), e["code"].clone()), ("error".into(), "forbidden".into()), "{e}");
+    assert_eq!(
+        (e["type"].clone(), e["code"].clone()),
+        ("error".into(), "forbidden".into()),
+        "{e}"
+    );
     assert_eq!(e["details"]["reason"], "no_grant", "{e}");
     // A site brings only the granted gates of it.
     let snapshot = subscribe(&mut c, json!({"type": "subscribe", "sites": ["north"]})).await;
@@ -408,7 +463,9 @@ async fn residents_follow_and_command_only_their_granted_gates() {
         .collect();
     assert_eq!(gates, vec!["n1"]);
     let id = Uuid::new_v4();
-    c.send(json!({"type": "command", "id": id, "gate": "n3", "action": "open"})).await.unwrap();
+    c.send(json!({"type": "command", "id": id, "gate": "n3", "action": "open"}))
+        .await
+        .unwrap();
     let e = c.until(WAIT, |f| f["type"] == "error").await.unwrap().0;
     assert_eq!(e["code"], "forbidden");
     assert_eq!(e["id"], id.to_string());
@@ -453,7 +510,10 @@ async fn a_revoked_grant_closes_the_live_session_with_4403() {
         .announce(AccessChange::User(rig.stack.users["res"].0));
     let (end, frames) = c.ended(WAIT).await.unwrap();
     assert!(matches!(end, Ended::Closed(4403, _)), "{end:?} {frames:?}");
-    let error = frames.iter().find(|f| f["type"] == "error").expect("an error first");
+    let error = frames
+        .iter()
+        .find(|f| f["type"] == "error")
+        .expect("an error first");
     assert_eq!(error["code"], "grant_revoked");
     assert_eq!(error["details"]["gates"], json!(["n1"]));
     rig.stop().await;
@@ -481,16 +541,23 @@ async fn idle_oversized_flooding_and_shutdown_close_with_their_codes() {
 
     // A frame over the limit.
     let mut big = rig.client("op").await;
-    big.send_text(format!(r#"{{"type":"ping","id":"{}"}}"#, "x".repeat(64 * 1024)))
-        .await
-        .unwrap();
+    big.send_text(format!(
+        r#"{{"type":"ping","id":"{}"}}"#,
+        "x".repeat(64 * 1024)
+    ))
+    .await
+    .unwrap();
     let (end, _) = big.ended(WAIT).await.unwrap();
     assert!(matches!(end, Ended::Closed(4413, _)), "{end:?}");
 
     // Flooding: far more frames than the per-connection rate.
     let mut flood = rig.client("op").await;
     for i in 0..200 {
-        if flood.send(json!({"type": "ping", "id": i.to_string()})).await.is_err() {
+        if flood
+            .send(json!({"type": "ping", "id": i.to_string()}))
+            .await
+            .is_err()
+        {
             break;
         }
     }
@@ -526,7 +593,10 @@ async fn an_expiring_token_is_renewed_in_session_or_the_session_closes_with_4401
         .await
         .unwrap();
     let ok = renewing.recv().await.unwrap();
-    assert_eq!((ok["type"].clone(), ok["id"].clone()), ("auth_ok".into(), "renew".into()));
+    assert_eq!(
+        (ok["type"].clone(), ok["id"].clone()),
+        ("auth_ok".into(), "renew".into())
+    );
     // Another user's token cannot take over the session.
     let (end, frames) = lapsing.ended(WAIT).await.unwrap();
     assert!(matches!(end, Ended::Closed(4401, _)), "{end:?}");
@@ -540,5 +610,124 @@ async fn an_expiring_token_is_renewed_in_session_or_the_session_closes_with_4401
     let (end, frames) = renewing.ended(WAIT).await.unwrap();
     assert!(matches!(end, Ended::Closed(4401, _)), "{end:?}");
     assert_eq!(frames.last().unwrap()["code"], "identity_mismatch");
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_beyond_the_per_gate_limit_are_refused_but_stop_always_goes_through() {
+    let rig = Rig::start().await;
+    let mut c = rig.client("op").await;
+    let burst = rig.stack.app.limits.limits().command.burst;
+    let mut refused = None;
+    for i in 0..=burst {
+        let action = if i % 2 == 0 { "lockout" } else { "unlock" };
+        let (_, frames) = command(&mut c, "n3", action).await;
+        let last = frames.last().unwrap().clone();
+        if last["type"] == "error" {
+            refused = Some((i, last));
+            break;
+        }
+        assert_eq!(last["status"], "completed", "{frames:?}");
+    }
+    let (i, error) = refused.expect("the burst ran out");
+    assert_eq!(i, burst, "exactly the burst was let through");
+    assert_eq!(error["code"], "rate_limited");
+    assert!(
+        error["details"]["retry_after_ms"].as_u64().unwrap() > 0,
+        "{error}"
+    );
+    // Another gate has its own budget, and stop is never refused.
+    let (_, frames) = command(&mut c, "n2", "lockout").await;
+    assert_eq!(frames.last().unwrap()["status"], "completed");
+    let (_, frames) = command(&mut c, "n3", "stop").await;
+    assert_eq!(frames.last().unwrap()["type"], "ack", "{frames:?}");
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_coalesced_then_cut_off_with_4509_and_others_are_unaffected()
+{
+    use std::sync::Arc;
+
+    use gatehouse_actors::fleet::events::{EventSink, GateEvent};
+    use gatehouse_actors::gate::{Cause, EventKind, GateSnapshot, GateState};
+
+    let rig = Rig::start_with(WsConfig {
+        write_stall: Duration::from_secs(1),
+        ..WsConfig::default()
+    })
+    .await;
+    // The stuck phone: a tiny receive window, and it never reads.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket.connect(rig.stack.addr).await.unwrap();
+    let mut stuck = WsClient::handshake(tcp, rig.stack.addr, Some("gatehouse.v1"))
+        .await
+        .unwrap();
+    stuck
+        .send(json!({"type": "auth", "token": rig.stack.token("op")}))
+        .await
+        .unwrap();
+    subscribe(
+        &mut stuck,
+        json!({"type": "subscribe", "gates": ["n1", "n2"]}),
+    )
+    .await;
+    // A healthy phone on the same gate.
+    let mut healthy = rig.client("view").await;
+    subscribe(&mut healthy, json!({"type": "subscribe", "gates": ["n1"]})).await;
+
+    // A storm of events on n1 (injected on the bus, as committed events arrive).
+    let bus = rig.stack.runtime.bus.clone();
+    let storm = 20_000u64;
+    for seq in 1_000..1_000 + storm {
+        bus.publish(Arc::new(GateEvent {
+            gate: "n1".parse().unwrap(),
+            controller: "north-ctl".parse().unwrap(),
+            seq,
+            at_ms: now_ms(),
+            kind: EventKind::LeftOpen { open_for_ms: seq },
+            cause: Cause::System,
+            snapshot: GateSnapshot {
+                state: GateState::Open,
+                position: Some((seq % 100) as u8),
+                ..GateSnapshot::default()
+            },
+        }));
+        if seq % 500 == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    // The healthy client sees the newest state: every event, or coalesced snapshots.
+    let newest = 1_000 + storm - 1;
+    healthy
+        .until(WAIT, |f| {
+            (f["type"] == "event" && f["seq"] == newest)
+                || (f["type"] == "snapshot"
+                    && f["gates"]
+                        .as_array()
+                        .is_some_and(|g| g.iter().any(|g| g["seq"] == newest)))
+        })
+        .await
+        .expect("the healthy client keeps up");
+    alive(&mut healthy).await;
+
+    // The stuck one is cut off within the stall time, having been coalesced first.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while rig.stack.app.sessions.stats().too_slow == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never cut off: {:?}",
+            rig.stack.app.sessions.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stats = rig.stack.app.sessions.stats();
+    assert!(stats.coalesced > 0, "{stats:?}");
+    let (end, _) = stuck.ended(WAIT).await.unwrap();
+    assert!(
+        matches!(end, Ended::Closed(4509, _) | Ended::Dropped),
+        "{end:?}"
+    );
     rig.stop().await;
 }

@@ -184,7 +184,12 @@ impl Sessions {
 
     /// Serves an upgraded connection as a session. Public for benchmarks and tests that
     /// bring their own socket.
-    pub async fn open(&self, app: App, ip: IpAddr, socket: session::Socket) -> Result<(), SpawnErr> {
+    pub async fn open(
+        &self,
+        app: App,
+        ip: IpAddr,
+        socket: session::Socket,
+    ) -> Result<(), SpawnErr> {
         let args = SessionArgs {
             app,
             hub: self.hub.clone(),
@@ -238,7 +243,8 @@ async fn upgrade(
     on_upgrade: Option<OnUpgrade>,
     ip: IpAddr,
 ) -> Outcome {
-    if !lists(&headers, header::UPGRADE, "websocket") || !lists(&headers, header::CONNECTION, "upgrade")
+    if !lists(&headers, header::UPGRADE, "websocket")
+        || !lists(&headers, header::CONNECTION, "upgrade")
     {
         return Err(bad_upgrade(
             "websocket_upgrade_required",
@@ -254,7 +260,11 @@ async fn upgrade(
             "Sec-WebSocket-Version must be 13",
         ));
     }
-    if !lists(&headers, header::SEC_WEBSOCKET_PROTOCOL, protocol::SUBPROTOCOL) {
+    if !lists(
+        &headers,
+        header::SEC_WEBSOCKET_PROTOCOL,
+        protocol::SUBPROTOCOL,
+    ) {
         return Err(bad_upgrade(
             "subprotocol_required",
             "offer the gatehouse.v1 subprotocol (Sec-WebSocket-Protocol: gatehouse.v1)",

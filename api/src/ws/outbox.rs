@@ -316,8 +316,14 @@ mod tests {
         assert_eq!(last["coalesced"], true);
         let gates = last["gates"].as_array().unwrap();
         assert_eq!(gates.len(), 2, "{last}");
-        assert_eq!((gates[0]["gate"].clone(), gates[0]["seq"].clone()), ("a".into(), 3.into()));
-        assert_eq!((gates[1]["gate"].clone(), gates[1]["seq"].clone()), ("b".into(), 1.into()));
+        assert_eq!(
+            (gates[0]["gate"].clone(), gates[0]["seq"].clone()),
+            ("a".into(), 3.into())
+        );
+        assert_eq!(
+            (gates[1]["gate"].clone(), gates[1]["seq"].clone()),
+            ("b".into(), 1.into())
+        );
         // Caught up: events flow one by one again.
         assert_eq!(outbox.event(&live("a", 4)), Queued::InOrder);
     }

@@ -116,7 +116,18 @@ impl Drop for SessionState {
     fn drop(&mut self) {
         // Runs however the actor ends, a panic included.
         self.hub.deregister(self.me.get_id(), self.subs.keys());
-        self.reader.abort();
+        // The reader may still be draining towards the client's close; give it a moment.
+        let reader = std::mem::replace(&mut self.reader, tokio::spawn(async {}));
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let mut reader = reader;
+                if tokio::time::timeout(LINGER, &mut reader).await.is_err() {
+                    reader.abort();
+                }
+            });
+        } else {
+            reader.abort();
+        }
         if let Some(d) = self.deadline.take() {
             d.abort();
         }
@@ -210,7 +221,10 @@ impl Actor for Session {
     }
 }
 
-/// The reader task: frames to the actor until the connection ends.
+/// The reader task: frames to the actor until the connection ends. After a frame that ends
+/// the session (too large, too many, idle) it keeps reading and discarding until the client
+/// answers the close: closing a TCP connection with unread data in it resets it, and the
+/// client would never see the close frame that says why.
 async fn read(
     mut stream: futures::stream::SplitStream<Socket>,
     me: ActorRef<SessionMsg>,
@@ -235,11 +249,24 @@ async fn read(
             Ok(Some(Err(_))) => Inbound::Closed,
         };
         let more = matches!(inbound, Inbound::Text(_) | Inbound::Binary);
-        if me.send_message(SessionMsg::Inbound(inbound)).is_err() || !more {
+        let ended = matches!(inbound, Inbound::Closed);
+        if me.send_message(SessionMsg::Inbound(inbound)).is_err() || ended {
+            return;
+        }
+        if !more {
+            // Drain until the client's close (the session's drop bounds this with LINGER).
+            while let Some(Ok(frame)) = stream.next().await {
+                if matches!(frame, Message::Close(_)) {
+                    return;
+                }
+            }
             return;
         }
     }
 }
+
+/// How long a closing connection is kept for the client's close answer.
+const LINGER: Duration = Duration::from_secs(2);
 
 /// A token bucket: `burst` frames at once, refilled at `rate` per second.
 struct Bucket {
@@ -314,7 +341,10 @@ impl SessionState {
             Inbound::TooLarge => self.fail(
                 None,
                 "frame_too_large",
-                &format!("frames are limited to {} bytes", self.config.max_frame_bytes),
+                &format!(
+                    "frames are limited to {} bytes",
+                    self.config.max_frame_bytes
+                ),
                 close::TOO_LARGE,
             ),
             Inbound::Idle => self.fail(
@@ -458,12 +488,13 @@ impl SessionState {
         let Some(authed) = &self.auth else { return };
         let fresh = match &authed.credential {
             Credential::User(id) => principal::user_caller(&self.app.access, *id).await,
-            Credential::Key(digest) => match self.app.access.api_key_by_hash(digest.clone()).await
-            {
-                Ok(Some(key)) if key.revoked_at_ms.is_none() => Ok(authed.caller.clone()),
-                Ok(_) => Err(principal::unauthenticated("the API key was revoked")),
-                Err(e) => Err(principal::store_error(e)),
-            },
+            Credential::Key(digest) => {
+                match self.app.access.api_key_by_hash(digest.clone()).await {
+                    Ok(Some(key)) if key.revoked_at_ms.is_none() => Ok(authed.caller.clone()),
+                    Ok(_) => Err(principal::unauthenticated("the API key was revoked")),
+                    Err(e) => Err(principal::store_error(e)),
+                }
+            }
         };
         let mut caller = match fresh {
             Ok(c) => c,
@@ -622,7 +653,8 @@ impl SessionState {
                     Ok(view) => (view.committed, view.snapshot),
                     // Removed a moment ago: nothing to follow.
                     Err(_) => {
-                        self.hub.unsubscribe(self.me.get_id(), std::iter::once(&gate));
+                        self.hub
+                            .unsubscribe(self.me.get_id(), std::iter::once(&gate));
                         continue;
                     }
                 },
@@ -785,6 +817,16 @@ impl SessionState {
         if let Err(denial) = authorize(&caller.principal, op, Some((&gate_id, &site)), at) {
             let e = forbidden(denial);
             return self.send(api_error(rid, &e));
+        }
+        if let Err(wait) = self
+            .app
+            .limits
+            .admit_command(&caller.actor, &gate_id, action)
+        {
+            let e = crate::ratelimit::rate_limited(wait, "commands on this gate");
+            let mut details = e.details.clone();
+            details["retry_after_ms"] = json!(wait.as_millis() as u64);
+            return self.error(rid, e.code, &e.message, Some(details));
         }
         let me = self.me.clone();
         let sink: AckSink = Arc::new(move |gate: &GateId, ack| {
