@@ -11,9 +11,12 @@ use std::collections::VecDeque;
 use crate::gate::types::*;
 use crate::ids::CommandId;
 
-/// How many finished commands a gate remembers for idempotency (besides the live ones). The
-/// durable store keeps them for 24 hours; this is the in-memory window.
-pub const RECENT_COMMANDS: usize = 32;
+/// How many finished commands a gate remembers for idempotency (besides the live ones), so
+/// that a retried id does not move the gate again (CONTRACTS.md: ids are remembered for 24
+/// hours). 2,048 covers a gate commanded every 42 s around the clock; a gate busier than that
+/// forgets its oldest ids early (ARCHITECTURE.md, known gaps). Entries are small (an id, an
+/// action, a status, a time), and a quiet gate holds only the few it had.
+pub const RECENT_COMMANDS: usize = 2048;
 /// Command ids are remembered at least this long (CONTRACTS.md), within [`RECENT_COMMANDS`].
 pub const COMMAND_MEMORY_MS: u64 = 24 * 60 * 60 * 1000;
 

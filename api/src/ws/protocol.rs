@@ -56,6 +56,19 @@ pub enum ClientMsg {
     },
 }
 
+impl ClientMsg {
+    /// The request's id, as the client spelled it.
+    pub fn id(&self) -> Option<String> {
+        match self {
+            ClientMsg::Auth { id, .. }
+            | ClientMsg::Subscribe { id, .. }
+            | ClientMsg::Unsubscribe { id, .. }
+            | ClientMsg::Ping { id } => id.clone(),
+            ClientMsg::Command { id, .. } => Some(id.to_string()),
+        }
+    }
+}
+
 /// Why a frame was refused, as an `error` frame. The connection stays open.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FrameError {

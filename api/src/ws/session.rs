@@ -373,8 +373,8 @@ impl SessionState {
         match msg {
             ClientMsg::Auth { id, token } => self.auth(id.as_deref(), &token).await,
             ClientMsg::Ping { id } => self.send(protocol::bare("pong", id.as_deref())),
-            _ if self.auth.is_none() => self.fail(
-                None,
+            msg if self.auth.is_none() => self.fail(
+                msg.id().as_deref(),
                 "unauthenticated",
                 "the first message must be auth",
                 close::UNAUTHENTICATED,
@@ -415,10 +415,16 @@ impl SessionState {
                 self.send(api_error(id, &e));
                 return;
             }
-            Err(e) => {
+            Err(e) if e.status == warp::http::StatusCode::UNAUTHORIZED => {
                 self.send(api_error(id, &e));
                 self.outbox
                     .close(close::UNAUTHENTICATED, "unauthenticated", true);
+                return;
+            }
+            Err(e) => {
+                // Our fault, not the credential's: do not send the client back to its login.
+                self.send(api_error(id, &e));
+                self.outbox.close(1011, "internal error", true);
                 return;
             }
         };
@@ -668,9 +674,11 @@ impl SessionState {
                 let missed = seq - after;
                 let take = missed.min(self.config.max_replay_per_gate).min(budget);
                 budget -= take;
+                // `replay_from` above `since + 1` tells the client what it must fetch over
+                // REST; with the budget spent it is `seq + 1`: nothing replayed.
+                let from = seq - take + 1;
+                entry.insert("replay_from".into(), from.into());
                 if take > 0 {
-                    let from = seq - take + 1;
-                    entry.insert("replay_from".into(), from.into());
                     replays.push((gate.clone(), from, seq));
                 }
             }

@@ -4,6 +4,7 @@
 //! cargo run --release -p gatehouse-tests --bin gatehouse-bench -- all           # full size
 //! cargo run --release -p gatehouse-tests --bin gatehouse-bench -- all --smoke   # CI size
 //! cargo run --release -p gatehouse-tests --bin gatehouse-bench -- store         # the store
+//! cargo run --release -p gatehouse-tests --bin gatehouse-bench -- ws            # WebSocket sessions
 //! ```
 //!
 //! The simulator runs in a child process (this binary, `sim` subcommand) so that the
@@ -35,6 +36,7 @@ use gatehouse_runtime::fleet_file::FleetFile;
 use serde::Serialize;
 
 mod store;
+mod ws;
 
 #[derive(Parser)]
 #[command(about = "Gatehouse benchmarks against the simulator")]
@@ -49,6 +51,15 @@ enum Cmd {
     All(Sizes),
     /// The store: event log throughput and boot from the store, on SQLite and PostgreSQL.
     Store(store::StoreSizes),
+    /// WebSocket sessions: RSS per session, command round trip, fan-out.
+    Ws(ws::WsSizes),
+    /// Internal: the phones of the `ws` benchmark.
+    WsClients {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long)]
+        gates: std::path::PathBuf,
+    },
     /// Internal: run a simulator farm for the parent process.
     Sim {
         #[arg(long)]
@@ -536,6 +547,19 @@ async fn main() -> anyhow::Result<()> {
             units,
             travel_ms,
         } => run_sim(controllers, units, travel_ms).await,
+        Cmd::Ws(sizes) => {
+            let report = ws::run(sizes).await?;
+            ws::print_text(&report);
+            println!("{}", serde_json::to_string(&report)?);
+            if report.command.accepted < report.command.sent
+                || report.fanout.delivered < report.fanout.expected
+                || report.burst.delivered < report.burst.expected
+            {
+                bail!("not every command was accepted or not every event delivered");
+            }
+            Ok(())
+        }
+        Cmd::WsClients { addr, gates } => ws::clients(addr, gates).await,
         Cmd::Store(sizes) => {
             let report = store::run(sizes).await?;
             store::print_text(&report);
