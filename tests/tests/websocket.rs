@@ -731,3 +731,117 @@ async fn a_client_that_stops_reading_is_coalesced_then_cut_off_with_4509_and_oth
     );
     rig.stop().await;
 }
+
+/// The same policy on both doors: for every role and every kind of operation, the WebSocket
+/// allows exactly what REST allows (CONTRACTS.md "Roles").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_websocket_allows_exactly_what_rest_allows_for_every_role() {
+    let rig = Rig::start().await;
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    // (operation, gate): reads of a granted and an ungranted gate; a motion command (stop:
+    // allowed in any state, moves nothing) and a maintenance command (unlock), each on a
+    // granted and an ungranted gate.
+    let operations = [
+        ("read", "n1"),
+        ("read", "n2"),
+        ("stop", "n1"),
+        ("stop", "n2"),
+        ("unlock", "n1"),
+        ("unlock", "n3"),
+    ];
+    let mut table = Vec::new();
+    for user in ["admin", "op", "res", "view"] {
+        let token = rig.stack.token(user);
+        let mut ws = rig.client(user).await;
+        for (op, gate) in operations {
+            let rest_allowed = if op == "read" {
+                let r = http
+                    .get(rig.stack.url(&format!("/api/v1/gates/{gate}")))
+                    .bearer_auth(&token)
+                    .send()
+                    .await
+                    .unwrap();
+                match r.status().as_u16() {
+                    200 => true,
+                    403 => false,
+                    other => panic!("{user} {op} {gate}: REST answered {other}"),
+                }
+            } else {
+                let r = http
+                    .post(
+                        rig.stack
+                            .url(&format!("/api/v1/gates/{gate}/commands?wait=true")),
+                    )
+                    .bearer_auth(&token)
+                    .json(&json!({"id": Uuid::new_v4(), "action": op}))
+                    .send()
+                    .await
+                    .unwrap();
+                match r.status().as_u16() {
+                    200 | 202 => true,
+                    403 => false,
+                    other => panic!("{user} {op} {gate}: REST answered {other}"),
+                }
+            };
+            let ws_allowed = if op == "read" {
+                ws.send(json!({"type": "subscribe", "id": "r", "gates": [gate]}))
+                    .await
+                    .unwrap();
+                let (answer, _) = ws.until(WAIT, |f| f["id"] == "r").await.unwrap();
+                match (answer["type"].as_str(), answer["code"].as_str()) {
+                    (Some("snapshot"), _) => true,
+                    (Some("error"), Some("forbidden")) => false,
+                    _ => panic!("{user} {op} {gate}: WebSocket answered {answer}"),
+                }
+            } else {
+                let (_, frames) = command(&mut ws, gate, op).await;
+                let last = frames.last().unwrap();
+                match (last["type"].as_str(), last["code"].as_str()) {
+                    (Some("ack"), _) => true,
+                    (Some("error"), Some("forbidden")) => false,
+                    _ => panic!("{user} {op} {gate}: WebSocket answered {frames:?}"),
+                }
+            };
+            assert_eq!(
+                rest_allowed, ws_allowed,
+                "{user} {op} {gate}: REST and WebSocket disagree"
+            );
+            table.push(format!(
+                "{user} {op} {gate} {}",
+                if ws_allowed { "yes" } else { "no" }
+            ));
+        }
+    }
+    // And the policy itself, as CONTRACTS.md has it (the resident holds a grant for n1 only).
+    let expected: Vec<String> = [
+        "admin read n1 yes",
+        "admin read n2 yes",
+        "admin stop n1 yes",
+        "admin stop n2 yes",
+        "admin unlock n1 yes",
+        "admin unlock n3 yes",
+        "op read n1 yes",
+        "op read n2 yes",
+        "op stop n1 yes",
+        "op stop n2 yes",
+        "op unlock n1 yes",
+        "op unlock n3 yes",
+        "res read n1 yes",
+        "res read n2 no",
+        "res stop n1 yes",
+        "res stop n2 no",
+        "res unlock n1 no",
+        "res unlock n3 no",
+        "view read n1 yes",
+        "view read n2 yes",
+        "view stop n1 no",
+        "view stop n2 no",
+        "view unlock n1 no",
+        "view unlock n3 no",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    assert_eq!(table, expected);
+    rig.stop().await;
+}
