@@ -2,6 +2,7 @@
 
 use std::process::Command;
 
+pub mod http;
 pub mod stack;
 pub mod wsclient;
 

@@ -172,14 +172,58 @@ impl Stack {
     }
 
     /// Stops the server (sessions get 4500), then the runtime.
-    pub async fn shutdown(mut self) {
+    pub async fn shutdown(self) {
+        let _ = self.try_shutdown(Duration::from_secs(30)).await;
+    }
+
+    /// [`Stack::shutdown`], saying whether the server stopped within `bound` and its task
+    /// ended cleanly (the runtime is shut down either way).
+    pub async fn try_shutdown(mut self, bound: Duration) -> anyhow::Result<()> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        if let Some(server) = self.server.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(30), server).await;
-        }
+        let server = match self.server.take() {
+            Some(server) => match tokio::time::timeout(bound, server).await {
+                Ok(ended) => ended.context("the server task ends cleanly"),
+                Err(_) => Err(anyhow::anyhow!("the server did not stop within {bound:?}")),
+            },
+            None => Ok(()),
+        };
         self.runtime.shutdown(Duration::from_secs(10)).await;
+        server
+    }
+}
+
+/// A fleet file's text, a record at a time.
+#[derive(Default)]
+pub struct FleetText(String);
+
+impl FleetText {
+    pub fn site(mut self, id: &str, name: &str, timezone: &str) -> Self {
+        self.0.push_str(&format!(
+            "\n[[site]]\nid = \"{id}\"\nname = \"{name}\"\ntimezone = \"{timezone}\"\n"
+        ));
+        self
+    }
+
+    /// A controller polled every 200 ms.
+    pub fn controller(mut self, id: &str, site: &str, profile: &str, endpoint: SocketAddr) -> Self {
+        self.0.push_str(&format!(
+            "\n[[controller]]\nid = \"{id}\"\nsite = \"{site}\"\nprofile = \"{profile}\"\n\
+             endpoint = \"{endpoint}\"\npoll_interval_ms = 200\n"
+        ));
+        self
+    }
+
+    pub fn gate(mut self, id: &str, name: &str, controller: &str, unit: u8) -> Self {
+        self.0.push_str(&format!(
+            "\n[[gate]]\nid = \"{id}\"\nname = \"{name}\"\ncontroller = \"{controller}\"\nunit = {unit}\n"
+        ));
+        self
+    }
+
+    pub fn text(self) -> String {
+        self.0
     }
 }
 

@@ -6,30 +6,20 @@
 //! Each test builds its own rig (farm on ephemeral ports, store in its own temporary
 //! directory, runtime, server on an ephemeral port) and tears it down.
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::collections::BTreeSet;
+use std::ops::Deref;
+use std::time::Duration;
 
-use gatehouse_actors::access::{AccessStore, Role, UserId, UserRecord};
-use gatehouse_actors::fleet::events::LocalBus;
-use gatehouse_actors::gate::GateState;
+use gatehouse_actors::access::{Role, UserId};
 use gatehouse_actors::ids::GateId;
-use gatehouse_actors::store::EventStore;
-use gatehouse_adapters::profile::ProfileSet;
-use gatehouse_adapters::store::Store;
-use gatehouse_api::auth::password::Passwords;
-use gatehouse_api::auth::tokens::TokenKeys;
-use gatehouse_api::v1::App;
-use gatehouse_api::v1::changes::{AccessChange, AccessChanges};
-use gatehouse_api::ws::{Sessions, WsConfig};
-use gatehouse_api::{ApiConfig, ApiState, Check, Readiness};
-use gatehouse_runtime::Runtime;
-use gatehouse_runtime::fleet_file::FleetFile;
+use gatehouse_api::v1::changes::AccessChange;
+use gatehouse_api::ws::WsConfig;
 use gatehouse_sim::{ControllerSpec as SimControllerSpec, Farm, FarmSpec};
+use gatehouse_tests::http::{Reply, RestRig, assert_error, assert_status, ids};
+use gatehouse_tests::stack::{FleetText, StackSpec, now_ms, password_of, wait_closed};
 use reqwest::Method;
 use serde_json::{Value, json};
-use tokio::sync::{broadcast, oneshot};
-use tokio::task::JoinHandle;
+use tokio::sync::broadcast;
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(40);
@@ -41,347 +31,55 @@ const USERS: [(&str, Role); 4] = [
     ("view", Role::Viewer),
 ];
 
-fn password_of(user: &str) -> String {
-    format!("{user}-correct-horse-battery")
-}
+/// Farm, store, runtime and API server for one test, with a client in front.
+struct Rig(RestRig);
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+impl Deref for Rig {
+    type Target = RestRig;
 
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    request_id: String,
-    retry_after: Option<String>,
-    body: Value,
-}
-
-async fn send(request: reqwest::RequestBuilder) -> Reply {
-    let response = request.send().await.expect("the server answers");
-    let status = response.status().as_u16();
-    let header = |name: &str| {
-        response
-            .headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
-    let request_id =
-        header("x-request-id").unwrap_or_else(|| panic!("a {status} answer without x-request-id"));
-    let retry_after = header("retry-after");
-    let text = response.text().await.expect("a body");
-    let body = if text.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&text)
-            .unwrap_or_else(|e| panic!("a {status} answer that is not JSON ({e}): {text}"))
-    };
-    Reply {
-        status,
-        request_id,
-        retry_after,
-        body,
+    fn deref(&self) -> &RestRig {
+        &self.0
     }
-}
-
-/// Asserts the status and the contract's error shape with `code`; returns the `error` object.
-#[track_caller]
-fn assert_error(reply: &Reply, status: u16, code: &str) -> Value {
-    assert_eq!(reply.status, status, "{reply:?}");
-    let error = reply
-        .body
-        .get("error")
-        .cloned()
-        .unwrap_or_else(|| panic!("no `error` in {reply:?}"));
-    assert_eq!(error["code"], code, "{reply:?}");
-    assert!(error["message"].is_string(), "{reply:?}");
-    assert!(error["details"].is_object(), "{reply:?}");
-    assert_eq!(error["request_id"], reply.request_id.as_str(), "{reply:?}");
-    error
-}
-
-#[track_caller]
-fn assert_status(reply: &Reply, status: u16) {
-    assert_eq!(reply.status, status, "{reply:?}");
-}
-
-struct Rig {
-    farm: Farm,
-    runtime: Runtime,
-    users: HashMap<&'static str, UserId>,
-    changes: AccessChanges,
-    base: String,
-    client: reqwest::Client,
-    routes: Vec<(String, String)>,
-    stop: Option<oneshot::Sender<()>>,
-    server: Option<JoinHandle<()>>,
-    _dir: tempfile::TempDir,
 }
 
 impl Rig {
     /// Site `north` with controller `north-ctl` (units 1–3 simulated) and gates n1, n2 on
     /// units 1 and 2; site `south` without controllers; the four users of [`USERS`].
     async fn start() -> Rig {
-        let profiles = ProfileSet::builtin().expect("the built-in profiles load");
+        let profiles =
+            gatehouse_adapters::profile::ProfileSet::builtin().expect("the built-in profiles load");
         let farm = Farm::start(FarmSpec {
             controllers: vec![
                 SimControllerSpec::new("north", "generic", [1, 2, 3]).with_travel(TRAVEL),
             ],
-            profiles: profiles.clone(),
+            profiles,
         })
         .await
         .expect("the farm starts");
         let north = farm.controller("north").unwrap().local_addr();
-        let text = format!(
-            r#"
-[[site]]
-id = "north"
-name = "North"
-timezone = "UTC"
-
-[[site]]
-id = "south"
-name = "South"
-timezone = "Europe/Paris"
-
-[[controller]]
-id = "north-ctl"
-site = "north"
-profile = "generic"
-endpoint = "{north}"
-poll_interval_ms = 200
-
-[[gate]]
-id = "n1"
-name = "Gate n1"
-controller = "north-ctl"
-unit = 1
-
-[[gate]]
-id = "n2"
-name = "Gate n2"
-controller = "north-ctl"
-unit = 2
-"#
-        );
-        let fleet = FleetFile::parse("rest-admin fleet", &text, &profiles).expect("the fleet file");
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let url = format!("sqlite://{}/gatehouse.db", dir.path().display());
-        let store = Arc::new(Store::connect(&url).await.expect("the store opens"));
-        store.migrate().await.expect("the store migrates");
-
-        let passwords = Passwords::cheap_for_tests().expect("test passwords");
-        let mut users = HashMap::new();
-        for (name, role) in USERS {
-            let id = UserId(Uuid::new_v4());
-            store
-                .create_user(UserRecord {
-                    id,
-                    username: name.to_string(),
-                    password_hash: passwords.hash(&password_of(name)).await.expect("a hash"),
-                    role,
-                    created_at_ms: now_ms(),
-                    disabled: false,
-                })
-                .await
-                .expect("the user is created");
-            users.insert(name, id);
-        }
-        let runtime = Runtime::boot(store.clone(), profiles, Some(&fleet), LocalBus::default())
-            .await
-            .expect("the runtime boots");
-        for g in ["n1", "n2"] {
-            wait_until_closed(&runtime, &GateId::new(g).unwrap()).await;
-        }
-
-        let keys = Arc::new(TokenKeys::ephemeral().expect("an ephemeral key"));
-        let readiness: Arc<dyn Readiness> = Arc::new(Vec::<Check>::new);
-        let access: Arc<dyn AccessStore> = store.clone();
-        let events: Arc<dyn EventStore> = store.clone();
-        let changes = AccessChanges::default();
-        let sessions = Sessions::start(runtime.bus.subscribe(), &changes, WsConfig::default())
-            .await
-            .expect("the session layer starts");
-        let state = ApiState {
-            readiness,
-            app: Some(App {
-                fleet: runtime.fleet.clone(),
-                access,
-                events,
-                keys,
-                passwords,
-                changes: changes.clone(),
-                sessions,
-                limits: Default::default(),
-            }),
+        let fleet = FleetText::default()
+            .site("north", "North", "UTC")
+            .site("south", "South", "Europe/Paris")
+            .controller("north-ctl", "north", "generic", north)
+            .gate("n1", "Gate n1", "north-ctl", 1)
+            .gate("n2", "Gate n2", "north-ctl", 2);
+        let spec = StackSpec {
+            fleet: fleet.text(),
+            users: USERS.to_vec(),
+            ws: WsConfig::default(),
+            wait_closed: true,
         };
-        let table = gatehouse_api::route_table(&state).expect("the route table is valid");
-        let routes = table
-            .entries()
-            .into_iter()
-            .map(|(method, path)| (method.as_str().to_string(), path))
-            .collect();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let config = ApiConfig {
-            listen: ([127, 0, 0, 1], 0).into(),
-            ..ApiConfig::default()
-        };
-        let (addr, server) = gatehouse_api::serve(config, table, async move {
-            let _ = stopped.await;
-        })
-        .await
-        .expect("the server starts");
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(WAIT)
-            .build()
-            .expect("the client builds");
-        Rig {
-            farm,
-            runtime,
-            users,
-            changes,
-            base: format!("http://{addr}"),
-            client,
-            routes,
-            stop: Some(stop),
-            server: Some(server),
-            _dir: dir,
-        }
+        Rig(RestRig::start(farm, spec, WAIT).await)
     }
 
-    async fn shutdown(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(server) = self.server.take() {
-            tokio::time::timeout(WAIT, server)
-                .await
-                .expect("the server stops in time")
-                .expect("the server task ends cleanly");
-        }
-        self.runtime.shutdown(Duration::from_secs(10)).await;
-        self.farm.shutdown().await;
+    async fn shutdown(self) {
+        self.0.shutdown().await;
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    /// `method path` with an optional bearer and JSON body.
-    async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> Reply {
-        let mut request = self.client.request(method, self.url(path));
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        send(request).await
-    }
-
-    async fn get(&self, token: &str, path: &str) -> Reply {
-        self.call(Method::GET, path, Some(token), None).await
-    }
-
-    async fn post(&self, token: &str, path: &str, body: Value) -> Reply {
-        self.call(Method::POST, path, Some(token), Some(body)).await
-    }
-
-    async fn put(&self, token: &str, path: &str, body: Value) -> Reply {
-        self.call(Method::PUT, path, Some(token), Some(body)).await
-    }
-
-    async fn patch(&self, token: &str, path: &str, body: Value) -> Reply {
-        self.call(Method::PATCH, path, Some(token), Some(body))
+    /// Sends `action` to `gate` under a new command id, without waiting.
+    async fn command_now(&self, token: &str, gate: &str, action: &str) -> Reply {
+        self.command(token, gate, Uuid::new_v4(), action, false)
             .await
-    }
-
-    async fn delete(&self, token: &str, path: &str) -> Reply {
-        self.call(Method::DELETE, path, Some(token), None).await
-    }
-
-    async fn login(&self, username: &str, password: &str) -> Reply {
-        self.call(
-            Method::POST,
-            "/api/v1/auth/login",
-            None,
-            Some(json!({ "username": username, "password": password })),
-        )
-        .await
-    }
-
-    async fn token(&self, user: &str) -> String {
-        let reply = self.login(user, &password_of(user)).await;
-        assert_status(&reply, 200);
-        reply.body["access_token"]
-            .as_str()
-            .expect("a token")
-            .to_owned()
-    }
-
-    async fn command(&self, token: &str, gate: &str, action: &str) -> Reply {
-        self.post(
-            token,
-            &format!("/api/v1/gates/{gate}/commands"),
-            json!({ "id": Uuid::new_v4(), "action": action }),
-        )
-        .await
-    }
-
-    /// Waits until the live gate list (what the running fleet runs, as `token` sees it) is
-    /// `expected`: gate actors start and stop just after the configuration change answers.
-    async fn live_gates(&self, token: &str, expected: &[&str]) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let reply = self.get(token, "/api/v1/gates").await;
-            assert_status(&reply, 200);
-            let live = ids(&reply.body["gates"]);
-            if live == expected {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the live gates stayed {live:?}, not {expected:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-fn ids(list: &Value) -> Vec<String> {
-    let mut out: Vec<String> = list
-        .as_array()
-        .unwrap_or_else(|| panic!("not a list: {list}"))
-        .iter()
-        .map(|x| x["id"].as_str().expect("an id").to_owned())
-        .collect();
-    out.sort();
-    out
-}
-
-async fn wait_until_closed(runtime: &Runtime, gate: &GateId) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Ok(view) = runtime.fleet.view(gate).await
-            && view.snapshot.state == GateState::Closed
-        {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{gate} never came up closed"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -402,7 +100,7 @@ fn announced(rx: &mut broadcast::Receiver<AccessChange>) -> Vec<AccessChange> {
 async fn users_are_created_read_updated_and_deleted_and_bad_requests_say_why() {
     let rig = Rig::start().await;
     let admin = rig.token("admin").await;
-    let mut changes = rig.changes.subscribe();
+    let mut changes = rig.stack.app.changes.subscribe();
 
     let created = rig
         .post(
@@ -549,7 +247,7 @@ async fn users_are_created_read_updated_and_deleted_and_bad_requests_say_why() {
     );
 
     // The last enabled admin stays one.
-    let me = format!("/api/v1/users/{}", rig.users["admin"]);
+    let me = format!("/api/v1/users/{}", rig.user("admin"));
     assert_error(
         &rig.patch(&admin, &me, json!({ "role": "viewer" })).await,
         409,
@@ -578,9 +276,9 @@ async fn grants_give_a_resident_gates_and_sites_and_revoking_takes_them_away() {
     let rig = Rig::start().await;
     let admin = rig.token("admin").await;
     let res = rig.token("res").await;
-    let resident = rig.users["res"];
+    let resident = rig.user("res");
     let grants = format!("/api/v1/users/{resident}/grants");
-    let mut changes = rig.changes.subscribe();
+    let mut changes = rig.stack.app.changes.subscribe();
 
     assert_error(&rig.get(&res, "/api/v1/gates/n1").await, 403, "forbidden");
     let list = rig.get(&admin, &grants).await;
@@ -653,7 +351,7 @@ async fn grants_give_a_resident_gates_and_sites_and_revoking_takes_them_away() {
     let site_path = format!("{grants}/{}", site_grant.body["id"].as_str().unwrap());
     let other_user = format!(
         "/api/v1/users/{}/grants/{}",
-        rig.users["view"],
+        rig.user("view"),
         gate_grant.body["id"].as_str().unwrap()
     );
     assert_error(&rig.delete(&admin, &other_user).await, 404, "unknown_grant");
@@ -679,7 +377,7 @@ async fn grants_give_a_resident_gates_and_sites_and_revoking_takes_them_away() {
 async fn api_keys_show_their_secret_once_are_admin_only_on_purpose_and_stop_working_when_revoked() {
     let rig = Rig::start().await;
     let admin = rig.token("admin").await;
-    let mut changes = rig.changes.subscribe();
+    let mut changes = rig.stack.app.changes.subscribe();
 
     let created = rig
         .post(
@@ -873,7 +571,7 @@ async fn controllers_and_gates_change_the_running_fleet_and_invalid_ones_are_ref
         .unwrap()
         .local_addr()
         .to_string();
-    let mut changes = rig.changes.subscribe();
+    let mut changes = rig.stack.app.changes.subscribe();
 
     // A gate on the existing controller's free unit joins the running fleet.
     let gate = json!({ "id": "n3", "controller": "north-ctl", "unit": 3, "name": "Gate n3" });
@@ -881,7 +579,9 @@ async fn controllers_and_gates_change_the_running_fleet_and_invalid_ones_are_ref
     assert_status(&created, 201);
     assert_eq!(created.body["travel_timeout_s"], 60, "the default");
     rig.live_gates(&admin, &["n1", "n2", "n3"]).await;
-    wait_until_closed(&rig.runtime, &GateId::new("n3").unwrap()).await;
+    wait_closed(&rig.stack.runtime, &GateId::new("n3").unwrap())
+        .await
+        .expect("n3 comes up closed");
     let listed = rig.get(&admin, "/api/v1/config/gates").await;
     assert_eq!(ids(&listed.body["gates"]), ["n1", "n2", "n3"]);
 
@@ -1009,7 +709,7 @@ async fn controllers_and_gates_change_the_running_fleet_and_invalid_ones_are_ref
     rig.live_gates(&admin, &["n1", "n2", "n3", "s1"]).await;
 
     // A grant on s1 dies with it; its holder is told.
-    let resident = rig.users["res"];
+    let resident = rig.user("res");
     assert_status(
         &rig.post(
             &admin,
@@ -1179,6 +879,7 @@ async fn only_admins_may_administer_and_admins_and_operators_may_read_the_audit_
         .map(|(m, p, _)| (m.as_str().to_string(), template(p)))
         .collect();
     let served: BTreeSet<(String, String)> = rig
+        .stack
         .routes
         .iter()
         .filter(|(_, p)| is_admin_route(p))
@@ -1281,7 +982,7 @@ async fn every_admin_change_is_audited_and_the_log_pages_and_filters() {
     assert_eq!(all.body["next"], Value::Null);
 
     // Filters.
-    let admin_actor = format!("user:{}", rig.users["admin"]);
+    let admin_actor = format!("user:{}", rig.user("admin"));
     let creates = rig.get(&admin, "/api/v1/audit?action=user.&limit=3").await;
     assert_status(&creates, 200);
     let page = creates.body["records"].as_array().unwrap();
@@ -1393,16 +1094,16 @@ async fn commands_beyond_the_burst_are_refused_per_caller_and_gate_but_stop_neve
     let admin = rig.token("admin").await;
     // Lockout and unlock take effect without moving the gate.
     for action in ["lockout", "unlock", "lockout", "unlock", "lockout"] {
-        assert_status(&rig.command(&op, "n1", action).await, 202);
+        assert_status(&rig.command_now(&op, "n1", action).await, 202);
     }
-    let refused = rig.command(&op, "n1", "unlock").await;
+    let refused = rig.command_now(&op, "n1", "unlock").await;
     let error = assert_error(&refused, 429, "rate_limited");
     let retry: u64 = refused.retry_after.as_deref().unwrap().parse().unwrap();
     assert!((1..=2).contains(&retry), "{refused:?}");
     assert_eq!(error["details"]["retry_after_s"], retry);
-    let stop = rig.command(&op, "n1", "stop").await;
+    let stop = rig.command_now(&op, "n1", "stop").await;
     assert_ne!(stop.status, 429, "stop is never limited: {stop:?}");
-    assert_status(&rig.command(&admin, "n1", "unlock").await, 202);
-    assert_status(&rig.command(&op, "n2", "lockout").await, 202);
+    assert_status(&rig.command_now(&admin, "n1", "unlock").await, 202);
+    assert_status(&rig.command_now(&op, "n2", "lockout").await, 202);
     rig.shutdown().await;
 }

@@ -6,29 +6,19 @@
 //! Each test builds its own rig (farm, store, runtime, server) and tears it down, so that the
 //! tests run in parallel without seeing each other's gates move.
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::collections::BTreeSet;
+use std::ops::Deref;
+use std::time::Duration;
 
-use gatehouse_actors::access::{
-    AccessStore, Grant, GrantScope, Role, UserId, UserRecord, WeeklyWindow,
-};
-use gatehouse_actors::fleet::events::LocalBus;
-use gatehouse_actors::gate::{GateState, HwOp};
+use gatehouse_actors::access::{AccessStore, Grant, GrantScope, Role, WeeklyWindow};
+use gatehouse_actors::gate::HwOp;
 use gatehouse_actors::ids::GateId;
-use gatehouse_actors::store::EventStore;
-use gatehouse_adapters::profile::ProfileSet;
-use gatehouse_adapters::store::Store;
-use gatehouse_api::auth::password::Passwords;
 use gatehouse_api::auth::tokens::TokenKeys;
-use gatehouse_api::v1::App;
-use gatehouse_api::{ApiConfig, ApiState, Check, Readiness};
-use gatehouse_runtime::Runtime;
-use gatehouse_runtime::fleet_file::FleetFile;
+use gatehouse_api::ws::WsConfig;
 use gatehouse_sim::{ControllerSpec as SimControllerSpec, Farm, FarmSpec, Fault};
+use gatehouse_tests::http::{Reply, RestRig, assert_error, ids, keys_of, send, set};
+use gatehouse_tests::stack::{FleetText, StackSpec, now_ms, password_of};
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 /// Bounds every wait in these tests. Longer than the API's own bound on `?wait=true` (30 s),
@@ -47,18 +37,8 @@ const USERS: [(&str, Role); 4] = [
     ("view", Role::Viewer),
 ];
 
-fn password_of(user: &str) -> String {
-    format!("{user}-correct-horse-battery")
-}
-
 fn gate_id(s: &str) -> GateId {
     GateId::new(s).expect("a valid slug")
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A weekly window that is closed today and on the days either side of it (in any time
@@ -75,181 +55,56 @@ fn never_now_window() -> WeeklyWindow {
     }
 }
 
-/// One HTTP answer: its status, its request id (asserted present), and its JSON body (`Null`
-/// when empty).
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    request_id: String,
-    body: Value,
-}
+/// Farm, store, runtime and API server for one test, with a client in front.
+struct Rig(RestRig);
 
-async fn send(request: reqwest::RequestBuilder) -> Reply {
-    let response = request.send().await.expect("the server answers");
-    let status = response.status().as_u16();
-    let request_id = response
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_else(|| panic!("a {status} answer without x-request-id"))
-        .to_owned();
-    assert!(!request_id.is_empty(), "an empty x-request-id");
-    let text = response.text().await.expect("a body");
-    let body = if text.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&text)
-            .unwrap_or_else(|e| panic!("a {status} answer that is not JSON ({e}): {text}"))
-    };
-    Reply {
-        status,
-        request_id,
-        body,
+impl Deref for Rig {
+    type Target = RestRig;
+
+    fn deref(&self) -> &RestRig {
+        &self.0
     }
-}
-
-/// Asserts the status and the contract's error shape with `code`; returns the `error` object.
-#[track_caller]
-fn assert_error(reply: &Reply, status: u16, code: &str) -> Value {
-    assert_eq!(reply.status, status, "{reply:?}");
-    let error = reply
-        .body
-        .get("error")
-        .cloned()
-        .unwrap_or_else(|| panic!("no `error` in {reply:?}"));
-    let keys: BTreeSet<&str> = error
-        .as_object()
-        .map(|o| o.keys().map(String::as_str).collect())
-        .unwrap_or_default();
-    assert_eq!(
-        keys,
-        BTreeSet::from(["code", "details", "message", "request_id"]),
-        "{reply:?}"
-    );
-    assert_eq!(error["code"], code, "{reply:?}");
-    assert!(error["message"].is_string(), "{reply:?}");
-    assert!(error["details"].is_object(), "{reply:?}");
-    assert_eq!(error["request_id"], reply.request_id.as_str(), "{reply:?}");
-    error
-}
-
-fn keys_of(value: &Value) -> BTreeSet<String> {
-    value
-        .as_object()
-        .unwrap_or_else(|| panic!("not an object: {value}"))
-        .keys()
-        .cloned()
-        .collect()
-}
-
-fn set(keys: &[&str]) -> BTreeSet<String> {
-    keys.iter().map(|k| k.to_string()).collect()
-}
-
-/// Farm, store, runtime and API server for one test.
-struct Rig {
-    farm: Farm,
-    runtime: Runtime,
-    keys: Arc<TokenKeys>,
-    users: HashMap<&'static str, UserId>,
-    base: String,
-    client: reqwest::Client,
-    /// (method, path) of every route the server was built with.
-    routes: Vec<(String, String)>,
-    stop: Option<oneshot::Sender<()>>,
-    server: Option<JoinHandle<()>>,
-    _dir: tempfile::TempDir,
 }
 
 impl Rig {
     async fn start() -> Rig {
-        let profiles = ProfileSet::builtin().expect("the built-in profiles load");
+        let profiles =
+            gatehouse_adapters::profile::ProfileSet::builtin().expect("the built-in profiles load");
         let farm = Farm::start(FarmSpec {
             controllers: vec![
                 SimControllerSpec::new("north", "generic", [1, 2, 3]).with_travel(TRAVEL),
                 SimControllerSpec::new("south", "came-zlb30", [1, 2]).with_travel(TRAVEL),
             ],
-            profiles: profiles.clone(),
+            profiles,
         })
         .await
         .expect("the farm starts");
         let north = farm.controller("north").unwrap().local_addr();
         let south = farm.controller("south").unwrap().local_addr();
-        let mut text = format!(
-            r#"
-[[site]]
-id = "north"
-name = "North"
-timezone = "UTC"
-
-[[site]]
-id = "south"
-name = "South"
-timezone = "UTC"
-
-[[controller]]
-id = "north-ctl"
-site = "north"
-profile = "generic"
-endpoint = "{north}"
-poll_interval_ms = 200
-
-[[controller]]
-id = "south-ctl"
-site = "south"
-profile = "came-zlb30"
-endpoint = "{south}"
-poll_interval_ms = 200
-"#
-        );
-        for (unit, g) in NORTH_GATES.iter().enumerate() {
-            text.push_str(&format!(
-                "\n[[gate]]\nid = \"{g}\"\nname = \"Gate {g}\"\ncontroller = \"north-ctl\"\nunit = {}\n",
-                unit + 1
-            ));
+        let mut fleet = FleetText::default()
+            .site("north", "North", "UTC")
+            .site("south", "South", "UTC")
+            .controller("north-ctl", "north", "generic", north)
+            .controller("south-ctl", "south", "came-zlb30", south);
+        for (gates, controller) in [(&NORTH_GATES[..], "north-ctl"), (&SOUTH_GATES, "south-ctl")] {
+            for (unit, g) in gates.iter().enumerate() {
+                fleet = fleet.gate(g, &format!("Gate {g}"), controller, unit as u8 + 1);
+            }
         }
-        for (unit, g) in SOUTH_GATES.iter().enumerate() {
-            text.push_str(&format!(
-                "\n[[gate]]\nid = \"{g}\"\nname = \"Gate {g}\"\ncontroller = \"south-ctl\"\nunit = {}\n",
-                unit + 1
-            ));
-        }
-        let fleet = FleetFile::parse("rest-api fleet", &text, &profiles).expect("the fleet file");
-
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let url = format!("sqlite://{}/gatehouse.db", dir.path().display());
-        let store = Arc::new(Store::connect(&url).await.expect("the store opens"));
-        store.migrate().await.expect("the store migrates");
-
-        // Users and grants, straight into the store.
-        let passwords = Passwords::cheap_for_tests().expect("test passwords");
-        let mut users = HashMap::new();
-        for (name, role) in USERS {
-            let id = UserId(Uuid::new_v4());
-            store
-                .create_user(UserRecord {
-                    id,
-                    username: name.to_string(),
-                    password_hash: passwords.hash(&password_of(name)).await.expect("a hash"),
-                    role,
-                    created_at_ms: now_ms(),
-                    disabled: false,
-                })
-                .await
-                .expect("the user is created");
-            users.insert(name, id);
-        }
-        let runtime = Runtime::boot(store.clone(), profiles, Some(&fleet), LocalBus::default())
-            .await
-            .expect("the runtime boots");
-        for g in NORTH_GATES.iter().chain(SOUTH_GATES.iter()) {
-            wait_until_closed(&runtime, &gate_id(g)).await;
-        }
+        // Users straight into the store; every gate up and closed before the stack answers.
+        let spec = StackSpec {
+            fleet: fleet.text(),
+            users: USERS.to_vec(),
+            ws: WsConfig::default(),
+            wait_closed: true,
+        };
+        let rig = RestRig::start(farm, spec, WAIT).await;
 
         // Grants name gates, which exist in the store once the boot has seeded the fleet.
-        let resident = users["res"];
+        let resident = rig.user("res");
         for (gate, windows) in [("n1", vec![]), ("n2", vec![never_now_window()])] {
-            store
+            rig.stack
+                .store
                 .create_grant(
                     Grant {
                         id: Uuid::new_v4(),
@@ -262,126 +117,16 @@ poll_interval_ms = 200
                 .await
                 .expect("the grant is created");
         }
-
-        let keys = Arc::new(TokenKeys::ephemeral().expect("an ephemeral key"));
-        let readiness: Arc<dyn Readiness> = Arc::new(Vec::<Check>::new);
-        let access: Arc<dyn AccessStore> = store.clone();
-        let events: Arc<dyn EventStore> = store.clone();
-        // The brief pinned flat fields on `ApiState` (readiness, fleet, access, events, keys,
-        // passwords); the implementation groups the application handles in `v1::App`.
-        let changes = gatehouse_api::v1::changes::AccessChanges::default();
-        let sessions = gatehouse_api::ws::Sessions::start(
-            runtime.bus.subscribe(),
-            &changes,
-            gatehouse_api::ws::WsConfig::default(),
-        )
-        .await
-        .expect("the session layer starts");
-        let state = ApiState {
-            readiness,
-            app: Some(App {
-                fleet: runtime.fleet.clone(),
-                access,
-                events,
-                keys: keys.clone(),
-                passwords,
-                changes,
-                sessions,
-                limits: Default::default(),
-            }),
-        };
-        let table = gatehouse_api::route_table(&state).expect("the route table is valid");
-        let routes = table
-            .entries()
-            .into_iter()
-            .map(|(method, path)| (method.as_str().to_string(), path))
-            .collect();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let config = ApiConfig {
-            listen: ([127, 0, 0, 1], 0).into(),
-            ..ApiConfig::default()
-        };
-        let (addr, server) = gatehouse_api::serve(config, table, async move {
-            let _ = stopped.await;
-        })
-        .await
-        .expect("the server starts");
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(WAIT)
-            .build()
-            .expect("the client builds");
-        Rig {
-            farm,
-            runtime,
-            keys,
-            users,
-            base: format!("http://{addr}"),
-            client,
-            routes,
-            stop: Some(stop),
-            server: Some(server),
-            _dir: dir,
-        }
+        Rig(rig)
     }
 
-    async fn shutdown(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(server) = self.server.take() {
-            tokio::time::timeout(WAIT, server)
-                .await
-                .expect("the server stops in time")
-                .expect("the server task ends cleanly");
-        }
-        self.runtime.shutdown(Duration::from_secs(10)).await;
-        self.farm.shutdown().await;
+    async fn shutdown(self) {
+        self.0.shutdown().await;
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    async fn post(&self, path: &str, body: Value) -> Reply {
-        send(self.client.post(self.url(path)).json(&body)).await
-    }
-
-    async fn get(&self, token: &str, path: &str) -> Reply {
-        send(self.client.get(self.url(path)).bearer_auth(token)).await
-    }
-
-    async fn login_reply(&self, username: &str, password: &str) -> Reply {
-        self.post(
-            "/api/v1/auth/login",
-            json!({ "username": username, "password": password }),
-        )
-        .await
-    }
-
-    /// Logs `user` in; returns its access token.
-    async fn token(&self, user: &str) -> String {
-        let reply = self.login_reply(user, &password_of(user)).await;
-        assert_eq!(reply.status, 200, "{user} logs in: {reply:?}");
-        reply.body["access_token"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no access_token: {reply:?}"))
-            .to_owned()
-    }
-
-    async fn command(&self, token: &str, gate: &str, id: Uuid, action: &str, wait: bool) -> Reply {
-        let path = if wait {
-            format!("/api/v1/gates/{gate}/commands?wait=true")
-        } else {
-            format!("/api/v1/gates/{gate}/commands")
-        };
-        send(
-            self.client
-                .post(self.url(&path))
-                .bearer_auth(token)
-                .json(&json!({ "id": id, "action": action })),
-        )
-        .await
+    /// The id of `user`, as the API spells it.
+    fn user_id(&self, user: &str) -> String {
+        self.user(user).to_string()
     }
 
     /// Sends `action` with `?wait=true` and asserts it completed.
@@ -398,19 +143,12 @@ poll_interval_ms = 200
 
     /// Polls the gate through the API until its state is `state`.
     async fn wait_api_state(&self, token: &str, gate: &str, state: &str) -> Value {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let reply = self.get(token, &format!("/api/v1/gates/{gate}")).await;
-            assert_eq!(reply.status, 200, "{reply:?}");
-            if reply.body["state"] == state {
-                return reply.body;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{gate} never reached {state}: {reply:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let path = format!("/api/v1/gates/{gate}");
+        let waited = format!("{gate} reach {state}");
+        self.until(token, &path, &waited, |body| {
+            (body["state"] == state).then(|| body.clone())
+        })
+        .await
     }
 
     /// Reads the gate's first 50 events until `found` picks something out of them.
@@ -420,27 +158,14 @@ poll_interval_ms = 200
         gate: &str,
         found: impl Fn(&[Value]) -> Option<T>,
     ) -> T {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let reply = self
-                .get(
-                    token,
-                    &format!("/api/v1/gates/{gate}/events?after=0&limit=50"),
-                )
-                .await;
-            assert_eq!(reply.status, 200, "{reply:?}");
-            let events = reply.body["events"]
+        let path = format!("/api/v1/gates/{gate}/events?after=0&limit=50");
+        self.until(token, &path, "what was looked for", |body| {
+            let events = body["events"]
                 .as_array()
-                .unwrap_or_else(|| panic!("no `events` array: {reply:?}"));
-            if let Some(t) = found(events) {
-                return t;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "never found what was looked for in {reply:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+                .unwrap_or_else(|| panic!("no `events` array: {body}"));
+            found(events)
+        })
+        .await
     }
 
     /// Accepted `open` writes the simulator received for a north unit.
@@ -452,22 +177,6 @@ poll_interval_ms = 200
             .iter()
             .filter(|w| w.unit == unit && w.op == Some(HwOp::Open) && w.accepted)
             .count()
-    }
-}
-
-async fn wait_until_closed(runtime: &Runtime, gate: &GateId) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Ok(view) = runtime.fleet.view(gate).await
-            && view.snapshot.state == GateState::Closed
-        {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{gate} never came up closed"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -532,17 +241,6 @@ fn names_command(event: &Value, id: Uuid) -> bool {
         || event["command"] == id.as_str()
 }
 
-fn gate_ids_of(list: &Value) -> Vec<String> {
-    let mut ids: Vec<String> = list["gates"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no `gates` array: {list}"))
-        .iter()
-        .map(|g| g["id"].as_str().expect("a gate id").to_owned())
-        .collect();
-    ids.sort();
-    ids
-}
-
 // ---------------------------------------------------------------------------------------------
 // Authentication
 // ---------------------------------------------------------------------------------------------
@@ -552,7 +250,7 @@ async fn login_answers_tokens_and_the_user_and_refuses_wrong_passwords_and_unkno
     let rig = Rig::start().await;
     let before = now_ms() / 1000;
 
-    let reply = rig.login_reply("op", &password_of("op")).await;
+    let reply = rig.login("op", &password_of("op")).await;
     assert_eq!(reply.status, 200, "{reply:?}");
     let body = &reply.body;
     assert_eq!(
@@ -589,7 +287,7 @@ async fn login_answers_tokens_and_the_user_and_refuses_wrong_passwords_and_unkno
         set(&["id", "username", "role"]),
         "{body}"
     );
-    assert_eq!(body["user"]["id"], rig.users["op"].to_string(), "{body}");
+    assert_eq!(body["user"]["id"], rig.user_id("op"), "{body}");
     assert_eq!(body["user"]["username"], "op", "{body}");
     assert_eq!(body["user"]["role"], "operator", "{body}");
 
@@ -599,12 +297,12 @@ async fn login_answers_tokens_and_the_user_and_refuses_wrong_passwords_and_unkno
     assert_eq!(me.status, 200, "{me:?}");
     assert_eq!(
         me.body,
-        json!({"id": rig.users["op"].to_string(), "username": "op", "role": "operator"})
+        json!({"id": rig.user_id("op"), "username": "op", "role": "operator"})
     );
 
     // A wrong password and an unknown user get the same answer.
-    let wrong = rig.login_reply("op", "not-the-password-at-all").await;
-    let unknown = rig.login_reply("nobody", &password_of("op")).await;
+    let wrong = rig.login("op", "not-the-password-at-all").await;
+    let unknown = rig.login("nobody", &password_of("op")).await;
     let wrong_error = assert_error(&wrong, 401, "invalid_credentials");
     let unknown_error = assert_error(&unknown, 401, "invalid_credentials");
     assert_eq!(wrong_error["message"], unknown_error["message"]);
@@ -620,13 +318,13 @@ async fn login_answers_tokens_and_the_user_and_refuses_wrong_passwords_and_unkno
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refresh_rotates_the_token_and_a_reused_token_revokes_its_whole_family() {
     let rig = Rig::start().await;
-    let login = rig.login_reply("admin", &password_of("admin")).await;
+    let login = rig.login("admin", &password_of("admin")).await;
     assert_eq!(login.status, 200, "{login:?}");
     let first = login.body["refresh_token"].as_str().unwrap().to_owned();
 
     // Rotation: a new access token and a new refresh token, same shape as a login.
     let rotated = rig
-        .post("/api/v1/auth/refresh", json!({ "refresh_token": first }))
+        .post_anonymous("/api/v1/auth/refresh", json!({ "refresh_token": first }))
         .await;
     assert_eq!(rotated.status, 200, "{rotated:?}");
     assert_eq!(
@@ -650,26 +348,26 @@ async fn refresh_rotates_the_token_and_a_reused_token_revokes_its_whole_family()
 
     // The second one rotates once more: a chain works, not just one step.
     let rotated = rig
-        .post("/api/v1/auth/refresh", json!({ "refresh_token": second }))
+        .post_anonymous("/api/v1/auth/refresh", json!({ "refresh_token": second }))
         .await;
     assert_eq!(rotated.status, 200, "{rotated:?}");
     let third = rotated.body["refresh_token"].as_str().unwrap().to_owned();
 
     // Presenting a used token again: reuse, and the family's newest token dies with it.
     let reused = rig
-        .post("/api/v1/auth/refresh", json!({ "refresh_token": first }))
+        .post_anonymous("/api/v1/auth/refresh", json!({ "refresh_token": first }))
         .await;
     assert_error(&reused, 401, "refresh_token_reused");
     let newest = rig
-        .post("/api/v1/auth/refresh", json!({ "refresh_token": third }))
+        .post_anonymous("/api/v1/auth/refresh", json!({ "refresh_token": third }))
         .await;
     assert_error(&newest, 401, "invalid_refresh_token");
 
     // Another login starts a new family, unaffected.
-    let fresh = rig.login_reply("admin", &password_of("admin")).await;
+    let fresh = rig.login("admin", &password_of("admin")).await;
     let fresh_token = fresh.body["refresh_token"].as_str().unwrap().to_owned();
     let ok = rig
-        .post(
+        .post_anonymous(
             "/api/v1/auth/refresh",
             json!({ "refresh_token": fresh_token }),
         )
@@ -678,7 +376,7 @@ async fn refresh_rotates_the_token_and_a_reused_token_revokes_its_whole_family()
 
     // Garbage.
     let garbage = rig
-        .post(
+        .post_anonymous(
             "/api/v1/auth/refresh",
             json!({ "refresh_token": "not-a-token-we-ever-issued" }),
         )
@@ -691,18 +389,18 @@ async fn refresh_rotates_the_token_and_a_reused_token_revokes_its_whole_family()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logout_answers_204_and_its_refresh_token_is_refused_afterwards() {
     let rig = Rig::start().await;
-    let login = rig.login_reply("view", &password_of("view")).await;
+    let login = rig.login("view", &password_of("view")).await;
     assert_eq!(login.status, 200, "{login:?}");
     let refresh = login.body["refresh_token"].as_str().unwrap().to_owned();
 
     let out = rig
-        .post("/api/v1/auth/logout", json!({ "refresh_token": refresh }))
+        .post_anonymous("/api/v1/auth/logout", json!({ "refresh_token": refresh }))
         .await;
     assert_eq!(out.status, 204, "{out:?}");
     assert_eq!(out.body, Value::Null, "a 204 has no body: {out:?}");
 
     let after = rig
-        .post("/api/v1/auth/refresh", json!({ "refresh_token": refresh }))
+        .post_anonymous("/api/v1/auth/refresh", json!({ "refresh_token": refresh }))
         .await;
     assert_eq!(after.status, 401, "{after:?}");
     let code = after.body["error"]["code"].as_str().unwrap_or_default();
@@ -716,11 +414,12 @@ async fn logout_answers_204_and_its_refresh_token_is_refused_afterwards() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn me_and_the_gate_endpoints_need_a_valid_bearer_token() {
     let rig = Rig::start().await;
-    let admin = rig.users["admin"].to_string();
+    let admin = rig.user_id("admin");
 
     // An expired token, signed by the server's own key.
     let an_hour_ago = now_ms() / 1000 - 3600;
     let (expired, _) = rig
+        .stack
         .keys
         .issue(&admin, Role::Admin, an_hour_ago)
         .expect("a token");
@@ -766,7 +465,7 @@ async fn me_and_the_gate_endpoints_need_a_valid_bearer_token() {
         assert_eq!(me.status, 200, "{me:?}");
         assert_eq!(
             me.body,
-            json!({"id": rig.users[name].to_string(), "username": name, "role": role.as_str()})
+            json!({"id": rig.user_id(name), "username": name, "role": role.as_str()})
         );
     }
     rig.shutdown().await;
@@ -785,7 +484,7 @@ async fn the_gate_list_shows_every_gate_to_staff_and_only_granted_gates_to_a_res
         let reply = rig.get(&token, "/api/v1/gates").await;
         assert_eq!(reply.status, 200, "{user}: {reply:?}");
         assert_eq!(keys_of(&reply.body), set(&["gates"]), "{reply:?}");
-        assert_eq!(gate_ids_of(&reply.body), all, "{user}: {reply:?}");
+        assert_eq!(ids(&reply.body["gates"]), all, "{user}: {reply:?}");
         for gate in reply.body["gates"].as_array().unwrap() {
             let id = gate["id"].as_str().unwrap();
             assert_gate_object(gate, id);
@@ -804,7 +503,7 @@ async fn the_gate_list_shows_every_gate_to_staff_and_only_granted_gates_to_a_res
     let reply = rig.get(&resident, "/api/v1/gates").await;
     assert_eq!(reply.status, 200, "{reply:?}");
     assert_eq!(
-        gate_ids_of(&reply.body),
+        ids(&reply.body["gates"]),
         vec!["n1".to_string(), "n2".to_string()],
         "a resident sees its granted gates, the one outside its window included: {reply:?}"
     );
@@ -820,7 +519,14 @@ async fn reading_one_gate_answers_its_object_404_when_unknown_and_403_to_an_ungr
         assert_eq!(reply.status, 200, "{reply:?}");
         assert_gate_object(&reply.body, id);
         // The same object as the list's, as far as a closed idle gate goes.
-        let seq = rig.runtime.fleet.view(&gate_id(id)).await.unwrap().seq;
+        let seq = rig
+            .stack
+            .runtime
+            .fleet
+            .view(&gate_id(id))
+            .await
+            .unwrap()
+            .seq;
         assert_eq!(reply.body["seq"], seq, "{reply:?}");
     }
 
@@ -1226,7 +932,8 @@ async fn events_page_in_seq_order_without_gaps_or_duplicates() {
     assert_eq!(seqs[0], 1, "a fresh store starts each gate at seq 1");
     assert_eq!(
         seqs.last().copied(),
-        rig.runtime
+        rig.stack
+            .runtime
             .fleet
             .view(&gate_id("n3"))
             .await
@@ -1342,13 +1049,13 @@ async fn every_answer_carries_a_request_id_and_errors_repeat_it() {
     let rig = Rig::start().await;
     // `send` asserts x-request-id on every answer; these cover every endpoint and outcome.
     let admin = rig.token("admin").await;
-    let login = rig.login_reply("admin", &password_of("admin")).await;
+    let login = rig.login("admin", &password_of("admin")).await;
     let refresh = login.body["refresh_token"].as_str().unwrap().to_owned();
     let replies = vec![
-        rig.login_reply("admin", "wrong-password-123").await,
-        rig.post("/api/v1/auth/refresh", json!({"refresh_token": "x"}))
+        rig.login("admin", "wrong-password-123").await,
+        rig.post_anonymous("/api/v1/auth/refresh", json!({"refresh_token": "x"}))
             .await,
-        rig.post("/api/v1/auth/logout", json!({"refresh_token": refresh}))
+        rig.post_anonymous("/api/v1/auth/logout", json!({"refresh_token": refresh}))
             .await,
         rig.get(&admin, "/api/v1/auth/me").await,
         rig.get("bad", "/api/v1/auth/me").await,
@@ -1393,7 +1100,7 @@ async fn the_openapi_document_lists_exactly_the_routes_served_including_the_appl
     let rig = Rig::start().await;
     let document: serde_json::Value = rig
         .client
-        .get(format!("{}/api/v1/openapi.json", rig.base))
+        .get(rig.url("/api/v1/openapi.json"))
         .send()
         .await
         .expect("the document is served")
@@ -1401,7 +1108,7 @@ async fn the_openapi_document_lists_exactly_the_routes_served_including_the_appl
         .await
         .expect("the document is JSON");
     let mut documented = gatehouse_api::routing::document_entries(&document);
-    let mut served = rig.routes.clone();
+    let mut served = rig.stack.routes.clone();
     documented.sort();
     served.sort();
     assert_eq!(

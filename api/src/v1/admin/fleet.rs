@@ -18,6 +18,7 @@ use gatehouse_actors::ids::{ControllerId, GateId, SiteId};
 use gatehouse_actors::store::{
     ControllerRecord, FleetChange, FleetRecords, GateRecord, SiteRecord, StoreError,
 };
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
@@ -135,38 +136,6 @@ pub struct RemoveControllerQuery {
     pub cascade: Option<bool>,
 }
 
-fn site_body(s: &SiteRecord) -> SiteBody {
-    SiteBody {
-        id: s.id.to_string(),
-        name: s.name.clone(),
-        timezone: s.timezone.clone(),
-    }
-}
-
-fn controller_body(c: &ControllerRecord) -> ControllerBody {
-    ControllerBody {
-        id: c.id.to_string(),
-        site: c.site.to_string(),
-        profile: c.profile.clone(),
-        endpoint: c.endpoint.clone(),
-        request_timeout_ms: c.request_timeout_ms,
-        inter_frame_delay_ms: c.inter_frame_delay_ms,
-        poll_interval_ms: c.poll_interval_ms,
-    }
-}
-
-fn gate_body(g: &GateRecord) -> GateConfigBody {
-    GateConfigBody {
-        id: g.id.to_string(),
-        controller: g.controller.to_string(),
-        unit: g.unit,
-        name: g.name.clone(),
-        travel_timeout_s: g.travel_timeout_s,
-        auto_close_after_s: g.auto_close_after_s,
-        left_open_alert_after_s: g.left_open_alert_after_s,
-    }
-}
-
 // ---- shared --------------------------------------------------------------------------------
 
 /// What a record kind is called in codes, messages and audit targets.
@@ -222,6 +191,35 @@ impl Kind {
     }
 }
 
+/// One family of configuration records (sites, controllers, gates): what the generic list,
+/// get, create and replace handlers need to know about it. Deleting is each family's own.
+trait Family: Clone + Serialize + Sized {
+    type Id: Clone + PartialEq + std::fmt::Display + std::str::FromStr;
+    type Input;
+    type Body: Serialize;
+    type List: Serialize;
+    const KIND: Kind;
+
+    /// This family's records in the running configuration.
+    fn all(records: &FleetRecords) -> &[Self];
+    fn id(&self) -> &Self::Id;
+    fn body(&self) -> Self::Body;
+    fn list(bodies: Vec<Self::Body>) -> Self::List;
+    /// The change that creates or replaces this record.
+    fn upsert(self) -> FleetChange;
+    fn input_id(input: &Self::Input) -> &Option<Self::Id>;
+    /// Checks the input on its own, before the configuration is read.
+    fn check(_input: &Self::Input) -> Result<(), ApiError> {
+        Ok(())
+    }
+    /// Checks that the records the input names exist.
+    fn check_references(_input: &Self::Input, _records: &FleetRecords) -> Result<(), ApiError> {
+        Ok(())
+    }
+    /// The record `input` describes (already checked).
+    fn record(id: Self::Id, input: &Self::Input) -> Self;
+}
+
 /// The running configuration.
 async fn records(app: &App) -> Result<FleetRecords, ApiError> {
     app.fleet.records().await.ok_or_else(not_configurable)
@@ -272,9 +270,25 @@ fn same_id<T: PartialEq + std::fmt::Display>(body: &Option<T>, path: &T) -> Resu
     }
 }
 
-fn path_id<T: std::str::FromStr>(params: &PathParams, kind: Kind) -> Result<T, ApiError> {
-    let raw = params.get(kind.name())?;
-    raw.parse::<T>().map_err(|_| kind.unknown(raw))
+/// The record `id` of family `F` in `records`, or 404.
+fn find<'r, F: Family>(records: &'r FleetRecords, id: &F::Id) -> Result<&'r F, ApiError> {
+    F::all(records)
+        .iter()
+        .find(|r| r.id() == id)
+        .ok_or_else(|| F::KIND.unknown(&id.to_string()))
+}
+
+/// The path's id (a malformed one is as unknown as any other), the running configuration,
+/// and the record it names (or 404).
+async fn existing<F: Family>(
+    app: &App,
+    params: &PathParams,
+) -> Result<(F::Id, FleetRecords, F), ApiError> {
+    let raw = params.get(F::KIND.name())?;
+    let id: F::Id = raw.parse().map_err(|_| F::KIND.unknown(raw))?;
+    let records = records(app).await?;
+    let record = find::<F>(&records, &id)?.clone();
+    Ok((id, records, record))
 }
 
 /// Users holding a grant that `dies` (before it is removed with its gate or site).
@@ -289,24 +303,129 @@ async fn holders(app: &App, dies: impl Fn(&GrantScope) -> bool) -> Result<Vec<Us
     Ok(out)
 }
 
-async fn record_change(
+/// Applies `changes`, then audits `verb` on record `id` of family `F`.
+async fn change<F: Family>(
     app: &App,
     caller: &Caller,
     ip: IpAddr,
-    kind: Kind,
     verb: &str,
-    id: &str,
+    id: &F::Id,
+    changes: Vec<FleetChange>,
+    details: serde_json::Value,
+) -> Result<(), ApiError> {
+    configure(app, changes).await?;
+    record_change::<F>(app, caller, ip, verb, id, details).await;
+    Ok(())
+}
+
+async fn record_change<F: Family>(
+    app: &App,
+    caller: &Caller,
+    ip: IpAddr,
+    verb: &str,
+    id: &F::Id,
     details: serde_json::Value,
 ) {
     audit(
         app,
         caller,
         ip,
-        &kind.audit_action(verb),
-        format!("{}:{id}", kind.name()),
+        &F::KIND.audit_action(verb),
+        format!("{}:{id}", F::KIND.name()),
         details,
     )
     .await;
+}
+
+/// Every record of the family, by id.
+async fn list<F: Family>(app: App, bearer: Option<String>) -> Outcome {
+    admin(&app, bearer).await?;
+    let records = records(&app).await?;
+    let mut all: Vec<&F> = F::all(&records).iter().collect();
+    all.sort_by_key(|r| r.id().to_string());
+    json::reply(
+        StatusCode::OK,
+        &F::list(all.into_iter().map(F::body).collect()),
+    )
+}
+
+/// The record the path names.
+async fn get<F: Family>(params: PathParams, app: App, bearer: Option<String>) -> Outcome {
+    admin(&app, bearer).await?;
+    let (_, _, record) = existing::<F>(&app, &params).await?;
+    json::reply(StatusCode::OK, &record.body())
+}
+
+/// Creates the record `input` describes, unless its id is taken.
+async fn create<F: Family>(
+    app: App,
+    bearer: Option<String>,
+    ip: IpAddr,
+    input: F::Input,
+) -> Outcome {
+    let caller = admin(&app, bearer).await?;
+    let id = id_to_create(F::input_id(&input))?;
+    F::check(&input)?;
+    let records = records(&app).await?;
+    if F::all(&records).iter().any(|r| r.id() == &id) {
+        return Err(F::KIND.exists(&id.to_string()));
+    }
+    F::check_references(&input, &records)?;
+    let record = F::record(id.clone(), &input);
+    let upsert = vec![record.clone().upsert()];
+    change::<F>(&app, &caller, ip, "create", &id, upsert, json!(record)).await?;
+    json::reply(StatusCode::CREATED, &record.body())
+}
+
+/// Replaces the record the path names with the one `input` describes.
+async fn replace<F: Family>(
+    params: PathParams,
+    app: App,
+    bearer: Option<String>,
+    ip: IpAddr,
+    input: F::Input,
+) -> Outcome {
+    let caller = admin(&app, bearer).await?;
+    let (id, records, before) = existing::<F>(&app, &params).await?;
+    same_id(F::input_id(&input), &id)?;
+    F::check(&input)?;
+    F::check_references(&input, &records)?;
+    let record = F::record(id.clone(), &input);
+    let upsert = vec![record.clone().upsert()];
+    let details = json!({ "from": before, "to": record });
+    change::<F>(&app, &caller, ip, "update", &id, upsert, details).await?;
+    json::reply(StatusCode::OK, &record.body())
+}
+
+/// Removes a record with `changes`, tells the sessions about `announced` and audits it.
+async fn remove<F: Family>(
+    app: &App,
+    caller: &Caller,
+    ip: IpAddr,
+    id: &F::Id,
+    changes: Vec<FleetChange>,
+    announced: impl IntoIterator<Item = AccessChange>,
+    details: serde_json::Value,
+) -> Outcome {
+    configure(app, changes).await?;
+    for change in announced {
+        app.changes.announce(change);
+    }
+    record_change::<F>(app, caller, ip, "delete", id, details).await;
+    no_content()
+}
+
+fn users_told(users: &[UserId]) -> impl Iterator<Item = AccessChange> + '_ {
+    users.iter().map(|user| AccessChange::User(*user))
+}
+
+/// That the record `id` of family `F` exists, for a body that names it.
+fn known<F: Family>(records: &FleetRecords, id: &F::Id) -> Result<(), ApiError> {
+    if F::all(records).iter().any(|r| r.id() == id) {
+        Ok(())
+    } else {
+        Err(F::KIND.unknown_reference(&id.to_string()))
+    }
 }
 
 fn check_timezone(tz: &str) -> Result<(), ApiError> {
@@ -321,14 +440,58 @@ fn check_timezone(tz: &str) -> Result<(), ApiError> {
 
 // ---- sites ---------------------------------------------------------------------------------
 
-fn site_record(id: SiteId, input: &SiteInput) -> Result<SiteRecord, ApiError> {
-    let timezone = input.timezone.clone().unwrap_or_else(|| "UTC".into());
-    check_timezone(&timezone)?;
-    Ok(SiteRecord {
-        id,
-        name: input.name.clone(),
-        timezone,
-    })
+impl SiteInput {
+    fn timezone(&self) -> String {
+        self.timezone.clone().unwrap_or_else(|| "UTC".into())
+    }
+}
+
+impl Family for SiteRecord {
+    type Id = SiteId;
+    type Input = SiteInput;
+    type Body = SiteBody;
+    type List = SiteList;
+    const KIND: Kind = Kind::Site;
+
+    fn all(records: &FleetRecords) -> &[Self] {
+        &records.sites
+    }
+
+    fn id(&self) -> &SiteId {
+        &self.id
+    }
+
+    fn body(&self) -> SiteBody {
+        SiteBody {
+            id: self.id.to_string(),
+            name: self.name.clone(),
+            timezone: self.timezone.clone(),
+        }
+    }
+
+    fn list(sites: Vec<SiteBody>) -> SiteList {
+        SiteList { sites }
+    }
+
+    fn upsert(self) -> FleetChange {
+        FleetChange::UpsertSite(self)
+    }
+
+    fn input_id(input: &SiteInput) -> &Option<SiteId> {
+        &input.id
+    }
+
+    fn check(input: &SiteInput) -> Result<(), ApiError> {
+        check_timezone(&input.timezone())
+    }
+
+    fn record(id: SiteId, input: &SiteInput) -> Self {
+        SiteRecord {
+            id,
+            name: input.name.clone(),
+            timezone: input.timezone(),
+        }
+    }
 }
 
 #[utoipa::path(
@@ -343,10 +506,7 @@ fn site_record(id: SiteId, input: &SiteInput) -> Result<SiteRecord, ApiError> {
     security(("bearer" = [])),
 )]
 async fn list_sites(app: App, bearer: Option<String>) -> Outcome {
-    admin(&app, bearer).await?;
-    let mut sites: Vec<SiteBody> = records(&app).await?.sites.iter().map(site_body).collect();
-    sites.sort_by(|a, b| a.id.cmp(&b.id));
-    json::reply(StatusCode::OK, &SiteList { sites })
+    list::<SiteRecord>(app, bearer).await
 }
 
 #[utoipa::path(
@@ -363,15 +523,7 @@ async fn list_sites(app: App, bearer: Option<String>) -> Outcome {
     security(("bearer" = [])),
 )]
 async fn get_site(params: PathParams, app: App, bearer: Option<String>) -> Outcome {
-    admin(&app, bearer).await?;
-    let id: SiteId = path_id(&params, Kind::Site)?;
-    let records = records(&app).await?;
-    let site = records
-        .sites
-        .iter()
-        .find(|s| s.id == id)
-        .ok_or_else(|| Kind::Site.unknown(id.as_str()))?;
-    json::reply(StatusCode::OK, &site_body(site))
+    get::<SiteRecord>(params, app, bearer).await
 }
 
 #[utoipa::path(
@@ -389,24 +541,7 @@ async fn get_site(params: PathParams, app: App, bearer: Option<String>) -> Outco
     security(("bearer" = [])),
 )]
 async fn create_site(app: App, bearer: Option<String>, ip: IpAddr, input: SiteInput) -> Outcome {
-    let caller = admin(&app, bearer).await?;
-    let id = id_to_create(&input.id)?;
-    let site = site_record(id.clone(), &input)?;
-    if records(&app).await?.sites.iter().any(|s| s.id == id) {
-        return Err(Kind::Site.exists(id.as_str()));
-    }
-    configure(&app, vec![FleetChange::UpsertSite(site.clone())]).await?;
-    record_change(
-        &app,
-        &caller,
-        ip,
-        Kind::Site,
-        "create",
-        id.as_str(),
-        json!(site),
-    )
-    .await;
-    json::reply(StatusCode::CREATED, &site_body(&site))
+    create::<SiteRecord>(app, bearer, ip, input).await
 }
 
 #[utoipa::path(
@@ -431,28 +566,7 @@ async fn replace_site(
     ip: IpAddr,
     input: SiteInput,
 ) -> Outcome {
-    let caller = admin(&app, bearer).await?;
-    let id: SiteId = path_id(&params, Kind::Site)?;
-    let before = records(&app)
-        .await?
-        .sites
-        .into_iter()
-        .find(|s| s.id == id)
-        .ok_or_else(|| Kind::Site.unknown(id.as_str()))?;
-    same_id(&input.id, &id)?;
-    let site = site_record(id.clone(), &input)?;
-    configure(&app, vec![FleetChange::UpsertSite(site.clone())]).await?;
-    record_change(
-        &app,
-        &caller,
-        ip,
-        Kind::Site,
-        "update",
-        id.as_str(),
-        json!({ "from": before, "to": site }),
-    )
-    .await;
-    json::reply(StatusCode::OK, &site_body(&site))
+    replace::<SiteRecord>(params, app, bearer, ip, input).await
 }
 
 #[utoipa::path(
@@ -471,13 +585,7 @@ async fn replace_site(
 )]
 async fn delete_site(params: PathParams, app: App, bearer: Option<String>, ip: IpAddr) -> Outcome {
     let caller = admin(&app, bearer).await?;
-    let id: SiteId = path_id(&params, Kind::Site)?;
-    let records = records(&app).await?;
-    let site = records
-        .sites
-        .iter()
-        .find(|s| s.id == id)
-        .ok_or_else(|| Kind::Site.unknown(id.as_str()))?;
+    let (id, records, site) = existing::<SiteRecord>(&app, &params).await?;
     let controllers: Vec<&str> = records
         .controllers
         .iter()
@@ -501,46 +609,68 @@ async fn delete_site(params: PathParams, app: App, bearer: Option<String>, ip: I
         .filter(|k| k.site.as_ref() == Some(&id) && k.revoked_at_ms.is_none())
         .map(|k| k.id)
         .collect();
-    configure(&app, vec![FleetChange::RemoveSite(id.clone())]).await?;
-    for user in &users {
-        app.changes.announce(AccessChange::User(*user));
-    }
-    for key in &keys {
-        app.changes.announce(AccessChange::ApiKey(*key));
-    }
-    record_change(
-        &app,
-        &caller,
-        ip,
-        Kind::Site,
-        "delete",
-        id.as_str(),
-        json!({ "site": site, "grant_holders": users, "api_keys": keys }),
-    )
-    .await;
-    no_content()
+    let details = json!({ "site": site, "grant_holders": users, "api_keys": keys });
+    let told = users_told(&users).chain(keys.iter().map(|key| AccessChange::ApiKey(*key)));
+    let changes = vec![FleetChange::RemoveSite(id.clone())];
+    remove::<SiteRecord>(&app, &caller, ip, &id, changes, told, details).await
 }
 
 // ---- controllers ---------------------------------------------------------------------------
 
-fn controller_record(id: ControllerId, input: &ControllerInput) -> ControllerRecord {
-    ControllerRecord {
-        id,
-        site: input.site.clone(),
-        profile: input.profile.clone(),
-        endpoint: input.endpoint.clone(),
-        request_timeout_ms: input.request_timeout_ms,
-        inter_frame_delay_ms: input.inter_frame_delay_ms,
-        poll_interval_ms: input.poll_interval_ms,
-    }
-}
+impl Family for ControllerRecord {
+    type Id = ControllerId;
+    type Input = ControllerInput;
+    type Body = ControllerBody;
+    type List = ControllerList;
+    const KIND: Kind = Kind::Controller;
 
-/// The site a controller names must exist.
-fn site_known(records: &FleetRecords, site: &SiteId) -> Result<(), ApiError> {
-    if records.sites.iter().any(|s| &s.id == site) {
-        Ok(())
-    } else {
-        Err(Kind::Site.unknown_reference(site.as_str()))
+    fn all(records: &FleetRecords) -> &[Self] {
+        &records.controllers
+    }
+
+    fn id(&self) -> &ControllerId {
+        &self.id
+    }
+
+    fn body(&self) -> ControllerBody {
+        ControllerBody {
+            id: self.id.to_string(),
+            site: self.site.to_string(),
+            profile: self.profile.clone(),
+            endpoint: self.endpoint.clone(),
+            request_timeout_ms: self.request_timeout_ms,
+            inter_frame_delay_ms: self.inter_frame_delay_ms,
+            poll_interval_ms: self.poll_interval_ms,
+        }
+    }
+
+    fn list(controllers: Vec<ControllerBody>) -> ControllerList {
+        ControllerList { controllers }
+    }
+
+    fn upsert(self) -> FleetChange {
+        FleetChange::UpsertController(self)
+    }
+
+    fn input_id(input: &ControllerInput) -> &Option<ControllerId> {
+        &input.id
+    }
+
+    /// The site a controller names must exist.
+    fn check_references(input: &ControllerInput, records: &FleetRecords) -> Result<(), ApiError> {
+        known::<SiteRecord>(records, &input.site)
+    }
+
+    fn record(id: ControllerId, input: &ControllerInput) -> Self {
+        ControllerRecord {
+            id,
+            site: input.site.clone(),
+            profile: input.profile.clone(),
+            endpoint: input.endpoint.clone(),
+            request_timeout_ms: input.request_timeout_ms,
+            inter_frame_delay_ms: input.inter_frame_delay_ms,
+            poll_interval_ms: input.poll_interval_ms,
+        }
     }
 }
 
@@ -556,15 +686,7 @@ fn site_known(records: &FleetRecords, site: &SiteId) -> Result<(), ApiError> {
     security(("bearer" = [])),
 )]
 async fn list_controllers(app: App, bearer: Option<String>) -> Outcome {
-    admin(&app, bearer).await?;
-    let mut controllers: Vec<ControllerBody> = records(&app)
-        .await?
-        .controllers
-        .iter()
-        .map(controller_body)
-        .collect();
-    controllers.sort_by(|a, b| a.id.cmp(&b.id));
-    json::reply(StatusCode::OK, &ControllerList { controllers })
+    list::<ControllerRecord>(app, bearer).await
 }
 
 #[utoipa::path(
@@ -581,15 +703,7 @@ async fn list_controllers(app: App, bearer: Option<String>) -> Outcome {
     security(("bearer" = [])),
 )]
 async fn get_controller(params: PathParams, app: App, bearer: Option<String>) -> Outcome {
-    admin(&app, bearer).await?;
-    let id: ControllerId = path_id(&params, Kind::Controller)?;
-    let records = records(&app).await?;
-    let c = records
-        .controllers
-        .iter()
-        .find(|c| c.id == id)
-        .ok_or_else(|| Kind::Controller.unknown(id.as_str()))?;
-    json::reply(StatusCode::OK, &controller_body(c))
+    get::<ControllerRecord>(params, app, bearer).await
 }
 
 #[utoipa::path(
@@ -612,26 +726,7 @@ async fn create_controller(
     ip: IpAddr,
     input: ControllerInput,
 ) -> Outcome {
-    let caller = admin(&app, bearer).await?;
-    let id = id_to_create(&input.id)?;
-    let records = records(&app).await?;
-    if records.controllers.iter().any(|c| c.id == id) {
-        return Err(Kind::Controller.exists(id.as_str()));
-    }
-    site_known(&records, &input.site)?;
-    let c = controller_record(id.clone(), &input);
-    configure(&app, vec![FleetChange::UpsertController(c.clone())]).await?;
-    record_change(
-        &app,
-        &caller,
-        ip,
-        Kind::Controller,
-        "create",
-        id.as_str(),
-        json!(c),
-    )
-    .await;
-    json::reply(StatusCode::CREATED, &controller_body(&c))
+    create::<ControllerRecord>(app, bearer, ip, input).await
 }
 
 #[utoipa::path(
@@ -656,29 +751,7 @@ async fn replace_controller(
     ip: IpAddr,
     input: ControllerInput,
 ) -> Outcome {
-    let caller = admin(&app, bearer).await?;
-    let id: ControllerId = path_id(&params, Kind::Controller)?;
-    let records = records(&app).await?;
-    let before = records
-        .controllers
-        .iter()
-        .find(|c| c.id == id)
-        .ok_or_else(|| Kind::Controller.unknown(id.as_str()))?;
-    same_id(&input.id, &id)?;
-    site_known(&records, &input.site)?;
-    let c = controller_record(id.clone(), &input);
-    configure(&app, vec![FleetChange::UpsertController(c.clone())]).await?;
-    record_change(
-        &app,
-        &caller,
-        ip,
-        Kind::Controller,
-        "update",
-        id.as_str(),
-        json!({ "from": before, "to": c }),
-    )
-    .await;
-    json::reply(StatusCode::OK, &controller_body(&c))
+    replace::<ControllerRecord>(params, app, bearer, ip, input).await
 }
 
 #[utoipa::path(
@@ -706,13 +779,7 @@ async fn delete_controller(
     ip: IpAddr,
 ) -> Outcome {
     let caller = admin(&app, bearer).await?;
-    let id: ControllerId = path_id(&params, Kind::Controller)?;
-    let records = records(&app).await?;
-    let c = records
-        .controllers
-        .iter()
-        .find(|c| c.id == id)
-        .ok_or_else(|| Kind::Controller.unknown(id.as_str()))?;
+    let (id, records, c) = existing::<ControllerRecord>(&app, &params).await?;
     let gates: Vec<GateId> = records
         .gates
         .iter()
@@ -734,42 +801,66 @@ async fn delete_controller(
     let mut changes: Vec<FleetChange> =
         gates.iter().cloned().map(FleetChange::RemoveGate).collect();
     changes.push(FleetChange::RemoveController(id.clone()));
-    configure(&app, changes).await?;
-    for user in &users {
-        app.changes.announce(AccessChange::User(*user));
-    }
-    record_change(
-        &app,
-        &caller,
-        ip,
-        Kind::Controller,
-        "delete",
-        id.as_str(),
-        json!({ "controller": c, "gates": gates, "grant_holders": users }),
-    )
-    .await;
-    no_content()
+    let details = json!({ "controller": c, "gates": gates, "grant_holders": users });
+    remove::<ControllerRecord>(&app, &caller, ip, &id, changes, users_told(&users), details).await
 }
 
 // ---- gates ---------------------------------------------------------------------------------
 
-fn gate_record(id: GateId, input: &GateInput) -> GateRecord {
-    GateRecord {
-        id,
-        controller: input.controller.clone(),
-        unit: input.unit,
-        name: input.name.clone(),
-        travel_timeout_s: input.travel_timeout_s.unwrap_or(DEFAULT_TRAVEL_TIMEOUT_S),
-        auto_close_after_s: input.auto_close_after_s,
-        left_open_alert_after_s: input.left_open_alert_after_s,
-    }
-}
+impl Family for GateRecord {
+    type Id = GateId;
+    type Input = GateInput;
+    type Body = GateConfigBody;
+    type List = GateConfigList;
+    const KIND: Kind = Kind::Gate;
 
-fn controller_known(records: &FleetRecords, controller: &ControllerId) -> Result<(), ApiError> {
-    if records.controllers.iter().any(|c| &c.id == controller) {
-        Ok(())
-    } else {
-        Err(Kind::Controller.unknown_reference(controller.as_str()))
+    fn all(records: &FleetRecords) -> &[Self] {
+        &records.gates
+    }
+
+    fn id(&self) -> &GateId {
+        &self.id
+    }
+
+    fn body(&self) -> GateConfigBody {
+        GateConfigBody {
+            id: self.id.to_string(),
+            controller: self.controller.to_string(),
+            unit: self.unit,
+            name: self.name.clone(),
+            travel_timeout_s: self.travel_timeout_s,
+            auto_close_after_s: self.auto_close_after_s,
+            left_open_alert_after_s: self.left_open_alert_after_s,
+        }
+    }
+
+    fn list(gates: Vec<GateConfigBody>) -> GateConfigList {
+        GateConfigList { gates }
+    }
+
+    fn upsert(self) -> FleetChange {
+        FleetChange::UpsertGate(self)
+    }
+
+    fn input_id(input: &GateInput) -> &Option<GateId> {
+        &input.id
+    }
+
+    /// The controller a gate names must exist.
+    fn check_references(input: &GateInput, records: &FleetRecords) -> Result<(), ApiError> {
+        known::<ControllerRecord>(records, &input.controller)
+    }
+
+    fn record(id: GateId, input: &GateInput) -> Self {
+        GateRecord {
+            id,
+            controller: input.controller.clone(),
+            unit: input.unit,
+            name: input.name.clone(),
+            travel_timeout_s: input.travel_timeout_s.unwrap_or(DEFAULT_TRAVEL_TIMEOUT_S),
+            auto_close_after_s: input.auto_close_after_s,
+            left_open_alert_after_s: input.left_open_alert_after_s,
+        }
     }
 }
 
@@ -785,10 +876,7 @@ fn controller_known(records: &FleetRecords, controller: &ControllerId) -> Result
     security(("bearer" = [])),
 )]
 async fn list_gates(app: App, bearer: Option<String>) -> Outcome {
-    admin(&app, bearer).await?;
-    let mut gates: Vec<GateConfigBody> = records(&app).await?.gates.iter().map(gate_body).collect();
-    gates.sort_by(|a, b| a.id.cmp(&b.id));
-    json::reply(StatusCode::OK, &GateConfigList { gates })
+    list::<GateRecord>(app, bearer).await
 }
 
 #[utoipa::path(
@@ -805,15 +893,7 @@ async fn list_gates(app: App, bearer: Option<String>) -> Outcome {
     security(("bearer" = [])),
 )]
 async fn get_gate(params: PathParams, app: App, bearer: Option<String>) -> Outcome {
-    admin(&app, bearer).await?;
-    let id: GateId = path_id(&params, Kind::Gate)?;
-    let records = records(&app).await?;
-    let g = records
-        .gates
-        .iter()
-        .find(|g| g.id == id)
-        .ok_or_else(|| Kind::Gate.unknown(id.as_str()))?;
-    json::reply(StatusCode::OK, &gate_body(g))
+    get::<GateRecord>(params, app, bearer).await
 }
 
 #[utoipa::path(
@@ -831,26 +911,7 @@ async fn get_gate(params: PathParams, app: App, bearer: Option<String>) -> Outco
     security(("bearer" = [])),
 )]
 async fn create_gate(app: App, bearer: Option<String>, ip: IpAddr, input: GateInput) -> Outcome {
-    let caller = admin(&app, bearer).await?;
-    let id = id_to_create(&input.id)?;
-    let records = records(&app).await?;
-    if records.gates.iter().any(|g| g.id == id) {
-        return Err(Kind::Gate.exists(id.as_str()));
-    }
-    controller_known(&records, &input.controller)?;
-    let g = gate_record(id.clone(), &input);
-    configure(&app, vec![FleetChange::UpsertGate(g.clone())]).await?;
-    record_change(
-        &app,
-        &caller,
-        ip,
-        Kind::Gate,
-        "create",
-        id.as_str(),
-        json!(g),
-    )
-    .await;
-    json::reply(StatusCode::CREATED, &gate_body(&g))
+    create::<GateRecord>(app, bearer, ip, input).await
 }
 
 #[utoipa::path(
@@ -875,29 +936,7 @@ async fn replace_gate(
     ip: IpAddr,
     input: GateInput,
 ) -> Outcome {
-    let caller = admin(&app, bearer).await?;
-    let id: GateId = path_id(&params, Kind::Gate)?;
-    let records = records(&app).await?;
-    let before = records
-        .gates
-        .iter()
-        .find(|g| g.id == id)
-        .ok_or_else(|| Kind::Gate.unknown(id.as_str()))?;
-    same_id(&input.id, &id)?;
-    controller_known(&records, &input.controller)?;
-    let g = gate_record(id.clone(), &input);
-    configure(&app, vec![FleetChange::UpsertGate(g.clone())]).await?;
-    record_change(
-        &app,
-        &caller,
-        ip,
-        Kind::Gate,
-        "update",
-        id.as_str(),
-        json!({ "from": before, "to": g }),
-    )
-    .await;
-    json::reply(StatusCode::OK, &gate_body(&g))
+    replace::<GateRecord>(params, app, bearer, ip, input).await
 }
 
 #[utoipa::path(
@@ -915,91 +954,106 @@ async fn replace_gate(
 )]
 async fn delete_gate(params: PathParams, app: App, bearer: Option<String>, ip: IpAddr) -> Outcome {
     let caller = admin(&app, bearer).await?;
-    let id: GateId = path_id(&params, Kind::Gate)?;
-    let records = records(&app).await?;
-    let g = records
-        .gates
-        .iter()
-        .find(|g| g.id == id)
-        .ok_or_else(|| Kind::Gate.unknown(id.as_str()))?;
+    let (id, _, g) = existing::<GateRecord>(&app, &params).await?;
     let users = holders(&app, |s| matches!(s, GrantScope::Gate(x) if x == &id)).await?;
-    configure(&app, vec![FleetChange::RemoveGate(id.clone())]).await?;
-    for user in &users {
-        app.changes.announce(AccessChange::User(*user));
-    }
-    record_change(
-        &app,
-        &caller,
-        ip,
-        Kind::Gate,
-        "delete",
-        id.as_str(),
-        json!({ "gate": g, "grant_holders": users }),
-    )
-    .await;
-    no_content()
+    let changes = vec![FleetChange::RemoveGate(id.clone())];
+    let details = json!({ "gate": g, "grant_holders": users });
+    remove::<GateRecord>(&app, &caller, ip, &id, changes, users_told(&users), details).await
+}
+
+/// The documentation [`Route::new`] reads from a handler's `#[utoipa::path]`.
+trait Doc: utoipa::Path + utoipa::__dev::SchemaReferences + utoipa::__dev::Tags<'static> {}
+
+impl<T> Doc for T where
+    T: utoipa::Path + utoipa::__dev::SchemaReferences + utoipa::__dev::Tags<'static>
+{
+}
+
+/// `GET` of a whole family.
+fn listing<D: Doc, Fut>(app: &App, handler: fn(App, Option<String>) -> Fut) -> Route
+where
+    Fut: Future<Output = Outcome> + Send + 'static,
+{
+    let app = app.clone();
+    Route::new::<D, _>(move |_p| app.caller().then(handler))
+}
+
+/// `GET` of the record the path names.
+fn reading<D: Doc, Fut>(app: &App, handler: fn(PathParams, App, Option<String>) -> Fut) -> Route
+where
+    Fut: Future<Output = Outcome> + Send + 'static,
+{
+    let app = app.clone();
+    Route::new::<D, _>(move |p| p.and(app.caller()).then(handler))
+}
+
+/// `POST` of a new record.
+fn creating<D: Doc, I, Fut>(app: &App, handler: fn(App, Option<String>, IpAddr, I) -> Fut) -> Route
+where
+    I: DeserializeOwned + Send + 'static,
+    Fut: Future<Output = Outcome> + Send + 'static,
+{
+    let app = app.clone();
+    Route::new::<D, _>(move |_p| {
+        app.caller()
+            .and(client_ip())
+            .and(json::body::<I>())
+            .then(handler)
+    })
+}
+
+/// `PUT` of the record the path names.
+fn replacing<D: Doc, I, Fut>(
+    app: &App,
+    handler: fn(PathParams, App, Option<String>, IpAddr, I) -> Fut,
+) -> Route
+where
+    I: DeserializeOwned + Send + 'static,
+    Fut: Future<Output = Outcome> + Send + 'static,
+{
+    let app = app.clone();
+    Route::new::<D, _>(move |p| {
+        p.and(app.caller())
+            .and(client_ip())
+            .and(json::body::<I>())
+            .then(handler)
+    })
+}
+
+/// `DELETE` of the record the path names.
+fn deleting<D: Doc, Fut>(
+    app: &App,
+    handler: fn(PathParams, App, Option<String>, IpAddr) -> Fut,
+) -> Route
+where
+    Fut: Future<Output = Outcome> + Send + 'static,
+{
+    let app = app.clone();
+    Route::new::<D, _>(move |p| p.and(app.caller()).and(client_ip()).then(handler))
 }
 
 pub fn routes(app: &App) -> Vec<Route> {
-    let app = app.clone();
-    let a = move || app.clone();
-    let (s1, s2, s3, s4, s5) = (a(), a(), a(), a(), a());
-    let (c1, c2, c3, c4, c5) = (a(), a(), a(), a(), a());
-    let (g1, g2, g3, g4, g5) = (a(), a(), a(), a(), a());
+    let c5 = app.clone();
     vec![
-        Route::new::<__path_list_sites, _>(move |_p| s1.caller().then(list_sites)),
-        Route::new::<__path_get_site, _>(move |p| p.and(s2.caller()).then(get_site)),
-        Route::new::<__path_create_site, _>(move |_p| {
-            s3.caller()
-                .and(client_ip())
-                .and(json::body::<SiteInput>())
-                .then(create_site)
-        }),
-        Route::new::<__path_replace_site, _>(move |p| {
-            p.and(s4.caller())
-                .and(client_ip())
-                .and(json::body::<SiteInput>())
-                .then(replace_site)
-        }),
-        Route::new::<__path_delete_site, _>(move |p| {
-            p.and(s5.caller()).and(client_ip()).then(delete_site)
-        }),
-        Route::new::<__path_list_controllers, _>(move |_p| c1.caller().then(list_controllers)),
-        Route::new::<__path_get_controller, _>(move |p| p.and(c2.caller()).then(get_controller)),
-        Route::new::<__path_create_controller, _>(move |_p| {
-            c3.caller()
-                .and(client_ip())
-                .and(json::body::<ControllerInput>())
-                .then(create_controller)
-        }),
-        Route::new::<__path_replace_controller, _>(move |p| {
-            p.and(c4.caller())
-                .and(client_ip())
-                .and(json::body::<ControllerInput>())
-                .then(replace_controller)
-        }),
+        listing::<__path_list_sites, _>(app, list_sites),
+        reading::<__path_get_site, _>(app, get_site),
+        creating::<__path_create_site, _, _>(app, create_site),
+        replacing::<__path_replace_site, _, _>(app, replace_site),
+        deleting::<__path_delete_site, _>(app, delete_site),
+        listing::<__path_list_controllers, _>(app, list_controllers),
+        reading::<__path_get_controller, _>(app, get_controller),
+        creating::<__path_create_controller, _, _>(app, create_controller),
+        replacing::<__path_replace_controller, _, _>(app, replace_controller),
         Route::new::<__path_delete_controller, _>(move |p| {
             p.and(warp::query::<RemoveControllerQuery>())
                 .and(c5.caller())
                 .and(client_ip())
                 .then(delete_controller)
         }),
-        Route::new::<__path_list_gates, _>(move |_p| g1.caller().then(list_gates)),
-        Route::new::<__path_get_gate, _>(move |p| p.and(g2.caller()).then(get_gate)),
-        Route::new::<__path_create_gate, _>(move |_p| {
-            g3.caller()
-                .and(client_ip())
-                .and(json::body::<GateInput>())
-                .then(create_gate)
-        }),
-        Route::new::<__path_replace_gate, _>(move |p| {
-            p.and(g4.caller())
-                .and(client_ip())
-                .and(json::body::<GateInput>())
-                .then(replace_gate)
-        }),
-        Route::new::<__path_delete_gate, _>(move |p| {
-            p.and(g5.caller()).and(client_ip()).then(delete_gate)
-        }),
+        listing::<__path_list_gates, _>(app, list_gates),
+        reading::<__path_get_gate, _>(app, get_gate),
+        creating::<__path_create_gate, _, _>(app, create_gate),
+        replacing::<__path_replace_gate, _, _>(app, replace_gate),
+        deleting::<__path_delete_gate, _>(app, delete_gate),
     ]
 }
