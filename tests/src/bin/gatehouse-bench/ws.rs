@@ -550,7 +550,7 @@ pub async fn clients(addr: std::net::SocketAddr, gates: std::path::PathBuf) -> a
                     tick.tick().await;
                     let i = k % senders.len();
                     // Each session commands its own gate; later rounds alternate.
-                    let action = if (k / senders.len()) % 2 == 0 {
+                    let action = if (k / senders.len()).is_multiple_of(2) {
                         "open"
                     } else {
                         "close"
