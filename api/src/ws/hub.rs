@@ -3,11 +3,14 @@
 //! that gate. It also routes access-change notices to the sessions of the user or key they
 //! concern.
 //!
-//! Ordering and completeness: subscribing registers the session and reads the gate's newest
-//! event under the same lock that publishing takes, so every event after the one the snapshot
-//! shows reaches the session, and none before it does twice (the session drops anything at or
-//! below the seq it already sent). When the hub itself falls behind the bus and loses events,
-//! it tells every session to fill its gaps from the event store.
+//! Events go straight into each subscriber's outbox (see `outbox.rs` for the per-gate streams);
+//! the session actor is not on that path.
+//!
+//! Ordering and completeness: subscribing registers the session's outbox and reads the gate's
+//! newest event under the same lock that publishing takes, so every event after the one the
+//! snapshot shows reaches the outbox (held there until the snapshot and replay are queued),
+//! and none at or below it is sent twice. When the hub itself falls behind the bus and loses
+//! events, it tells every session to fill its gaps from the event store.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,14 +21,14 @@ use gatehouse_actors::ids::GateId;
 use ractor::{ActorId, ActorRef};
 use tokio::sync::broadcast::{self, error::RecvError};
 
-use super::outbox::LiveEvent;
+use super::outbox::{Delivery, LiveEvent, Outbox, Queued};
 use super::session::SessionMsg;
 use crate::v1::changes::AccessChange;
 
 #[derive(Default)]
 struct Slot {
     latest: Option<Arc<LiveEvent>>,
-    subscribers: HashMap<ActorId, ActorRef<SessionMsg>>,
+    subscribers: HashMap<ActorId, Arc<Outbox>>,
 }
 
 struct Registered {
@@ -97,11 +100,12 @@ impl Hub {
         lock(&self.sessions).len()
     }
 
-    /// Subscribes the session to `gates`; answers each gate's newest committed event, if the
-    /// hub has seen one since it started.
+    /// Subscribes the session's outbox to `gates` (hold them in the outbox first); answers
+    /// each gate's newest committed event, if the hub has seen one since it started.
     pub fn subscribe(
         &self,
-        actor: &ActorRef<SessionMsg>,
+        session: ActorId,
+        outbox: &Arc<Outbox>,
         gates: &[GateId],
     ) -> Vec<Option<Arc<LiveEvent>>> {
         let mut map = lock(&self.gates);
@@ -109,7 +113,7 @@ impl Hub {
             .iter()
             .map(|gate| {
                 let slot = map.entry(gate.clone()).or_default();
-                slot.subscribers.insert(actor.get_id(), actor.clone());
+                slot.subscribers.insert(session, outbox.clone());
                 slot.latest.clone()
             })
             .collect()
@@ -138,13 +142,18 @@ impl Hub {
         {
             slot.latest = Some(live.clone());
         }
-        for session in slot.subscribers.values() {
-            // A session that is stopping has deregistered or is about to: nothing to do.
-            let _ = session.send_message(SessionMsg::Event(live.clone()));
+        let (mut delivered, mut coalesced) = (0, 0);
+        for outbox in slot.subscribers.values() {
+            match outbox.live(&live) {
+                Delivery::Queued(Queued::InOrder) => delivered += 1,
+                Delivery::Queued(Queued::Coalesced) => coalesced += 1,
+                Delivery::Held | Delivery::Duplicate | Delivery::Ignored => {}
+            }
         }
         self.stats
             .deliveries
-            .fetch_add(slot.subscribers.len() as u64, Ordering::Relaxed);
+            .fetch_add(delivered, Ordering::Relaxed);
+        self.stats.coalesced.fetch_add(coalesced, Ordering::Relaxed);
     }
 
     /// Sends `make()` to every session.

@@ -8,13 +8,21 @@
 //! progress for the stall time, or [`Outbox::HARD`] answers piling up. Either way it is closed
 //! with 4509, and it resumes with `since`. Nothing here ever waits on the client while
 //! holding anything the gates need.
+//!
+//! Live events come straight from the hub (no hop through the session actor), one stream per
+//! subscribed gate. A stream is either *held* — the session is writing that gate's snapshot or
+//! replay, and live events wait behind it — or *live*: events above the last seq sent go out,
+//! those at or below it are duplicates and dropped, and one that skips a seq (the hub lost
+//! events) holds the stream again and asks the session to fill the gap from the event store.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{Sink, SinkExt};
 use gatehouse_actors::fleet::events::GateEvent;
+use gatehouse_actors::ids::GateId;
+use ractor::ActorRef;
 use serde_json::Value;
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -22,6 +30,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use super::protocol::{self, close};
+use super::session::SessionMsg;
 use crate::wire;
 
 /// A committed gate event with its `event` frame, serialized once for every subscriber.
@@ -48,12 +57,22 @@ struct Closing {
     flush: bool,
 }
 
+/// One subscribed gate's live events.
+#[derive(Default)]
+struct Stream {
+    /// The last seq queued for the client.
+    last: u64,
+    /// While held: the live events that arrived meanwhile, in order.
+    held: Option<Vec<Arc<LiveEvent>>>,
+}
+
 #[derive(Default)]
 struct Inner {
     frames: VecDeque<Utf8Bytes>,
     /// The newest event of each gate that arrived while the client was behind.
     coalesced: Vec<Arc<LiveEvent>>,
     closing: Option<Closing>,
+    streams: HashMap<GateId, Stream>,
 }
 
 /// What happened to an event handed to [`Outbox::event`].
@@ -63,11 +82,37 @@ pub enum Queued {
     Coalesced,
 }
 
-/// The queue, shared by the session actor (the only producer) and the writer task.
+/// What became of a live event handed over by the hub.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    Queued(Queued),
+    /// Kept until the gate's snapshot, replay or gap fill is out.
+    Held,
+    /// At or below the last seq sent.
+    Duplicate,
+    /// Not subscribed (any more), or the session is closing.
+    Ignored,
+}
+
+/// What releasing a held stream found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Release {
+    /// Everything held went out; the stream is live.
+    Live,
+    /// A held event skips seqs: the events `after + 1 .. before` must be filled from the
+    /// store before the stream is released again. It stays held.
+    Gap { after: u64, before: u64 },
+    /// The gate is not subscribed.
+    Unknown,
+}
+
+/// The queue, shared by the session actor, the hub (live events) and the writer task.
 #[derive(Default)]
 pub struct Outbox {
     inner: Mutex<Inner>,
     wake: Notify,
+    /// Told when a stream needs a gap filled.
+    owner: Option<ActorRef<SessionMsg>>,
 }
 
 /// Why the writer stopped.
@@ -104,12 +149,29 @@ impl Outbox {
         true
     }
 
-    /// Queues a live event, or coalesces it when the client is behind.
+    pub fn new(owner: ActorRef<SessionMsg>) -> Self {
+        Self {
+            owner: Some(owner),
+            ..Self::default()
+        }
+    }
+
+    /// Queues an event as is (no stream bookkeeping), or coalesces it when the client is
+    /// behind.
     pub fn event(&self, event: &Arc<LiveEvent>) -> Queued {
         let mut inner = self.lock();
         if inner.closing.is_some() {
             return Queued::InOrder;
         }
+        let queued = Self::enqueue(&mut inner, event);
+        drop(inner);
+        if queued == Queued::InOrder {
+            self.wake.notify_one();
+        }
+        queued
+    }
+
+    fn enqueue(inner: &mut Inner, event: &Arc<LiveEvent>) -> Queued {
         let gate = &event.event.gate;
         // Once one of a gate's events is held back, its later ones must be too, or they would
         // overtake it.
@@ -122,9 +184,99 @@ impl Outbox {
             return Queued::Coalesced;
         }
         inner.frames.push_back(event.frame.clone());
-        drop(inner);
-        self.wake.notify_one();
         Queued::InOrder
+    }
+
+    /// Starts (or restarts) holding `gate`'s live events: call before subscribing it at the
+    /// hub, then write its snapshot or replay, then [`Outbox::release`].
+    pub fn hold(&self, gate: &GateId) {
+        let mut inner = self.lock();
+        let stream = inner.streams.entry(gate.clone()).or_default();
+        if stream.held.is_none() {
+            stream.held = Some(Vec::new());
+        }
+    }
+
+    /// The last seq queued for `gate`, if subscribed.
+    pub fn last(&self, gate: &GateId) -> Option<u64> {
+        self.lock().streams.get(gate).map(|s| s.last)
+    }
+
+    /// Everything up to `last` of `gate` has been queued: queue what was held after it and go
+    /// live, unless the held events skip seqs.
+    pub fn release(&self, gate: &GateId, last: u64) -> Release {
+        let mut inner = self.lock();
+        let Some(stream) = inner.streams.get_mut(gate) else {
+            return Release::Unknown;
+        };
+        stream.last = last;
+        let held = stream.held.take().unwrap_or_default();
+        let mut queued = false;
+        let mut rest = held.into_iter();
+        while let Some(event) = rest.next() {
+            let Some(stream) = inner.streams.get_mut(gate) else {
+                break;
+            };
+            let seq = event.event.seq;
+            if seq <= stream.last {
+                continue;
+            }
+            if seq > stream.last + 1 {
+                let after = stream.last;
+                stream.held = Some(std::iter::once(event).chain(rest).collect());
+                drop(inner);
+                if queued {
+                    self.wake.notify_one();
+                }
+                return Release::Gap { after, before: seq };
+            }
+            stream.last = seq;
+            queued |= Self::enqueue(&mut inner, &event) == Queued::InOrder;
+        }
+        drop(inner);
+        if queued {
+            self.wake.notify_one();
+        }
+        Release::Live
+    }
+
+    /// Stops following `gate`.
+    pub fn forget(&self, gate: &GateId) {
+        self.lock().streams.remove(gate);
+    }
+
+    /// A committed event from the hub.
+    pub fn live(&self, event: &Arc<LiveEvent>) -> Delivery {
+        let mut inner = self.lock();
+        if inner.closing.is_some() {
+            return Delivery::Ignored;
+        }
+        let Some(stream) = inner.streams.get_mut(&event.event.gate) else {
+            return Delivery::Ignored;
+        };
+        let seq = event.event.seq;
+        if let Some(held) = &mut stream.held {
+            held.push(event.clone());
+            return Delivery::Held;
+        }
+        if seq <= stream.last {
+            return Delivery::Duplicate;
+        }
+        if seq > stream.last + 1 {
+            stream.held = Some(vec![event.clone()]);
+            drop(inner);
+            if let Some(owner) = &self.owner {
+                let _ = owner.send_message(SessionMsg::Fill(event.event.gate.clone()));
+            }
+            return Delivery::Held;
+        }
+        stream.last = seq;
+        let queued = Self::enqueue(&mut inner, event);
+        drop(inner);
+        if queued == Queued::InOrder {
+            self.wake.notify_one();
+        }
+        Delivery::Queued(queued)
     }
 
     /// Ends the connection with `code`. With `flush`, what is queued is written first.
@@ -326,6 +478,63 @@ mod tests {
         );
         // Caught up: events flow one by one again.
         assert_eq!(outbox.event(&live("a", 4)), Queued::InOrder);
+    }
+
+    #[test]
+    fn a_held_stream_keeps_live_events_behind_its_replay_and_drops_duplicates() {
+        let outbox = Outbox::default();
+        let a: GateId = "a".parse().unwrap();
+        assert_eq!(
+            outbox.live(&live("a", 1)),
+            Delivery::Ignored,
+            "not subscribed"
+        );
+        outbox.hold(&a);
+        // Live events arrive while the snapshot (at seq 5) and the replay are written.
+        assert_eq!(outbox.live(&live("a", 5)), Delivery::Held);
+        assert_eq!(outbox.live(&live("a", 6)), Delivery::Held);
+        outbox.push(protocol::bare("snapshot", None));
+        assert_eq!(outbox.release(&a, 5), Release::Live);
+        assert_eq!(outbox.live(&live("a", 6)), Delivery::Duplicate);
+        assert_eq!(
+            outbox.live(&live("a", 7)),
+            Delivery::Queued(Queued::InOrder)
+        );
+        let frames = drain(&outbox);
+        assert_eq!(frames[0]["type"], "snapshot");
+        let seqs: Vec<u64> = frames[1..]
+            .iter()
+            .map(|f| f["seq"].as_u64().unwrap())
+            .collect();
+        assert_eq!(seqs, vec![6, 7], "5 was in the snapshot; no duplicate 6");
+    }
+
+    #[test]
+    fn a_skipped_seq_holds_the_stream_until_the_gap_is_filled() {
+        let outbox = Outbox::default();
+        let a: GateId = "a".parse().unwrap();
+        outbox.hold(&a);
+        assert_eq!(outbox.release(&a, 3), Release::Live);
+        // 4 and 5 were lost on the way: 6 waits for them.
+        assert_eq!(outbox.live(&live("a", 6)), Delivery::Held);
+        assert_eq!(outbox.live(&live("a", 7)), Delivery::Held);
+        assert_eq!(
+            outbox.release(&a, 3),
+            Release::Gap {
+                after: 3,
+                before: 6
+            }
+        );
+        // The session fills 4..=5 from the store, then releases again.
+        outbox.event(&live("a", 4));
+        outbox.event(&live("a", 5));
+        assert_eq!(outbox.release(&a, 5), Release::Live);
+        let seqs: Vec<u64> = drain(&outbox)
+            .iter()
+            .map(|f| f["seq"].as_u64().unwrap())
+            .collect();
+        assert_eq!(seqs, vec![4, 5, 6, 7]);
+        assert_eq!(outbox.last(&a), Some(7));
     }
 
     #[test]

@@ -31,7 +31,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
 use super::WsConfig;
 use super::hub::Hub;
-use super::outbox::{LiveEvent, Outbox, Queued, WriterEnd};
+use super::outbox::{Outbox, Release, WriterEnd};
 use super::protocol::{self, ClientMsg, close};
 use crate::auth::secrets::{self, API_KEY_PREFIX};
 use crate::principal::{self, Caller};
@@ -54,8 +54,9 @@ pub enum Inbound {
 
 pub enum SessionMsg {
     Inbound(Inbound),
-    /// A committed event of a subscribed gate, from the hub.
-    Event(Arc<LiveEvent>),
+    /// A subscribed gate's live events skipped seqs (the outbox holds them): fill the gap
+    /// from the event store.
+    Fill(GateId),
     /// A status of one of this session's commands, from the gate.
     Ack {
         gate: GateId,
@@ -95,8 +96,6 @@ struct Authed {
 
 struct Sub {
     site: SiteId,
-    /// The last seq queued for the client.
-    last: u64,
 }
 
 pub struct SessionState {
@@ -148,7 +147,7 @@ impl Actor for Session {
         args: SessionArgs,
     ) -> Result<SessionState, ActorProcessingErr> {
         let (sink, stream) = args.socket.split();
-        let outbox = Arc::new(Outbox::default());
+        let outbox = Arc::new(Outbox::new(myself.clone()));
         let stall = args.config.write_stall;
         {
             let outbox = outbox.clone();
@@ -195,7 +194,11 @@ impl Actor for Session {
             // Once closing, only the writer's end matters.
             _ if state.outbox.is_closing() => {}
             SessionMsg::Inbound(inbound) => state.inbound(inbound).await,
-            SessionMsg::Event(live) => state.live(live).await,
+            SessionMsg::Fill(gate) => {
+                if let Some(last) = state.outbox.last(&gate) {
+                    state.release(&gate, last).await;
+                }
+            }
             SessionMsg::Ack { gate, ack } => {
                 let (status, reason) = wire::status(ack.status);
                 let frame = protocol::ack(&ack.id.to_string(), gate.as_str(), status, reason);
@@ -204,7 +207,7 @@ impl Actor for Session {
             SessionMsg::Resync => {
                 let gates: Vec<GateId> = state.subs.keys().cloned().collect();
                 for gate in gates {
-                    state.fill(&gate, None).await;
+                    state.resync(&gate).await;
                 }
             }
             SessionMsg::AccessChanged => state.recheck().await,
@@ -400,6 +403,7 @@ impl SessionState {
                 self.hub.unsubscribe(self.me.get_id(), gone.iter());
                 for g in &gone {
                     self.subs.remove(g);
+                    self.outbox.forget(g);
                 }
                 self.send(protocol::bare("ok", id.as_deref()));
             }
@@ -648,9 +652,14 @@ impl SessionState {
         }
 
         let ids: Vec<GateId> = wanted.iter().map(|(g, _)| g.clone()).collect();
-        let latest = self.hub.subscribe(&self.me, &ids);
+        // Held first, so that live events wait behind the snapshot and the replay.
+        for gate in &ids {
+            self.outbox.hold(gate);
+        }
+        let latest = self.hub.subscribe(self.me.get_id(), &self.outbox, &ids);
         let mut entries = Vec::with_capacity(ids.len());
         let mut replays = Vec::new();
+        let mut heads = Vec::with_capacity(ids.len());
         let mut budget = self.config.max_replay;
         for ((gate, site), latest) in wanted.into_iter().zip(latest) {
             let (seq, snapshot): (u64, GateSnapshot) = match latest {
@@ -661,6 +670,7 @@ impl SessionState {
                     Err(_) => {
                         self.hub
                             .unsubscribe(self.me.get_id(), std::iter::once(&gate));
+                        self.outbox.forget(&gate);
                         continue;
                     }
                 },
@@ -683,7 +693,8 @@ impl SessionState {
                 }
             }
             entries.push(Value::Object(entry));
-            self.subs.insert(gate, Sub { site, last: seq });
+            heads.push((gate.clone(), seq));
+            self.subs.insert(gate, Sub { site });
         }
         self.send(protocol::frame(
             "snapshot",
@@ -692,9 +703,12 @@ impl SessionState {
         ));
         let mut unavailable = Vec::new();
         for (gate, from, to) in replays {
-            if !self.replay(&gate, from, to).await {
+            if self.replay(&gate, from, to).await.is_err() {
                 unavailable.push(gate.to_string());
             }
+        }
+        for (gate, seq) in heads {
+            self.release(&gate, seq).await;
         }
         if !unavailable.is_empty() {
             self.error(
@@ -718,8 +732,10 @@ impl SessionState {
         )
     }
 
-    /// Queues the committed events `from..=to` of `gate`. `false` when the store failed.
-    async fn replay(&mut self, gate: &GateId, from: u64, to: u64) -> bool {
+    /// Queues the committed events `from..=to` of `gate` (`to` may be `u64::MAX`: everything
+    /// stored). Answers the last seq queued (`from - 1` when none), or an error when the
+    /// store failed.
+    async fn replay(&mut self, gate: &GateId, from: u64, to: u64) -> Result<u64, ()> {
         let mut after = from.saturating_sub(1);
         while after < to {
             let limit = (to - after).min(500) as u32;
@@ -727,72 +743,48 @@ impl SessionState {
                 Ok(page) => page,
                 Err(e) => {
                     tracing::warn!(%gate, error = %e, "replay from the event store failed");
-                    return false;
+                    return Err(());
                 }
             };
             if page.is_empty() {
-                return true;
+                break;
             }
             for stored in page {
                 if stored.event.seq > to {
-                    return true;
+                    return Ok(after);
                 }
                 after = stored.event.seq;
                 let frame = protocol::frame("event", None, wire::event(&stored.event));
                 self.send(frame);
             }
         }
-        true
+        Ok(after)
     }
 
-    /// Fills a subscribed gate from the store after its last queued seq, up to `to` (or
-    /// everything stored).
-    async fn fill(&mut self, gate: &GateId, to: Option<u64>) {
-        let Some(last) = self.subs.get(gate).map(|s| s.last) else {
-            return;
-        };
-        let to = to.unwrap_or(u64::MAX);
-        let mut after = last;
-        while after < to {
-            let limit = (to - after).min(500) as u32;
-            let Ok(page) = self.app.events.since(gate.clone(), after, limit).await else {
-                return;
-            };
-            let Some(newest) = page.last().map(|e| e.event.seq) else {
-                break;
-            };
-            for stored in page.iter().filter(|e| e.event.seq <= to) {
-                let frame = protocol::frame("event", None, wire::event(&stored.event));
-                self.send(frame);
+    /// Lets `gate`'s held live events go, everything up to `last` being queued; fills any gap
+    /// they show from the store first. A gap the store cannot fill (it is away) is skipped:
+    /// the client sees the seq jump and may fetch it later over REST.
+    async fn release(&mut self, gate: &GateId, mut last: u64) {
+        loop {
+            match self.outbox.release(gate, last) {
+                Release::Live | Release::Unknown => return,
+                Release::Gap { after, before } => {
+                    let _ = self.replay(gate, after + 1, before - 1).await;
+                    last = before - 1;
+                }
             }
-            after = newest.min(to);
-        }
-        if let Some(sub) = self.subs.get_mut(gate) {
-            sub.last = sub.last.max(after);
         }
     }
 
-    async fn live(&mut self, live: Arc<LiveEvent>) {
-        let gate = &live.event.gate;
-        let seq = live.event.seq;
-        let Some(last) = self.subs.get(gate).map(|s| s.last) else {
+    /// The hub lost events: hold the gate, queue whatever the store has after the last seq
+    /// sent, and go live again.
+    async fn resync(&mut self, gate: &GateId) {
+        let Some(last) = self.outbox.last(gate) else {
             return;
         };
-        if seq <= last {
-            return;
-        }
-        if seq > last + 1 {
-            self.fill(gate, Some(seq - 1)).await;
-        }
-        if let Some(sub) = self.subs.get_mut(gate) {
-            sub.last = seq;
-        }
-        if self.outbox.event(&live) == Queued::Coalesced {
-            self.hub
-                .stats
-                .coalesced
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
+        self.outbox.hold(gate);
+        let newest = self.replay(gate, last + 1, u64::MAX).await.unwrap_or(last);
+        self.release(gate, newest).await;
     }
 
     async fn command(&mut self, id: uuid::Uuid, gate: &str, action: &str) {
