@@ -133,6 +133,8 @@ impl Outbox {
     pub const HARD: usize = 4096;
     /// Frames written per flush.
     const BATCH: usize = 64;
+    /// Queue capacity kept while idle.
+    const IDLE_FRAMES: usize = 4;
 
     /// Queues an answer. `false`: the queue is at its hard bound; the caller closes with 4509.
     pub fn push(&self, frame: impl Into<Utf8Bytes>) -> bool {
@@ -353,7 +355,9 @@ impl Outbox {
     where
         S: Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
     {
-        let mut batch = Vec::with_capacity(Self::BATCH);
+        // Grown on demand and given back when idle: most sessions are idle most of the time,
+        // and 10,000 of them each keeping a 64-frame batch would cost 20 MiB.
+        let mut batch = Vec::new();
         loop {
             let notified = self.wake.notified();
             let closing = self.next(&mut batch);
@@ -370,6 +374,8 @@ impl Outbox {
                     .await;
                     return WriterEnd::Closed;
                 }
+                batch.shrink_to(0);
+                self.lock().frames.shrink_to(Self::IDLE_FRAMES);
                 notified.await;
                 continue;
             }

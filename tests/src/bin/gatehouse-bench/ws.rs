@@ -297,6 +297,9 @@ pub async fn run(sizes: WsSizes) -> anyhow::Result<WsReport> {
     let command: CommandFigures = serde_json::from_str(&answer).context("command figures")?;
     eprintln!("command phase: {answer}");
 
+    // Let the commanded gates finish moving, so that the fan-out is measured alone.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
     // Fan-out at a modest rate.
     tokio::task::block_in_place(|| clients.ask("fan-start"))?;
     let mut seq = 1_000_000_000u64;
