@@ -503,11 +503,20 @@ async fn a_revoked_grant_closes_the_live_session_with_4403() {
         .announce(AccessChange::User(rig.stack.users["op"].0));
     alive(&mut c).await;
 
-    assert!(rig.stack.store.delete_grant(rig.grant).await.unwrap());
-    rig.stack
-        .app
-        .changes
-        .announce(AccessChange::User(rig.stack.users["res"].0));
+    // The admin revokes the resident's grant over REST.
+    let reply = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .delete(rig.stack.url(&format!(
+            "/api/v1/users/{}/grants/{}",
+            rig.stack.users["res"].0, rig.grant
+        )))
+        .bearer_auth(rig.stack.token("admin"))
+        .send()
+        .await
+        .unwrap();
+    assert!(reply.status().is_success(), "{reply:?}");
     let (end, frames) = c.ended(WAIT).await.unwrap();
     assert!(matches!(end, Ended::Closed(4403, _)), "{end:?} {frames:?}");
     let error = frames
