@@ -12,6 +12,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
@@ -58,9 +59,14 @@ impl WsClient {
                 .insert("sec-websocket-protocol", HeaderValue::from_str(p)?);
         }
         tcp.set_nodelay(true)?;
-        let (socket, response) = tokio_tungstenite::client_async(request, tcp)
-            .await
-            .context("the WebSocket handshake")?;
+        // A small read buffer, as a phone would have: tungstenite's default (128 KiB) is
+        // zeroed on every read, which would make this client, not the server, the bottleneck
+        // of a benchmark with thousands of connections.
+        let config = WebSocketConfig::default().read_buffer_size(4096);
+        let (socket, response) =
+            tokio_tungstenite::client_async_with_config(request, tcp, Some(config))
+                .await
+                .context("the WebSocket handshake")?;
         if let Some(p) = subprotocol {
             let agreed = response
                 .headers()

@@ -53,10 +53,11 @@ pub struct WsSizes {
     rate: u64,
     #[arg(long, default_value_t = 10)]
     command_seconds: u64,
-    /// Fan-gate events per second in the fan-out phase.
-    #[arg(long, default_value_t = 10)]
+    /// Fan-gate events per second in the fan-out phase (DESIGN: "a modest event rate"; each
+    /// event is one delivery per session).
+    #[arg(long, default_value_t = 1)]
     fan_rate: u64,
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 10)]
     fan_seconds: u64,
     /// Events published back to back for the throughput figure.
     #[arg(long, default_value_t = 20)]
@@ -119,6 +120,8 @@ pub struct FanFigures {
     pub latency: Latency,
     /// From the first event's timestamp to the last delivery.
     pub span_ms: f64,
+    /// Each event's slowest delivery, in publishing order.
+    pub slowest_per_event_ms: Vec<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -134,6 +137,9 @@ pub struct WsReport {
     pub command_cpu_percent: f64,
     pub fanout_rate: u64,
     pub fanout: FanFigures,
+    /// The runtime's CPU with nothing but polling, and what each fan-out delivery adds.
+    pub baseline_cpu_percent: f64,
+    pub fanout_server_cpu_us_per_delivery: f64,
     pub burst: FanFigures,
     pub burst_deliveries_per_s: f64,
     pub sessions_too_slow: u64,
@@ -297,15 +303,22 @@ pub async fn run(sizes: WsSizes) -> anyhow::Result<WsReport> {
     let command: CommandFigures = serde_json::from_str(&answer).context("command figures")?;
     eprintln!("command phase: {answer}");
 
-    // Let the commanded gates finish moving, so that the fan-out is measured alone.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Let the commanded gates finish moving, so that the fan-out is measured alone; the last
+    // seconds of it are the runtime's baseline CPU (polling 10,000 gates).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (base_cpu0, base_w0) = (cpu_time(), Instant::now());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let baseline = (cpu_time() - base_cpu0).as_secs_f64() / base_w0.elapsed().as_secs_f64();
 
     // Fan-out at a modest rate.
     tokio::task::block_in_place(|| clients.ask("fan-start"))?;
-    let mut seq = 1_000_000_000u64;
+    // The injected events continue the (idle) fan gate's own sequence, as its real events
+    // would: a jump would be a gap, which every session fills from the store first.
+    let mut seq = stack.runtime.fleet.view(&fan).await?.committed;
     let events = s.fan_rate * s.fan_seconds;
     let period = Duration::from_secs_f64(1.0 / s.fan_rate as f64);
     let mut tick = tokio::time::interval(period);
+    let (fan_cpu0, fan_w0) = (cpu_time(), Instant::now());
     for _ in 0..events {
         tick.tick().await;
         seq += 1;
@@ -314,7 +327,14 @@ pub async fn run(sizes: WsSizes) -> anyhow::Result<WsReport> {
     let answer = tokio::task::block_in_place(|| {
         clients.ask(&format!("fan-report {}", events * s.sessions as u64))
     })?;
+    let fan_cpu = (cpu_time() - fan_cpu0).as_secs_f64();
+    let fan_wall = fan_w0.elapsed().as_secs_f64();
     let fanout: FanFigures = serde_json::from_str(&answer).context("fan figures")?;
+    let fanout_server_cpu_us_per_delivery = if fanout.delivered > 0 {
+        ((fan_cpu - baseline * fan_wall).max(0.0) * 1e6) / fanout.delivered as f64
+    } else {
+        0.0
+    };
     eprintln!("fan-out phase: {answer}");
 
     // A burst, for throughput.
@@ -345,6 +365,8 @@ pub async fn run(sizes: WsSizes) -> anyhow::Result<WsReport> {
         command,
         fanout_rate: s.fan_rate,
         fanout,
+        baseline_cpu_percent: 100.0 * baseline,
+        fanout_server_cpu_us_per_delivery,
         burst_deliveries_per_s: if burst.span_ms > 0.0 {
             burst.delivered as f64 / (burst.span_ms / 1000.0)
         } else {
@@ -388,6 +410,10 @@ pub fn print_text(r: &WsReport) {
         r.fanout.latency.max_ms
     );
     println!(
+        "  runtime CPU: {:.0} % at rest (polling), plus {:.1} µs per fan-out delivery",
+        r.baseline_cpu_percent, r.fanout_server_cpu_us_per_delivery
+    );
+    println!(
         "  burst: {} of {} delivered in {:.0} ms: {:.0} deliveries/s; p99 {:.1} ms; slow sessions cut off {}, events coalesced {}",
         r.burst.delivered,
         r.burst.expected,
@@ -413,6 +439,8 @@ struct Figures {
     fan_last_us: AtomicU64,
     /// Earliest event timestamp of the current fan phase, ms since the epoch.
     fan_first_ms: AtomicU64,
+    /// The slowest delivery of each fan event (by seq), µs.
+    fan_slowest: std::sync::Mutex<std::collections::BTreeMap<u64, u64>>,
 }
 
 enum Out {
@@ -471,7 +499,12 @@ async fn connection(
                 if text.contains("\"type\":\"event\"") {
                     if text.contains(&fan_marker) && let Some(at) = field_u64(text, "at_ms") {
                         let now = now_us();
-                        figures.fan.record(Duration::from_micros(now.saturating_sub(at * 1000)));
+                        let took = now.saturating_sub(at * 1000);
+                        figures.fan.record(Duration::from_micros(took));
+                        if let (Some(seq), Ok(mut slowest)) = (field_u64(text, "seq"), figures.fan_slowest.lock()) {
+                            let e = slowest.entry(seq).or_default();
+                            *e = (*e).max(took);
+                        }
                         figures.fan_last_us.fetch_max(now, Ordering::Relaxed);
                         figures.fan_first_ms.fetch_min(at, Ordering::Relaxed);
                     }
@@ -583,6 +616,9 @@ pub async fn clients(addr: std::net::SocketAddr, gates: std::path::PathBuf) -> a
                 figures.fan.reset();
                 figures.fan_last_us.store(0, Ordering::Relaxed);
                 figures.fan_first_ms.store(u64::MAX, Ordering::Relaxed);
+                if let Ok(mut slowest) = figures.fan_slowest.lock() {
+                    slowest.clear();
+                }
                 say("ok".into());
             }
             ["fan-report", expected] => {
@@ -601,6 +637,11 @@ pub async fn clients(addr: std::net::SocketAddr, gates: std::path::PathBuf) -> a
                     delivered: figures.fan.count(),
                     latency: Latency::of(&figures.fan),
                     span_ms: last_us.saturating_sub(first_us) as f64 / 1000.0,
+                    slowest_per_event_ms: figures
+                        .fan_slowest
+                        .lock()
+                        .map(|m| m.values().map(|us| *us as f64 / 1000.0).collect())
+                        .unwrap_or_default(),
                 };
                 say(serde_json::to_string(&report)?);
             }
