@@ -28,6 +28,8 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub shutdown: ShutdownConfig,
+    #[serde(default)]
+    pub websocket: WebSocketConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -178,6 +180,56 @@ impl ShutdownConfig {
     }
 }
 
+/// WebSocket session limits (`docs/websocket-protocol.md`, "Limits and timings").
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSocketConfig {
+    /// The first message must be `auth` within this many seconds.
+    pub auth_timeout_s: u64,
+    /// A session that receives nothing for this many seconds is closed with 4408.
+    pub idle_timeout_s: u64,
+    /// A write to a client that makes no progress for this many seconds closes it with 4509.
+    pub write_stall_s: u64,
+    /// The largest frame a client may send (4413 beyond).
+    pub max_frame_bytes: usize,
+    /// Frames per second a client may send, and the burst (4429 beyond).
+    pub frames_per_second: u32,
+    pub frame_burst: u32,
+    /// Gates one session may follow.
+    pub max_subscriptions: usize,
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        let d = gatehouse_api::ws::WsConfig::default();
+        Self {
+            auth_timeout_s: d.auth_timeout.as_secs(),
+            idle_timeout_s: d.idle_timeout.as_secs(),
+            write_stall_s: d.write_stall.as_secs(),
+            max_frame_bytes: d.max_frame_bytes,
+            frames_per_second: d.frames_per_second,
+            frame_burst: d.frame_burst,
+            max_subscriptions: d.max_subscriptions,
+        }
+    }
+}
+
+impl WebSocketConfig {
+    /// The session layer's settings.
+    pub fn sessions(&self) -> gatehouse_api::ws::WsConfig {
+        gatehouse_api::ws::WsConfig {
+            auth_timeout: Duration::from_secs(self.auth_timeout_s),
+            idle_timeout: Duration::from_secs(self.idle_timeout_s),
+            write_stall: Duration::from_secs(self.write_stall_s),
+            max_frame_bytes: self.max_frame_bytes,
+            frames_per_second: self.frames_per_second,
+            frame_burst: self.frame_burst,
+            max_subscriptions: self.max_subscriptions,
+            ..gatehouse_api::ws::WsConfig::default()
+        }
+    }
+}
+
 /// A configuration that cannot be used, naming the key and its source.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("configuration {source_name}: {key}: {message}")]
@@ -310,6 +362,41 @@ impl Config {
         if !(100..=300_000).contains(&self.shutdown.timeout_ms) {
             return Err(err("shutdown.timeout_ms", "must be between 100 and 300000"));
         }
+        let ws = &self.websocket;
+        let ranges: [(&str, u64, u64, u64); 7] = [
+            ("websocket.auth_timeout_s", ws.auth_timeout_s, 1, 120),
+            ("websocket.idle_timeout_s", ws.idle_timeout_s, 5, 3_600),
+            ("websocket.write_stall_s", ws.write_stall_s, 1, 120),
+            (
+                "websocket.max_frame_bytes",
+                ws.max_frame_bytes as u64,
+                1_024,
+                1_048_576,
+            ),
+            (
+                "websocket.frames_per_second",
+                u64::from(ws.frames_per_second),
+                1,
+                10_000,
+            ),
+            (
+                "websocket.frame_burst",
+                u64::from(ws.frame_burst),
+                1,
+                100_000,
+            ),
+            (
+                "websocket.max_subscriptions",
+                ws.max_subscriptions as u64,
+                1,
+                100_000,
+            ),
+        ];
+        for (key, value, low, high) in ranges {
+            if !(low..=high).contains(&value) {
+                return Err(err(key, &format!("must be between {low} and {high}")));
+            }
+        }
         Ok(())
     }
 }
@@ -429,5 +516,31 @@ mod tests {
 
         let e = Config::load(None, env(&[("GATEHOUSE_FLET__FILE", "x.toml")])).unwrap_err();
         assert!(e.message.contains("flet"), "{e}");
+    }
+
+    #[test]
+    fn websocket_limits_come_from_the_file_and_the_environment_within_bounds() {
+        let (_d, path) = write(
+            "[websocket]
+idle_timeout_s = 90
+",
+        );
+        let c = Config::load(
+            Some(&path),
+            env(&[("GATEHOUSE_WEBSOCKET__MAX_FRAME_BYTES", "8192")]),
+        )
+        .unwrap();
+        let ws = c.websocket.sessions();
+        assert_eq!(ws.idle_timeout, Duration::from_secs(90));
+        assert_eq!(ws.max_frame_bytes, 8192);
+        assert_eq!(
+            ws.auth_timeout,
+            gatehouse_api::ws::WsConfig::default().auth_timeout,
+            "unset keys keep the defaults"
+        );
+        let e =
+            Config::load(None, env(&[("GATEHOUSE_WEBSOCKET__IDLE_TIMEOUT_S", "0")])).unwrap_err();
+        assert_eq!(e.key, "websocket.idle_timeout_s");
+        assert!(e.message.contains("between"), "{e}");
     }
 }

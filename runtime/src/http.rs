@@ -11,7 +11,7 @@ use gatehouse_api::auth::password::Passwords;
 use gatehouse_api::auth::tokens::TokenKeys;
 use gatehouse_api::v1::App;
 use gatehouse_api::v1::changes::AccessChanges;
-use gatehouse_api::ws::{Sessions, WsConfig};
+use gatehouse_api::ws::Sessions;
 use gatehouse_api::{ApiConfig, ApiState, Check, Readiness};
 use tokio::task::JoinHandle;
 
@@ -50,9 +50,13 @@ pub async fn app(
     let keys =
         TokenKeys::load_or_create(&config.data.dir).context("loading the token signing key")?;
     let changes = AccessChanges::default();
-    let sessions = Sessions::start(runtime.bus.subscribe(), &changes, WsConfig::default())
-        .await
-        .context("starting the WebSocket session supervisor")?;
+    let sessions = Sessions::start(
+        runtime.bus.subscribe(),
+        &changes,
+        config.websocket.sessions(),
+    )
+    .await
+    .context("starting the WebSocket session supervisor")?;
     Ok(App {
         fleet: runtime.fleet.clone(),
         access: store.clone(),
