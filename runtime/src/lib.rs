@@ -68,10 +68,17 @@ impl Runtime {
 
     /// Waits for a shutdown signal, or for the tree to stop on its own (an escalation that
     /// reached the root: the process should exit non-zero and be restarted by its manager).
-    pub async fn run_until_signal(mut self, timeout: Duration) -> anyhow::Result<()> {
+    /// Runs until SIGINT/SIGTERM; then runs `before_fleet` (stopping the API, so that clients
+    /// are told to go before the gates stop answering) and stops the fleet.
+    pub async fn run_until_signal(
+        mut self,
+        timeout: Duration,
+        before_fleet: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
         tokio::select! {
             signal = shutdown_signal() => {
                 tracing::info!("{signal} received; shutting down");
+                before_fleet.await;
                 self.fleet.shutdown(timeout).await;
                 let _ = (&mut self.stopped).await;
                 tracing::info!("stopped cleanly");
@@ -133,9 +140,20 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     })
     .await?;
     tracing::info!("API on http://{addr}/api/v1 (OpenAPI at /api/v1/openapi.json)");
-    let result = runtime.run_until_signal(config.shutdown.timeout()).await;
-    let _ = stop_http.send(());
-    let _ = server.await;
+    let mut server = Some(server);
+    let stop_api = async {
+        let _ = stop_http.send(());
+        if let Some(server) = server.take() {
+            let _ = server.await;
+        }
+    };
+    let result = runtime
+        .run_until_signal(config.shutdown.timeout(), stop_api)
+        .await;
+    if let Some(server) = server.take() {
+        // The fleet stopped on its own: the API stops too (its stop sender is gone).
+        let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    }
     watcher.abort();
     result
 }
