@@ -10,7 +10,7 @@ use gatehouse_actors::eventlog;
 use gatehouse_actors::fleet::Directory;
 use gatehouse_actors::fleet::events::{EventSink, GateEvent, LocalBus};
 use gatehouse_actors::fleet::gate::{Ack, AckSink};
-use gatehouse_actors::fleet::{ControllerSpec, Fleet, FleetContext, GateSpec};
+use gatehouse_actors::fleet::{ControllerSpec, Fleet, FleetContext, FleetError, GateSpec};
 use gatehouse_actors::gate::*;
 use gatehouse_actors::ids::{CommandId, ControllerId, GateId, SiteId};
 use gatehouse_actors::ports::*;
@@ -504,4 +504,55 @@ async fn shutdown_writes_everything_the_gates_queued() {
         let last = stored.iter().rfind(|e| &e.gate == gate).unwrap();
         assert_eq!(last.snapshot.state, GateState::Offline, "{gate}");
     }
+}
+
+#[tokio::test]
+async fn each_gate_is_found_by_its_controller_and_belongs_to_one_controller_only() {
+    let rig = rig(2).await;
+    let c1 = ControllerId::new("c1").unwrap();
+    assert_eq!(
+        rig.fleet.controller_of(&rig.gates[1]).map(|c| c.id.clone()),
+        Some(c1.clone())
+    );
+    assert!(
+        rig.fleet
+            .controller_of(&GateId::new("nowhere").unwrap())
+            .is_none()
+    );
+
+    // A second controller that claims g0 is refused; one with new gates is indexed.
+    let spec = |id: &str, gates: &[&str]| {
+        ControllerSpec::new(
+            ControllerId::new(id).unwrap(),
+            SiteId::new("site").unwrap(),
+            Arc::new(rig.script.clone()),
+            Duration::from_millis(50),
+            Duration::from_millis(10),
+            gates
+                .iter()
+                .map(|g| GateSpec {
+                    id: GateId::new(g).unwrap(),
+                    name: g.to_string(),
+                    config: GateConfig::default(),
+                })
+                .collect(),
+        )
+    };
+    assert!(matches!(
+        rig.fleet.add_controller(spec("c2", &["g0"])).await,
+        Err(FleetError::DuplicateGate(g)) if g.as_str() == "g0"
+    ));
+    rig.fleet.add_controller(spec("c3", &["g7"])).await.unwrap();
+    let g7 = GateId::new("g7").unwrap();
+    assert_eq!(rig.fleet.controller_of(&g7).unwrap().id.as_str(), "c3");
+    // Once its controller is gone, the gate is nobody's.
+    assert!(
+        rig.fleet
+            .remove_controller(&ControllerId::new("c3").unwrap())
+            .await
+            .unwrap()
+    );
+    assert!(rig.fleet.controller_of(&g7).is_none());
+    assert_eq!(rig.fleet.controller_of(&rig.gates[0]).unwrap().id, c1);
+    rig.fleet.shutdown(Duration::from_secs(5)).await;
 }

@@ -360,13 +360,20 @@ pub enum FleetError {
     Down,
 }
 
+/// The controllers the fleet drives, indexed both ways.
+#[derive(Default)]
+struct Running {
+    by_id: HashMap<ControllerId, Arc<ControllerSpec>>,
+    by_gate: HashMap<GateId, ControllerId>,
+}
+
 /// A handle on the running fleet.
 #[derive(Clone)]
 pub struct Fleet {
     supervisor: ActorRef<SupervisorMsg>,
     ctx: Arc<FleetContext>,
-    /// Controller specs by id, for the gate → controller map and for export.
-    controllers: Arc<RwLock<HashMap<ControllerId, Arc<ControllerSpec>>>>,
+    /// Controller specs by id, and which controller drives each gate.
+    controllers: Arc<RwLock<Running>>,
     configuration: Option<Arc<Configuration>>,
 }
 
@@ -493,9 +500,9 @@ impl Fleet {
             let known = self.controllers.read().map_err(|_| FleetError::Down)?;
             for g in &spec.gates {
                 if known
-                    .values()
-                    .filter(|c| c.id != spec.id)
-                    .any(|c| c.gates.iter().any(|x| x.spec.id == g.spec.id))
+                    .by_gate
+                    .get(&g.spec.id)
+                    .is_some_and(|owner| owner != &spec.id)
                 {
                     return Err(FleetError::DuplicateGate(g.spec.id.clone()));
                 }
@@ -506,7 +513,18 @@ impl Fleet {
         ractor::call!(self.supervisor, SupervisorMsg::StartChild, child)
             .map_err(|_| FleetError::Down)??;
         if let Ok(mut c) = self.controllers.write() {
-            c.insert(spec.id.clone(), spec);
+            for g in &spec.gates {
+                c.by_gate.insert(g.spec.id.clone(), spec.id.clone());
+            }
+            if let Some(old) = c.by_id.insert(spec.id.clone(), spec.clone()) {
+                // The same controller again (a restart with new settings): gates it dropped
+                // are no longer its.
+                for g in &old.gates {
+                    if !spec.gates.iter().any(|x| x.spec.id == g.spec.id) {
+                        c.by_gate.remove(&g.spec.id);
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -519,8 +537,14 @@ impl Fleet {
             format!("controller:{id}")
         )
         .map_err(|_| FleetError::Down)?;
-        if let Ok(mut c) = self.controllers.write() {
-            c.remove(id);
+        if let Ok(mut c) = self.controllers.write()
+            && let Some(spec) = c.by_id.remove(id)
+        {
+            for g in &spec.gates {
+                if c.by_gate.get(&g.spec.id) == Some(id) {
+                    c.by_gate.remove(&g.spec.id);
+                }
+            }
         }
         Ok(existed)
     }
@@ -530,10 +554,16 @@ impl Fleet {
         let mut v: Vec<_> = self
             .controllers
             .read()
-            .map(|c| c.values().cloned().collect())
+            .map(|c| c.by_id.values().cloned().collect())
             .unwrap_or_default();
         v.sort_by(|a, b| a.id.cmp(&b.id));
         v
+    }
+
+    /// The controller that drives `gate`, without scanning the fleet.
+    pub fn controller_of(&self, gate: &GateId) -> Option<Arc<ControllerSpec>> {
+        let c = self.controllers.read().ok()?;
+        c.by_gate.get(gate).and_then(|id| c.by_id.get(id)).cloned()
     }
 
     /// Sends a command to a gate; acks go to `reply`.

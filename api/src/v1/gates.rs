@@ -106,12 +106,15 @@ pub struct EventPage {
 
 /// Where a gate is, from the running fleet.
 pub(crate) fn locate(app: &App, gate: &GateId) -> Option<(SiteId, ControllerId, String)> {
-    app.fleet.controllers().into_iter().find_map(|c| {
-        c.gates
-            .iter()
-            .find(|g| &g.spec.id == gate)
-            .map(|g| (c.site.clone(), c.id.clone(), g.spec.name.clone()))
-    })
+    let c = app.fleet.controller_of(gate)?;
+    let name = c
+        .gates
+        .iter()
+        .find(|g| &g.spec.id == gate)?
+        .spec
+        .name
+        .clone();
+    Some((c.site.clone(), c.id.clone(), name))
 }
 
 pub(crate) fn unknown_gate(gate: &str) -> ApiError {
