@@ -186,10 +186,12 @@ pub fn authorize(
     gate: Option<(&GateId, &SiteId)>,
     at: LocalTime,
 ) -> Result<(), Denial> {
-    if let (Some(limit), Some((_, site))) = (&who.site, gate)
-        && limit != site
-    {
-        return Err(Denial::OtherSite);
+    match (&who.site, gate) {
+        (Some(limit), Some((_, site))) if limit != site => return Err(Denial::OtherSite),
+        // A key limited to one site never acts fleet-wide (administration, the audit log,
+        // maintenance across sites); fleet-wide reads are filtered gate by gate.
+        (Some(_), None) if op != Operation::Read => return Err(Denial::OtherSite),
+        _ => {}
     }
     let command_class = |a: Action| match a {
         Action::Lockout | Action::Unlock | Action::Reset => 2,
@@ -479,6 +481,34 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn an_api_key_scoped_to_a_site_never_acts_fleet_wide() {
+        let key = Principal {
+            role: Role::Admin,
+            grants: Vec::new(),
+            site: Some(SiteId::new("north").unwrap()),
+        };
+        let t = at(0, 12, 0);
+        for op in [
+            Operation::Administer,
+            Operation::Operate,
+            Operation::Maintain,
+            Operation::ReadMaintenance,
+        ] {
+            assert_eq!(
+                authorize(&key, op, None, t),
+                Err(Denial::OtherSite),
+                "{op:?}"
+            );
+        }
+        assert_eq!(authorize(&key, Operation::Read, None, t), Ok(()));
+        let unlimited = Principal { site: None, ..key };
+        assert_eq!(
+            authorize(&unlimited, Operation::Administer, None, t),
+            Ok(())
+        );
     }
 
     #[test]

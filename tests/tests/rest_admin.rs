@@ -896,7 +896,22 @@ async fn only_admins_may_administer_and_admins_and_operators_may_read_the_audit_
         .await;
     assert_status(&operator_key, 201);
     let operator_key = operator_key.body["secret"].as_str().unwrap().to_owned();
-    let mut callers = vec![("admin", admin.clone()), ("operator key", operator_key)];
+    // An admin key limited to one site: it never acts fleet-wide, so it may not administer
+    // (which could mint itself an unlimited key) nor read the whole audit log.
+    let site_admin_key = rig
+        .post(
+            &admin,
+            "/api/v1/api-keys",
+            json!({ "name": "north-admin", "role": "admin", "site": "north", "confirm_admin": true }),
+        )
+        .await;
+    assert_status(&site_admin_key, 201);
+    let site_admin_key = site_admin_key.body["secret"].as_str().unwrap().to_owned();
+    let mut callers = vec![
+        ("admin", admin.clone()),
+        ("operator key", operator_key),
+        ("north admin key", site_admin_key),
+    ];
     for name in ["op", "res", "view"] {
         callers.push((name, rig.token(name).await));
     }
@@ -917,7 +932,12 @@ async fn only_admins_may_administer_and_admins_and_operators_may_read_the_audit_
                 );
             } else {
                 let error = assert_error(&reply, 403, "forbidden");
-                assert_eq!(error["details"]["reason"], "role", "{who} {method} {path}");
+                let reason = if *who == "north admin key" {
+                    "other_site"
+                } else {
+                    "role"
+                };
+                assert_eq!(error["details"]["reason"], reason, "{who} {method} {path}");
             }
         }
     }

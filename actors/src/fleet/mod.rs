@@ -374,6 +374,9 @@ pub struct Fleet {
     ctx: Arc<FleetContext>,
     /// Controller specs by id, and which controller drives each gate.
     controllers: Arc<RwLock<Running>>,
+    /// Each configured site's IANA time zone (the policy's local time for residents'
+    /// windows), readable without waiting on a configuration change in progress.
+    site_zones: Arc<RwLock<HashMap<SiteId, String>>>,
     configuration: Option<Arc<Configuration>>,
 }
 
@@ -411,6 +414,7 @@ impl Fleet {
             supervisor,
             ctx,
             controllers: Arc::default(),
+            site_zones: Arc::default(),
             configuration: None,
         };
         for c in controllers {
@@ -427,12 +431,29 @@ impl Fleet {
         factory: Arc<dyn ControllerFactory>,
         records: FleetRecords,
     ) -> Fleet {
+        self.set_site_zones(&records);
         self.configuration = Some(Arc::new(Configuration {
             store,
             factory,
             records: tokio::sync::Mutex::new(records),
         }));
         self
+    }
+
+    fn set_site_zones(&self, records: &FleetRecords) {
+        if let Ok(mut zones) = self.site_zones.write() {
+            *zones = records
+                .sites
+                .iter()
+                .map(|s| (s.id.clone(), s.timezone.clone()))
+                .collect();
+        }
+    }
+
+    /// The time zone of a configured site (`None`: no such site, or a fleet without
+    /// configuration).
+    pub fn site_timezone(&self, site: &SiteId) -> Option<String> {
+        self.site_zones.read().ok()?.get(site).cloned()
     }
 
     /// The configuration the running tree reflects.
@@ -463,6 +484,7 @@ impl Fleet {
             }
         }
         cfg.store.apply(changes).await?;
+        self.set_site_zones(&next);
         *records = next;
 
         // Sequences continue across the rebuild (a moved gate keeps its own).

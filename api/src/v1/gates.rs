@@ -141,10 +141,7 @@ pub(crate) fn forbidden(denial: Denial) -> ApiError {
 pub(crate) async fn local_time(app: &App, site: &SiteId) -> LocalTime {
     let zone = app
         .fleet
-        .records()
-        .await
-        .and_then(|r| r.sites.into_iter().find(|s| &s.id == site))
-        .map(|s| s.timezone)
+        .site_timezone(site)
         .unwrap_or_else(|| "UTC".into());
     let tz = jiff::tz::TimeZone::get(&zone).unwrap_or(jiff::tz::TimeZone::UTC);
     let now = jiff::Timestamp::now().to_zoned(tz);

@@ -73,6 +73,8 @@ struct Inner {
     coalesced: Vec<Arc<LiveEvent>>,
     closing: Option<Closing>,
     streams: HashMap<GateId, Stream>,
+    /// Bytes in `frames`.
+    bytes: usize,
 }
 
 /// What happened to an event handed to [`Outbox::event`].
@@ -131,6 +133,9 @@ impl Outbox {
     pub const SOFT: usize = 64;
     /// Frames queued (answers and replays, which never coalesce) before the client is cut off.
     pub const HARD: usize = 4096;
+    /// Bytes queued before the client is cut off (a few large snapshots, asked for again and
+    /// again by a client that reads nothing, must not grow the server's memory).
+    pub const HARD_BYTES: usize = 4 * 1024 * 1024;
     /// Frames written per flush.
     const BATCH: usize = 64;
     /// Queue capacity kept while idle.
@@ -142,10 +147,12 @@ impl Outbox {
         if inner.closing.is_some() {
             return true;
         }
-        if inner.frames.len() >= Self::HARD {
+        let frame = frame.into();
+        if inner.frames.len() >= Self::HARD || inner.bytes + frame.len() > Self::HARD_BYTES {
             return false;
         }
-        inner.frames.push_back(frame.into());
+        inner.bytes += frame.len();
+        inner.frames.push_back(frame);
         drop(inner);
         self.wake.notify_one();
         true
@@ -159,8 +166,9 @@ impl Outbox {
     }
 
     /// Queues an event as is (no stream bookkeeping), or coalesces it when the client is
-    /// behind.
-    pub fn event(&self, event: &Arc<LiveEvent>) -> Queued {
+    /// behind. (Live events go through [`Outbox::live`]; this is the queue's own test door.)
+    #[cfg(test)]
+    fn event(&self, event: &Arc<LiveEvent>) -> Queued {
         let mut inner = self.lock();
         if inner.closing.is_some() {
             return Queued::InOrder;
@@ -185,18 +193,22 @@ impl Outbox {
             inner.coalesced.push(event.clone());
             return Queued::Coalesced;
         }
+        inner.bytes += event.frame.len();
         inner.frames.push_back(event.frame.clone());
         Queued::InOrder
     }
 
     /// Starts (or restarts) holding `gate`'s live events: call before subscribing it at the
     /// hub, then write its snapshot or replay, then [`Outbox::release`].
-    pub fn hold(&self, gate: &GateId) {
+    /// Answers the last seq queued for it (0 for a new stream), read under the same lock, so
+    /// that nothing slips out between the two.
+    pub fn hold(&self, gate: &GateId) -> u64 {
         let mut inner = self.lock();
         let stream = inner.streams.entry(gate.clone()).or_default();
         if stream.held.is_none() {
             stream.held = Some(Vec::new());
         }
+        stream.last
     }
 
     /// The last seq queued for `gate`, if subscribed.
@@ -287,6 +299,7 @@ impl Outbox {
         if inner.closing.is_none() {
             if !flush {
                 inner.frames.clear();
+                inner.bytes = 0;
                 inner.coalesced.clear();
             }
             inner.closing = Some(Closing {
@@ -303,15 +316,6 @@ impl Outbox {
         self.lock().closing.is_some()
     }
 
-    /// Frames waiting (not counting coalesced gates).
-    pub fn len(&self) -> usize {
-        self.lock().frames.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // A panic while holding this lock cannot leave the queue half-updated in a way that
         // matters (every update is a single push or clear), so a poisoned lock is used as is.
@@ -323,7 +327,10 @@ impl Outbox {
         let mut inner = self.lock();
         if !inner.frames.is_empty() {
             let n = inner.frames.len().min(Self::BATCH);
+            let start = batch.len();
             batch.extend(inner.frames.drain(..n));
+            let taken: usize = batch[start..].iter().map(|f| f.len()).sum();
+            inner.bytes = inner.bytes.saturating_sub(taken);
             return None;
         }
         if !inner.coalesced.is_empty() {
@@ -550,6 +557,20 @@ mod tests {
             assert!(outbox.push("{}".to_string()));
         }
         assert!(!outbox.push("{}".to_string()));
+    }
+
+    #[test]
+    fn answers_beyond_the_byte_bound_are_refused_and_written_ones_free_it() {
+        let outbox = Outbox::default();
+        let big = "x".repeat(1024 * 1024);
+        for _ in 0..4 {
+            assert!(outbox.push(big.clone()));
+        }
+        assert!(!outbox.push(big.clone()), "5 MiB would be over the bound");
+        let mut batch = Vec::new();
+        assert!(outbox.next(&mut batch).is_none());
+        assert_eq!(batch.len(), 4);
+        assert!(outbox.push(big), "written frames no longer count");
     }
 
     #[test]

@@ -33,7 +33,7 @@ use super::WsConfig;
 use super::hub::Hub;
 use super::outbox::{Outbox, Release, WriterEnd};
 use super::protocol::{self, ClientMsg, close};
-use crate::auth::secrets::{self, API_KEY_PREFIX};
+use crate::auth::secrets;
 use crate::principal::{self, Caller};
 use crate::v1::gates::{forbidden, locate, time_for};
 use crate::v1::{App, now_ms};
@@ -443,10 +443,10 @@ impl SessionState {
             );
             return;
         }
+        // Without a user, `resolve` accepted an API key.
         let credential = match &caller.user {
             Some(user) => Credential::User(user.id),
-            None if token.starts_with(API_KEY_PREFIX) => Credential::Key(secrets::digest(token)),
-            None => Credential::Key(String::new()),
+            None => Credential::Key(secrets::digest(token)),
         };
         if let Some(d) = self.deadline.take() {
             d.abort();
@@ -461,7 +461,12 @@ impl SessionState {
             caller.expires_at,
             caller.principal.role.as_str(),
         ));
+        let renewed = self.auth.is_some();
         self.auth = Some(Authed { caller, credential });
+        if renewed {
+            // The fresh token's user may have lost grants since the last check.
+            self.drop_unreadable();
+        }
     }
 
     /// The auth deadline passed, or the token may have expired.
@@ -517,26 +522,20 @@ impl SessionState {
             }
         };
         caller.expires_at = authed.caller.expires_at;
-        let revoked: Vec<String> = self
-            .subs
-            .iter()
-            .filter(|(gate, sub)| {
-                authorize(
-                    &caller.principal,
-                    Operation::Read,
-                    Some((gate, &sub.site)),
-                    gatehouse_actors::access::LocalTime {
-                        weekday: 0,
-                        minute: 0,
-                    },
-                )
-                .is_err()
-            })
-            .map(|(gate, _)| gate.to_string())
-            .collect();
         if let Some(a) = &mut self.auth {
             a.caller = caller;
         }
+        self.drop_unreadable();
+    }
+
+    /// Closes with 4403 when the current caller may no longer read a subscribed gate.
+    fn drop_unreadable(&mut self) {
+        let revoked: Vec<String> = self
+            .subs
+            .iter()
+            .filter(|(gate, sub)| self.may_read(gate, &sub.site).is_err())
+            .map(|(gate, _)| gate.to_string())
+            .collect();
         if !revoked.is_empty() {
             self.error(
                 None,
@@ -589,11 +588,20 @@ impl SessionState {
         }
         if !sites.is_empty() {
             let controllers = self.app.fleet.controllers();
-            let known = self.app.fleet.records().await.map(|r| r.sites);
+
             for name in &sites {
-                let exists = known
-                    .as_ref()
-                    .is_some_and(|s| s.iter().any(|s| s.id.as_str() == name))
+                // The site limit first, so that a limited key cannot probe other sites' names.
+                if let Some(limit) = &self.caller().principal.site
+                    && limit.as_str() != name
+                {
+                    let e = forbidden(Denial::OtherSite);
+                    let mut details = e.details.clone();
+                    details["site"] = json!(name);
+                    return self.error(id, "forbidden", "not allowed", Some(details));
+                }
+                let exists = name
+                    .parse::<SiteId>()
+                    .is_ok_and(|site| self.app.fleet.site_timezone(&site).is_some())
                     || controllers.iter().any(|c| c.site.as_str() == name);
                 if !exists {
                     return self.error(
@@ -602,14 +610,6 @@ impl SessionState {
                         &format!("no site {name}"),
                         Some(json!({ "site": name })),
                     );
-                }
-                if let Some(limit) = &self.caller().principal.site
-                    && limit.as_str() != name
-                {
-                    let e = forbidden(Denial::OtherSite);
-                    let mut details = e.details.clone();
-                    details["site"] = json!(name);
-                    return self.error(id, "forbidden", "not allowed", Some(details));
                 }
                 for c in controllers.iter().filter(|c| c.site.as_str() == name) {
                     for g in &c.gates {
@@ -652,9 +652,11 @@ impl SessionState {
         }
 
         let ids: Vec<GateId> = wanted.iter().map(|(g, _)| g.clone()).collect();
-        // Held first, so that live events wait behind the snapshot and the replay.
-        for gate in &ids {
+        // Held first, so that live events wait behind the snapshot and the replay; recorded
+        // first, so that a session stopped half way still deregisters them.
+        for (gate, site) in &wanted {
             self.outbox.hold(gate);
+            self.subs.insert(gate.clone(), Sub { site: site.clone() });
         }
         let latest = self.hub.subscribe(self.me.get_id(), &self.outbox, &ids);
         let mut entries = Vec::with_capacity(ids.len());
@@ -671,6 +673,7 @@ impl SessionState {
                         self.hub
                             .unsubscribe(self.me.get_id(), std::iter::once(&gate));
                         self.outbox.forget(&gate);
+                        self.subs.remove(&gate);
                         continue;
                     }
                 },
@@ -693,8 +696,7 @@ impl SessionState {
                 }
             }
             entries.push(Value::Object(entry));
-            heads.push((gate.clone(), seq));
-            self.subs.insert(gate, Sub { site });
+            heads.push((gate, seq));
         }
         self.send(protocol::frame(
             "snapshot",
@@ -779,10 +781,10 @@ impl SessionState {
     /// The hub lost events: hold the gate, queue whatever the store has after the last seq
     /// sent, and go live again.
     async fn resync(&mut self, gate: &GateId) {
-        let Some(last) = self.outbox.last(gate) else {
+        if self.outbox.last(gate).is_none() {
             return;
-        };
-        self.outbox.hold(gate);
+        }
+        let last = self.outbox.hold(gate);
         let newest = self.replay(gate, last + 1, u64::MAX).await.unwrap_or(last);
         self.release(gate, newest).await;
     }
