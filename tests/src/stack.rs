@@ -46,6 +46,9 @@ pub struct StackSpec {
     pub ws: WsConfig,
     /// Wait for every gate to come up closed before answering.
     pub wait_closed: bool,
+    /// How far a bus subscriber may fall behind (default: the runtime's); a tiny bus makes
+    /// the session hub lose events, to test that sessions recover them.
+    pub bus_capacity: Option<usize>,
 }
 
 pub struct Stack {
@@ -87,7 +90,9 @@ impl Stack {
                 .await?;
             users.insert(name, (id, role));
         }
-        let bus = LocalBus::default();
+        let bus = spec
+            .bus_capacity
+            .map_or_else(LocalBus::default, LocalBus::with_capacity);
         let sessions_bus = bus.subscribe();
         let runtime = Runtime::boot(store.clone(), profiles, Some(&fleet), bus).await?;
         if spec.wait_closed {

@@ -68,6 +68,7 @@ impl Rig {
             users: USERS.to_vec(),
             ws: WsConfig::default(),
             wait_closed: true,
+            bus_capacity: None,
         };
         Rig(RestRig::start(farm, spec, WAIT).await)
     }

@@ -97,6 +97,7 @@ impl Rig {
             users: USERS.to_vec(),
             ws: WsConfig::default(),
             wait_closed: true,
+            bus_capacity: None,
         };
         let rig = RestRig::start(farm, spec, WAIT).await;
 

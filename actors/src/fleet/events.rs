@@ -49,6 +49,14 @@ impl Default for LocalBus {
 }
 
 impl LocalBus {
+    /// A bus on which a subscriber may fall `capacity` events behind (tests use a tiny one to
+    /// make subscribers lose events).
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self {
+            tx: broadcast::channel(capacity.max(1)).0,
+        }
+    }
+
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<GateEvent>> {
         self.tx.subscribe()
     }

@@ -48,7 +48,7 @@ pub struct GateBody {
     pub position: Option<u8>,
     pub fault_code: Option<u16>,
     pub cycles: Option<u64>,
-    /// The gate's latest event sequence.
+    /// The gate's latest committed event sequence (a resume point for `since`).
     pub seq: u64,
 }
 
@@ -197,7 +197,7 @@ fn body(view: GateView, site: &SiteId, controller: &ControllerId, name: String) 
         position: s.position,
         fault_code: s.fault_code,
         cycles: s.cycles,
-        seq: view.seq,
+        seq: view.committed,
     }
 }
 

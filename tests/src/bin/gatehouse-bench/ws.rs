@@ -232,6 +232,7 @@ pub async fn run(sizes: WsSizes) -> anyhow::Result<WsReport> {
         users: vec![("bench", Role::Operator)],
         ws: WsConfig::default(),
         wait_closed: false,
+        bus_capacity: None,
     })
     .await?;
     let mut ids: Vec<GateId> = stack
