@@ -954,3 +954,37 @@ async fn when_the_hub_loses_events_sessions_fill_them_from_the_store_without_gap
     );
     rig.stop().await;
 }
+
+/// A password reset over REST ends the account's live sessions (4401); a change that leaves
+/// the password alone (here: a role change that still reads the gate) does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_reset_ends_live_sessions_and_a_harmless_change_does_not() {
+    let rig = Rig::start().await;
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let admin = rig.stack.token("admin");
+    let op = rig.stack.users["op"].0;
+    let mut c = rig.client("op").await;
+    subscribe(&mut c, json!({"type": "subscribe", "gates": ["n1"]})).await;
+
+    let patch = |body: Value| {
+        http.patch(rig.stack.url(&format!("/api/v1/users/{op}")))
+            .bearer_auth(&admin)
+            .json(&body)
+            .send()
+    };
+    let reply = patch(json!({"role": "viewer"})).await.unwrap();
+    assert!(reply.status().is_success(), "{reply:?}");
+    alive(&mut c).await;
+    // Now a viewer: commands are refused on the same session.
+    let (_, frames) = command(&mut c, "n1", "stop").await;
+    assert_eq!(frames.last().unwrap()["code"], "forbidden", "{frames:?}");
+
+    let reply = patch(json!({"password": "a-brand-new-long-password"}))
+        .await
+        .unwrap();
+    assert!(reply.status().is_success(), "{reply:?}");
+    let (end, frames) = c.ended(WAIT).await.unwrap();
+    assert!(matches!(end, Ended::Closed(4401, _)), "{end:?}");
+    assert_eq!(frames.last().unwrap()["code"], "credentials_changed");
+    rig.stop().await;
+}

@@ -521,6 +521,21 @@ impl SessionState {
                 return;
             }
         };
+        // A new password means the account's owner (or an admin who suspects it is not its
+        // owner) wants existing sessions to end.
+        let password_changed = match (&authed.caller.user, &caller.user) {
+            (Some(before), Some(now)) => before.password_hash != now.password_hash,
+            _ => false,
+        };
+        if password_changed {
+            self.fail(
+                None,
+                "credentials_changed",
+                "the account's password changed; log in again",
+                close::UNAUTHENTICATED,
+            );
+            return;
+        }
         caller.expires_at = authed.caller.expires_at;
         if let Some(a) = &mut self.auth {
             a.caller = caller;
