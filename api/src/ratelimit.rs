@@ -129,9 +129,10 @@ trait Decays {
     fn idle_at(&self) -> Duration;
 }
 
-/// GCRA state: the theoretical arrival time of the next request.
-#[derive(Debug, Clone, Copy)]
-struct Gcra {
+/// GCRA state: the theoretical arrival time of the next request. Times are durations since
+/// any fixed origin the caller keeps (the limiter's clock; a connection's start).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Gcra {
     tat: Duration,
 }
 
@@ -143,7 +144,7 @@ impl Decays for Gcra {
 
 impl Gcra {
     /// Admits one request at `now`, or says how long until one would be.
-    fn admit(&mut self, quota: Quota, now: Duration) -> Result<(), Duration> {
+    pub fn admit(&mut self, quota: Quota, now: Duration) -> Result<(), Duration> {
         let tolerance = quota.period * quota.burst.saturating_sub(1);
         let tat = self.tat.max(now);
         let allowed_at = tat.saturating_sub(tolerance);

@@ -35,6 +35,7 @@ use super::outbox::{Outbox, Release, WriterEnd};
 use super::protocol::{self, ClientMsg, close};
 use crate::auth::secrets;
 use crate::principal::{self, Caller};
+use crate::ratelimit::{Gcra, Quota};
 use crate::v1::gates::{forbidden, locate, time_for};
 use crate::v1::{App, now_ms};
 use crate::{ApiError, wire};
@@ -233,16 +234,21 @@ async fn read(
     me: ActorRef<SessionMsg>,
     config: Arc<WsConfig>,
 ) {
-    let mut bucket = Bucket::new(config.frame_burst, config.frames_per_second);
+    let quota = Quota {
+        burst: config.frame_burst,
+        period: Duration::from_secs(1) / config.frames_per_second.max(1),
+    };
+    let (mut frames, opened) = (Gcra::default(), Instant::now());
+    let mut admit = move || frames.admit(quota, opened.elapsed()).is_ok();
     loop {
         let inbound = match tokio::time::timeout(config.idle_timeout, stream.next()).await {
             Err(_) => Inbound::Idle,
             Ok(None) | Ok(Some(Ok(Message::Close(_)))) => Inbound::Closed,
-            Ok(Some(Ok(Message::Text(text)))) => match bucket.take(Instant::now()) {
+            Ok(Some(Ok(Message::Text(text)))) => match admit() {
                 true => Inbound::Text(text),
                 false => Inbound::RateLimited,
             },
-            Ok(Some(Ok(Message::Binary(_)))) => match bucket.take(Instant::now()) {
+            Ok(Some(Ok(Message::Binary(_)))) => match admit() {
                 true => Inbound::Binary,
                 false => Inbound::RateLimited,
             },
@@ -270,37 +276,6 @@ async fn read(
 
 /// How long a closing connection is kept for the client's close answer.
 const LINGER: Duration = Duration::from_secs(2);
-
-/// A token bucket: `burst` frames at once, refilled at `rate` per second.
-struct Bucket {
-    tokens: f64,
-    burst: f64,
-    rate: f64,
-    at: Instant,
-}
-
-impl Bucket {
-    fn new(burst: u32, rate: u32) -> Self {
-        Self {
-            tokens: f64::from(burst),
-            burst: f64::from(burst),
-            rate: f64::from(rate),
-            at: Instant::now(),
-        }
-    }
-
-    fn take(&mut self, now: Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
-        self.at = now;
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
 
 fn api_error(id: Option<&str>, e: &ApiError) -> String {
     let details = match &e.details {
