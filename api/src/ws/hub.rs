@@ -59,7 +59,9 @@ pub struct HubStats {
 
 #[derive(Default)]
 pub struct Hub {
-    gates: Mutex<HashMap<GateId, Slot>>,
+    /// One lock per gate, so that a gate with many subscribers being fanned out does not hold
+    /// up subscriptions to other gates; the map's own lock is held only to find a slot.
+    gates: Mutex<HashMap<GateId, Arc<Mutex<Slot>>>>,
     sessions: Mutex<HashMap<ActorId, Registered>>,
     pub stats: HubStats,
 }
@@ -108,22 +110,26 @@ impl Hub {
         outbox: &Arc<Outbox>,
         gates: &[GateId],
     ) -> Vec<Option<Arc<LiveEvent>>> {
-        let mut map = lock(&self.gates);
         gates
             .iter()
             .map(|gate| {
-                let slot = map.entry(gate.clone()).or_default();
+                let slot = self.slot(gate);
+                let mut slot = lock(&slot);
                 slot.subscribers.insert(session, outbox.clone());
                 slot.latest.clone()
             })
             .collect()
     }
 
+    fn slot(&self, gate: &GateId) -> Arc<Mutex<Slot>> {
+        lock(&self.gates).entry(gate.clone()).or_default().clone()
+    }
+
     pub fn unsubscribe<'a>(&self, session: ActorId, gates: impl Iterator<Item = &'a GateId>) {
-        let mut map = lock(&self.gates);
         for gate in gates {
-            if let Some(slot) = map.get_mut(gate) {
-                slot.subscribers.remove(&session);
+            let slot = lock(&self.gates).get(gate).cloned();
+            if let Some(slot) = slot {
+                lock(&slot).subscribers.remove(&session);
             }
         }
     }
@@ -132,8 +138,8 @@ impl Hub {
     pub fn publish(&self, event: Arc<GateEvent>) {
         self.stats.events.fetch_add(1, Ordering::Relaxed);
         let live = Arc::new(LiveEvent::new(event));
-        let mut map = lock(&self.gates);
-        let slot = map.entry(live.event.gate.clone()).or_default();
+        let slot = self.slot(&live.event.gate);
+        let mut slot = lock(&slot);
         // Several writers could commit out of order; the newest stays the newest.
         if slot
             .latest
