@@ -736,7 +736,11 @@ async fn controllers_and_gates_change_the_running_fleet_and_invalid_ones_are_ref
             .await,
         204,
     );
-    assert_eq!(announced(&mut changes), vec![AccessChange::User(resident)]);
+    assert_eq!(
+        announced(&mut changes),
+        vec![AccessChange::Fleet, AccessChange::User(resident)],
+        "the fleet change, then the grant holders of the removed gates"
+    );
     let grants = rig
         .get(&admin, &format!("/api/v1/users/{resident}/grants"))
         .await;

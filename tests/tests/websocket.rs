@@ -988,3 +988,35 @@ async fn a_password_reset_ends_live_sessions_and_a_harmless_change_does_not() {
     assert_eq!(frames.last().unwrap()["code"], "credentials_changed");
     rig.stop().await;
 }
+
+/// A gate removed from the fleet over REST is dropped from live subscriptions with a
+/// `gate_removed` error; the session and its other gates carry on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gate_removed_from_the_fleet_leaves_live_subscriptions_with_a_notice() {
+    let rig = Rig::start().await;
+    let mut c = rig.client("op").await;
+    subscribe(&mut c, json!({"type": "subscribe", "gates": ["n2", "n3"]})).await;
+    let reply = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .delete(rig.stack.url("/api/v1/config/gates/n3"))
+        .bearer_auth(rig.stack.token("admin"))
+        .send()
+        .await
+        .unwrap();
+    assert!(reply.status().is_success(), "{reply:?}");
+    let (notice, _) = c.until(WAIT, |f| f["type"] == "error").await.unwrap();
+    assert_eq!(notice["code"], "gate_removed", "{notice}");
+    assert_eq!(notice["details"]["gates"], json!(["n3"]));
+    alive(&mut c).await;
+    // The remaining gate still streams.
+    let (_, frames) = command(&mut c, "n2", "open").await;
+    let all = finished(&mut c, frames).await;
+    assert!(
+        all.iter()
+            .any(|f| f["type"] == "event" && f["gate"] == "n2"),
+        "{all:?}"
+    );
+    rig.stop().await;
+}

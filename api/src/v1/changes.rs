@@ -14,6 +14,8 @@ pub enum AccessChange {
     User(UserId),
     /// The API key was revoked.
     ApiKey(uuid::Uuid),
+    /// The fleet changed: gates may have been removed or moved to another site.
+    Fleet,
 }
 
 /// Lost notices are not silent: a receiver that lagged behind re-checks every session.

@@ -173,6 +173,7 @@ impl Hub {
         let who = match change {
             AccessChange::User(id) => format!("user:{id}"),
             AccessChange::ApiKey(id) => format!("key:{id}"),
+            AccessChange::Fleet => return self.tell_all(|| SessionMsg::FleetChanged),
         };
         for r in lock(&self.sessions).values() {
             if r.who.as_deref() == Some(who.as_str()) {

@@ -67,6 +67,8 @@ pub enum SessionMsg {
     Resync,
     /// The caller's user or key changed: check the session's authority again.
     AccessChanged,
+    /// The fleet changed: drop subscribed gates that are gone, re-check those that moved.
+    FleetChanged,
     /// The authentication deadline or the token's expiry.
     Deadline,
     /// The server is stopping: close with 4500.
@@ -212,6 +214,7 @@ impl Actor for Session {
                 }
             }
             SessionMsg::AccessChanged => state.recheck().await,
+            SessionMsg::FleetChanged => state.refleet(),
             SessionMsg::Deadline => state.deadline(),
             SessionMsg::Shutdown => {
                 state.outbox.close(
@@ -516,6 +519,35 @@ impl SessionState {
             a.caller = caller;
         }
         self.drop_unreadable();
+    }
+
+    /// Follows the fleet: subscribed gates that no longer exist are dropped (and the client
+    /// told, `gate_removed`); gates that moved to another site are re-checked.
+    fn refleet(&mut self) {
+        let mut removed = Vec::new();
+        for (gate, sub) in self.subs.iter_mut() {
+            match locate(&self.app, gate) {
+                Some((site, _, _)) => sub.site = site,
+                None => removed.push(gate.clone()),
+            }
+        }
+        if !removed.is_empty() {
+            self.hub.unsubscribe(self.me.get_id(), removed.iter());
+            for gate in &removed {
+                self.subs.remove(gate);
+                self.outbox.forget(gate);
+            }
+            let gates: Vec<&str> = removed.iter().map(GateId::as_str).collect();
+            self.error(
+                None,
+                "gate_removed",
+                "subscribed gates were removed from the fleet; they are no longer followed",
+                Some(json!({ "gates": gates })),
+            );
+        }
+        if self.auth.is_some() {
+            self.drop_unreadable();
+        }
     }
 
     /// Closes with 4403 when the current caller may no longer read a subscribed gate.

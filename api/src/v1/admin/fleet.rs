@@ -234,7 +234,12 @@ fn not_configurable() -> ApiError {
 
 /// Applies `changes` to the live fleet.
 async fn configure(app: &App, changes: Vec<FleetChange>) -> Result<(), ApiError> {
-    app.fleet.configure(changes).await.map_err(|e| match e {
+    let applied = app.fleet.configure(changes).await;
+    if applied.is_ok() {
+        // Live sessions drop gates that are gone and re-check those that moved.
+        app.changes.announce(AccessChange::Fleet);
+    }
+    applied.map_err(|e| match e {
         FleetError::Invalid(why) => unprocessable(
             "invalid_configuration",
             format!("the configuration would be invalid: {why}"),
