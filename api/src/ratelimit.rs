@@ -9,14 +9,16 @@
 //!
 //! The limits (see [`Limits::default`]):
 //! - commands: a burst of 5 per caller and gate, then one every 2 s (GCRA). `stop` is never
-//!   limited (see [`RateLimits::admit_command`]): refusing to stop a gate is never safer;
+//!   limited (see [`RateLimits::admit_command`]): refusing to stop a gate is never safer; a
+//!   retry of a command id admitted on that gate lately (a phone resending after a tunnel)
+//!   is not counted again: it moves nothing and gets the first command's outcome;
 //! - login, per account name (whether it exists or not, so that the answer does not tell):
 //!   5 failures are free, then each further failure locks the name for 30 s, doubling up to
 //!   15 min; failures are forgotten 1 h after the last one, and a successful login clears them;
 //! - login, per client address: the same with 20 free failures, and a success does not clear
 //!   them (one valid account must not reset an address that is guessing others).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -259,6 +261,35 @@ pub struct RateLimits {
     accounts: Table<String, Failures>,
     /// Per client address.
     addresses: Table<IpAddr, Failures>,
+    /// The command ids admitted lately, by gate.
+    admitted: Mutex<RecentIds>,
+}
+
+/// The last [`RecentIds::CAPACITY`] admitted (command id, gate) pairs, oldest forgotten first.
+#[derive(Default)]
+struct RecentIds {
+    order: VecDeque<(uuid::Uuid, GateId)>,
+    known: HashSet<(uuid::Uuid, GateId)>,
+}
+
+impl RecentIds {
+    /// Minutes of commands at a busy site's rate; hours at most sites'.
+    const CAPACITY: usize = 50_000;
+
+    fn contains(&self, key: &(uuid::Uuid, GateId)) -> bool {
+        self.known.contains(key)
+    }
+
+    fn insert(&mut self, key: (uuid::Uuid, GateId)) {
+        if self.known.insert(key.clone()) {
+            self.order.push_back(key);
+            if self.order.len() > Self::CAPACITY
+                && let Some(old) = self.order.pop_front()
+            {
+                self.known.remove(&old);
+            }
+        }
+    }
 }
 
 impl Default for RateLimits {
@@ -275,6 +306,7 @@ impl RateLimits {
             commands: Table::new(limits.max_keys),
             accounts: Table::new(limits.max_keys),
             addresses: Table::new(limits.max_keys),
+            admitted: Mutex::default(),
         }
     }
 
@@ -295,17 +327,26 @@ impl RateLimits {
     }
 
     /// [`command`](Self::command), except that `stop` is always admitted (and not counted):
-    /// stopping a moving gate must never wait for a limiter.
+    /// stopping a moving gate must never wait for a limiter; nor is a retry of command `id`
+    /// once admitted on this gate (the gate answers it with the first outcome and does not
+    /// move again).
     pub fn admit_command(
         &self,
         actor: &str,
         gate: &GateId,
         action: Action,
+        id: uuid::Uuid,
     ) -> Result<(), Duration> {
         if action == Action::Stop {
             return Ok(());
         }
-        self.command(actor, gate)
+        let key = (id, gate.clone());
+        if lock(&self.admitted).contains(&key) {
+            return Ok(());
+        }
+        self.command(actor, gate)?;
+        lock(&self.admitted).insert(key);
+        Ok(())
     }
 
     /// Whether a login for `account` from `address` may be tried now; otherwise how long the
@@ -442,13 +483,68 @@ mod tests {
         assert_eq!(limits.command("user:b", &front), Ok(()), "another caller");
         assert_eq!(limits.command("user:a", &back), Ok(()), "another gate");
         for _ in 0..20 {
-            assert_eq!(limits.admit_command("user:a", &front, Action::Stop), Ok(()));
+            assert_eq!(
+                limits.admit_command("user:a", &front, Action::Stop, uuid::Uuid::new_v4()),
+                Ok(())
+            );
         }
         assert!(
             limits
-                .admit_command("user:a", &front, Action::Open)
+                .admit_command("user:a", &front, Action::Open, uuid::Uuid::new_v4())
                 .is_err()
         );
+    }
+
+    #[test]
+    fn a_retried_command_id_is_not_counted_again_on_its_gate_only() {
+        let (_clock, limits) = rig(Limits::default());
+        let (front, back) = (gate("front"), gate("back"));
+        let first = uuid::Uuid::new_v4();
+        limits
+            .admit_command("user:a", &front, Action::Open, first)
+            .unwrap();
+        for _ in 0..4 {
+            limits
+                .admit_command("user:a", &front, Action::Open, uuid::Uuid::new_v4())
+                .unwrap();
+        }
+        // The burst is spent: new ids wait, the first one's retries do not.
+        assert!(
+            limits
+                .admit_command("user:a", &front, Action::Open, uuid::Uuid::new_v4())
+                .is_err()
+        );
+        for _ in 0..10 {
+            assert_eq!(
+                limits.admit_command("user:a", &front, Action::Open, first),
+                Ok(())
+            );
+        }
+        // The same id on another gate is a new command there, and counted there.
+        for _ in 0..5 {
+            limits
+                .admit_command("user:a", &back, Action::Open, uuid::Uuid::new_v4())
+                .unwrap();
+        }
+        assert!(
+            limits
+                .admit_command("user:a", &back, Action::Open, first)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn the_retry_memory_is_bounded_and_forgets_the_oldest_first() {
+        let mut recent = RecentIds::default();
+        let g = gate("front");
+        let first = (uuid::Uuid::new_v4(), g.clone());
+        recent.insert(first.clone());
+        for _ in 0..RecentIds::CAPACITY {
+            recent.insert((uuid::Uuid::new_v4(), g.clone()));
+        }
+        assert!(!recent.contains(&first));
+        assert_eq!(recent.order.len(), RecentIds::CAPACITY);
+        assert_eq!(recent.known.len(), RecentIds::CAPACITY);
     }
 
     #[test]

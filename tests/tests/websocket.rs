@@ -633,9 +633,11 @@ async fn commands_beyond_the_per_gate_limit_are_refused_but_stop_always_goes_thr
     let mut c = rig.client("op").await;
     let burst = rig.stack.app.limits.limits().command.burst;
     let mut refused = None;
+    let mut first = None;
     for i in 0..=burst {
         let action = if i % 2 == 0 { "lockout" } else { "unlock" };
-        let (_, frames) = command(&mut c, "n3", action).await;
+        let (id, frames) = command(&mut c, "n3", action).await;
+        first.get_or_insert(id);
         let last = frames.last().unwrap().clone();
         if last["type"] == "error" {
             refused = Some((i, last));
@@ -649,6 +651,24 @@ async fn commands_beyond_the_per_gate_limit_are_refused_but_stop_always_goes_thr
     assert!(
         error["details"]["retry_after_ms"].as_u64().unwrap() > 0,
         "{error}"
+    );
+    // A retry of an admitted command (a phone resending after a drop) is not refused: it gets
+    // that command's outcome again.
+    let first = first.unwrap();
+    c.send(json!({"type": "command", "id": first, "gate": "n3", "action": "lockout"}))
+        .await
+        .unwrap();
+    let (again, _) = c
+        .until(WAIT, |f| {
+            f["id"] == first.to_string().as_str()
+                && (f["type"] == "error" || f["status"] != "accepted")
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (again["type"].as_str(), again["status"].as_str()),
+        (Some("ack"), Some("completed")),
+        "{again}"
     );
     // Another gate has its own budget, and stop is never refused.
     let (_, frames) = command(&mut c, "n2", "lockout").await;

@@ -316,7 +316,7 @@ async fn command(
     })?;
     check(&app, &caller, Operation::Command(action), &gate).await?;
     app.limits
-        .admit_command(&caller.actor, &gate, action)
+        .admit_command(&caller.actor, &gate, action, request.id)
         .map_err(|wait| crate::ratelimit::rate_limited(wait, "commands on this gate"))?;
     let id = CommandId(request.id);
     let _ = app

@@ -845,7 +845,7 @@ impl SessionState {
         if let Err(wait) = self
             .app
             .limits
-            .admit_command(&caller.actor, &gate_id, action)
+            .admit_command(&caller.actor, &gate_id, action, id)
         {
             let e = crate::ratelimit::rate_limited(wait, "commands on this gate");
             let mut details = e.details.clone();
