@@ -18,7 +18,7 @@
 //! - login, per client address: the same with 20 free failures, and a success does not clear
 //!   them (one valid account must not reset an address that is guessing others).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -265,24 +265,25 @@ pub struct RateLimits {
     admitted: Mutex<RecentIds>,
 }
 
-/// The last [`RecentIds::CAPACITY`] admitted (command id, gate) pairs, oldest forgotten first.
+/// The last [`RecentIds::CAPACITY`] admitted command ids with their gate and action, oldest
+/// forgotten first.
 #[derive(Default)]
 struct RecentIds {
-    order: VecDeque<(uuid::Uuid, GateId)>,
-    known: HashSet<(uuid::Uuid, GateId)>,
+    order: VecDeque<uuid::Uuid>,
+    known: HashMap<uuid::Uuid, (GateId, Action)>,
 }
 
 impl RecentIds {
     /// Minutes of commands at a busy site's rate; hours at most sites'.
     const CAPACITY: usize = 50_000;
 
-    fn contains(&self, key: &(uuid::Uuid, GateId)) -> bool {
-        self.known.contains(key)
+    fn get(&self, id: &uuid::Uuid) -> Option<&(GateId, Action)> {
+        self.known.get(id)
     }
 
-    fn insert(&mut self, key: (uuid::Uuid, GateId)) {
-        if self.known.insert(key.clone()) {
-            self.order.push_back(key);
+    fn insert(&mut self, id: uuid::Uuid, command: (GateId, Action)) {
+        if self.known.insert(id, command).is_none() {
+            self.order.push_back(id);
             if self.order.len() > Self::CAPACITY
                 && let Some(old) = self.order.pop_front()
             {
@@ -290,6 +291,18 @@ impl RecentIds {
             }
         }
     }
+}
+
+/// What the limiter knows of an admitted command id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admitted {
+    /// A new command: counted (unless `stop`).
+    New,
+    /// The same command again (same gate and action): not counted; the gate answers it with
+    /// the first command's outcome.
+    Retry,
+    /// The id was used lately for another gate or action: `rejected{id_conflict}`.
+    Conflict,
 }
 
 impl Default for RateLimits {
@@ -326,27 +339,27 @@ impl RateLimits {
         )
     }
 
-    /// [`command`](Self::command), except that `stop` is always admitted (and not counted):
-    /// stopping a moving gate must never wait for a limiter; nor is a retry of command `id`
-    /// once admitted on this gate (the gate answers it with the first outcome and does not
-    /// move again).
+    /// Admits command `id` (`action` on `gate` by `actor`): [`command`](Self::command)'s limit,
+    /// except that `stop` is never limited (stopping a moving gate must never wait for a
+    /// limiter) and a retry of a command admitted lately is not counted again. An id admitted
+    /// lately for another gate or action is a conflict.
     pub fn admit_command(
         &self,
         actor: &str,
         gate: &GateId,
         action: Action,
         id: uuid::Uuid,
-    ) -> Result<(), Duration> {
-        if action == Action::Stop {
-            return Ok(());
+    ) -> Result<Admitted, Duration> {
+        match lock(&self.admitted).get(&id) {
+            Some((g, a)) if g == gate && *a == action => return Ok(Admitted::Retry),
+            Some(_) => return Ok(Admitted::Conflict),
+            None => {}
         }
-        let key = (id, gate.clone());
-        if lock(&self.admitted).contains(&key) {
-            return Ok(());
+        if action != Action::Stop {
+            self.command(actor, gate)?;
         }
-        self.command(actor, gate)?;
-        lock(&self.admitted).insert(key);
-        Ok(())
+        lock(&self.admitted).insert(id, (gate.clone(), action));
+        Ok(Admitted::New)
     }
 
     /// Whether a login for `account` from `address` may be tried now; otherwise how long the
@@ -485,7 +498,7 @@ mod tests {
         for _ in 0..20 {
             assert_eq!(
                 limits.admit_command("user:a", &front, Action::Stop, uuid::Uuid::new_v4()),
-                Ok(())
+                Ok(Admitted::New)
             );
         }
         assert!(
@@ -496,13 +509,14 @@ mod tests {
     }
 
     #[test]
-    fn a_retried_command_id_is_not_counted_again_on_its_gate_only() {
+    fn a_retried_command_id_is_not_counted_again_and_a_reused_one_conflicts() {
         let (_clock, limits) = rig(Limits::default());
         let (front, back) = (gate("front"), gate("back"));
         let first = uuid::Uuid::new_v4();
-        limits
-            .admit_command("user:a", &front, Action::Open, first)
-            .unwrap();
+        assert_eq!(
+            limits.admit_command("user:a", &front, Action::Open, first),
+            Ok(Admitted::New)
+        );
         for _ in 0..4 {
             limits
                 .admit_command("user:a", &front, Action::Open, uuid::Uuid::new_v4())
@@ -517,19 +531,17 @@ mod tests {
         for _ in 0..10 {
             assert_eq!(
                 limits.admit_command("user:a", &front, Action::Open, first),
-                Ok(())
+                Ok(Admitted::Retry)
             );
         }
-        // The same id on another gate is a new command there, and counted there.
-        for _ in 0..5 {
-            limits
-                .admit_command("user:a", &back, Action::Open, uuid::Uuid::new_v4())
-                .unwrap();
-        }
-        assert!(
-            limits
-                .admit_command("user:a", &back, Action::Open, first)
-                .is_err()
+        // The same id for another gate or another action is not the same command.
+        assert_eq!(
+            limits.admit_command("user:a", &back, Action::Open, first),
+            Ok(Admitted::Conflict)
+        );
+        assert_eq!(
+            limits.admit_command("user:a", &front, Action::Close, first),
+            Ok(Admitted::Conflict)
         );
     }
 
@@ -537,12 +549,12 @@ mod tests {
     fn the_retry_memory_is_bounded_and_forgets_the_oldest_first() {
         let mut recent = RecentIds::default();
         let g = gate("front");
-        let first = (uuid::Uuid::new_v4(), g.clone());
-        recent.insert(first.clone());
+        let first = uuid::Uuid::new_v4();
+        recent.insert(first, (g.clone(), Action::Open));
         for _ in 0..RecentIds::CAPACITY {
-            recent.insert((uuid::Uuid::new_v4(), g.clone()));
+            recent.insert(uuid::Uuid::new_v4(), (g.clone(), Action::Open));
         }
-        assert!(!recent.contains(&first));
+        assert!(recent.get(&first).is_none());
         assert_eq!(recent.order.len(), RecentIds::CAPACITY);
         assert_eq!(recent.known.len(), RecentIds::CAPACITY);
     }

@@ -663,9 +663,18 @@ async fn a_repeated_command_id_returns_the_first_status_and_moves_the_gate_once(
         conflict.status, 202,
         "without wait the answer is 202: {conflict:?}"
     );
+    // Same id on another gate: not a second command either.
+    let conflict = rig.command(&op, "n3", id, "open", true).await;
+    assert_eq!(conflict.body["status"], "rejected", "{conflict:?}");
+    assert_eq!(conflict.body["reason"], "id_conflict", "{conflict:?}");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let gate = rig.get(&op, "/api/v1/gates/n2").await;
     assert_eq!(gate.body["state"], "open", "{gate:?}");
+    let other = rig.get(&op, "/api/v1/gates/n3").await;
+    assert_eq!(
+        other.body["state"], "closed",
+        "the other gate did not move: {other:?}"
+    );
 
     // Two clients sending one new id at once, both waiting: one command, one write, and both
     // are told its outcome.

@@ -670,6 +670,23 @@ async fn commands_beyond_the_per_gate_limit_are_refused_but_stop_always_goes_thr
         (Some("ack"), Some("completed")),
         "{again}"
     );
+    // The same id for another gate is not a second command: rejected, id_conflict.
+    c.send(json!({"type": "command", "id": first, "gate": "n2", "action": "lockout"}))
+        .await
+        .unwrap();
+    let (conflict, _) = c
+        .until(WAIT, |f| f["id"] == first.to_string().as_str())
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            conflict["status"].as_str(),
+            conflict["reason"].as_str(),
+            conflict["gate"].as_str()
+        ),
+        (Some("rejected"), Some("id_conflict"), Some("n2")),
+        "{conflict}"
+    );
     // Another gate has its own budget, and stop is never refused.
     let (_, frames) = command(&mut c, "n2", "lockout").await;
     assert_eq!(frames.last().unwrap()["status"], "completed");

@@ -9,7 +9,7 @@ use std::time::Duration;
 use gatehouse_actors::access::{AuditRecord, Denial, LocalTime, Operation, authorize};
 use gatehouse_actors::fleet::FleetError;
 use gatehouse_actors::fleet::gate::{Ack, AckSink, GateView};
-use gatehouse_actors::gate::{Action, CommandStatus};
+use gatehouse_actors::gate::{Action, CommandStatus, RejectReason};
 use gatehouse_actors::ids::{CommandId, ControllerId, GateId, SiteId};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -18,6 +18,7 @@ use warp::http::StatusCode;
 
 use super::{App, now_ms};
 use crate::principal::{Caller, store_error};
+use crate::ratelimit::Admitted;
 use crate::routing::{Outcome, PathParams, Route};
 use crate::{ApiError, client_ip, json, wire};
 
@@ -315,10 +316,22 @@ async fn command(
             .with_details(serde_json::json!({ "field": "action" }))
     })?;
     check(&app, &caller, Operation::Command(action), &gate).await?;
-    app.limits
+    let admitted = app
+        .limits
         .admit_command(&caller.actor, &gate, action, request.id)
         .map_err(|wait| crate::ratelimit::rate_limited(wait, "commands on this gate"))?;
     let id = CommandId(request.id);
+    let wait = query.wait.unwrap_or(false);
+    if admitted == Admitted::Conflict {
+        // The id names another command lately (another gate or action): never a second one.
+        let status = Some(CommandStatus::Rejected(RejectReason::IdConflict));
+        let code = if wait {
+            StatusCode::OK
+        } else {
+            StatusCode::ACCEPTED
+        };
+        return json::reply(code, &status_body(id, &gate, action, status));
+    }
     let _ = app
         .access
         .audit(AuditRecord {
@@ -342,7 +355,6 @@ async fn command(
             other => ApiError::internal(other),
         })?;
 
-    let wait = query.wait.unwrap_or(false);
     let limit = if wait { MAX_WAIT } else { FIRST_STATUS_WAIT };
     let deadline = tokio::time::Instant::now() + limit;
     let mut last = None;

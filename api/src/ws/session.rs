@@ -18,7 +18,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use gatehouse_actors::access::{AuditRecord, Denial, Operation, UserId, authorize};
 use gatehouse_actors::fleet::gate::{Ack, AckSink};
-use gatehouse_actors::gate::{Action, GateSnapshot};
+use gatehouse_actors::gate::{Action, CommandStatus, GateSnapshot, RejectReason};
 use gatehouse_actors::ids::{CommandId, GateId, SiteId};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
@@ -35,7 +35,7 @@ use super::outbox::{Outbox, Release, WriterEnd};
 use super::protocol::{self, ClientMsg, close};
 use crate::auth::secrets;
 use crate::principal::{self, Caller};
-use crate::ratelimit::{Gcra, Quota};
+use crate::ratelimit::{Admitted, Gcra, Quota};
 use crate::v1::gates::{forbidden, locate, time_for};
 use crate::v1::{App, now_ms};
 use crate::{ApiError, wire};
@@ -842,15 +842,24 @@ impl SessionState {
             let e = forbidden(denial);
             return self.send(api_error(rid, &e));
         }
-        if let Err(wait) = self
+        match self
             .app
             .limits
             .admit_command(&caller.actor, &gate_id, action, id)
         {
-            let e = crate::ratelimit::rate_limited(wait, "commands on this gate");
-            let mut details = e.details.clone();
-            details["retry_after_ms"] = json!(wait.as_millis() as u64);
-            return self.error(rid, e.code, &e.message, Some(details));
+            Ok(Admitted::New | Admitted::Retry) => {}
+            // The id names another command lately (another gate or action).
+            Ok(Admitted::Conflict) => {
+                let (status, reason) =
+                    wire::status(CommandStatus::Rejected(RejectReason::IdConflict));
+                return self.send(protocol::ack(&request, gate_id.as_str(), status, reason));
+            }
+            Err(wait) => {
+                let e = crate::ratelimit::rate_limited(wait, "commands on this gate");
+                let mut details = e.details.clone();
+                details["retry_after_ms"] = json!(wait.as_millis() as u64);
+                return self.error(rid, e.code, &e.message, Some(details));
+            }
         }
         let me = self.me.clone();
         let sink: AckSink = Arc::new(move |gate: &GateId, ack| {
