@@ -30,6 +30,19 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     #[serde(default)]
     pub websocket: WebSocketConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
+}
+
+/// Authentication settings.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// The Ed25519 private key (PKCS#8 PEM) that signs access tokens. Unset: the key in the
+    /// data directory (`jwt-ed25519.pem`), generated on first run. Relative paths are relative
+    /// to the configuration file.
+    #[serde(default)]
+    pub jwt_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -324,6 +337,11 @@ impl Config {
         {
             config.profiles.dir = Some(base.join(dir));
         }
+        if let (Some(key), Some(base)) = (&config.auth.jwt_key_file, file.and_then(Path::parent))
+            && key.is_relative()
+        {
+            config.auth.jwt_key_file = Some(base.join(key));
+        }
         config.validate(&file_name)?;
         Ok(config)
     }
@@ -493,6 +511,18 @@ mod tests {
         let (d, path) = write("[fleet]\nfile = \"fleet.toml\"\n");
         let c = Config::load(Some(&path), env(&[])).unwrap();
         assert_eq!(c.fleet.file, Some(d.path().join("fleet.toml")));
+    }
+
+    #[test]
+    fn a_token_key_file_is_relative_to_the_config_file() {
+        let (d, path) = write("[auth]\njwt_key_file = \"keys/jwt.pem\"\n");
+        let c = Config::load(Some(&path), env(&[])).unwrap();
+        assert_eq!(c.auth.jwt_key_file, Some(d.path().join("keys/jwt.pem")));
+        let c = Config::load(None, env(&[])).unwrap();
+        assert_eq!(
+            c.auth.jwt_key_file, None,
+            "the data directory's key by default"
+        );
     }
 
     #[test]

@@ -47,8 +47,11 @@ pub async fn app(
     store: Arc<Store>,
     passwords: Passwords,
 ) -> anyhow::Result<App> {
-    let keys =
-        TokenKeys::load_or_create(&config.data.dir).context("loading the token signing key")?;
+    let keys = match &config.auth.jwt_key_file {
+        Some(path) => TokenKeys::from_file(path),
+        None => TokenKeys::load_or_create(&config.data.dir),
+    }
+    .context("loading the token signing key")?;
     let changes = AccessChanges::default();
     let sessions = Sessions::start(
         runtime.bus.subscribe(),

@@ -603,3 +603,20 @@ fn demo_runs_three_simulated_controllers_and_stops_cleanly() {
         "{transcript}"
     );
 }
+
+#[test]
+fn a_configured_token_key_that_is_missing_is_refused_naming_the_file() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let config = format!(
+        "[http]\nlisten = \"127.0.0.1:0\"\n\n[data]\ndir = {:?}\n\n[auth]\njwt_key_file = \"keys/missing.pem\"\n",
+        dir.path().join("data").display().to_string()
+    );
+    let config = write_config(dir.path(), &config, None);
+    let err = refused(dir.path(), &config, &[]);
+    assert!(err.contains("token signing key"), "{err}");
+    assert!(err.contains("keys/missing.pem"), "names the file: {err}");
+    assert!(
+        !dir.path().join("data").join("jwt-ed25519.pem").exists(),
+        "no key is generated in its place"
+    );
+}

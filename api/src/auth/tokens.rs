@@ -72,6 +72,15 @@ impl TokenKeys {
         Self::from_signing_key(&signing)
     }
 
+    /// Reads the signing key from `path` (an Ed25519 private key, PKCS#8 PEM), as configured;
+    /// nothing is created: a missing or unreadable file is an error naming it.
+    pub fn from_file(path: &Path) -> Result<TokenKeys, AuthError> {
+        let keys = |e: &dyn std::fmt::Display| AuthError::Keys(format!("{}: {e}", path.display()));
+        let pem = std::fs::read_to_string(path).map_err(|e| keys(&e))?;
+        let signing = SigningKey::from_pkcs8_pem(&pem).map_err(|e| keys(&e))?;
+        Self::from_signing_key(&signing)
+    }
+
     /// A key that exists only in memory (tests, tools).
     pub fn ephemeral() -> Result<TokenKeys, AuthError> {
         Self::from_signing_key(&generate())
@@ -241,6 +250,27 @@ mod tests {
         header.kid = Some(keys.kid().to_string());
         let token = jsonwebtoken::encode(&header, &wrong, &keys.encoding).unwrap();
         assert!(keys.verify(&token).is_err(), "wrong audience");
+    }
+
+    #[test]
+    fn a_configured_key_file_is_read_and_a_missing_one_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let created = TokenKeys::load_or_create(dir.path()).unwrap();
+        let configured = TokenKeys::from_file(&dir.path().join(KEY_FILE)).unwrap();
+        assert_eq!(created.kid(), configured.kid(), "the same key");
+        let (token, _) = configured.issue("someone", Role::Viewer, now()).unwrap();
+        assert!(created.verify(&token).is_ok());
+
+        let missing = dir.path().join("nope.pem");
+        let Err(AuthError::Keys(e)) = TokenKeys::from_file(&missing) else {
+            panic!("a missing key file is an error");
+        };
+        assert!(e.contains("nope.pem"), "{e}");
+        std::fs::write(&missing, "not a key").unwrap();
+        assert!(
+            TokenKeys::from_file(&missing).is_err(),
+            "garbage is refused"
+        );
     }
 
     #[test]
