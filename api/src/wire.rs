@@ -1,5 +1,7 @@
-//! The JSON spelling of gates, events and command statuses, shared by REST and the WebSocket
-//! so that a client parses one format (pinned in `docs/websocket-protocol.md`).
+//! The JSON spelling of events, gate state and command statuses (pinned in
+//! `docs/websocket-protocol.md`). Events and statuses read the same on REST and the WebSocket;
+//! REST's gate body is its own typed schema (`id`, `name`, `controller` besides the state), the
+//! WebSocket's gate state is [`gate_state`].
 //!
 //! Events are flat objects: the event's own fields (`gate`, `seq`, `at_ms`, `kind` and the
 //! kind's fields) next to the gate's state right after it (`state`, `flags`, `position`,

@@ -139,7 +139,7 @@ pub(crate) fn forbidden(denial: Denial) -> ApiError {
 }
 
 /// The local time of the week at `site` (UTC when its zone is unknown).
-pub(crate) async fn local_time(app: &App, site: &SiteId) -> LocalTime {
+pub(crate) fn local_time(app: &App, site: &SiteId) -> LocalTime {
     let zone = app
         .fleet
         .site_timezone(site)
@@ -159,21 +159,21 @@ async fn check(
     gate: &GateId,
 ) -> Result<(SiteId, ControllerId, String), ApiError> {
     let (site, controller, name) = locate(app, gate).ok_or_else(|| unknown_gate(gate.as_str()))?;
-    let at = time_for(app, &caller.principal, op, &site).await;
+    let at = time_for(app, &caller.principal, op, &site);
     authorize(&caller.principal, op, Some((gate, &site)), at).map_err(forbidden)?;
     Ok((site, controller, name))
 }
 
 /// The local time the policy needs for `op`: only residents' commands depend on it (their
 /// grants' windows), so everyone else skips the site lookup.
-pub(crate) async fn time_for(
+pub(crate) fn time_for(
     app: &App,
     who: &gatehouse_actors::access::Principal,
     op: Operation,
     site: &SiteId,
 ) -> LocalTime {
     if who.role == gatehouse_actors::access::Role::Resident && matches!(op, Operation::Command(_)) {
-        local_time(app, site).await
+        local_time(app, site)
     } else {
         LocalTime {
             weekday: 0,
@@ -219,7 +219,7 @@ async fn list(app: App, bearer: Option<String>) -> Outcome {
     let caller = app.authenticate(bearer).await?;
     let mut gates = Vec::new();
     for c in app.fleet.controllers() {
-        let at = time_for(&app, &caller.principal, Operation::Read, &c.site).await;
+        let at = time_for(&app, &caller.principal, Operation::Read, &c.site);
         for g in &c.gates {
             if authorize(
                 &caller.principal,

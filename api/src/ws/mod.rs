@@ -182,14 +182,8 @@ impl Sessions {
         self.supervisor.stop(None);
     }
 
-    /// Serves an upgraded connection as a session. Public for benchmarks and tests that
-    /// bring their own socket.
-    pub async fn open(
-        &self,
-        app: App,
-        ip: IpAddr,
-        socket: session::Socket,
-    ) -> Result<(), SpawnErr> {
+    /// Serves an upgraded connection as a session, a child of the session supervisor.
+    async fn open(&self, app: App, ip: IpAddr, socket: session::Socket) -> Result<(), SpawnErr> {
         let args = SessionArgs {
             app,
             hub: self.hub.clone(),

@@ -385,7 +385,7 @@ impl SessionState {
                 }
                 self.send(protocol::bare("ok", id.as_deref()));
             }
-            ClientMsg::Command { id, gate, action } => self.command(id, &gate, &action).await,
+            ClientMsg::Command { id, gate, action } => self.command(id, &gate, &action),
         }
     }
 
@@ -811,7 +811,7 @@ impl SessionState {
         self.release(gate, newest).await;
     }
 
-    async fn command(&mut self, id: uuid::Uuid, gate: &str, action: &str) {
+    fn command(&mut self, id: uuid::Uuid, gate: &str, action: &str) {
         let request = id.to_string();
         let rid = Some(request.as_str());
         let Ok(action) = action.parse::<Action>() else {
@@ -836,8 +836,9 @@ impl SessionState {
         };
         let caller = self.caller().clone();
         let op = Operation::Command(action);
-        // Inline, so that one session's commands reach a gate in the order they were sent.
-        let at = time_for(&self.app, &caller.principal, op, &site).await;
+        // Inline (no I/O: site time zones are in memory), so that one session's commands
+        // reach a gate in the order they were sent.
+        let at = time_for(&self.app, &caller.principal, op, &site);
         if let Err(denial) = authorize(&caller.principal, op, Some((&gate_id, &site)), at) {
             let e = forbidden(denial);
             return self.send(api_error(rid, &e));
