@@ -68,6 +68,15 @@ pub struct LocalTime {
     pub minute: u16,
 }
 
+impl LocalTime {
+    /// The time to pass when the decision does not depend on it (everything but a
+    /// resident's command): no site's clock needs reading.
+    pub const IRRELEVANT: LocalTime = LocalTime {
+        weekday: 0,
+        minute: 0,
+    };
+}
+
 /// A weekly window: on `days` (bit 0 = Monday … bit 6 = Sunday), from `start` to `end`
 /// minutes after midnight, local time. `end` ≤ `start` runs past midnight into the next day.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,13 +1,14 @@
 //! Gatehouse's domain and actor tree: the pure gate state machine, the supervision toolkit,
-//! and the actors (fleet, controller, link, gate). No I/O of its own: the outside world is
-//! reached through the traits in [`ports`], implemented in `gatehouse-adapters`.
+//! and the actors (root, event log, fleet, controller, link, gate). No I/O of its own: the
+//! outside world is reached through the traits in [`ports`], implemented in
+//! `gatehouse-adapters`.
 
 pub mod access;
-pub mod eventlog;
-pub mod fleet;
+pub mod clock;
 pub mod gate;
 pub mod ids;
 pub mod ports;
 pub mod stats;
 pub mod store;
 pub mod supervision;
+pub mod tree;

@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::fleet::events::GateEvent;
+use crate::access::AuditRecord;
+use crate::gate::GateEvent;
 use crate::gate::{Action, CommandStatus};
 use crate::ids::{CommandId, ControllerId, GateId, SiteId};
 use crate::ports::BoxFuture;
@@ -190,9 +191,18 @@ pub trait FleetStore: Send + Sync + 'static {
 
 /// The durable event log.
 pub trait EventStore: Send + Sync + 'static {
-    /// Appends in one transaction. An event whose `(gate, seq)` is already stored is skipped,
-    /// so that a retried batch is never stored twice.
-    fn append(&self, events: Vec<Arc<GateEvent>>) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// Appends events and command audit records in one transaction. An event whose
+    /// `(gate, seq)` is already stored is skipped, so that a retried batch is never stored
+    /// twice.
+    fn append_batch(
+        &self,
+        events: Vec<Arc<GateEvent>>,
+        audits: Vec<AuditRecord>,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// [`EventStore::append_batch`] without audit records.
+    fn append(&self, events: Vec<Arc<GateEvent>>) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.append_batch(events, Vec::new())
+    }
     /// Every gate's resume point.
     fn heads(&self) -> BoxFuture<'_, Result<Vec<(GateId, GateHead)>, StoreError>>;
     /// A gate's events with `seq > after`, oldest first.

@@ -14,13 +14,14 @@
 //!
 //! Time comes from `tokio::time`, so tests drive it with tokio's paused clock.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use ractor::{
-    Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr, SupervisionEvent,
+    Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr,
+    SupervisionEvent,
 };
 use rand::Rng;
 use tokio::time::Instant;
@@ -132,6 +133,40 @@ impl fmt::Debug for ChildSpec {
     }
 }
 
+/// The running instance of a restartable child, for whoever must reach it across restarts
+/// (a handle on the fleet supervisor, the session supervisor). Filled at every (re)start by
+/// the child's spec; empty while the child waits out a backoff.
+pub struct Current<M: ractor::Message> {
+    slot: Arc<RwLock<Option<ActorRef<M>>>>,
+}
+
+impl<M: ractor::Message> Clone for Current<M> {
+    fn clone(&self) -> Self {
+        Self {
+            slot: self.slot.clone(),
+        }
+    }
+}
+
+impl<M: ractor::Message> Default for Current<M> {
+    fn default() -> Self {
+        Self {
+            slot: Arc::default(),
+        }
+    }
+}
+
+impl<M: ractor::Message> Current<M> {
+    /// The running instance, if there is one.
+    pub fn get(&self) -> Option<ActorRef<M>> {
+        self.slot.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set(&self, actor: ActorRef<M>) {
+        *self.slot.write().unwrap_or_else(|p| p.into_inner()) = Some(actor);
+    }
+}
+
 impl ChildSpec {
     /// A child made by `make` each time it (re)starts, registered under `name` if given (the
     /// name is free again once the previous instance has stopped, so restarts reuse it).
@@ -145,16 +180,70 @@ impl ChildSpec {
         A: Actor,
         F: Fn() -> (A, A::Arguments) + Send + Sync + 'static,
     {
+        Self::spawning(id.into(), restart, name, None, make)
+    }
+
+    /// Like [`ChildSpec::actor`], and each instance is published in `current` once started.
+    pub fn tracked<A, F>(
+        id: impl Into<String>,
+        restart: Restart,
+        current: Current<A::Msg>,
+        make: F,
+    ) -> Self
+    where
+        A: Actor,
+        F: Fn() -> (A, A::Arguments) + Send + Sync + 'static,
+    {
+        Self::spawning(id.into(), restart, None, Some(current), make)
+    }
+
+    fn spawning<A, F>(
+        id: String,
+        restart: Restart,
+        name: Option<String>,
+        current: Option<Current<A::Msg>>,
+        make: F,
+    ) -> Self
+    where
+        A: Actor,
+        F: Fn() -> (A, A::Arguments) + Send + Sync + 'static,
+    {
         let make = Arc::new(make);
         Self {
-            id: id.into(),
+            id,
             restart,
             start: Arc::new(move |supervisor: ActorCell| {
                 let make = make.clone();
                 let name = name.clone();
+                let current = current.clone();
                 Box::pin(async move {
                     let (actor, args) = make();
                     let (r, _handle) = Actor::spawn_linked(name, actor, args, supervisor).await?;
+                    if let Some(current) = current {
+                        current.set(r.clone());
+                    }
+                    Ok(r.get_cell())
+                })
+            }),
+        }
+    }
+
+    /// A temporary child started once from arguments that cannot be made again (a session
+    /// owns its socket). Never restarted, so its start runs at most once.
+    pub fn once<A: Actor>(id: impl Into<String>, actor: A, args: A::Arguments) -> Self {
+        let taken = Arc::new(std::sync::Mutex::new(Some((actor, args))));
+        Self {
+            id: id.into(),
+            restart: Restart::Temporary,
+            start: Arc::new(move |supervisor: ActorCell| {
+                let taken = taken.lock().unwrap_or_else(|p| p.into_inner()).take();
+                Box::pin(async move {
+                    let Some((actor, args)) = taken else {
+                        return Err(SpawnErr::StartupFailed(
+                            "a one-shot child cannot be started twice".into(),
+                        ));
+                    };
+                    let (r, _handle) = Actor::spawn_linked(None, actor, args, supervisor).await?;
                     Ok(r.get_cell())
                 })
             }),
@@ -185,10 +274,13 @@ pub type Observer = Arc<dyn Fn(&ChildEvent) + Send + Sync>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChildInfo {
     pub id: String,
+    pub restart: Restart,
     /// Running now (false while waiting out a backoff).
     pub running: bool,
     /// Restarts since the supervisor started.
     pub restarts: u64,
+    /// The reason of its last failure, and how long ago it was.
+    pub last_failure: Option<(String, Duration)>,
 }
 
 /// Why a supervisor refused a request.
@@ -206,6 +298,8 @@ pub enum SupervisorMsg {
     /// Stops a child and forgets it. Answers whether it existed.
     StopChild(String, RpcReplyPort<bool>),
     Children(RpcReplyPort<Vec<ChildInfo>>),
+    /// The running instance of a child, by id.
+    Child(String, RpcReplyPort<Option<ActorCell>>),
     /// Internal: a backoff ran out; restart these children if they are still waiting.
     RestartDue {
         ids: Vec<String>,
@@ -229,6 +323,7 @@ struct Child {
     /// Consecutive failures: the backoff exponent.
     failures: u32,
     restarts: u64,
+    last_failure: Option<(String, Instant)>,
     /// Bumped at every stop so that stale `RestartDue` messages are ignored.
     generation: u64,
 }
@@ -241,14 +336,82 @@ impl Child {
             started_at: Instant::now(),
             failures: 0,
             restarts: 0,
+            last_failure: None,
             generation: 0,
         }
     }
 }
 
+/// A child's place in the start order. Keys only grow, so a new child sorts last and a
+/// restarted one keeps its place.
+type Key = u64;
+
+/// The children, indexed three ways so that a supervisor of 20,000 sessions starts, finds and
+/// forgets one in O(log n) rather than scanning them all on every session's open and close.
+#[derive(Default)]
+struct Children {
+    /// In start order.
+    by_order: BTreeMap<Key, Child>,
+    by_id: HashMap<String, Key>,
+    /// Running children by their actor id: what a supervision event names.
+    by_actor: HashMap<ActorId, Key>,
+    next: Key,
+}
+
+impl Children {
+    fn push(&mut self, spec: ChildSpec) -> Result<Key, SupervisorError> {
+        if self.by_id.contains_key(&spec.id) {
+            return Err(SupervisorError::DuplicateChild(spec.id));
+        }
+        let key = self.next;
+        self.next += 1;
+        self.by_id.insert(spec.id.clone(), key);
+        self.by_order.insert(key, Child::new(spec));
+        Ok(key)
+    }
+
+    fn remove(&mut self, key: Key) {
+        if let Some(child) = self.by_order.remove(&key) {
+            self.by_id.remove(&child.spec.id);
+            if let Some(cell) = child.cell {
+                self.by_actor.remove(&cell.get_id());
+            }
+        }
+    }
+
+    fn get(&mut self, key: Key) -> Option<&mut Child> {
+        self.by_order.get_mut(&key)
+    }
+
+    fn key_of(&self, id: &str) -> Option<Key> {
+        self.by_id.get(id).copied()
+    }
+
+    fn set_cell(&mut self, key: Key, cell: Option<ActorCell>) {
+        let Some(child) = self.by_order.get_mut(&key) else {
+            return;
+        };
+        if let Some(old) = child.cell.take() {
+            self.by_actor.remove(&old.get_id());
+        }
+        if let Some(cell) = &cell {
+            self.by_actor.insert(cell.get_id(), key);
+        }
+        child.cell = cell;
+    }
+
+    fn keys_from(&self, key: Key) -> Vec<Key> {
+        self.by_order.range(key..).map(|(k, _)| *k).collect()
+    }
+
+    fn keys(&self) -> Vec<Key> {
+        self.by_order.keys().copied().collect()
+    }
+}
+
 pub struct SupervisorState {
     spec: SupervisorSpec,
-    children: Vec<Child>,
+    children: Children,
     /// Restart times inside the intensity window.
     recent: VecDeque<Instant>,
     observer: Option<Observer>,
@@ -262,20 +425,15 @@ impl SupervisorState {
         }
     }
 
-    fn index_of_cell(&self, cell: &ActorCell) -> Option<usize> {
-        let id = cell.get_id();
-        self.children
-            .iter()
-            .position(|c| c.cell.as_ref().is_some_and(|x| x.get_id() == id))
-    }
-
-    async fn start_child(&mut self, i: usize, myself: &ActorCell) -> Result<(), SupervisorError> {
-        let child = &mut self.children[i];
+    async fn start_child(&mut self, key: Key, myself: &ActorCell) -> Result<(), SupervisorError> {
+        let Some(child) = self.children.get(key) else {
+            return Ok(());
+        };
         match (child.spec.start)(myself.clone()).await {
             Ok(cell) => {
-                child.cell = Some(cell);
                 child.started_at = Instant::now();
                 let id = child.spec.id.clone();
+                self.children.set_cell(key, Some(cell));
                 self.notify(ChildEvent::Started { id });
                 Ok(())
             }
@@ -286,12 +444,16 @@ impl SupervisorState {
         }
     }
 
-    /// Stops child `i` on purpose (its exit event is then ignored).
-    async fn stop_child(&mut self, i: usize, reason: &str) {
-        let child = &mut self.children[i];
+    /// Stops child `key` on purpose (its exit event is then ignored).
+    async fn stop_child(&mut self, key: Key, reason: &str) {
+        let Some(child) = self.children.get(key) else {
+            return;
+        };
         child.generation += 1;
-        // Taken out of the list first, so that its exit event is not mistaken for a failure.
-        if let Some(cell) = child.cell.take()
+        let cell = child.cell.clone();
+        // Taken out of the index first, so that its exit event is not mistaken for a failure.
+        self.children.set_cell(key, None);
+        if let Some(cell) = cell
             && cell
                 .stop_and_wait(Some(reason.to_string()), Some(CHILD_SHUTDOWN_TIMEOUT))
                 .await
@@ -316,30 +478,36 @@ impl SupervisorState {
         self.recent.len() <= self.spec.intensity.max_restarts as usize
     }
 
-    /// Child `i` exited (it is already gone). Restarts it and its strategy group after the
+    /// Child `key` exited (it is already gone). Restarts it and its strategy group after the
     /// backoff, or escalates.
     async fn child_exited(
         &mut self,
-        i: usize,
+        key: Key,
         failed: bool,
         reason: String,
         myself: &ActorRef<SupervisorMsg>,
     ) -> Result<(), ActorProcessingErr> {
-        let id = self.children[i].spec.id.clone();
-        self.children[i].cell = None;
-        self.children[i].generation += 1;
+        self.children.set_cell(key, None);
+        let Some(child) = self.children.get(key) else {
+            return Ok(());
+        };
+        child.generation += 1;
+        if failed {
+            child.last_failure = Some((reason.clone(), Instant::now()));
+        }
+        let id = child.spec.id.clone();
+        let restart = match child.spec.restart {
+            Restart::Permanent => true,
+            Restart::Transient => failed,
+            Restart::Temporary => false,
+        };
         self.notify(ChildEvent::Exited {
             id: id.clone(),
             failed,
             reason: reason.clone(),
         });
-        let restart = match self.children[i].spec.restart {
-            Restart::Permanent => true,
-            Restart::Transient => failed,
-            Restart::Temporary => false,
-        };
         if !restart {
-            self.children.remove(i);
+            self.children.remove(key);
             return Ok(());
         }
         if !self.within_intensity() {
@@ -355,29 +523,34 @@ impl SupervisorState {
             return Err(why.into());
         }
 
-        let group: Vec<usize> = match self.spec.strategy {
-            Strategy::OneForOne => vec![i],
-            Strategy::RestForOne => (i..self.children.len()).collect(),
-            Strategy::OneForAll => (0..self.children.len()).collect(),
+        let group: Vec<Key> = match self.spec.strategy {
+            Strategy::OneForOne => vec![key],
+            Strategy::RestForOne => self.children.keys_from(key),
+            Strategy::OneForAll => self.children.keys(),
         };
         // Siblings in the group stop in reverse start order, as in OTP.
-        for &j in group.iter().rev() {
-            if j != i && self.children[j].cell.is_some() {
-                self.stop_child(j, "sibling restart").await;
+        for &k in group.iter().rev() {
+            if k != key {
+                self.stop_child(k, "sibling restart").await;
             }
         }
 
-        let child = &mut self.children[i];
-        if child.started_at.elapsed() >= self.spec.backoff.reset_after {
+        let reset_after = self.spec.backoff.reset_after;
+        let Some(child) = self.children.get(key) else {
+            return Ok(());
+        };
+        if child.started_at.elapsed() >= reset_after {
             child.failures = 0;
         }
-        let delay = self.spec.backoff.delay(child.failures, &mut self.rng);
+        let attempt = child.failures;
         child.failures = child.failures.saturating_add(1);
+        let generation = child.generation;
+        let delay = self.spec.backoff.delay(attempt, &mut self.rng);
         let ids: Vec<String> = group
             .iter()
-            .map(|&j| self.children[j].spec.id.clone())
+            .filter_map(|k| self.children.by_order.get(k))
+            .map(|c| c.spec.id.clone())
             .collect();
-        let generation = self.children[i].generation;
         tracing::debug!(child = %id, ?delay, "restart scheduled");
         if delay.is_zero() {
             myself.send_message(SupervisorMsg::RestartDue { ids, generation })?;
@@ -395,36 +568,59 @@ impl SupervisorState {
     ) -> Result<(), ActorProcessingErr> {
         // The generation belongs to the child whose failure scheduled this; it moves on if the
         // child was stopped or restarted meanwhile.
-        let Some(first) = ids.first() else {
+        let Some(lead) = ids.first().and_then(|id| self.children.key_of(id)) else {
             return Ok(());
         };
-        let Some(lead) = self.children.iter().position(|c| &c.spec.id == first) else {
-            return Ok(());
-        };
-        if self.children[lead].generation != generation {
+        if self.children.get(lead).map(|c| c.generation) != Some(generation) {
             return Ok(());
         }
         for id in ids {
-            let Some(i) = self.children.iter().position(|c| c.spec.id == id) else {
+            let Some(key) = self.children.key_of(&id) else {
                 continue;
             };
-            if self.children[i].cell.is_some() {
+            let Some(child) = self.children.get(key) else {
+                continue;
+            };
+            if child.cell.is_some() {
                 continue;
             }
-            self.children[i].restarts += 1;
-            if let Err(e) = self.start_child(i, &myself.get_cell()).await {
-                tracing::warn!("{e}");
-                // A start failure counts as another failure of that child.
-                Box::pin(self.child_exited(i, true, e.to_string(), myself)).await?;
+            child.restarts += 1;
+            let restarts = child.restarts;
+            match self.start_child(key, &myself.get_cell()).await {
+                Ok(()) => {
+                    tracing::info!(supervisor = ?myself.get_name(), child = %id, restarts, "child restarted");
+                }
+                Err(e) => {
+                    tracing::warn!("{e}");
+                    // A start failure counts as another failure of that child.
+                    Box::pin(self.child_exited(key, true, e.to_string(), myself)).await?;
+                }
             }
         }
         Ok(())
     }
 
     async fn stop_all(&mut self, reason: &str) {
-        for i in (0..self.children.len()).rev() {
-            self.stop_child(i, reason).await;
+        for key in self.children.keys().into_iter().rev() {
+            self.stop_child(key, reason).await;
         }
+    }
+
+    fn info(&self) -> Vec<ChildInfo> {
+        self.children
+            .by_order
+            .values()
+            .map(|c| ChildInfo {
+                id: c.spec.id.clone(),
+                restart: c.spec.restart,
+                running: c.cell.is_some(),
+                restarts: c.restarts,
+                last_failure: c
+                    .last_failure
+                    .as_ref()
+                    .map(|(why, at)| (why.clone(), at.elapsed())),
+            })
+            .collect()
     }
 }
 
@@ -440,18 +636,14 @@ impl Actor for Supervisor {
     ) -> Result<Self::State, ActorProcessingErr> {
         let mut state = SupervisorState {
             spec: args.spec,
-            children: Vec::with_capacity(args.children.len()),
+            children: Children::default(),
             recent: VecDeque::new(),
             observer: args.observer,
             rng: rand::SeedableRng::from_os_rng(),
         };
         for spec in args.children {
-            if state.children.iter().any(|c| c.spec.id == spec.id) {
-                return Err(SupervisorError::DuplicateChild(spec.id).into());
-            }
-            state.children.push(Child::new(spec));
-            let i = state.children.len() - 1;
-            if let Err(e) = state.start_child(i, &myself.get_cell()).await {
+            let key = state.children.push(spec)?;
+            if let Err(e) = state.start_child(key, &myself.get_cell()).await {
                 state.stop_all("startup failed").await;
                 return Err(e.into());
             }
@@ -477,38 +669,36 @@ impl Actor for Supervisor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             SupervisorMsg::StartChild(spec, reply) => {
-                let result = if state.children.iter().any(|c| c.spec.id == spec.id) {
-                    Err(SupervisorError::DuplicateChild(spec.id))
-                } else {
-                    state.children.push(Child::new(spec));
-                    let i = state.children.len() - 1;
-                    let r = state.start_child(i, &myself.get_cell()).await;
-                    if r.is_err() {
-                        state.children.remove(i);
+                let result = match state.children.push(spec) {
+                    Err(e) => Err(e),
+                    Ok(key) => {
+                        let r = state.start_child(key, &myself.get_cell()).await;
+                        if r.is_err() {
+                            state.children.remove(key);
+                        }
+                        r
                     }
-                    r
                 };
                 let _ = reply.send(result);
             }
             SupervisorMsg::StopChild(id, reply) => {
-                let found = state.children.iter().position(|c| c.spec.id == id);
-                if let Some(i) = found {
-                    state.stop_child(i, "removed").await;
-                    state.children.remove(i);
+                let found = state.children.key_of(&id);
+                if let Some(key) = found {
+                    state.stop_child(key, "removed").await;
+                    state.children.remove(key);
                 }
                 let _ = reply.send(found.is_some());
             }
             SupervisorMsg::Children(reply) => {
-                let info = state
+                let _ = reply.send(state.info());
+            }
+            SupervisorMsg::Child(id, reply) => {
+                let cell = state
                     .children
-                    .iter()
-                    .map(|c| ChildInfo {
-                        id: c.spec.id.clone(),
-                        running: c.cell.is_some(),
-                        restarts: c.restarts,
-                    })
-                    .collect();
-                let _ = reply.send(info);
+                    .key_of(&id)
+                    .and_then(|k| state.children.by_order.get(&k))
+                    .and_then(|c| c.cell.clone());
+                let _ = reply.send(cell);
             }
             SupervisorMsg::RestartDue { ids, generation } => {
                 state.restart_due(ids, generation, &myself).await?;
@@ -530,13 +720,15 @@ impl Actor for Supervisor {
             }
             _ => return Ok(()),
         };
-        // Children we stopped on purpose were taken out of the list first: not ours to restart.
-        let Some(i) = state.index_of_cell(&cell) else {
+        // Children we stopped on purpose were taken out of the index first: not ours to
+        // restart.
+        let Some(&key) = state.children.by_actor.get(&cell.get_id()) else {
             return Ok(());
         };
         if failed {
-            tracing::warn!(child = %state.children[i].spec.id, %reason, "child failed");
+            let id = state.children.by_order.get(&key).map(|c| c.spec.id.clone());
+            tracing::warn!(supervisor = ?myself.get_name(), child = ?id, %reason, "child failed");
         }
-        state.child_exited(i, failed, reason, &myself).await
+        state.child_exited(key, failed, reason, &myself).await
     }
 }

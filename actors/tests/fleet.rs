@@ -6,15 +6,16 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use gatehouse_actors::eventlog;
-use gatehouse_actors::fleet::Directory;
-use gatehouse_actors::fleet::events::{EventSink, GateEvent, LocalBus};
-use gatehouse_actors::fleet::gate::{Ack, AckSink};
-use gatehouse_actors::fleet::{ControllerSpec, Fleet, FleetContext, FleetError, GateSpec};
+use gatehouse_actors::gate::GateEvent;
 use gatehouse_actors::gate::*;
 use gatehouse_actors::ids::{CommandId, ControllerId, GateId, SiteId};
 use gatehouse_actors::ports::*;
 use gatehouse_actors::store::{EventStore, FinishedCommand, GateHead, StoreError, StoredEvent};
+use gatehouse_actors::tree::Directory;
+use gatehouse_actors::tree::bus::{EventSink, LocalBus};
+use gatehouse_actors::tree::eventlog;
+use gatehouse_actors::tree::gate::{Ack, AckSink};
+use gatehouse_actors::tree::{ControllerSpec, Fleet, FleetContext, FleetError, GateSpec};
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::timeout;
@@ -373,7 +374,11 @@ struct MemoryStore {
 }
 
 impl EventStore for MemoryStore {
-    fn append(&self, events: Vec<Arc<GateEvent>>) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn append_batch(
+        &self,
+        events: Vec<Arc<GateEvent>>,
+        _audits: Vec<gatehouse_actors::access::AuditRecord>,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
             if self.down.load(Ordering::SeqCst) {
                 return Err(StoreError::Unavailable("connection refused".into()));

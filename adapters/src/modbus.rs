@@ -41,7 +41,7 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// One gate on a link: its Modbus unit id and how its registers are laid out.
 #[derive(Debug, Clone)]
-pub struct GateBinding {
+pub struct UnitProfile {
     pub unit: u8,
     pub profile: Arc<Profile>,
 }
@@ -71,7 +71,7 @@ impl LinkTiming {
     /// A link has one timeout, so when gates with different profiles share it, the
     /// slowest profile's values are used (with one profile, that is simply its own). With
     /// no gates at all, the defaults of a profile without those keys apply.
-    pub fn from_profiles(gates: &[GateBinding], overrides: TimingOverrides) -> LinkTiming {
+    pub fn from_profiles(gates: &[UnitProfile], overrides: TimingOverrides) -> LinkTiming {
         let request = gates.iter().map(|g| g.profile.request_timeout).max();
         let delay = gates.iter().map(|g| g.profile.inter_frame_delay).max();
         LinkTiming {
@@ -92,13 +92,13 @@ impl LinkTiming {
 #[derive(Debug, Clone)]
 pub struct TcpConnector {
     endpoint: SocketAddr,
-    gates: Arc<[GateBinding]>,
+    gates: Arc<[UnitProfile]>,
     timing: LinkTiming,
 }
 
 impl TcpConnector {
     /// `gates[i]` is the gate the port methods call `i`.
-    pub fn new(endpoint: SocketAddr, gates: Vec<GateBinding>, timing: LinkTiming) -> Self {
+    pub fn new(endpoint: SocketAddr, gates: Vec<UnitProfile>, timing: LinkTiming) -> Self {
         Self {
             endpoint,
             gates: gates.into(),
@@ -110,7 +110,7 @@ impl TcpConnector {
     /// ([`LinkTiming::from_profiles`]).
     pub fn from_profiles(
         endpoint: SocketAddr,
-        gates: Vec<GateBinding>,
+        gates: Vec<UnitProfile>,
         overrides: TimingOverrides,
     ) -> Self {
         let timing = LinkTiming::from_profiles(&gates, overrides);
@@ -121,7 +121,7 @@ impl TcpConnector {
         self.endpoint
     }
 
-    pub fn gates(&self) -> &[GateBinding] {
+    pub fn gates(&self) -> &[UnitProfile] {
         &self.gates
     }
 
@@ -184,7 +184,7 @@ impl LinkConnector for TcpConnector {
 /// for the answer to the next one.
 pub struct TcpSession {
     context: Context,
-    gates: Arc<[GateBinding]>,
+    gates: Arc<[UnitProfile]>,
     timing: LinkTiming,
     /// When the previous transaction ended, for the inter-frame delay.
     last_end: Option<Instant>,
@@ -459,7 +459,7 @@ mod tests {
         }
     }
 
-    async fn session(addr: SocketAddr, gates: Vec<GateBinding>, t: LinkTiming) -> TcpSession {
+    async fn session(addr: SocketAddr, gates: Vec<UnitProfile>, t: LinkTiming) -> TcpSession {
         TcpConnector::new(addr, gates, t).open().await.unwrap()
     }
 
@@ -467,7 +467,7 @@ mod tests {
     async fn coil_commands_pulse_and_release() {
         // Write requests are echoed, as a conforming controller does.
         let (addr, seen) = scripted(|_, pdu| Some(pdu.to_vec())).await;
-        let gates = vec![GateBinding {
+        let gates = vec![UnitProfile {
             unit: 7,
             profile: profile("generic"),
         }];
@@ -492,7 +492,7 @@ mod tests {
     #[tokio::test]
     async fn unsupported_ops_and_register_releases_stay_off_the_wire() {
         let (addr, seen) = scripted(|_, pdu| Some(pdu.to_vec())).await;
-        let gates = vec![GateBinding {
+        let gates = vec![UnitProfile {
             unit: 1,
             profile: profile("ha-cover"),
         }];
@@ -521,7 +521,7 @@ mod tests {
         let text = include_str!("../../config/profiles/ha-cover.toml")
             .replace("table = \"holding\"", "table = \"input\"");
         let p = Profile::parse("ha-input", "ha-input.toml", &text).unwrap();
-        let gates = vec![GateBinding {
+        let gates = vec![UnitProfile {
             unit: 3,
             profile: Arc::new(p),
         }];
@@ -541,11 +541,11 @@ mod tests {
         .await;
         let came = profile("came-zlb30");
         let gates = vec![
-            GateBinding {
+            UnitProfile {
                 unit: 1,
                 profile: came.clone(),
             },
-            GateBinding {
+            UnitProfile {
                 unit: 2,
                 profile: came,
             },
@@ -565,7 +565,7 @@ mod tests {
     #[tokio::test]
     async fn a_short_block_is_a_protocol_error_and_ends_the_session() {
         let (addr, seen) = scripted(|_, _| Some(registers(0x03, &[17, 0, 0]))).await;
-        let gates = vec![GateBinding {
+        let gates = vec![UnitProfile {
             unit: 1,
             profile: profile("came-zlb30"),
         }];
@@ -585,7 +585,7 @@ mod tests {
     #[tokio::test]
     async fn a_wrong_echo_is_a_protocol_error() {
         let (addr, _) = scripted(|_, _| Some(vec![0x06, 0, 200, 0, 9])).await;
-        let gates = vec![GateBinding {
+        let gates = vec![UnitProfile {
             unit: 1,
             profile: profile("came-zlb30"),
         }];
@@ -601,7 +601,7 @@ mod tests {
     #[tokio::test]
     async fn silence_times_out() {
         let (addr, _) = scripted(|_, _| None).await;
-        let gates = vec![GateBinding {
+        let gates = vec![UnitProfile {
             unit: 1,
             profile: profile("came-zlb30"),
         }];
@@ -617,7 +617,7 @@ mod tests {
     #[tokio::test]
     async fn transactions_keep_the_inter_frame_delay() {
         let (addr, seen) = scripted(|_, _| Some(registers(0x03, &[17, 0, 0, 0, 0, 0]))).await;
-        let gates = vec![GateBinding {
+        let gates = vec![UnitProfile {
             unit: 1,
             profile: profile("came-zlb30"),
         }];
@@ -654,11 +654,11 @@ mod tests {
         slow.request_timeout = Duration::from_millis(2500);
         slow.inter_frame_delay = Duration::from_millis(40);
         let gates = vec![
-            GateBinding {
+            UnitProfile {
                 unit: 1,
                 profile: profile("came-zlb30"),
             },
-            GateBinding {
+            UnitProfile {
                 unit: 2,
                 profile: Arc::new(slow),
             },

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use gatehouse_actors::gate::{HwOp, HwState, Observation, RawCounter};
 use gatehouse_actors::ports::{LinkConnector, LinkError, LinkSession, UnitException};
-use gatehouse_adapters::modbus::{GateBinding, LinkTiming, TcpConnector, TimingOverrides};
+use gatehouse_adapters::modbus::{LinkTiming, TcpConnector, TimingOverrides, UnitProfile};
 use gatehouse_adapters::profile::ProfileSet;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -179,16 +179,16 @@ async fn came_board_served_by_pymodbus() {
         .unwrap()
         .clone();
     let gates = vec![
-        GateBinding {
+        UnitProfile {
             unit: 1,
             profile: came.clone(),
         },
-        GateBinding {
+        UnitProfile {
             unit: 2,
             profile: came.clone(),
         },
         // Not served by the peer: a unit that does not exist behind this endpoint.
-        GateBinding {
+        UnitProfile {
             unit: 9,
             profile: came,
         },
@@ -271,13 +271,13 @@ async fn came_board_served_by_pymodbus() {
     );
 }
 
-fn came_gate() -> Vec<GateBinding> {
+fn came_gate() -> Vec<UnitProfile> {
     let came = ProfileSet::builtin()
         .unwrap()
         .get("came-zlb30")
         .unwrap()
         .clone();
-    vec![GateBinding {
+    vec![UnitProfile {
         unit: 1,
         profile: came,
     }]

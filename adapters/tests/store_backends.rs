@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
-use gatehouse_actors::fleet::events::GateEvent;
+use gatehouse_actors::gate::GateEvent;
 use gatehouse_actors::gate::{
     Action, Cause, CommandStatus, EventKind, FailReason, GateFlags, GateSnapshot, GateState,
     RejectReason,

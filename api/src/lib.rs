@@ -10,17 +10,26 @@
 //!   [`request_id`]: the id on every answer; [`server`]: listening, security headers, CORS,
 //!   client addresses, graceful shutdown; [`health`]: probes; [`openapi`]: the document.
 //!
+//! The application, shared by REST and the WebSocket: [`app`] (the handles every endpoint
+//! works with), [`policy`] (where a gate is, the site's local time, who may do what),
+//! [`commands`] (the one command path), [`changes`] (access-change notices to live sessions).
+//! [`v1`] holds REST handlers only; [`ws`] the WebSocket sessions.
+//!
 //! Adding an endpoint: write `async fn handler(..) -> Outcome` with `#[utoipa::path(...)]`
 //! (method, path, `params(...)` for every `{name}` in the path, responses), add
 //! `Route::new::<__path_handler, _>(|params| ...)` to its module's `routes()`, and list that
 //! module in [`route_table`] if it is new.
 
+pub mod app;
 pub mod auth;
+pub mod changes;
+pub mod commands;
 mod cors;
 pub mod error;
 pub mod health;
 pub mod json;
 pub mod openapi;
+pub mod policy;
 pub mod principal;
 pub mod ratelimit;
 pub mod request_id;
@@ -44,7 +53,7 @@ pub use server::{ApiConfig, ClientIp, ServeError, client_ip, serve};
 pub struct ApiState {
     pub readiness: Arc<dyn Readiness>,
     /// The application endpoints; without it only the probes and the document are served.
-    pub app: Option<v1::App>,
+    pub app: Option<app::App>,
 }
 
 /// The API's complete route table: the one list of endpoint modules.

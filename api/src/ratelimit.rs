@@ -80,7 +80,7 @@ pub struct Quota {
 /// (n ≥ 0) locks for `base · 2ⁿ`, at most `max`; `forget` after the last failure, the count
 /// starts over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Backoff {
+pub struct LockoutPolicy {
     pub free: u32,
     pub base: Duration,
     pub max: Duration,
@@ -91,8 +91,8 @@ pub struct Backoff {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     pub command: Quota,
-    pub login_account: Backoff,
-    pub login_address: Backoff,
+    pub login_account: LockoutPolicy,
+    pub login_address: LockoutPolicy,
     /// Keys per table, at most.
     pub max_keys: usize,
 }
@@ -106,14 +106,14 @@ impl Default for Limits {
                 burst: 5,
                 period: Duration::from_secs(2),
             },
-            login_account: Backoff {
+            login_account: LockoutPolicy {
                 free: 5,
                 base: Duration::from_secs(30),
                 max: Duration::from_secs(15 * 60),
                 forget: Duration::from_secs(60 * 60),
             },
             // More room: several people may log in from behind one NAT.
-            login_address: Backoff {
+            login_address: LockoutPolicy {
                 free: 20,
                 base: Duration::from_secs(30),
                 max: Duration::from_secs(15 * 60),
@@ -191,7 +191,7 @@ impl Failures {
         }
     }
 
-    fn fail(&mut self, policy: Backoff, now: Duration) {
+    fn fail(&mut self, policy: LockoutPolicy, now: Duration) {
         if now >= self.forget_at {
             self.count = 0;
         }

@@ -8,7 +8,7 @@
 //! `fault_code`, `latched_fault`, `cycles`) and its `cause` (the command id, `local` or
 //! `system`).
 
-use gatehouse_actors::fleet::events::GateEvent;
+use gatehouse_actors::gate::GateEvent;
 use gatehouse_actors::gate::{Cause, CommandStatus, EventKind, GateSnapshot};
 use serde_json::{Map, Value, json};
 

@@ -1,20 +1,34 @@
 //! Booting from the store: open (and migrate) the database, seed the fleet from a fleet file
 //! on first boot, restore every gate's resume point (sequence, cycle total, recent command
-//! outcomes), and start the tree with the event log writer in it. Also the fleet import and
-//! export behind `gatehouse fleet`.
+//! outcomes), and assemble the supervision tree. Also the fleet import and export behind
+//! `gatehouse fleet`.
+//!
+//! The tree, as [`Runtime::boot_tree`] assembles it (each node's module draws its own
+//! subtree; `gatehouse_actors::tree::root` draws the whole):
+//!
+//! ```text
+//! root                 one_for_one, 5 restarts / 60 s, backoff 100 ms..5 s
+//! ├── eventlog         permanent   the writer (its queue outlives it)
+//! ├── hub              permanent   from the API's SessionTree (if any)
+//! ├── fleet            permanent   one_for_one; its controllers are added once it is up
+//! │   └── controller:<id> ×n       gate:<id> ×m, then link
+//! └── sessions         permanent   from the API's SessionTree (if any); temporary sessions
+//! ```
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use gatehouse_actors::eventlog;
-use gatehouse_actors::fleet::events::{EventSink, LocalBus};
-use gatehouse_actors::fleet::{Directory, Fleet, FleetContext};
+use gatehouse_actors::clock::wall_ms;
 use gatehouse_actors::gate::machine::COMMAND_MEMORY_MS;
 use gatehouse_actors::store::{EventStore, FleetChange, FleetRecords, FleetStore};
+use gatehouse_actors::tree::bus::{EventSink, LocalBus};
+use gatehouse_actors::tree::eventlog;
+use gatehouse_actors::tree::root::RootChildren;
+use gatehouse_actors::tree::{ControllerSpec, Directory, Fleet, FleetContext};
 use gatehouse_adapters::profile::ProfileSet;
-use gatehouse_adapters::store::Store;
+use gatehouse_adapters::store::{Store, redact};
+use gatehouse_api::ws::SessionTree;
 
 use crate::Runtime;
 use crate::config::Config;
@@ -32,18 +46,6 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<Store>> {
         }
     }
     Ok(Arc::new(store))
-}
-
-/// A URL without its password, for messages.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{}{}@{}", &url[..scheme + 3], user, &url[at + 1..])
-        }
-        _ => url.to_string(),
-    }
 }
 
 /// What an import changes, in the order the store must apply it.
@@ -114,79 +116,113 @@ pub async fn import(
     Ok(plan)
 }
 
-fn wall_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 impl Runtime {
-    /// Boots from the store. On a first boot (an empty store) `seed` is imported first; after
-    /// that the store is the truth and a fleet file is for `gatehouse fleet import`.
+    /// Boots from the store, without the WebSocket layer (tools, tests and benchmarks that
+    /// serve no API). See [`Runtime::boot_tree`].
     pub async fn boot(
         store: Arc<Store>,
         profiles: ProfileSet,
         seed: Option<&FleetFile>,
         bus: LocalBus,
     ) -> anyhow::Result<Runtime> {
-        let mut records = store.load_fleet().await?;
-        if let Some(seed) = seed {
-            if records.controllers.is_empty() && records.sites.is_empty() {
-                let plan = import(&store, seed, false, &profiles).await?;
-                tracing::info!(entries = plan.upserted, "fleet seeded from the fleet file");
-                records = store.load_fleet().await?;
-            } else {
-                tracing::info!(
-                    "the store holds the fleet; the fleet file is not applied (use `gatehouse fleet import`)"
-                );
-            }
-        }
+        Self::boot_tree(store, profiles, seed, bus, None).await
+    }
 
-        let heads: HashMap<_, _> = store.heads().await?.into_iter().collect();
-        let since = wall_ms().saturating_sub(COMMAND_MEMORY_MS);
-        let mut finished: HashMap<_, Vec<_>> = HashMap::new();
-        for f in store.finished_commands(since).await? {
-            finished
-                .entry(f.gate.clone())
-                .or_default()
-                .push((f.id, f.action, f.status));
-        }
-
-        let mut specs = Vec::new();
-        for c in &records.controllers {
-            // One misconfigured controller (a profile file gone) must not keep the rest down.
-            match build_controller(&records, &c.id, &profiles) {
-                Ok(mut spec) => {
-                    for g in &mut spec.gates {
-                        if let Some(head) = heads.get(&g.spec.id) {
-                            g.seq.store(head.seq, std::sync::atomic::Ordering::Relaxed);
-                            g.restore.cycles = head.cycles;
-                        }
-                        g.restore.finished = finished.remove(&g.spec.id).unwrap_or_default();
-                    }
-                    specs.push(spec);
-                }
-                Err(e) => tracing::error!(controller = %c.id, "not started: {e}"),
-            }
-        }
-        tracing::info!(
-            controllers = specs.len(),
-            gates = specs.iter().map(|s| s.gates.len()).sum::<usize>(),
-            "fleet restored from the store"
-        );
+    /// Boots from the store. On a first boot (an empty store) `seed` is imported first; after
+    /// that the store is the truth and a fleet file is for `gatehouse fleet import`. With
+    /// `sessions`, the WebSocket layer's hub and session supervisor join the tree.
+    pub async fn boot_tree(
+        store: Arc<Store>,
+        profiles: ProfileSet,
+        seed: Option<&FleetFile>,
+        bus: LocalBus,
+        sessions: Option<SessionTree>,
+    ) -> anyhow::Result<Runtime> {
+        let records = load_or_seed(&store, &profiles, seed).await?;
+        let specs = restore_controllers(&store, &records, &profiles).await?;
 
         let sink: Arc<dyn EventSink> = Arc::new(bus.clone());
         let directory = Arc::new(Directory::default());
         let events: Arc<dyn EventStore> = store.clone();
         let (log, writer) = eventlog::channel(events, directory.clone(), sink.clone());
         let ctx = FleetContext::with_log(sink, directory, Some(log));
-        let (fleet, stopped) = Fleet::start(ctx, specs, Some(writer))
-            .await
-            .context("starting the fleet")?;
+        let (fleet, fleet_spec) = Fleet::new(ctx);
         let fleets: Arc<dyn FleetStore> = store.clone();
         let fleet = fleet.configurable(fleets, Arc::new(Catalog { profiles }), records);
-        Ok(Runtime::from_parts(fleet, bus, stopped))
+        let (hub, sessions) = match sessions {
+            Some(tree) => (Some(tree.hub), Some(tree.sessions)),
+            None => (None, None),
+        };
+        let children = RootChildren {
+            eventlog: Some(eventlog::child_spec(writer)),
+            hub,
+            fleet: fleet_spec,
+            sessions,
+        };
+        Runtime::assemble(fleet, bus, children, specs).await
     }
+}
+
+/// The fleet records in the store, seeded from `seed` when the store has none.
+async fn load_or_seed(
+    store: &Store,
+    profiles: &ProfileSet,
+    seed: Option<&FleetFile>,
+) -> anyhow::Result<FleetRecords> {
+    let records = store.load_fleet().await?;
+    let Some(seed) = seed else {
+        return Ok(records);
+    };
+    if !(records.controllers.is_empty() && records.sites.is_empty()) {
+        tracing::info!(
+            "the store holds the fleet; the fleet file is not applied (use `gatehouse fleet import`)"
+        );
+        return Ok(records);
+    }
+    let plan = import(store, seed, false, profiles).await?;
+    tracing::info!(entries = plan.upserted, "fleet seeded from the fleet file");
+    Ok(store.load_fleet().await?)
+}
+
+/// Every controller's subtree spec, with each gate's resume point from the store (its
+/// sequence, cycle total and the outcomes of its recent commands).
+async fn restore_controllers(
+    store: &Store,
+    records: &FleetRecords,
+    profiles: &ProfileSet,
+) -> anyhow::Result<Vec<ControllerSpec>> {
+    let heads: HashMap<_, _> = store.heads().await?.into_iter().collect();
+    let since = wall_ms().saturating_sub(COMMAND_MEMORY_MS);
+    let mut finished: HashMap<_, Vec<_>> = HashMap::new();
+    for f in store.finished_commands(since).await? {
+        finished
+            .entry(f.gate.clone())
+            .or_default()
+            .push((f.id, f.action, f.status));
+    }
+    let mut specs = Vec::new();
+    for c in &records.controllers {
+        // One misconfigured controller (a profile file gone) must not keep the rest down.
+        match build_controller(records, &c.id, profiles) {
+            Ok(mut spec) => {
+                for g in &mut spec.gates {
+                    if let Some(head) = heads.get(&g.spec.id) {
+                        g.seq.store(head.seq, std::sync::atomic::Ordering::Relaxed);
+                        g.restore.cycles = head.cycles;
+                    }
+                    g.restore.finished = finished.remove(&g.spec.id).unwrap_or_default();
+                }
+                specs.push(spec);
+            }
+            Err(e) => tracing::error!(controller = %c.id, "not started: {e}"),
+        }
+    }
+    tracing::info!(
+        controllers = specs.len(),
+        gates = specs.iter().map(|s| s.gates.len()).sum::<usize>(),
+        "fleet restored from the store"
+    );
+    Ok(specs)
 }
 
 /// `gatehouse fleet export`: the store's fleet as a fleet file.
@@ -201,21 +237,4 @@ pub async fn migrate(config: &Config) -> anyhow::Result<usize> {
         .await
         .with_context(|| format!("opening the database {}", redact(&config.database.url)))?;
     Ok(store.migrate().await?)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn urls_are_redacted_for_messages() {
-        assert_eq!(
-            redact("postgres://gh:secret@db:5432/gh"),
-            "postgres://gh@db:5432/gh"
-        );
-        assert_eq!(
-            redact("sqlite://./data/gatehouse.db"),
-            "sqlite://./data/gatehouse.db"
-        );
-    }
 }

@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use gatehouse_actors::fleet::Fleet;
-use gatehouse_actors::fleet::gate::AckSink;
 use gatehouse_actors::gate::{Action, CommandStatus, GateState};
 use gatehouse_actors::ids::{CommandId, GateId};
+use gatehouse_actors::tree::Fleet;
+use gatehouse_actors::tree::gate::AckSink;
 use gatehouse_sim::farm::{BASE_PORT, check_port};
 use gatehouse_sim::{ControllerSpec as SimControllerSpec, Farm, FarmSpec, Scenario, run_scenario};
 use rand::seq::IndexedRandom;
@@ -22,10 +22,12 @@ use rand::{Rng, SeedableRng};
 use crate::config::Config;
 use crate::fleet_file::FleetFile;
 use gatehouse_actors::access::{AccessStore, Role, UserId, UserRecord};
-use gatehouse_actors::fleet::events::LocalBus;
 use gatehouse_actors::store::EventStore;
+use gatehouse_actors::tree::bus::LocalBus;
 use gatehouse_adapters::store::Store;
 use gatehouse_api::auth::password::Passwords;
+use gatehouse_api::changes::AccessChanges;
+use gatehouse_api::ws::Sessions;
 
 use gatehouse_adapters::profile::ProfileSet;
 
@@ -194,12 +196,15 @@ pub async fn run(config: Config, options: DemoOptions) -> anyhow::Result<()> {
     let previous = store.heads().await?.len();
     let bus = LocalBus::default();
     let printer = tokio::spawn(watch::print_events(bus.subscribe()));
-    let runtime = Runtime::boot(store.clone(), profiles.clone(), None, bus).await?;
+    let changes = AccessChanges::default();
+    let (sessions, tree) = Sessions::new(bus.clone(), &changes, config.websocket.sessions());
+    let runtime =
+        Runtime::boot_tree(store.clone(), profiles.clone(), None, bus, Some(tree)).await?;
 
     // The API, and a login to try it with (a fresh password every run).
     let passwords = Passwords::owasp()?;
     let password = demo_login(&store, &passwords).await?;
-    let app = http::app(&config, &runtime, store, passwords).await?;
+    let app = http::app(&config, &runtime, store, passwords, sessions, changes)?;
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let (api_addr, server) = http::start(&config, &runtime, app, true, async {
         let _ = http_stopped.await;
@@ -272,7 +277,7 @@ fn banner(farm: &Farm, fleet_path: &Path, fleet: &FleetFile, config: &Config, pr
     };
     println!(
         "Database: {} ({history})",
-        boot::redact(&config.database.url)
+        gatehouse_adapters::store::redact(&config.database.url)
     );
     println!("Gate events print below as they are committed.");
     println!("Residents open and close gates every few seconds; a chaos scenario injects faults.");

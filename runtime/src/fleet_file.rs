@@ -8,11 +8,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use gatehouse_actors::fleet::{ControllerFactory, ControllerSpec, GateSpec};
 use gatehouse_actors::gate::GateConfig;
 use gatehouse_actors::ids::{ControllerId, GateId, SiteId};
 use gatehouse_actors::store::{ControllerRecord, FleetRecords, GateRecord, SiteRecord};
-use gatehouse_adapters::modbus::{GateBinding, TcpConnector, TimingOverrides};
+use gatehouse_actors::tree::{ControllerFactory, ControllerSpec, GateSpec};
+use gatehouse_adapters::modbus::{TcpConnector, TimingOverrides, UnitProfile};
 use gatehouse_adapters::profile::ProfileSet;
 use serde::{Deserialize, Serialize};
 
@@ -378,7 +378,7 @@ pub fn build_controller(
         .collect();
     let bindings = gates
         .iter()
-        .map(|g| GateBinding {
+        .map(|g| UnitProfile {
             unit: g.unit,
             profile: profile.clone(),
         })

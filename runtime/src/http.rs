@@ -5,12 +5,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
-use gatehouse_actors::eventlog::EventLogStats;
+use gatehouse_actors::tree::eventlog::EventLogStats;
 use gatehouse_adapters::store::Store;
+use gatehouse_api::app::App;
 use gatehouse_api::auth::password::Passwords;
 use gatehouse_api::auth::tokens::TokenKeys;
-use gatehouse_api::v1::App;
-use gatehouse_api::v1::changes::AccessChanges;
+use gatehouse_api::changes::AccessChanges;
 use gatehouse_api::ws::Sessions;
 use gatehouse_api::{ApiConfig, ApiState, Check, Readiness};
 use tokio::task::JoinHandle;
@@ -39,27 +39,21 @@ impl Readiness for Ready {
     }
 }
 
-/// The application handles for `runtime` on `store`, with the WebSocket session layer started
-/// on the runtime's bus.
-pub async fn app(
+/// The application handles for `runtime` on `store`, with the WebSocket session layer whose
+/// hub and supervisor the runtime's root started.
+pub fn app(
     config: &Config,
     runtime: &Runtime,
     store: Arc<Store>,
     passwords: Passwords,
+    sessions: Sessions,
+    changes: AccessChanges,
 ) -> anyhow::Result<App> {
     let keys = match &config.auth.jwt_key_file {
         Some(path) => TokenKeys::from_file(path),
         None => TokenKeys::load_or_create(&config.data.dir),
     }
     .context("loading the token signing key")?;
-    let changes = AccessChanges::default();
-    let sessions = Sessions::start(
-        runtime.bus.subscribe(),
-        &changes,
-        config.websocket.sessions(),
-    )
-    .await
-    .context("starting the WebSocket session supervisor")?;
     Ok(App {
         fleet: runtime.fleet.clone(),
         access: store.clone(),

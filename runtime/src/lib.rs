@@ -15,19 +15,27 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use gatehouse_actors::fleet::events::LocalBus;
-use gatehouse_actors::fleet::{ControllerSpec, Fleet, FleetContext};
+use gatehouse_actors::supervision::SupervisorMsg;
+use gatehouse_actors::tree::bus::LocalBus;
+use gatehouse_actors::tree::root::{self, Root, RootChildren};
+use gatehouse_actors::tree::{ControllerSpec, Fleet, FleetContext};
 use gatehouse_adapters::profile::ProfileSet;
+use gatehouse_api::changes::AccessChanges;
+use gatehouse_api::ws::Sessions;
+use ractor::ActorRef;
 
 use crate::config::Config;
 use crate::fleet_file::FleetFile;
 
-/// A running runtime: the supervision tree and its bus.
+/// A running runtime: the supervision tree (see `gatehouse_actors::tree::root` for its
+/// shape), a handle on its fleet, and its bus.
 pub struct Runtime {
     pub fleet: Fleet,
     pub bus: LocalBus,
-    /// Resolves when the fleet supervisor has stopped (after shutdown, or an escalation that
-    /// reached the top).
+    /// The root supervisor.
+    root: ActorRef<SupervisorMsg>,
+    /// Resolves when the root has stopped (after shutdown, or an escalation that reached
+    /// the top).
     stopped: ractor::concurrency::JoinHandle<()>,
 }
 
@@ -37,16 +45,30 @@ impl Runtime {
         Self::start_on(LocalBus::default(), controllers).await
     }
 
-    fn from_parts(
+    /// Starts the root with `children`, then the fleet's `controllers` under it.
+    async fn assemble(
         fleet: Fleet,
         bus: LocalBus,
-        stopped: ractor::concurrency::JoinHandle<()>,
-    ) -> Runtime {
-        Runtime {
+        children: RootChildren,
+        controllers: Vec<ControllerSpec>,
+    ) -> anyhow::Result<Runtime> {
+        let Root {
+            supervisor,
+            stopped,
+        } = Root::start(children)
+            .await
+            .context("starting the supervision tree")?;
+        let runtime = Runtime {
             fleet,
             bus,
+            root: supervisor,
             stopped,
+        };
+        if let Err(e) = runtime.fleet.add_controllers(controllers).await {
+            root::stop(&runtime.root, "tree", Duration::from_secs(10)).await;
+            return Err(e).context("starting the fleet");
         }
+        Ok(runtime)
     }
 
     /// Boots the tree on `bus` without a store (nothing durable: tools, tests, benchmarks),
@@ -56,42 +78,48 @@ impl Runtime {
         controllers: Vec<ControllerSpec>,
     ) -> anyhow::Result<Runtime> {
         let ctx = FleetContext::new(Arc::new(bus.clone()));
-        let (fleet, stopped) = Fleet::start(ctx, controllers, None)
-            .await
-            .context("starting the fleet")?;
-        Ok(Runtime {
-            fleet,
-            bus,
-            stopped,
-        })
+        let (fleet, spec) = Fleet::new(ctx);
+        let children = RootChildren {
+            eventlog: None,
+            hub: None,
+            fleet: spec,
+            sessions: None,
+        };
+        Self::assemble(fleet, bus, children, controllers).await
+    }
+
+    /// The root supervisor (to read the tree, or to fail one of its children in a test).
+    pub fn root(&self) -> &ActorRef<SupervisorMsg> {
+        &self.root
     }
 
     /// Waits for a shutdown signal, or for the tree to stop on its own (an escalation that
     /// reached the root: the process should exit non-zero and be restarted by its manager).
-    /// Runs until SIGINT/SIGTERM; then runs `before_fleet` (stopping the API, so that clients
-    /// are told to go before the gates stop answering) and stops the fleet.
+    /// Runs until SIGINT/SIGTERM; then runs `before_tree` (stopping the API, so that clients
+    /// are told to go before the gates stop answering) and stops the tree.
     pub async fn run_until_signal(
         mut self,
         timeout: Duration,
-        before_fleet: impl std::future::Future<Output = ()>,
+        before_tree: impl std::future::Future<Output = ()>,
     ) -> anyhow::Result<()> {
         tokio::select! {
             signal = shutdown_signal() => {
                 tracing::info!("{signal} received; shutting down");
-                before_fleet.await;
-                self.fleet.shutdown(timeout).await;
+                before_tree.await;
+                root::stop(&self.root, "supervision tree", timeout).await;
                 let _ = (&mut self.stopped).await;
                 tracing::info!("stopped cleanly");
                 Ok(())
             }
             _ = &mut self.stopped => {
-                anyhow::bail!("the fleet supervisor stopped on its own (restart intensity exceeded)")
+                anyhow::bail!("the root supervisor stopped on its own (restart intensity exceeded)")
             }
         }
     }
 
+    /// Stops the whole tree in reverse start order (sessions, fleet, hub, event log).
     pub async fn shutdown(self, timeout: Duration) {
-        self.fleet.shutdown(timeout).await;
+        root::stop(&self.root, "supervision tree", timeout).await;
         let _ = self.stopped.await;
     }
 }
@@ -115,25 +143,23 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     };
     let store = boot::open_store(&config).await?;
     tracing::info!(
-        database = %boot::redact(&config.database.url),
+        database = %gatehouse_adapters::store::redact(&config.database.url),
         backend = store.backend().as_str(),
         "database open"
     );
     let bus = LocalBus::default();
     let watcher = tokio::spawn(watch::log_events(bus.subscribe()));
-    let runtime = Runtime::boot(store.clone(), profiles, seed.as_ref(), bus).await?;
+    let changes = AccessChanges::default();
+    let (sessions, tree) = Sessions::new(bus.clone(), &changes, config.websocket.sessions());
+    let runtime =
+        Runtime::boot_tree(store.clone(), profiles, seed.as_ref(), bus, Some(tree)).await?;
     if runtime.fleet.controllers().is_empty() {
         tracing::warn!(
             "no controllers configured: import a fleet with `gatehouse fleet import FILE`"
         );
     }
-    let app = http::app(
-        &config,
-        &runtime,
-        store,
-        gatehouse_api::auth::password::Passwords::owasp()?,
-    )
-    .await?;
+    let passwords = gatehouse_api::auth::password::Passwords::owasp()?;
+    let app = http::app(&config, &runtime, store, passwords, sessions, changes)?;
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let (addr, server) = http::start(&config, &runtime, app, false, async {
         let _ = http_stopped.await;

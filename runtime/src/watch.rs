@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use gatehouse_actors::fleet::events::GateEvent;
+use gatehouse_actors::gate::GateEvent;
 use gatehouse_actors::gate::{Cause, CommandStatus, EventKind, GateState};
 use tokio::sync::broadcast;
 

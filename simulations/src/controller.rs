@@ -125,7 +125,7 @@ pub struct WriteRecord {
 
 /// A gate as the simulator sees it, for tests and the control port.
 #[derive(Debug, Clone, PartialEq)]
-pub struct GateView {
+pub struct SimGateView {
     pub unit: u8,
     /// What a read of the status block decodes to.
     pub observation: Observation,
@@ -542,14 +542,14 @@ impl SimController {
     }
 
     /// A snapshot of one gate.
-    pub fn gate(&self, unit: u8) -> Option<GateView> {
+    pub fn gate(&self, unit: u8) -> Option<SimGateView> {
         let now = Instant::now();
         let st = self.shared.lock();
         st.gates.get(&unit).map(|slot| self.view(unit, slot, now))
     }
 
     /// Snapshots of every gate, by unit id.
-    pub fn gates(&self) -> Vec<GateView> {
+    pub fn gates(&self) -> Vec<SimGateView> {
         let now = Instant::now();
         let st = self.shared.lock();
         st.gates
@@ -558,8 +558,8 @@ impl SimController {
             .collect()
     }
 
-    fn view(&self, unit: u8, slot: &Slot, now: Instant) -> GateView {
-        GateView {
+    fn view(&self, unit: u8, slot: &Slot, now: Instant) -> SimGateView {
+        SimGateView {
             unit,
             observation: slot.gate.observation(now),
             motion: slot.gate.motion(now),

@@ -14,7 +14,7 @@ pub mod scenario;
 mod transport;
 
 pub use controller::{
-    ActiveFaults, Fault, GateView, SimController, SimError, WriteKind, WriteRecord,
+    ActiveFaults, Fault, SimController, SimError, SimGateView, WriteKind, WriteRecord,
 };
 pub use farm::{ControllerSpec, Farm, FarmError, FarmSpec};
 pub use gate::{Gate, Motion, Refusal};

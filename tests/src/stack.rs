@@ -6,20 +6,20 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context;
 use gatehouse_actors::access::{AccessStore, Role, UserId, UserRecord};
-use gatehouse_actors::fleet::events::LocalBus;
 use gatehouse_actors::gate::GateState;
 use gatehouse_actors::ids::GateId;
 use gatehouse_actors::store::EventStore;
+use gatehouse_actors::tree::bus::LocalBus;
 use gatehouse_adapters::profile::ProfileSet;
 use gatehouse_adapters::store::Store;
+use gatehouse_api::app::App;
 use gatehouse_api::auth::password::Passwords;
 use gatehouse_api::auth::tokens::TokenKeys;
-use gatehouse_api::v1::App;
-use gatehouse_api::v1::changes::AccessChanges;
+use gatehouse_api::changes::AccessChanges;
 use gatehouse_api::ws::{Sessions, WsConfig};
 use gatehouse_api::{ApiConfig, ApiState, Check, Readiness};
 use gatehouse_runtime::Runtime;
@@ -32,11 +32,7 @@ pub fn password_of(user: &str) -> String {
     format!("{user}-correct-horse-battery")
 }
 
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+pub use gatehouse_actors::clock::wall_ms as now_ms;
 
 /// What to build.
 pub struct StackSpec {
@@ -93,8 +89,10 @@ impl Stack {
         let bus = spec
             .bus_capacity
             .map_or_else(LocalBus::default, LocalBus::with_capacity);
-        let sessions_bus = bus.subscribe();
-        let runtime = Runtime::boot(store.clone(), profiles, Some(&fleet), bus).await?;
+        let changes = AccessChanges::default();
+        let (sessions, tree) = Sessions::new(bus.clone(), &changes, spec.ws);
+        let runtime =
+            Runtime::boot_tree(store.clone(), profiles, Some(&fleet), bus, Some(tree)).await?;
         if spec.wait_closed {
             for gate in &fleet.gates {
                 wait_closed(&runtime, &gate.id).await?;
@@ -102,8 +100,6 @@ impl Stack {
         }
 
         let keys = Arc::new(TokenKeys::ephemeral()?);
-        let changes = AccessChanges::default();
-        let sessions = Sessions::start(sessions_bus, &changes, spec.ws).await?;
         let access: Arc<dyn AccessStore> = store.clone();
         let events: Arc<dyn EventStore> = store.clone();
         let app = App {

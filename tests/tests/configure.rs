@@ -5,11 +5,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use gatehouse_actors::fleet::FleetError;
-use gatehouse_actors::fleet::events::LocalBus;
 use gatehouse_actors::gate::GateState;
 use gatehouse_actors::ids::{ControllerId, GateId, SiteId};
 use gatehouse_actors::store::{ControllerRecord, FleetChange, FleetStore, GateRecord};
+use gatehouse_actors::tree::FleetError;
+use gatehouse_actors::tree::bus::LocalBus;
 use gatehouse_adapters::profile::ProfileSet;
 use gatehouse_adapters::store::Store;
 use gatehouse_runtime::Runtime;

@@ -13,11 +13,12 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::Duration;
 
-use gatehouse_actors::fleet::events::{GateEvent, LocalBus};
-use gatehouse_actors::fleet::gate::{Ack, AckSink};
+use gatehouse_actors::gate::GateEvent;
 use gatehouse_actors::gate::{Action, CommandStatus, EventKind, GateState, HwState};
 use gatehouse_actors::ids::{CommandId, GateId};
 use gatehouse_actors::store::EventStore;
+use gatehouse_actors::tree::bus::LocalBus;
+use gatehouse_actors::tree::gate::{Ack, AckSink};
 use gatehouse_adapters::profile::ProfileSet;
 use gatehouse_adapters::store::Store;
 use gatehouse_runtime::Runtime;

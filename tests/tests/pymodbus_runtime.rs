@@ -8,10 +8,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use gatehouse_actors::fleet::events::{GateEvent, LocalBus};
-use gatehouse_actors::fleet::gate::{Ack, AckSink};
+use gatehouse_actors::gate::GateEvent;
 use gatehouse_actors::gate::{Action, Cause, CommandStatus, EventKind, GateState};
 use gatehouse_actors::ids::{CommandId, GateId};
+use gatehouse_actors::tree::bus::LocalBus;
+use gatehouse_actors::tree::gate::{Ack, AckSink};
 use gatehouse_adapters::profile::ProfileSet;
 use gatehouse_runtime::Runtime;
 use gatehouse_runtime::fleet_file::FleetFile;

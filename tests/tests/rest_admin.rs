@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use gatehouse_actors::access::{Role, UserId};
 use gatehouse_actors::ids::GateId;
-use gatehouse_api::v1::changes::AccessChange;
+use gatehouse_api::changes::AccessChange;
 use gatehouse_api::ws::WsConfig;
 use gatehouse_sim::{ControllerSpec as SimControllerSpec, Farm, FarmSpec};
 use gatehouse_tests::http::{Reply, RestRig, assert_error, assert_status, ids};

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use gatehouse_actors::access::{AccessStore, Grant, GrantScope, Role};
 use gatehouse_api::auth::tokens::TokenKeys;
-use gatehouse_api::v1::changes::AccessChange;
+use gatehouse_api::changes::AccessChange;
 use gatehouse_api::ws::WsConfig;
 use gatehouse_sim::{ControllerSpec as SimControllerSpec, Farm, FarmSpec};
 use gatehouse_tests::stack::{Stack, StackSpec, now_ms};
@@ -700,8 +700,9 @@ async fn a_client_that_stops_reading_is_coalesced_then_cut_off_with_4509_and_oth
 {
     use std::sync::Arc;
 
-    use gatehouse_actors::fleet::events::{EventSink, GateEvent};
+    use gatehouse_actors::gate::GateEvent;
     use gatehouse_actors::gate::{Cause, EventKind, GateSnapshot, GateState};
+    use gatehouse_actors::tree::bus::EventSink;
 
     let rig = Rig::start_with(WsConfig {
         write_stall: Duration::from_secs(1),

@@ -101,7 +101,7 @@ struct GrantRow {
 #[derive(Insertable)]
 #[diesel(table_name = audit_log)]
 #[diesel(treat_none_as_default_value = false)]
-struct NewAudit {
+pub(super) struct NewAudit {
     at_ms: i64,
     actor: String,
     action: String,
@@ -636,15 +636,20 @@ impl GrantRow {
 
 // ---- audit ---------------------------------------------------------------------------------
 
-async fn append_audit(store: &Store, record: AuditRecord) -> Result<(), Error> {
-    let row = &NewAudit {
+/// An audit record as a row (NULLs written as NULL, so that rows batch on SQLite too).
+pub(super) fn audit_row(record: AuditRecord) -> Result<NewAudit, Error> {
+    Ok(NewAudit {
         at_ms: to_db(record.at_ms, || "audit record: at_ms".into())?,
         actor: record.actor,
         action: record.action,
         target: record.target,
         source_ip: record.source_ip,
         details: record.details,
-    };
+    })
+}
+
+async fn append_audit(store: &Store, record: AuditRecord) -> Result<(), Error> {
+    let row = &audit_row(record)?;
     let mut conn = store.conn().await?;
     with_conn!(&mut conn, |c| {
         diesel::insert_into(audit_log::table)

@@ -12,15 +12,16 @@ use diesel::dsl::sql;
 use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Bool, Nullable, Text};
 use diesel_async::RunQueryDsl;
-use gatehouse_actors::fleet::events::GateEvent;
+use gatehouse_actors::gate::GateEvent;
 use gatehouse_actors::gate::{Cause, CommandStatus, EventKind};
 use gatehouse_actors::ids::GateId;
 use gatehouse_actors::store::{FinishedCommand, GateHead, StoredEvent};
 
 use super::Conn;
+use super::access::NewAudit;
 use super::error::Error;
 use super::fleet::{from_db, to_db};
-use super::schema::gate_events;
+use super::schema::{audit_log, gate_events};
 
 /// Rows per INSERT statement on SQLite. Each row binds 13 values and SQLite allows 32,766
 /// bound parameters per statement; 500 rows keep well under that.
@@ -132,8 +133,10 @@ fn status_columns(status: CommandStatus) -> (&'static str, Option<&'static str>)
     }
 }
 
-/// Inserts `rows` in one transaction. A row whose `(gate, seq)` is stored already is
-/// skipped, so a retried batch is never stored twice.
+/// Inserts `rows`, and the command audit records `audits` that came with them, in one
+/// transaction. A row whose `(gate, seq)` is stored already is skipped, so a retried batch is
+/// never stored twice. (An audit record has no natural key; a batch that failed is rolled
+/// back whole, so a retry does not store it twice either.)
 ///
 /// This is the one query written per backend, for speed:
 /// - SQLite: diesel-async cannot send a multi-row INSERT to SQLite (diesel builds those in
@@ -145,7 +148,11 @@ fn status_columns(status: CommandStatus) -> (&'static str, Option<&'static str>)
 ///   (release build, batches of 500) where one statement over 13 arrays (`UNNEST`) managed
 ///   45,000 to 70,000, close to what the server alone does with the same rows. Being a
 ///   single statement, it is atomic without BEGIN/COMMIT round trips.
-pub(super) async fn append(conn: &mut Conn, rows: Vec<NewEvent>) -> Result<(), Error> {
+pub(super) async fn append(
+    conn: &mut Conn,
+    rows: Vec<NewEvent>,
+    audits: Vec<NewAudit>,
+) -> Result<(), Error> {
     match conn {
         Conn::Sqlite(object) => {
             object
@@ -157,6 +164,10 @@ pub(super) async fn append(conn: &mut Conn, rows: Vec<NewEvent>) -> Result<(), E
                                 .on_conflict_do_nothing();
                             diesel::RunQueryDsl::execute(insert, c)?;
                         }
+                        for chunk in audits.chunks(AUDIT_ROWS_PER_STATEMENT) {
+                            let insert = diesel::insert_into(audit_log::table).values(chunk);
+                            diesel::RunQueryDsl::execute(insert, c)?;
+                        }
                         Ok(())
                     })
                 })
@@ -164,25 +175,53 @@ pub(super) async fn append(conn: &mut Conn, rows: Vec<NewEvent>) -> Result<(), E
         }
         Conn::Postgres(object) => {
             let c: &mut diesel_async::AsyncPgConnection = &mut *object;
-            let cols = Columns::from(rows);
-            diesel::sql_query(PG_UNNEST_INSERT)
-                .bind::<Array<Text>, _>(cols.gate)
-                .bind::<Array<Text>, _>(cols.controller)
-                .bind::<Array<BigInt>, _>(cols.seq)
-                .bind::<Array<BigInt>, _>(cols.at_ms)
-                .bind::<Array<Text>, _>(cols.kind)
-                .bind::<Array<Text>, _>(cols.cause)
-                .bind::<Array<Nullable<Text>>, _>(cols.command_id)
-                .bind::<Array<Nullable<Text>>, _>(cols.action)
-                .bind::<Array<Nullable<Text>>, _>(cols.status)
-                .bind::<Array<Nullable<Text>>, _>(cols.reason)
-                .bind::<Array<Text>, _>(cols.state)
-                .bind::<Array<Nullable<BigInt>>, _>(cols.cycles)
-                .bind::<Array<Text>, _>(cols.payload)
-                .execute(c)
+            if audits.is_empty() {
+                pg_insert_events(c, rows).await?;
+            } else {
+                diesel_async::AsyncConnection::transaction(c, async move |c| {
+                    if !rows.is_empty() {
+                        pg_insert_events(c, rows).await?;
+                    }
+                    for chunk in audits.chunks(AUDIT_ROWS_PER_STATEMENT) {
+                        diesel::insert_into(audit_log::table)
+                            .values(chunk)
+                            .execute(c)
+                            .await?;
+                    }
+                    Ok::<_, diesel::result::Error>(())
+                })
                 .await?;
+            }
         }
     }
+    Ok(())
+}
+
+/// Audit rows per INSERT: 6 parameters each, well under SQLite's 32,766 and PostgreSQL's
+/// 65,535 bind parameters.
+const AUDIT_ROWS_PER_STATEMENT: usize = 1_000;
+
+async fn pg_insert_events(
+    c: &mut diesel_async::AsyncPgConnection,
+    rows: Vec<NewEvent>,
+) -> Result<(), diesel::result::Error> {
+    let cols = Columns::from(rows);
+    diesel::sql_query(PG_UNNEST_INSERT)
+        .bind::<Array<Text>, _>(cols.gate)
+        .bind::<Array<Text>, _>(cols.controller)
+        .bind::<Array<BigInt>, _>(cols.seq)
+        .bind::<Array<BigInt>, _>(cols.at_ms)
+        .bind::<Array<Text>, _>(cols.kind)
+        .bind::<Array<Text>, _>(cols.cause)
+        .bind::<Array<Nullable<Text>>, _>(cols.command_id)
+        .bind::<Array<Nullable<Text>>, _>(cols.action)
+        .bind::<Array<Nullable<Text>>, _>(cols.status)
+        .bind::<Array<Nullable<Text>>, _>(cols.reason)
+        .bind::<Array<Text>, _>(cols.state)
+        .bind::<Array<Nullable<BigInt>>, _>(cols.cycles)
+        .bind::<Array<Text>, _>(cols.payload)
+        .execute(c)
+        .await?;
     Ok(())
 }
 

@@ -27,7 +27,8 @@ use gatehouse_actors::store::{
     StoredEvent,
 };
 
-use gatehouse_actors::fleet::events::GateEvent;
+use gatehouse_actors::access::AuditRecord;
+use gatehouse_actors::gate::GateEvent;
 use gatehouse_actors::ids::GateId;
 
 use self::error::Error;
@@ -398,8 +399,9 @@ impl Store {
     }
 }
 
-/// `url` with any password replaced, for messages and logs.
-fn redact(url: &str) -> String {
+/// `url` with any password replaced, for messages and logs. (The userinfo ends at the last
+/// `@` before the path, so an `@` in a path or query is not taken for one.)
+pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
@@ -436,16 +438,25 @@ impl FleetStore for Store {
 }
 
 impl EventStore for Store {
-    fn append(&self, events: Vec<Arc<GateEvent>>) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn append_batch(
+        &self,
+        events: Vec<Arc<GateEvent>>,
+        audits: Vec<AuditRecord>,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
-            if events.is_empty() {
+            if events.is_empty() && audits.is_empty() {
                 return Ok(());
             }
             // Encoding happens before a connection is taken, so the write lock is held only
             // for the inserts.
             let rows = events::encode(&events).map_err(Error::into_store)?;
+            let audits = audits
+                .into_iter()
+                .map(access::audit_row)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(Error::into_store)?;
             let mut conn = self.conn().await.map_err(Error::into_store)?;
-            events::append(&mut conn, rows)
+            events::append(&mut conn, rows, audits)
                 .await
                 .map_err(Error::into_store)
         })

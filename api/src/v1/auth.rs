@@ -8,12 +8,13 @@ use utoipa::ToSchema;
 use warp::Filter;
 use warp::http::StatusCode;
 
-use super::{App, now_ms};
+use crate::app::App;
 use crate::auth::secrets;
 use crate::principal::store_error;
 use crate::ratelimit::rate_limited;
 use crate::routing::{Outcome, Route};
 use crate::{ApiError, client_ip, json};
+use gatehouse_actors::clock::wall_ms;
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -74,7 +75,7 @@ fn invalid_refresh() -> ApiError {
 fn tokens(app: &App, user: &UserRecord, refresh: String) -> Outcome {
     let (access_token, expires_at) = app
         .keys
-        .issue(&user.id.to_string(), user.role, now_ms() / 1000)
+        .issue(&user.id.to_string(), user.role, wall_ms() / 1000)
         .map_err(ApiError::internal)?;
     json::reply(
         StatusCode::OK,
@@ -128,7 +129,7 @@ async fn login(app: App, ip: IpAddr, body: LoginRequest) -> Outcome {
     };
     app.limits.login_succeeded(&body.username);
     let refresh = secrets::refresh_token();
-    let now = now_ms();
+    let now = wall_ms();
     app.access
         .start_family(user.id, secrets::digest(&refresh), now)
         .await
@@ -159,7 +160,7 @@ async fn login(app: App, ip: IpAddr, body: LoginRequest) -> Outcome {
     ),
 )]
 async fn refresh(app: App, body: RefreshRequest) -> Outcome {
-    let now = now_ms();
+    let now = wall_ms();
     match app
         .access
         .use_refresh(secrets::digest(&body.refresh_token), now)
@@ -212,7 +213,7 @@ async fn refresh(app: App, body: RefreshRequest) -> Outcome {
     responses((status = 204, description = "The session's refresh tokens are revoked")),
 )]
 async fn logout(app: App, body: RefreshRequest) -> Outcome {
-    let now = now_ms();
+    let now = wall_ms();
     // Using the token identifies its family; whatever the answer, the family ends here.
     match app
         .access

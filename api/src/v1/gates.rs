@@ -6,19 +6,19 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use gatehouse_actors::access::{AuditRecord, Denial, LocalTime, Operation, authorize};
-use gatehouse_actors::fleet::FleetError;
-use gatehouse_actors::fleet::gate::{Ack, AckSink, GateView};
+use gatehouse_actors::access::Operation;
 use gatehouse_actors::gate::{Action, CommandStatus, RejectReason};
 use gatehouse_actors::ids::{CommandId, ControllerId, GateId, SiteId};
+use gatehouse_actors::tree::gate::{Ack, AckSink, GateView};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use warp::Filter;
 use warp::http::StatusCode;
 
-use super::{App, now_ms};
-use crate::principal::{Caller, store_error};
-use crate::ratelimit::Admitted;
+use crate::app::App;
+use crate::commands::{self, Submitted, Via};
+use crate::policy::{self, Location, unknown_gate};
+use crate::principal::store_error;
 use crate::routing::{Outcome, PathParams, Route};
 use crate::{ApiError, client_ip, json, wire};
 
@@ -105,83 +105,6 @@ pub struct EventPage {
     pub next: Option<u64>,
 }
 
-/// Where a gate is, from the running fleet.
-pub(crate) fn locate(app: &App, gate: &GateId) -> Option<(SiteId, ControllerId, String)> {
-    let c = app.fleet.controller_of(gate)?;
-    let name = c
-        .gates
-        .iter()
-        .find(|g| &g.spec.id == gate)?
-        .spec
-        .name
-        .clone();
-    Some((c.site.clone(), c.id.clone(), name))
-}
-
-pub(crate) fn unknown_gate(gate: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "unknown_gate",
-        format!("no gate {gate}"),
-    )
-    .with_details(serde_json::json!({ "gate": gate }))
-}
-
-pub(crate) fn forbidden(denial: Denial) -> ApiError {
-    let reason = match denial {
-        Denial::Role => "role",
-        Denial::NoGrant => "no_grant",
-        Denial::OutsideWindow => "outside_window",
-        Denial::OtherSite => "other_site",
-    };
-    ApiError::new(StatusCode::FORBIDDEN, "forbidden", "not allowed")
-        .with_details(serde_json::json!({ "reason": reason }))
-}
-
-/// The local time of the week at `site` (UTC when its zone is unknown).
-pub(crate) fn local_time(app: &App, site: &SiteId) -> LocalTime {
-    let zone = app
-        .fleet
-        .site_timezone(site)
-        .unwrap_or_else(|| "UTC".into());
-    let tz = jiff::tz::TimeZone::get(&zone).unwrap_or(jiff::tz::TimeZone::UTC);
-    let now = jiff::Timestamp::now().to_zoned(tz);
-    LocalTime {
-        weekday: now.weekday().to_monday_zero_offset() as u8,
-        minute: now.hour() as u16 * 60 + now.minute() as u16,
-    }
-}
-
-async fn check(
-    app: &App,
-    caller: &Caller,
-    op: Operation,
-    gate: &GateId,
-) -> Result<(SiteId, ControllerId, String), ApiError> {
-    let (site, controller, name) = locate(app, gate).ok_or_else(|| unknown_gate(gate.as_str()))?;
-    let at = time_for(app, &caller.principal, op, &site);
-    authorize(&caller.principal, op, Some((gate, &site)), at).map_err(forbidden)?;
-    Ok((site, controller, name))
-}
-
-/// The local time the policy needs for `op`: only residents' commands depend on it (their
-/// grants' windows), so everyone else skips the site lookup.
-pub(crate) fn time_for(
-    app: &App,
-    who: &gatehouse_actors::access::Principal,
-    op: Operation,
-    site: &SiteId,
-) -> LocalTime {
-    if who.role == gatehouse_actors::access::Role::Resident && matches!(op, Operation::Command(_)) {
-        local_time(app, site)
-    } else {
-        LocalTime {
-            weekday: 0,
-            minute: 0,
-        }
-    }
-}
-
 fn body(view: GateView, site: &SiteId, controller: &ControllerId, name: String) -> GateBody {
     let s = view.snapshot;
     GateBody {
@@ -219,16 +142,8 @@ async fn list(app: App, bearer: Option<String>) -> Outcome {
     let caller = app.authenticate(bearer).await?;
     let mut gates = Vec::new();
     for c in app.fleet.controllers() {
-        let at = time_for(&app, &caller.principal, Operation::Read, &c.site);
         for g in &c.gates {
-            if authorize(
-                &caller.principal,
-                Operation::Read,
-                Some((&g.spec.id, &c.site)),
-                at,
-            )
-            .is_err()
-            {
+            if policy::may(&app, &caller, Operation::Read, &g.spec.id, &c.site).is_err() {
                 continue;
             }
             if let Ok(view) = app.fleet.view(&g.spec.id).await {
@@ -256,7 +171,11 @@ async fn list(app: App, bearer: Option<String>) -> Outcome {
 async fn get(params: PathParams, app: App, bearer: Option<String>) -> Outcome {
     let caller = app.authenticate(bearer).await?;
     let gate = parse_gate(&params)?;
-    let (site, controller, name) = check(&app, &caller, Operation::Read, &gate).await?;
+    let Location {
+        site,
+        controller,
+        name,
+    } = policy::check(&app, &caller, Operation::Read, &gate)?;
     let view = app
         .fleet
         .view(&gate)
@@ -315,45 +234,34 @@ async fn command(
         ApiError::bad_request("unknown_action", e)
             .with_details(serde_json::json!({ "field": "action" }))
     })?;
-    check(&app, &caller, Operation::Command(action), &gate).await?;
-    let admitted = app
-        .limits
-        .admit_command(&caller.actor, &gate, action, request.id)
-        .map_err(|wait| crate::ratelimit::rate_limited(wait, "commands on this gate"))?;
     let id = CommandId(request.id);
     let wait = query.wait.unwrap_or(false);
-    if admitted == Admitted::Conflict {
-        // The id names another command lately (another gate or action): never a second one.
-        let status = Some(CommandStatus::Rejected(RejectReason::IdConflict));
-        let code = if wait {
-            StatusCode::OK
-        } else {
-            StatusCode::ACCEPTED
-        };
-        return json::reply(code, &status_body(id, &gate, action, status));
-    }
-    let _ = app
-        .access
-        .audit(AuditRecord {
-            at_ms: now_ms(),
-            actor: caller.actor.clone(),
-            action: format!("gate.{}", action.as_str()),
-            target: Some(format!("gate:{gate}")),
-            source_ip: Some(ip.to_string()),
-            details: serde_json::json!({ "command": id.to_string() }).to_string(),
-        })
-        .await;
-
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Ack>();
     let sink: AckSink = Arc::new(move |_: &GateId, ack| {
         let _ = tx.send(ack);
     });
-    app.fleet
-        .command(&gate, id, action, Some(sink))
-        .map_err(|e| match e {
-            FleetError::UnknownGate(_) => unknown_gate(gate.as_str()),
-            other => ApiError::internal(other),
-        })?;
+    let command = commands::Command {
+        caller: &caller,
+        gate: &gate,
+        action,
+        id: request.id,
+        ip,
+        via: Via::Rest,
+    };
+    match commands::submit(&app, command, sink) {
+        Ok(Submitted::Sent) => {}
+        Ok(Submitted::IdConflict) => {
+            // The id names another command lately (another gate or action): never a second.
+            let status = Some(CommandStatus::Rejected(RejectReason::IdConflict));
+            let code = if wait {
+                StatusCode::OK
+            } else {
+                StatusCode::ACCEPTED
+            };
+            return json::reply(code, &status_body(id, &gate, action, status));
+        }
+        Err(refusal) => return Err(refusal.error(gate.as_str())),
+    }
 
     let limit = if wait { MAX_WAIT } else { FIRST_STATUS_WAIT };
     let deadline = tokio::time::Instant::now() + limit;
@@ -395,7 +303,7 @@ async fn events(
 ) -> Outcome {
     let caller = app.authenticate(bearer).await?;
     let gate = parse_gate(&params)?;
-    check(&app, &caller, Operation::Read, &gate).await?;
+    policy::check(&app, &caller, Operation::Read, &gate)?;
     let after = query.after.unwrap_or(0);
     let limit = query.limit.unwrap_or(100).clamp(1, MAX_EVENTS_PAGE);
     let page = app

@@ -1,4 +1,6 @@
-//! The hub: one task between the event bus and the sessions. It serializes each committed
+//! The hub: one actor between the event bus and the sessions, a permanent child of the root
+//! (after the event log, before the fleet, so that it follows the bus before any gate
+//! publishes). It serializes each committed
 //! event once, remembers each gate's newest one, and hands it to the sessions subscribed to
 //! that gate. It also routes access-change notices to the sessions of the user or key they
 //! concern.
@@ -11,19 +13,29 @@
 //! snapshot shows reaches the outbox (held there until the snapshot and replay are queued),
 //! and none at or below it is sent twice. When the hub itself falls behind the bus and loses
 //! events, it tells every session to fill its gaps from the event store.
+//!
+//! The [`Hub`] (subscriptions, sessions, counters) is shared state that outlives the actor;
+//! [`HubActor`] is the part that can fail. A restarted hub cannot know what it missed
+//! between its failure and its new subscription to the bus, so it forgets every gate's
+//! newest event and tells every session to resynchronise from the event store: the same path
+//! as falling behind the bus, so no gap and no duplicate.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use gatehouse_actors::fleet::events::GateEvent;
+use std::time::Duration;
+
+use gatehouse_actors::gate::GateEvent;
 use gatehouse_actors::ids::GateId;
-use ractor::{ActorId, ActorRef};
+use gatehouse_actors::supervision::{ChildSpec, Restart};
+use gatehouse_actors::tree::bus::LocalBus;
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef};
 use tokio::sync::broadcast::{self, error::RecvError};
 
+use super::msg::SessionMsg;
 use super::outbox::{Delivery, LiveEvent, Outbox, Queued};
-use super::session::SessionMsg;
-use crate::v1::changes::AccessChange;
+use crate::changes::{AccessChange, AccessChanges};
 
 #[derive(Default)]
 struct Slot {
@@ -55,6 +67,8 @@ pub struct HubStats {
     pub coalesced: AtomicU64,
     /// Session actors that failed (a bug; the connection is closed with 1011).
     pub failed: AtomicU64,
+    /// Times the hub actor started (more than once: it was restarted).
+    pub starts: AtomicU64,
 }
 
 #[derive(Default)]
@@ -182,30 +196,145 @@ impl Hub {
         }
     }
 
-    /// The hub's task: until the bus closes.
-    pub async fn run(
-        self: Arc<Self>,
-        mut bus: broadcast::Receiver<Arc<GateEvent>>,
-        mut changes: broadcast::Receiver<AccessChange>,
-    ) {
-        let mut changes_open = true;
-        loop {
-            tokio::select! {
-                event = bus.recv() => match event {
-                    Ok(event) => self.publish(event),
-                    Err(RecvError::Lagged(missed)) => {
-                        self.stats.lagged.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(missed, "the session hub fell behind the event bus; sessions refill from the event store");
-                        self.tell_all(|| SessionMsg::Resync);
-                    }
-                    Err(RecvError::Closed) => return,
-                },
-                change = changes.recv(), if changes_open => match change {
-                    Ok(change) => self.tell_about(change),
-                    Err(RecvError::Lagged(_)) => self.tell_all(|| SessionMsg::AccessChanged),
-                    Err(RecvError::Closed) => changes_open = false,
-                },
-            }
+    /// Forgets every gate's newest event (after a restart, they may be stale): subscribers
+    /// read the gate's committed state instead.
+    fn forget_latest(&self) {
+        let slots: Vec<_> = lock(&self.gates).values().cloned().collect();
+        for slot in slots {
+            lock(&slot).latest = None;
         }
     }
+}
+
+/// The longest the hub waits for the bus in one message, so that a stop request (handled
+/// between messages) is never kept waiting longer.
+const PUMP_WAKE: Duration = Duration::from_millis(200);
+
+/// Bus events handled per message once one arrived: enough to amortise the message, few
+/// enough that access notices and a stop request are not kept waiting.
+const PUMP_BATCH: usize = 1_024;
+
+/// The hub actor: follows the bus and the access-change notices.
+pub struct HubActor;
+
+pub enum HubMsg {
+    /// Internal: take what the bus and the notice board have.
+    Pump,
+}
+
+/// What the hub actor needs; survives its restarts.
+#[derive(Clone)]
+pub struct HubArgs {
+    pub hub: Arc<Hub>,
+    pub bus: LocalBus,
+    pub changes: AccessChanges,
+}
+
+pub struct HubState {
+    hub: Arc<Hub>,
+    bus: broadcast::Receiver<Arc<GateEvent>>,
+    changes: broadcast::Receiver<AccessChange>,
+    changes_open: bool,
+}
+
+impl Actor for HubActor {
+    type Msg = HubMsg;
+    type State = HubState;
+    type Arguments = HubArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<HubMsg>,
+        args: HubArgs,
+    ) -> Result<HubState, ActorProcessingErr> {
+        let state = HubState {
+            bus: args.bus.subscribe(),
+            changes: args.changes.subscribe(),
+            hub: args.hub,
+            changes_open: true,
+        };
+        if state.hub.stats.starts.fetch_add(1, Ordering::Relaxed) > 0 {
+            // Subscribed again first, so that everything after this point arrives live and
+            // everything before it is in the store.
+            state.hub.forget_latest();
+            state.hub.tell_all(|| SessionMsg::Resync);
+            state.hub.tell_all(|| SessionMsg::AccessChanged);
+            tracing::warn!(
+                sessions = state.hub.open_sessions(),
+                "the session hub restarted; every session refills from the event store"
+            );
+        }
+        myself.send_message(HubMsg::Pump)?;
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<HubMsg>,
+        HubMsg::Pump: HubMsg,
+        state: &mut HubState,
+    ) -> Result<(), ActorProcessingErr> {
+        let first = tokio::time::timeout(PUMP_WAKE, async {
+            tokio::select! {
+                event = state.bus.recv() => Some(Ok(event)),
+                change = state.changes.recv(), if state.changes_open => Some(Err(change)),
+            }
+        })
+        .await
+        .unwrap_or(None);
+        match first {
+            None => {}
+            Some(Ok(event)) => {
+                if !state.on_event(event) {
+                    return Ok(()); // the bus closed: nothing more will come
+                }
+                for _ in 1..PUMP_BATCH {
+                    match state.bus.try_recv() {
+                        Ok(event) => state.hub.publish(event),
+                        Err(broadcast::error::TryRecvError::Lagged(missed)) => state.lagged(missed),
+                        Err(_) => break,
+                    }
+                }
+            }
+            Some(Err(change)) => state.on_change(change),
+        }
+        myself.send_message(HubMsg::Pump)?;
+        Ok(())
+    }
+}
+
+impl HubState {
+    /// Answers false when the bus has closed.
+    fn on_event(&mut self, event: Result<Arc<GateEvent>, RecvError>) -> bool {
+        match event {
+            Ok(event) => self.hub.publish(event),
+            Err(RecvError::Lagged(missed)) => self.lagged(missed),
+            Err(RecvError::Closed) => return false,
+        }
+        true
+    }
+
+    fn lagged(&self, missed: u64) {
+        self.hub.stats.lagged.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            missed,
+            "the session hub fell behind the event bus; sessions refill from the event store"
+        );
+        self.hub.tell_all(|| SessionMsg::Resync);
+    }
+
+    fn on_change(&mut self, change: Result<AccessChange, RecvError>) {
+        match change {
+            Ok(change) => self.hub.tell_about(change),
+            Err(RecvError::Lagged(_)) => self.hub.tell_all(|| SessionMsg::AccessChanged),
+            Err(RecvError::Closed) => self.changes_open = false,
+        }
+    }
+}
+
+/// The hub's child spec for the root: permanent.
+pub fn child_spec(args: HubArgs) -> ChildSpec {
+    ChildSpec::actor("hub", Restart::Permanent, None, move || {
+        (HubActor, args.clone())
+    })
 }

@@ -2,43 +2,46 @@
 //! `docs/websocket-protocol.md`).
 //!
 //! - [`protocol`]: frames in and out, close codes;
-//! - [`session`]: the session actor, one per connection, with its reader and writer tasks;
+//! - [`msg`]: the messages a session actor accepts;
+//! - [`session`]: the session actor, one per connection, split by message family;
 //! - [`outbox`]: the bounded outbound queue with per-gate coalescing;
-//! - [`hub`]: the bus → sessions fan-out and access-change routing;
-//! - this module: the upgrade (taken by hand, for small buffers), the session supervisor,
-//!   and [`Sessions`], the handle the runtime keeps.
-//!
-//! Supervision: sessions are children of one supervisor actor, OTP's `simple_one_for_one`
-//! with temporary children — a session is never restarted (its socket died with it), but a
-//! failing one is logged and counted, its connection closed with 1011, and nothing else is
-//! touched.
+//! - [`hub`]: the bus → sessions fan-out and access-change routing (a child of the root);
+//! - [`supervisor`]: the session supervisor (a child of the root; sessions are its temporary
+//!   children);
+//! - this module: the upgrade (taken by hand, for small buffers) and [`Sessions`], the handle
+//!   the HTTP layer keeps, with [`SessionTree`], the two child specs the root starts.
 
 pub mod hub;
+pub mod msg;
 pub mod outbox;
 pub mod protocol;
 pub mod session;
+pub mod supervisor;
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use gatehouse_actors::fleet::events::GateEvent;
+use gatehouse_actors::supervision::{ChildSpec, Current, SupervisorMsg};
+use gatehouse_actors::tree::bus::LocalBus;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SpawnErr, SupervisionEvent};
-use tokio::sync::broadcast;
+use ractor::ActorRef;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use warp::Filter;
 use warp::http::{HeaderMap, HeaderValue, StatusCode, header};
 
-use self::hub::Hub;
-use self::session::{Session, SessionArgs, SessionMsg};
+use self::hub::{Hub, HubArgs};
+use self::msg::SessionMsg;
+use self::session::{Session, SessionArgs};
+use crate::app::App;
+use crate::changes::AccessChanges;
 use crate::routing::{Outcome, Route};
-use crate::v1::App;
-use crate::v1::changes::AccessChanges;
 use crate::{ApiError, client_ip};
 
 /// Session limits and timings.
@@ -81,48 +84,22 @@ impl Default for WsConfig {
     }
 }
 
-/// The supervisor of every session (OTP `simple_one_for_one`, temporary children).
-struct SessionSupervisor;
-
-struct SupervisorState {
-    hub: Arc<Hub>,
-}
-
-impl Actor for SessionSupervisor {
-    type Msg = ();
-    type State = SupervisorState;
-    type Arguments = Arc<Hub>;
-
-    async fn pre_start(
-        &self,
-        _myself: ActorRef<()>,
-        hub: Arc<Hub>,
-    ) -> Result<SupervisorState, ActorProcessingErr> {
-        Ok(SupervisorState { hub })
-    }
-
-    async fn handle_supervisor_evt(
-        &self,
-        _myself: ActorRef<()>,
-        event: SupervisionEvent,
-        state: &mut SupervisorState,
-    ) -> Result<(), ActorProcessingErr> {
-        // Temporary children: never restarted. A failure is a bug worth a log line; the
-        // session's own cleanup (its state's drop) has closed the connection already.
-        if let SupervisionEvent::ActorFailed(cell, error) = event {
-            state.hub.stats.failed.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(session = %cell.get_id(), %error, "a WebSocket session failed");
-        }
-        Ok(())
-    }
-}
-
 /// What the runtime keeps of the WebSocket layer.
 #[derive(Clone)]
 pub struct Sessions {
     hub: Arc<Hub>,
-    supervisor: ActorCell,
+    /// The session supervisor's running instance (the root restarts it if it fails).
+    supervisor: Current<SupervisorMsg>,
     config: Arc<WsConfig>,
+    /// Numbers the sessions, for their child ids.
+    next: Arc<AtomicU64>,
+}
+
+/// The WebSocket layer's nodes of the supervision tree, for the root to start: the hub
+/// (after the event log) and the session supervisor (last).
+pub struct SessionTree {
+    pub hub: ChildSpec,
+    pub sessions: ChildSpec,
 }
 
 /// Session counters.
@@ -137,23 +114,37 @@ pub struct SessionStats {
     pub deliveries: u64,
     pub coalesced: u64,
     pub hub_lagged: u64,
+    /// Times the hub actor was restarted after a failure.
+    pub hub_restarts: u64,
 }
 
 impl Sessions {
-    /// Starts the hub on `bus` (committed events) and `changes`, and the session supervisor.
-    pub async fn start(
-        bus: broadcast::Receiver<Arc<GateEvent>>,
-        changes: &AccessChanges,
-        config: WsConfig,
-    ) -> Result<Self, SpawnErr> {
+    /// The handle on the session layer, and the child specs of its hub (following `bus`,
+    /// committed events, and `changes`) and of its supervisor. Nothing runs until the root
+    /// starts the specs.
+    pub fn new(bus: LocalBus, changes: &AccessChanges, config: WsConfig) -> (Self, SessionTree) {
         let hub = Arc::new(Hub::default());
-        tokio::spawn(hub.clone().run(bus, changes.subscribe()));
-        let (supervisor, _) = Actor::spawn(None, SessionSupervisor, hub.clone()).await?;
-        Ok(Self {
+        let supervisor = Current::default();
+        let tree = SessionTree {
+            hub: hub::child_spec(HubArgs {
+                hub: hub.clone(),
+                bus,
+                changes: changes.clone(),
+            }),
+            sessions: supervisor::child_spec(hub.clone(), supervisor.clone()),
+        };
+        let sessions = Self {
             hub,
-            supervisor: supervisor.get_cell(),
+            supervisor,
             config: Arc::new(config),
-        })
+            next: Arc::default(),
+        };
+        (sessions, tree)
+    }
+
+    /// The session supervisor's running instance.
+    pub fn supervisor(&self) -> Option<ActorRef<SupervisorMsg>> {
+        self.supervisor.get()
     }
 
     pub fn stats(&self) -> SessionStats {
@@ -168,22 +159,34 @@ impl Sessions {
             deliveries: s.deliveries.load(Ordering::Relaxed),
             coalesced: s.coalesced.load(Ordering::Relaxed),
             hub_lagged: s.lagged.load(Ordering::Relaxed),
+            hub_restarts: s.starts.load(Ordering::Relaxed).saturating_sub(1),
         }
     }
 
     /// Closes every session with 4500 (what is queued is written first) and waits up to
-    /// `timeout` for them to go.
+    /// `timeout` for them to go. (The supervisor itself stops with the root.)
     pub async fn shutdown(&self, timeout: Duration) {
         self.hub.tell_all(|| SessionMsg::Shutdown);
         let deadline = tokio::time::Instant::now() + timeout;
         while self.hub.open_sessions() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        self.supervisor.stop(None);
     }
 
-    /// Serves an upgraded connection as a session, a child of the session supervisor.
-    async fn open(&self, app: App, ip: IpAddr, socket: session::Socket) -> Result<(), SpawnErr> {
+    /// Serves an upgraded connection as a session, a temporary child of the session
+    /// supervisor. Without a supervisor (it is being restarted) the client is told to try
+    /// again (1013).
+    async fn open(&self, app: App, ip: IpAddr, mut socket: session::Socket) {
+        let Some(supervisor) = self.supervisor.get() else {
+            let _ = socket
+                .close(Some(CloseFrame {
+                    code: CloseCode::Again,
+                    reason: "the session supervisor is restarting; try again".into(),
+                }))
+                .await;
+            return;
+        };
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
         let args = SessionArgs {
             app,
             hub: self.hub.clone(),
@@ -191,8 +194,12 @@ impl Sessions {
             ip,
             socket,
         };
-        Actor::spawn_linked(None, Session, args, self.supervisor.clone()).await?;
-        Ok(())
+        let child = ChildSpec::once(format!("session:{n}"), Session, args);
+        match ractor::call!(supervisor, SupervisorMsg::StartChild, child) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "a WebSocket session could not start"),
+            Err(e) => tracing::error!(error = %e, "the session supervisor did not answer"),
+        }
     }
 
     fn socket_config(&self) -> WebSocketConfig {
@@ -290,9 +297,7 @@ async fn upgrade(
         let socket =
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
                 .await;
-        if let Err(e) = sessions.open(app, ip, socket).await {
-            tracing::error!(error = %e, "a WebSocket session could not start");
-        }
+        sessions.open(app, ip, socket).await;
     });
     let mut response = warp::reply::Reply::into_response(StatusCode::SWITCHING_PROTOCOLS);
     let h = response.headers_mut();

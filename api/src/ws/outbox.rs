@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{Sink, SinkExt};
-use gatehouse_actors::fleet::events::GateEvent;
+use gatehouse_actors::gate::GateEvent;
 use gatehouse_actors::ids::GateId;
 use ractor::ActorRef;
 use serde_json::Value;
@@ -29,8 +29,8 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
+use super::msg::SessionMsg;
 use super::protocol::{self, close};
-use super::session::SessionMsg;
 use crate::wire;
 
 /// A committed gate event with its `event` frame, serialized once for every subscriber.

@@ -12,11 +12,12 @@ use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use gatehouse_actors::fleet::events::{EventSink, GateEvent};
-use gatehouse_actors::fleet::gate::{Ack, AckSink, GateView};
-use gatehouse_actors::fleet::{Fleet, FleetContext};
+use gatehouse_actors::gate::GateEvent;
 use gatehouse_actors::gate::{Action, Cause, CommandStatus, EventKind, GateState, HwState};
 use gatehouse_actors::ids::{CommandId, ControllerId, GateId};
+use gatehouse_actors::tree::bus::EventSink;
+use gatehouse_actors::tree::gate::{Ack, AckSink, GateView};
+use gatehouse_actors::tree::{Fleet, FleetContext};
 use gatehouse_adapters::profile::{Profile, ProfileSet};
 use gatehouse_runtime::fleet_file::FleetFile;
 use gatehouse_sim::{ControllerSpec as SimControllerSpec, Farm, FarmSpec, SimController};

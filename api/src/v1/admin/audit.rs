@@ -13,10 +13,10 @@ use warp::Filter;
 use warp::http::StatusCode;
 
 use super::{allowed, unprocessable};
+use crate::app::App;
 use crate::json;
 use crate::principal::store_error;
 use crate::routing::{Outcome, Route};
-use crate::v1::App;
 
 /// Records per page, by default and at most.
 pub const DEFAULT_LIMIT: u32 = 100;

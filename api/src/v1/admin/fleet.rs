@@ -13,11 +13,11 @@
 use std::net::IpAddr;
 
 use gatehouse_actors::access::{GrantScope, UserId};
-use gatehouse_actors::fleet::FleetError;
 use gatehouse_actors::ids::{ControllerId, GateId, SiteId};
 use gatehouse_actors::store::{
     ControllerRecord, FleetChange, FleetRecords, GateRecord, SiteRecord, StoreError,
 };
+use gatehouse_actors::tree::FleetError;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -26,10 +26,10 @@ use warp::Filter;
 use warp::http::StatusCode;
 
 use super::{admin, audit, no_content, unprocessable};
+use crate::app::App;
+use crate::changes::AccessChange;
 use crate::principal::{Caller, store_error};
 use crate::routing::{Outcome, PathParams, Route};
-use crate::v1::App;
-use crate::v1::changes::AccessChange;
 use crate::{ApiError, client_ip, json};
 
 /// A gate's travel timeout when none is given (as in the fleet file).

@@ -16,11 +16,12 @@ use warp::http::StatusCode;
 
 use super::users::{find_user, user_param};
 use super::{admin, audit, no_content, unprocessable};
+use crate::app::App;
+use crate::changes::AccessChange;
 use crate::principal::store_error;
 use crate::routing::{Outcome, PathParams, Route};
-use crate::v1::changes::AccessChange;
-use crate::v1::{App, now_ms};
 use crate::{ApiError, client_ip, json};
+use gatehouse_actors::clock::wall_ms;
 
 /// Windows per grant, at most: a week has seven days.
 pub const MAX_WINDOWS: usize = 32;
@@ -212,7 +213,7 @@ async fn create(
         windows: windows(&request)?,
     };
     app.access
-        .create_grant(grant.clone(), now_ms())
+        .create_grant(grant.clone(), wall_ms())
         .await
         .map_err(|e| match e {
             // A reference that went away since it was checked.

@@ -14,12 +14,13 @@ use warp::Filter;
 use warp::http::StatusCode;
 
 use super::{admin, audit, no_content, unprocessable};
+use crate::app::App;
 use crate::auth::secrets;
+use crate::changes::AccessChange;
 use crate::principal::store_error;
 use crate::routing::{Outcome, PathParams, Route};
-use crate::v1::changes::AccessChange;
-use crate::v1::{App, now_ms};
 use crate::{ApiError, client_ip, json};
+use gatehouse_actors::clock::wall_ms;
 
 /// A key's name says what uses it (`"parking-barrier-sync"`); it is not secret.
 pub const MAX_KEY_NAME_CHARS: usize = 100;
@@ -151,7 +152,7 @@ async fn create(app: App, bearer: Option<String>, ip: IpAddr, request: CreateKey
         hash: secrets::digest(&secret),
         role,
         site: request.site.clone(),
-        created_at_ms: now_ms(),
+        created_at_ms: wall_ms(),
         revoked_at_ms: None,
     };
     app.access
@@ -205,7 +206,7 @@ async fn revoke(params: PathParams, app: App, bearer: Option<String>, ip: IpAddr
         return no_content();
     }
     app.access
-        .revoke_api_key(id, now_ms())
+        .revoke_api_key(id, wall_ms())
         .await
         .map_err(store_error)?;
     app.changes.announce(AccessChange::ApiKey(id));

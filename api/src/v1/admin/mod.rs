@@ -20,11 +20,12 @@ use gatehouse_actors::access::{AuditRecord, LocalTime, Operation, authorize};
 use warp::http::StatusCode;
 use warp::reply::Response;
 
-use super::gates::forbidden;
-use super::{App, now_ms};
 use crate::ApiError;
+use crate::app::App;
+use crate::policy::forbidden;
 use crate::principal::Caller;
 use crate::routing::Route;
+use gatehouse_actors::clock::wall_ms;
 
 /// Every admin route.
 pub fn routes(app: &App) -> Vec<Route> {
@@ -39,11 +40,7 @@ pub fn routes(app: &App) -> Vec<Route> {
 /// The caller, if it may do `op` (which is not about one gate, so no time of the week).
 async fn allowed(app: &App, bearer: Option<String>, op: Operation) -> Result<Caller, ApiError> {
     let caller = app.authenticate(bearer).await?;
-    let anytime = LocalTime {
-        weekday: 0,
-        minute: 0,
-    };
-    authorize(&caller.principal, op, None, anytime).map_err(forbidden)?;
+    authorize(&caller.principal, op, None, LocalTime::IRRELEVANT).map_err(forbidden)?;
     Ok(caller)
 }
 
@@ -63,7 +60,7 @@ async fn audit(
     details: serde_json::Value,
 ) {
     let record = AuditRecord {
-        at_ms: now_ms(),
+        at_ms: wall_ms(),
         actor: caller.actor.clone(),
         action: action.to_string(),
         target: Some(target),

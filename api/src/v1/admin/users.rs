@@ -15,12 +15,13 @@ use warp::Filter;
 use warp::http::StatusCode;
 
 use super::{admin, audit, no_content, unprocessable};
+use crate::app::App;
 use crate::auth::AuthError;
+use crate::changes::AccessChange;
 use crate::principal::store_error;
 use crate::routing::{Outcome, PathParams, Route};
-use crate::v1::changes::AccessChange;
-use crate::v1::{App, now_ms};
 use crate::{ApiError, client_ip, json};
+use gatehouse_actors::clock::wall_ms;
 
 /// Usernames: what people type on a phone, and what appears in the audit log.
 pub const MAX_USERNAME_CHARS: usize = 64;
@@ -236,7 +237,7 @@ async fn create(app: App, bearer: Option<String>, ip: IpAddr, request: CreateUse
         username: request.username.clone(),
         password_hash: hash(&app, &request.password).await?,
         role,
-        created_at_ms: now_ms(),
+        created_at_ms: wall_ms(),
         disabled: false,
     };
     app.access
@@ -325,7 +326,7 @@ async fn update(
         || request.password.is_some();
     if takes_away {
         app.access
-            .revoke_user_families(after.id, now_ms())
+            .revoke_user_families(after.id, wall_ms())
             .await
             .map_err(store_error)?;
     }
@@ -363,7 +364,7 @@ async fn delete(params: PathParams, app: App, bearer: Option<String>, ip: IpAddr
     // Grants and refresh-token families go with the user (ON DELETE CASCADE); revoking first
     // still ends the sessions should the deletion fail halfway.
     app.access
-        .revoke_user_families(user.id, now_ms())
+        .revoke_user_families(user.id, wall_ms())
         .await
         .map_err(store_error)?;
     if !app.access.delete_user(user.id).await.map_err(store_error)? {

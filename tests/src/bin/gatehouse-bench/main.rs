@@ -25,11 +25,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use gatehouse_actors::fleet::LINK_BACKOFF;
-use gatehouse_actors::fleet::gate::AckSink;
 use gatehouse_actors::gate::{Action, CommandStatus, EventKind, GateState};
 use gatehouse_actors::ids::{CommandId, GateId};
 use gatehouse_actors::stats::Histogram;
+use gatehouse_actors::tree::controller::LINK_BACKOFF;
+use gatehouse_actors::tree::gate::AckSink;
 use gatehouse_adapters::profile::ProfileSet;
 use gatehouse_runtime::Runtime;
 use gatehouse_runtime::fleet_file::FleetFile;
@@ -322,7 +322,7 @@ async fn all(sizes: Sizes) -> anyhow::Result<Report> {
 
     let rss_before = rss_kib();
     let booted = Instant::now();
-    let bus = gatehouse_actors::fleet::events::LocalBus::default();
+    let bus = gatehouse_actors::tree::bus::LocalBus::default();
     let mut events = bus.subscribe();
     let runtime = Runtime::start_on(bus, fleet.controller_specs(&profiles)).await?;
     let online: Online = Arc::default();

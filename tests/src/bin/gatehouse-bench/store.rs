@@ -9,12 +9,13 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use gatehouse_actors::eventlog::{self, EventLogWriter};
-use gatehouse_actors::fleet::Directory;
-use gatehouse_actors::fleet::events::{EventSink, GateEvent, LocalBus};
+use gatehouse_actors::gate::GateEvent;
 use gatehouse_actors::gate::{Cause, EventKind, GateSnapshot, GateState};
 use gatehouse_actors::ids::{ControllerId, GateId};
 use gatehouse_actors::store::EventStore;
+use gatehouse_actors::tree::Directory;
+use gatehouse_actors::tree::bus::{EventSink, LocalBus};
+use gatehouse_actors::tree::eventlog::{self, EventLogWriter};
 use gatehouse_adapters::profile::ProfileSet;
 use gatehouse_adapters::store::Store;
 use gatehouse_runtime::Runtime;

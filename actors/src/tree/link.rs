@@ -14,8 +14,9 @@ use ractor::concurrency::JoinHandle;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::time::Instant;
 
-use crate::fleet::gate::GateMsg;
-use crate::fleet::{ControllerSpec, FleetContext};
+use super::FleetContext;
+use super::controller::ControllerSpec;
+use super::gate::GateMsg;
 use crate::gate::{HwOp, HwState, WriteResult, WriteTag};
 use crate::ports::{LinkError, LinkSession};
 use crate::stats::Histogram;

@@ -1,30 +1,12 @@
-//! Gate events as published to the rest of the runtime, and the bus port they travel on.
-//! The in-process bus is a tokio broadcast channel; the Redis bus (scale-out) implements the
-//! same [`EventSink`] later.
+//! The bus node of the tree: committed gate events to whoever follows them (the session hub,
+//! the log watcher). The in-process bus is a tokio broadcast channel; the Redis bus
+//! (scale-out) implements the same [`EventSink`] port later.
 
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
-use crate::gate::{Cause, EventKind, GateSnapshot};
-use crate::ids::{ControllerId, GateId};
-
-/// One event of one gate. `seq` is assigned by the gate's actor, the only writer for that
-/// gate, and increases by one per event: clients resume per gate from it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct GateEvent {
-    pub gate: GateId,
-    pub controller: ControllerId,
-    pub seq: u64,
-    /// Wall-clock time, milliseconds since the Unix epoch.
-    pub at_ms: u64,
-    #[serde(flatten)]
-    pub kind: EventKind,
-    pub cause: Cause,
-    /// The gate right after the event.
-    pub snapshot: GateSnapshot,
-}
+use crate::gate::GateEvent;
 
 /// Where gate events go.
 pub trait EventSink: Send + Sync + 'static {

@@ -1,4 +1,5 @@
-//! The EventLog writer: durable, group-committed append of gate events.
+//! The EventLog writer: durable, group-committed append of gate events and of the audit
+//! records of commands.
 //!
 //! Gate actors hand their events to an [`EventLog`] (a bounded queue: when it is full the
 //! sender waits, so memory never grows without bound). The writer actor takes whatever is
@@ -8,6 +9,10 @@
 //! the terminal outcomes waiting on those events: an outcome reported to a client is already
 //! durable. A transient database error is retried with backoff, forever, with readiness
 //! reported as degraded meanwhile; the queue fills, and senders wait.
+//!
+//! Command audit records share the queue and the commit: the command path hands them over
+//! without waiting for the database (so they never delay `accepted`), and the writer retries
+//! them like events while the database is away (so none is dropped).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,12 +22,15 @@ use std::time::Duration;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::{Mutex, mpsc};
 
-use crate::fleet::Directory;
-use crate::fleet::events::{EventSink, GateEvent};
-use crate::fleet::gate::GateMsg;
+use super::bus::EventSink;
+use super::directory::Directory;
+use super::gate::GateMsg;
+use crate::access::AuditRecord;
+use crate::gate::GateEvent;
 use crate::ids::GateId;
 use crate::stats::Histogram;
 use crate::store::EventStore;
+use crate::supervision::{ChildSpec, Restart};
 
 /// Events queued for the writer before senders have to wait.
 pub const QUEUE_CAPACITY: usize = 65_536;
@@ -37,7 +45,10 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 /// The writer's figures and health, shared with whoever reports them.
 #[derive(Default)]
 pub struct EventLogStats {
+    /// Events committed.
     pub committed: AtomicU64,
+    /// Command audit records committed.
+    pub audited: AtomicU64,
     pub batches: AtomicU64,
     pub failures: AtomicU64,
     /// Time from an event's enqueueing to its commit.
@@ -54,8 +65,13 @@ impl EventLogStats {
     }
 }
 
+enum Item {
+    Event(Arc<GateEvent>),
+    Audit(AuditRecord),
+}
+
 struct Entry {
-    event: Arc<GateEvent>,
+    item: Item,
     queued: tokio::time::Instant,
 }
 
@@ -70,10 +86,35 @@ impl EventLog {
     /// Queues an event; waits while the queue is full. Fails only when the writer is gone.
     pub async fn append(&self, event: Arc<GateEvent>) -> Result<(), Arc<GateEvent>> {
         let entry = Entry {
-            event,
+            item: Item::Event(event),
             queued: tokio::time::Instant::now(),
         };
-        self.tx.send(entry).await.map_err(|e| e.0.event)
+        self.tx.send(entry).await.map_err(|e| match e.0.item {
+            Item::Event(event) => event,
+            Item::Audit(_) => unreachable!("an event was sent"),
+        })
+    }
+
+    /// Queues an audit record without waiting: when the queue is full, a task waits for room
+    /// instead of the caller. Only a writer that is gone (the process is stopping) loses the
+    /// record, and that is logged with the record.
+    pub fn audit(&self, record: AuditRecord) {
+        let entry = Entry {
+            item: Item::Audit(record),
+            queued: tokio::time::Instant::now(),
+        };
+        match self.tx.try_send(entry) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(entry)) => {
+                let tx = self.tx.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = tx.send(entry).await {
+                        lost(e.0);
+                    }
+                });
+            }
+            Err(mpsc::error::TrySendError::Closed(entry)) => lost(entry),
+        }
     }
 
     pub fn stats(&self) -> &Arc<EventLogStats> {
@@ -83,6 +124,15 @@ impl EventLog {
     /// Events waiting to be written.
     pub fn queued(&self) -> usize {
         QUEUE_CAPACITY - self.tx.capacity()
+    }
+}
+
+fn lost(entry: Entry) {
+    if let Item::Audit(record) = entry.item {
+        tracing::error!(
+            ?record,
+            "the event log writer is gone; an audit record was not written"
+        );
     }
 }
 
@@ -119,6 +169,15 @@ pub fn channel(
             bus,
         },
     )
+}
+
+/// The writer's child spec: permanent, and the root's first child, so that it starts before
+/// any gate and stops after every gate (nothing they log is left unwritten). Its queue lives
+/// in `args`, so a restarted writer carries on with what was waiting.
+pub fn child_spec(args: WriterArgs) -> ChildSpec {
+    ChildSpec::actor("eventlog", Restart::Permanent, None, move || {
+        (EventLogWriter, args.clone())
+    })
 }
 
 pub struct EventLogWriter;
@@ -199,11 +258,22 @@ impl Actor for EventLogWriter {
 
 /// Appends one batch, retrying transient failures until it is in, then tells the gates.
 async fn commit(state: &WriterArgs, batch: Vec<Entry>) {
-    let events: Vec<Arc<GateEvent>> = batch.iter().map(|e| e.event.clone()).collect();
+    let mut events: Vec<Arc<GateEvent>> = Vec::with_capacity(batch.len());
+    let mut audits: Vec<AuditRecord> = Vec::new();
+    for e in &batch {
+        match &e.item {
+            Item::Event(event) => events.push(event.clone()),
+            Item::Audit(record) => audits.push(record.clone()),
+        }
+    }
     let mut delay = RETRY_FIRST;
     loop {
         let started = tokio::time::Instant::now();
-        match state.store.append(events.clone()).await {
+        match state
+            .store
+            .append_batch(events.clone(), audits.clone())
+            .await
+        {
             Ok(()) => {
                 state.stats.transaction_time.record(started.elapsed());
                 break;
@@ -233,7 +303,11 @@ async fn commit(state: &WriterArgs, batch: Vec<Entry>) {
     state
         .stats
         .committed
-        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        .fetch_add(events.len() as u64, Ordering::Relaxed);
+    state
+        .stats
+        .audited
+        .fetch_add(audits.len() as u64, Ordering::Relaxed);
     state.stats.batches.fetch_add(1, Ordering::Relaxed);
 
     let mut heads: HashMap<&GateId, u64> = HashMap::new();

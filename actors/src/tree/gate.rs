@@ -8,14 +8,15 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use ractor::concurrency::JoinHandle;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
-use crate::fleet::events::GateEvent;
-use crate::fleet::link::LinkMsg;
-use crate::fleet::{FleetContext, GateBinding};
+use super::FleetContext;
+use super::controller::GateSlot;
+use super::link::LinkMsg;
+use crate::gate::GateEvent;
 use crate::gate::{
     Action, Admission, CommandStatus, Effect, EventKind, GateMachine, GateSnapshot, Input,
     Observation, RejectReason, WriteResult, WriteTag,
@@ -77,12 +78,12 @@ type TickTimer = JoinHandle<Result<(), ractor::MessagingErr<GateMsg>>>;
 pub struct GateActor;
 
 pub struct GateArgs {
-    pub binding: Arc<GateBinding>,
+    pub slot: Arc<GateSlot>,
     pub ctx: Arc<FleetContext>,
 }
 
 pub struct GateActorState {
-    binding: Arc<GateBinding>,
+    slot: Arc<GateSlot>,
     ctx: Arc<FleetContext>,
     machine: GateMachine,
     /// Who to tell about each live command (several when a client retried the same id).
@@ -169,12 +170,12 @@ impl GateActorState {
                     }
                 }
                 Effect::Event { kind, cause } => {
-                    let seq = self.binding.seq.fetch_add(1, Ordering::Relaxed) + 1;
+                    let seq = self.slot.seq.fetch_add(1, Ordering::Relaxed) + 1;
                     let event = GateEvent {
-                        gate: self.binding.spec.id.clone(),
-                        controller: self.binding.controller.clone(),
+                        gate: self.slot.spec.id.clone(),
+                        controller: self.slot.controller.clone(),
                         seq,
-                        at_ms: wall_clock_ms(),
+                        at_ms: crate::clock::wall_ms(),
                         kind,
                         cause,
                         snapshot: self.machine.snapshot(),
@@ -203,11 +204,11 @@ impl GateActorState {
 
     /// Hands a write to the link; false when there is no link to take it.
     fn send_write(&self, myself: &ActorRef<GateMsg>, tag: WriteTag, op: crate::gate::HwOp) -> bool {
-        let Some(link) = self.ctx.directory.link(&self.binding.controller) else {
+        let Some(link) = self.ctx.directory.link(&self.slot.controller) else {
             return false;
         };
         link.send_message(LinkMsg::Write {
-            gate: self.binding.index,
+            gate: self.slot.index,
             op,
             tag,
             reply: myself.clone(),
@@ -216,7 +217,7 @@ impl GateActorState {
     }
 
     fn deliver(&mut self, id: CommandId, status: CommandStatus) {
-        let gate = &self.binding.spec.id;
+        let gate = &self.slot.spec.id;
         if status.is_terminal() {
             for sink in self.listeners.remove(&id).unwrap_or_default() {
                 sink(gate, Ack { id, status });
@@ -248,12 +249,6 @@ impl GateActorState {
     }
 }
 
-fn wall_clock_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 impl Actor for GateActor {
     type Msg = GateMsg;
     type State = GateActorState;
@@ -266,9 +261,9 @@ impl Actor for GateActor {
     ) -> Result<Self::State, ActorProcessingErr> {
         args.ctx
             .directory
-            .insert_gate(args.binding.spec.id.clone(), myself.clone());
-        let mut machine = GateMachine::new(args.binding.spec.config);
-        let restore = &args.binding.restore;
+            .insert_gate(args.slot.spec.id.clone(), myself.clone());
+        let mut machine = GateMachine::new(args.slot.spec.config);
+        let restore = &args.slot.restore;
         if let Some(cycles) = restore.cycles {
             machine = machine.with_cycles(cycles);
         }
@@ -276,9 +271,9 @@ impl Actor for GateActor {
         for (id, action, status) in &restore.finished {
             machine.remember_finished(now, *id, *action, *status);
         }
-        let committed = args.binding.seq.load(Ordering::Relaxed);
+        let committed = args.slot.seq.load(Ordering::Relaxed);
         Ok(GateActorState {
-            binding: args.binding,
+            slot: args.slot,
             ctx: args.ctx,
             machine,
             listeners: HashMap::new(),
@@ -302,7 +297,7 @@ impl Actor for GateActor {
         state
             .ctx
             .directory
-            .remove_gate(&state.binding.spec.id, myself.get_id());
+            .remove_gate(&state.slot.spec.id, myself.get_id());
         // Whoever still waits hears that the gate went away rather than nothing at all (once
         // that is durable, where there is an event log: it stops after the gates).
         state.run(&myself, Input::LinkDown).await;
@@ -323,7 +318,7 @@ impl Actor for GateActor {
                 let now = state.now_ms();
                 let mut effects = std::mem::take(&mut state.effects);
                 let admission = state.machine.command(now, id, action, &mut effects);
-                let gate = state.binding.spec.id.clone();
+                let gate = state.slot.spec.id.clone();
                 match (admission, reply) {
                     (Admission::New, Some(sink)) => {
                         state.listeners.entry(id).or_default().push(sink);
@@ -367,9 +362,9 @@ impl Actor for GateActor {
             }
             GateMsg::Committed { seq } => state.committed(seq),
             GateMsg::Snapshot(reply) => {
-                let seq = state.binding.seq.load(Ordering::Relaxed);
+                let seq = state.slot.seq.load(Ordering::Relaxed);
                 let _ = reply.send(GateView {
-                    gate: state.binding.spec.id.clone(),
+                    gate: state.slot.spec.id.clone(),
                     snapshot: state.machine.snapshot(),
                     seq,
                     committed: if state.ctx.eventlog.is_some() {

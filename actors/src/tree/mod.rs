@@ -1,0 +1,23 @@
+//! The supervision tree: one module per node. The tree as a whole, its start order and each
+//! node's restart policy are drawn in [`root`]; each module draws its own subtree.
+//!
+//! - [`root`]: the root supervisor and the order of its children;
+//! - [`eventlog`]: the event log writer (durable, group-committed appends);
+//! - [`bus`]: the bus port and the in-process bus (the hub that follows it is in `api/`);
+//! - [`fleet`]: the fleet supervisor and [`Fleet`], the handle on it;
+//! - [`controller`]: one controller subtree (its specs and supervision constants);
+//! - [`gate`], [`link`]: the leaf actors, each with the messages it accepts;
+//! - [`directory`]: where a gate's or link's running actor is.
+
+pub mod bus;
+pub mod controller;
+pub mod directory;
+pub mod eventlog;
+pub mod fleet;
+pub mod gate;
+pub mod link;
+pub mod root;
+
+pub use controller::{ControllerFactory, ControllerSpec, GateSlot, GateSpec, Restore};
+pub use directory::Directory;
+pub use fleet::{Fleet, FleetContext, FleetError};
