@@ -157,9 +157,13 @@ impl<M: ractor::Message> Default for Current<M> {
 }
 
 impl<M: ractor::Message> Current<M> {
-    /// The running instance, if there is one.
+    /// The running instance, if there is one (an instance that has begun to stop is not).
     pub fn get(&self) -> Option<ActorRef<M>> {
-        self.slot.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.slot
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .filter(|a| a.get_status() < ractor::ActorStatus::Stopping)
     }
 
     fn set(&self, actor: ActorRef<M>) {
@@ -509,6 +513,10 @@ impl SupervisorState {
         if !restart {
             self.children.remove(key);
             return Ok(());
+        }
+        if !failed {
+            // A permanent child that stopped by itself (or was killed) is restarted too.
+            tracing::warn!(supervisor = ?myself.get_name(), child = %id, %reason, "child exited");
         }
         if !self.within_intensity() {
             let why = format!(
