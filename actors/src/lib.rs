@@ -5,6 +5,7 @@
 
 pub mod access;
 pub mod clock;
+pub mod fleet_config;
 pub mod gate;
 pub mod ids;
 pub mod ports;

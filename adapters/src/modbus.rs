@@ -10,7 +10,6 @@
 
 use std::fmt;
 use std::io;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -91,16 +90,19 @@ impl LinkTiming {
 /// Opens Modbus TCP sessions to one controller.
 #[derive(Debug, Clone)]
 pub struct TcpConnector {
-    endpoint: SocketAddr,
+    /// `host:port`, resolved at each connect (with tokio's resolver, off the runtime's
+    /// threads), so that a controller behind a DNS name that moves is found again on the next
+    /// reconnect, and configuring it never blocks on DNS.
+    endpoint: String,
     gates: Arc<[UnitProfile]>,
     timing: LinkTiming,
 }
 
 impl TcpConnector {
     /// `gates[i]` is the gate the port methods call `i`.
-    pub fn new(endpoint: SocketAddr, gates: Vec<UnitProfile>, timing: LinkTiming) -> Self {
+    pub fn new(endpoint: impl ToString, gates: Vec<UnitProfile>, timing: LinkTiming) -> Self {
         Self {
-            endpoint,
+            endpoint: endpoint.to_string(),
             gates: gates.into(),
             timing,
         }
@@ -109,16 +111,12 @@ impl TcpConnector {
     /// Like [`TcpConnector::new`], with the timing taken from the gates' profiles
     /// ([`LinkTiming::from_profiles`]).
     pub fn from_profiles(
-        endpoint: SocketAddr,
+        endpoint: impl ToString,
         gates: Vec<UnitProfile>,
         overrides: TimingOverrides,
     ) -> Self {
         let timing = LinkTiming::from_profiles(&gates, overrides);
         Self::new(endpoint, gates, timing)
-    }
-
-    pub fn endpoint_addr(&self) -> SocketAddr {
-        self.endpoint
     }
 
     pub fn gates(&self) -> &[UnitProfile] {
@@ -137,7 +135,7 @@ impl TcpConnector {
         };
         let stream = match tokio::time::timeout(
             self.timing.connect_timeout,
-            TcpStream::connect(self.endpoint),
+            TcpStream::connect(self.endpoint.as_str()),
         )
         .await
         {
@@ -168,7 +166,7 @@ impl TcpConnector {
 
 impl LinkConnector for TcpConnector {
     fn endpoint(&self) -> String {
-        self.endpoint.to_string()
+        self.endpoint.clone()
     }
 
     fn connect(&self) -> BoxFuture<'_, Result<Box<dyn LinkSession>, LinkError>> {
@@ -385,6 +383,7 @@ fn unexpected(response: &Response) -> LinkError {
 
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
     use std::sync::Mutex;
 
     use gatehouse_actors::gate::HwState;

@@ -600,6 +600,17 @@ pub struct ProfileSet {
     profiles: BTreeMap<String, Arc<Profile>>,
 }
 
+/// The validator of the fleet configuration names profiles by id.
+impl gatehouse_actors::fleet_config::ProfileNames for ProfileSet {
+    fn has(&self, id: &str) -> bool {
+        self.get(id).is_some()
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.ids().map(str::to_string).collect()
+    }
+}
+
 impl ProfileSet {
     /// The profiles shipped in the binary.
     pub fn builtin() -> Result<ProfileSet, ProfileError> {

@@ -2,12 +2,11 @@
 //! state exists (and its import/export format after). Parsed and validated as a whole: an
 //! error names the entry and the field, and nothing is applied from a file with an error.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use gatehouse_actors::fleet_config::{self, ConfigError};
 use gatehouse_actors::gate::GateConfig;
 use gatehouse_actors::ids::{ControllerId, GateId, SiteId};
 use gatehouse_actors::store::{ControllerRecord, FleetRecords, GateRecord, SiteRecord};
@@ -15,9 +14,6 @@ use gatehouse_actors::tree::{ControllerFactory, ControllerSpec, GateSpec};
 use gatehouse_adapters::modbus::{TcpConnector, TimingOverrides, UnitProfile};
 use gatehouse_adapters::profile::ProfileSet;
 use serde::{Deserialize, Serialize};
-
-/// Modbus unit ids that address one device (0 is broadcast; 248–255 are reserved).
-pub const UNIT_IDS: std::ops::RangeInclusive<u8> = 1..=247;
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -41,7 +37,7 @@ pub struct SiteEntry {
 }
 
 fn default_timezone() -> String {
-    "UTC".into()
+    fleet_config::DEFAULT_TIMEZONE.into()
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -79,7 +75,7 @@ pub struct GateEntry {
 }
 
 fn default_travel_timeout_s() -> u64 {
-    60
+    fleet_config::DEFAULT_TRAVEL_TIMEOUT_S
 }
 
 /// A fleet file that cannot be used: the file, the entry and field, and what is wrong.
@@ -126,105 +122,15 @@ impl FleetFile {
         Ok(fleet)
     }
 
+    /// The fleet's rules are `fleet_config::validate`'s, the same as REST's; this only names
+    /// the entry the way a file does (`gate[3].unit`).
     fn validate(&self, profiles: &ProfileSet) -> Result<(), (String, String)> {
-        let mut sites = BTreeSet::new();
-        for (i, s) in self.sites.iter().enumerate() {
-            if !sites.insert(&s.id) {
-                return Err((
-                    format!("site[{i}].id"),
-                    format!("duplicate site id {}", s.id),
-                ));
-            }
-            if s.timezone.trim().is_empty() {
-                return Err((format!("site[{i}].timezone"), "must not be empty".into()));
-            }
-        }
-        let mut controllers = BTreeSet::new();
-        for (i, c) in self.controllers.iter().enumerate() {
-            let key = |f: &str| format!("controller[{i}].{f}");
-            if !controllers.insert(&c.id) {
-                return Err((key("id"), format!("duplicate controller id {}", c.id)));
-            }
-            if !sites.contains(&c.site) {
-                return Err((key("site"), format!("no site {} in this file", c.site)));
-            }
-            if profiles.get(&c.profile).is_none() {
-                let known: Vec<&str> = profiles.ids().collect();
-                return Err((
-                    key("profile"),
-                    format!(
-                        "unknown profile {:?} (known: {})",
-                        c.profile,
-                        known.join(", ")
-                    ),
-                ));
-            }
-            resolve(&c.endpoint).map_err(|m| (key("endpoint"), m))?;
-            for (field, v, range) in [
-                ("request_timeout_ms", c.request_timeout_ms, 10..=600_000),
-                ("inter_frame_delay_ms", c.inter_frame_delay_ms, 0..=10_000),
-                ("poll_interval_ms", c.poll_interval_ms, 50..=600_000),
-            ] {
-                if let Some(v) = v
-                    && !range.contains(&v)
-                {
-                    return Err((
-                        key(field),
-                        format!(
-                            "must be between {} and {}, got {v}",
-                            range.start(),
-                            range.end()
-                        ),
-                    ));
-                }
-            }
-        }
-        let mut gates = BTreeSet::new();
-        let mut units: BTreeMap<(&ControllerId, u8), usize> = BTreeMap::new();
-        for (i, g) in self.gates.iter().enumerate() {
-            let key = |f: &str| format!("gate[{i}].{f}");
-            if !gates.insert(&g.id) {
-                return Err((key("id"), format!("duplicate gate id {}", g.id)));
-            }
-            if !controllers.contains(&g.controller) {
-                return Err((
-                    key("controller"),
-                    format!("no controller {} in this file", g.controller),
-                ));
-            }
-            if !UNIT_IDS.contains(&g.unit) {
-                return Err((key("unit"), format!("must be 1..=247, got {}", g.unit)));
-            }
-            if let Some(other) = units.insert((&g.controller, g.unit), i) {
-                return Err((
-                    key("unit"),
-                    format!(
-                        "unit {} on {} is already gate[{other}]",
-                        g.unit, g.controller
-                    ),
-                ));
-            }
-            if !(1..=3_600).contains(&g.travel_timeout_s) {
-                return Err((key("travel_timeout_s"), "must be between 1 and 3600".into()));
-            }
-            if let Some(s) = g.auto_close_after_s
-                && !(5..=86_400).contains(&s)
-            {
-                return Err((
-                    key("auto_close_after_s"),
-                    "must be between 5 and 86400".into(),
-                ));
-            }
-            if let Some(s) = g.left_open_alert_after_s
-                && !(10..=7 * 86_400).contains(&s)
-            {
-                return Err((
-                    key("left_open_alert_after_s"),
-                    "must be between 10 and 604800".into(),
-                ));
-            }
-        }
-        Ok(())
+        fleet_config::validate(&self.to_records(), profiles).map_err(|e| {
+            (
+                format!("{}[{}].{}", e.kind.as_str(), e.index, e.field),
+                e.message,
+            )
+        })
     }
 
     /// The controller subtrees to start, with Modbus TCP connectors from the profiles.
@@ -346,8 +252,8 @@ pub struct Catalog {
 }
 
 impl ControllerFactory for Catalog {
-    fn validate(&self, fleet: &FleetRecords) -> Result<(), String> {
-        FleetFile::check_records("configuration", fleet, &self.profiles).map_err(|e| e.to_string())
+    fn validate(&self, fleet: &FleetRecords) -> Result<(), ConfigError> {
+        fleet_config::validate(fleet, &self.profiles)
     }
 
     fn build(&self, fleet: &FleetRecords, id: &ControllerId) -> Result<ControllerSpec, String> {
@@ -370,7 +276,6 @@ pub fn build_controller(
         .get(&c.profile)
         .ok_or_else(|| format!("controller {id}: unknown profile {:?}", c.profile))?
         .clone();
-    let endpoint = resolve(&c.endpoint).map_err(|e| format!("controller {id}: {e}"))?;
     let gates: Vec<&GateRecord> = records
         .gates
         .iter()
@@ -388,7 +293,7 @@ pub fn build_controller(
         request_timeout: c.request_timeout_ms.map(Duration::from_millis),
         inter_frame_delay: c.inter_frame_delay_ms.map(Duration::from_millis),
     };
-    let connector = TcpConnector::from_profiles(endpoint, bindings, overrides);
+    let connector = TcpConnector::from_profiles(&c.endpoint, bindings, overrides);
     let capabilities = profile.capabilities();
     let request_timeout = c
         .request_timeout_ms
@@ -405,8 +310,7 @@ pub fn build_controller(
             config: GateConfig {
                 capabilities,
                 travel_timeout_ms: g.travel_timeout_s * 1000,
-                // A write is given three request timeouts before it counts as timed out.
-                write_timeout_ms: (request_timeout.as_millis() as u64 * 3).max(1_000),
+                write_timeout_ms: fleet_config::write_timeout_ms(request_timeout),
                 auto_close_after_ms: g.auto_close_after_s.map(|s| s * 1000),
                 left_open_alert_after_ms: g.left_open_alert_after_s.map(|s| s * 1000),
                 ..GateConfig::default()
@@ -424,23 +328,6 @@ pub fn build_controller(
         profile.fast_poll_interval.min(poll),
         specs,
     ))
-}
-
-/// `host:port` to a socket address (the first one a host name resolves to).
-fn resolve(endpoint: &str) -> Result<SocketAddr, String> {
-    if let Ok(addr) = endpoint.parse::<SocketAddr>() {
-        return Ok(addr);
-    }
-    if !endpoint.contains(':') {
-        return Err(format!(
-            "{endpoint:?} needs a port (host:port; Modbus TCP is usually 502)"
-        ));
-    }
-    endpoint
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {endpoint:?}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{endpoint:?} resolves to no address"))
 }
 
 #[cfg(test)]
@@ -532,6 +419,10 @@ unit = 2
         assert_eq!(
             error_key(&GOOD.replace("127.0.0.1:1502", "127.0.0.1")),
             "controller[0].endpoint"
+        );
+        assert_eq!(
+            error_key(&GOOD.replace("Europe/Paris", "Europe/Atlantis")),
+            "site[0].timezone"
         );
         assert_eq!(
             error_key(&GOOD.replace("site = \"hq\"", "site = \"elsewhere\"")),

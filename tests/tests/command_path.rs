@@ -190,13 +190,15 @@ async fn run(rig: &Rig, door: Door) -> Vec<String> {
                 }
             }
             Door::WebSocket => {
-                if !sockets.contains_key(&c.who) {
-                    let (ws, _) = WsClient::authed(rig.stack.addr, &token(c.who))
-                        .await
-                        .unwrap();
-                    sockets.insert(c.who, ws);
-                }
-                let ws = sockets.get_mut(&c.who).unwrap();
+                let ws = match sockets.entry(c.who) {
+                    std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        let (ws, _) = WsClient::authed(rig.stack.addr, &token(c.who))
+                            .await
+                            .unwrap();
+                        v.insert(ws)
+                    }
+                };
                 ws.send(json!({"type": "command", "id": id, "gate": c.gate, "action": c.action}))
                     .await
                     .unwrap();

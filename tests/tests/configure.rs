@@ -159,7 +159,7 @@ unit = 2
         .await
         .unwrap_err();
     assert!(
-        matches!(err, FleetError::Invalid(ref m) if m.contains("unit")),
+        matches!(err, FleetError::Config(ref e) if e.field == "unit" && e.id == "s4"),
         "{err}"
     );
     assert_eq!(store.load_fleet().await.unwrap(), before);

@@ -400,6 +400,17 @@ fn a_bad_fleet_file_is_refused_naming_the_key_and_leaves_the_store_as_it_was() {
     // Each file also renames g1, so that a partial application would show in the export.
     let cases = [
         (
+            // REST refuses this zone too: both run the one fleet validator.
+            "unknown-timezone.toml",
+            [
+                site("hq", "Headquarters").replace("Europe/Paris", "Mars/Olympus"),
+                controller("north", "generic", 1502),
+                gate("g1", "north", 1, "Renamed"),
+            ]
+            .concat(),
+            "site[0].timezone",
+        ),
+        (
             "duplicate-unit.toml",
             [
                 site("hq", "Headquarters"),

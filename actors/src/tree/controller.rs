@@ -15,6 +15,7 @@ use std::time::Duration;
 use super::FleetContext;
 use super::gate::{GateActor, GateArgs, GateMsg};
 use super::link::{LinkActor, LinkArgs, PulseLedger};
+use crate::fleet_config::ConfigError;
 use crate::gate::{Action, GateConfig};
 use crate::ids::{CommandId, ControllerId, GateId, SiteId};
 use crate::ports::LinkConnector;
@@ -201,8 +202,9 @@ pub(crate) fn controller_child(spec: Arc<ControllerSpec>, ctx: Arc<FleetContext>
 /// Builds controller subtrees from configuration records: the runtime implements it with the
 /// register profiles and the Modbus adapter, which the actors do not know.
 pub trait ControllerFactory: Send + Sync + 'static {
-    /// Checks a whole fleet configuration (references, values, profiles), naming what is wrong.
-    fn validate(&self, fleet: &FleetRecords) -> Result<(), String>;
+    /// Checks a whole fleet configuration with `fleet_config::validate`, over the profiles
+    /// the factory knows.
+    fn validate(&self, fleet: &FleetRecords) -> Result<(), ConfigError>;
     /// The subtree of controller `id` as configured in `fleet`.
     fn build(&self, fleet: &FleetRecords, id: &ControllerId) -> Result<ControllerSpec, String>;
 }

@@ -27,6 +27,7 @@ use super::eventlog::{EventLog, WriterArgs};
 use super::gate::{AckSink, GateMsg, GateView};
 use super::link::LinkStats;
 use super::root::{Root, RootChildren};
+use crate::fleet_config::ConfigError;
 use crate::gate::Action;
 use crate::ids::{CommandId, ControllerId, GateId, SiteId};
 use crate::store::{FleetChange, FleetRecords, FleetStore, StoreError};
@@ -111,6 +112,9 @@ struct Configuration {
 pub enum FleetError {
     #[error("invalid configuration: {0}")]
     Invalid(String),
+    /// The configuration breaks a rule of `fleet_config`.
+    #[error("invalid configuration: {0}")]
+    Config(#[from] ConfigError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("this fleet has no store to take configuration changes")]
@@ -277,7 +281,7 @@ impl Fleet {
         let mut records = cfg.records.lock().await;
         let mut next = records.clone();
         next.apply(&changes).map_err(FleetError::Invalid)?;
-        cfg.factory.validate(&next).map_err(FleetError::Invalid)?;
+        cfg.factory.validate(&next)?;
         let touched = records.touched_controllers(&changes);
         let mut specs = Vec::new();
         for id in &touched {
