@@ -5,3 +5,4 @@
 pub mod modbus;
 pub mod profile;
 pub mod store;
+pub mod toml_text;

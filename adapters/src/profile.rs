@@ -216,23 +216,7 @@ impl Profile {
             key: key.to_string(),
             message,
         };
-        let de = toml::Deserializer::parse(text).map_err(|e| err("(file)", e.to_string()))?;
-        let raw: ProfileFile = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let message = e.into_inner().message().to_string();
-            // serde reports a missing key at its parent table; the key itself is what the
-            // author has to add, so name it.
-            let missing = message
-                .strip_prefix("missing field `")
-                .and_then(|rest| rest.strip_suffix('`'));
-            let key = match (path.as_str(), missing) {
-                (".", Some(field)) => field.to_string(),
-                (".", None) => "(file)".to_string(),
-                (_, Some(field)) => format!("{path}.{field}"),
-                (_, None) => path,
-            };
-            err(&key, message)
-        })?;
+        let raw: ProfileFile = crate::toml_text::parse(text).map_err(|e| err(&e.key, e.message))?;
 
         if raw.name.trim().is_empty() {
             return Err(err("name", "must not be empty".into()));

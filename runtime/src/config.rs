@@ -311,19 +311,18 @@ impl Config {
             from_env.insert(path.join("."), var);
         }
 
-        let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
-            .map_err(|e| {
-                let key = e.path().to_string();
+        let mut config: Config =
+            gatehouse_adapters::toml_text::from_value(toml::Value::Table(table)).map_err(|e| {
                 let source_name = from_env
                     .iter()
-                    .find(|(k, _)| key.starts_with(k.as_str()) || k.starts_with(&key))
+                    .find(|(k, _)| e.key.starts_with(k.as_str()) || k.starts_with(&e.key))
                     .map_or(file_name.clone(), |(_, var)| {
                         format!("environment variable {var}")
                     });
                 ConfigError {
                     source_name,
-                    key,
-                    message: e.into_inner().to_string(),
+                    key: e.key,
+                    message: e.message,
                 }
             })?;
 

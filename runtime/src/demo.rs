@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use gatehouse_actors::clock::wall_ms;
 use gatehouse_actors::gate::{Action, CommandStatus, GateState};
 use gatehouse_actors::ids::{CommandId, GateId};
 use gatehouse_actors::tree::Fleet;
@@ -333,12 +334,6 @@ async fn residents(fleet: Fleet, rate: f64, gates: Vec<GateId>) {
         });
         let _ = fleet.command(&gate, CommandId::random(), action, Some(sink));
     }
-}
-
-fn wall_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]

@@ -110,12 +110,8 @@ impl FleetFile {
             key,
             message,
         };
-        let de =
-            toml::Deserializer::parse(text).map_err(|e| err("(file)".into(), e.to_string()))?;
-        let fleet: FleetFile = serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = e.path().to_string();
-            err(key, e.into_inner().message().to_string())
-        })?;
+        let fleet: FleetFile =
+            gatehouse_adapters::toml_text::parse(text).map_err(|e| err(e.key, e.message))?;
         fleet
             .validate(profiles)
             .map_err(|(key, message)| err(key, message))?;

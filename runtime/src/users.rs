@@ -3,7 +3,6 @@
 //! asked for (twice, not echoed); otherwise one is generated and printed once.
 
 use std::io::{BufRead as _, IsTerminal as _};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use gatehouse_actors::access::{AccessStore, AuditRecord, Role, UserId, UserRecord};
@@ -65,9 +64,7 @@ pub async fn add(
         PasswordSource::Interactive => (secrets::refresh_token(), true),
     };
     let hash = Passwords::owasp()?.hash(&password).await?;
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let now = gatehouse_actors::clock::wall_ms();
     let id = UserId(uuid::Uuid::new_v4());
     store
         .create_user(UserRecord {

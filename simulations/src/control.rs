@@ -342,16 +342,7 @@ fn status(c: &SimController) -> String {
 }
 
 fn serde_state(state: gatehouse_actors::gate::HwState) -> &'static str {
-    use gatehouse_actors::gate::HwState;
-    match state {
-        HwState::Closed => "closed",
-        HwState::Opening => "opening",
-        HwState::Open => "open",
-        HwState::Closing => "closing",
-        HwState::Stopped => "stopped",
-        HwState::Fault => "fault",
-        HwState::Unknown => "unknown",
-    }
+    gatehouse_actors::gate::GateState::from(state).as_str()
 }
 
 fn writes(c: &SimController, n: usize) -> String {

@@ -213,16 +213,8 @@ impl FarmSpec {
 
     /// Parses a farm file. Errors name the key (`controller[1].units[3]`).
     pub fn parse(text: &str, profiles: ProfileSet) -> Result<FarmSpec, FarmError> {
-        let de = toml::Deserializer::parse(text).map_err(|e| invalid("(file)", e.to_string()))?;
-        let file: FarmFile = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let key = if path == "." {
-                "(file)".to_string()
-            } else {
-                path
-            };
-            invalid(key, e.into_inner().message().to_string())
-        })?;
+        let file: FarmFile =
+            gatehouse_adapters::toml_text::parse(text).map_err(|e| invalid(e.key, e.message))?;
         if file.controller.is_empty() {
             return Err(invalid(
                 "controller",

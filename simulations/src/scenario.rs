@@ -263,16 +263,8 @@ impl StepFile {
 impl Scenario {
     /// Parses and validates a scenario. Errors name the key, with the step's index.
     pub fn parse(text: &str) -> Result<Scenario, ScenarioError> {
-        let de = toml::Deserializer::parse(text).map_err(|e| error("(file)", e.to_string()))?;
-        let file: ScenarioFile = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let key = if path == "." {
-                "(file)".to_string()
-            } else {
-                path
-            };
-            error(key, e.into_inner().message().to_string())
-        })?;
+        let file: ScenarioFile =
+            gatehouse_adapters::toml_text::parse(text).map_err(|e| error(e.key, e.message))?;
         if file.step.is_empty() {
             return Err(error("step", "a scenario needs at least one [[step]]"));
         }

@@ -483,7 +483,7 @@ impl GateMachine {
         let hw_fault = self.last_obs.is_some_and(|o| o.state == HwState::Fault);
         if self.snap.state == GateState::Fault {
             let next = match self.last_obs {
-                Some(obs) => state_of(obs.state),
+                Some(obs) => GateState::from(obs.state),
                 None => GateState::Unknown,
             };
             self.set_state(now, next, Cause::Command(id), out);
@@ -661,7 +661,7 @@ impl GateMachine {
         let next = if self.snap.latched_fault.is_some() {
             GateState::Fault
         } else {
-            state_of(obs.state)
+            GateState::from(obs.state)
         };
         self.snap.fault_code = if next == GateState::Fault {
             obs.fault_code
@@ -1051,19 +1051,6 @@ impl GateMachine {
             status: None,
             at: now,
         });
-    }
-}
-
-/// The runtime's state for a controller-reported state.
-fn state_of(hw: HwState) -> GateState {
-    match hw {
-        HwState::Closed => GateState::Closed,
-        HwState::Opening => GateState::Opening,
-        HwState::Open => GateState::Open,
-        HwState::Closing => GateState::Closing,
-        HwState::Stopped => GateState::Stopped,
-        HwState::Fault => GateState::Fault,
-        HwState::Unknown => GateState::Unknown,
     }
 }
 

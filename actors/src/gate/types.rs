@@ -213,6 +213,22 @@ pub enum HwState {
     Unknown,
 }
 
+/// The runtime's state for a controller-reported state (the one mapping; `offline` is the
+/// runtime's own, never reported).
+impl From<HwState> for GateState {
+    fn from(hw: HwState) -> GateState {
+        match hw {
+            HwState::Closed => GateState::Closed,
+            HwState::Opening => GateState::Opening,
+            HwState::Open => GateState::Open,
+            HwState::Closing => GateState::Closing,
+            HwState::Stopped => GateState::Stopped,
+            HwState::Fault => GateState::Fault,
+            HwState::Unknown => GateState::Unknown,
+        }
+    }
+}
+
 /// One poll of one gate, decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Observation {

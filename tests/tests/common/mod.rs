@@ -314,7 +314,7 @@ impl Site {
                     .expect("the simulator's registers decode");
                 let at_rest = !matches!(wire.state, HwState::Opening | HwState::Closing);
                 if !at_rest
-                    || runtime.state != state_of(wire.state)
+                    || runtime.state != GateState::from(wire.state)
                     || runtime.position != wire.position
                 {
                     mismatch = Some(format!(
@@ -418,19 +418,6 @@ impl Acks {
     /// The terminal status (after an optional `accepted`).
     pub async fn terminal(self) -> CommandStatus {
         *self.all().await.last().expect("checked by all()")
-    }
-}
-
-/// The runtime's state for what the simulator reports.
-pub fn state_of(hw: HwState) -> GateState {
-    match hw {
-        HwState::Closed => GateState::Closed,
-        HwState::Opening => GateState::Opening,
-        HwState::Open => GateState::Open,
-        HwState::Closing => GateState::Closing,
-        HwState::Stopped => GateState::Stopped,
-        HwState::Fault => GateState::Fault,
-        HwState::Unknown => GateState::Unknown,
     }
 }
 
