@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use gatehouse_actors::clock::wall_ms;
+use gatehouse_actors::fleet_config;
 use gatehouse_actors::gate::machine::COMMAND_MEMORY_MS;
 use gatehouse_actors::store::{EventStore, FleetChange, FleetRecords, FleetStore};
 use gatehouse_actors::tree::bus::{EventSink, LocalBus};
@@ -139,6 +140,11 @@ impl Runtime {
         sessions: Option<SessionTree>,
     ) -> anyhow::Result<Runtime> {
         let records = load_or_seed(&store, &profiles, seed).await?;
+        if let Err(e) = fleet_config::validate(&records, &profiles) {
+            // Stored before this rule existed: it runs (one bad entry must not keep the
+            // rest down), and the next configuration change must fix it.
+            tracing::warn!("the stored fleet breaks a configuration rule: {e}");
+        }
         let specs = restore_controllers(&store, &records, &profiles).await?;
 
         let sink: Arc<dyn EventSink> = Arc::new(bus.clone());
