@@ -235,18 +235,21 @@ impl ChildSpec {
     /// A temporary child started once from arguments that cannot be made again (a session
     /// owns its socket). Never restarted, so its start runs at most once.
     pub fn once<A: Actor>(id: impl Into<String>, actor: A, args: A::Arguments) -> Self {
-        let taken = Arc::new(std::sync::Mutex::new(Some((actor, args))));
+        // Boxed, so that once taken the spec keeps a pointer, not room for the arguments (a
+        // session's are a socket and the app's handles: about a kilobyte per live session).
+        let taken = Arc::new(std::sync::Mutex::new(Some(Box::new((actor, args)))));
         Self {
             id: id.into(),
             restart: Restart::Temporary,
             start: Arc::new(move |supervisor: ActorCell| {
                 let taken = taken.lock().unwrap_or_else(|p| p.into_inner()).take();
                 Box::pin(async move {
-                    let Some((actor, args)) = taken else {
+                    let Some(boxed) = taken else {
                         return Err(SpawnErr::StartupFailed(
                             "a one-shot child cannot be started twice".into(),
                         ));
                     };
+                    let (actor, args) = *boxed;
                     let (r, _handle) = Actor::spawn_linked(None, actor, args, supervisor).await?;
                     Ok(r.get_cell())
                 })

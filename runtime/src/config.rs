@@ -279,11 +279,18 @@ impl Config {
         // Which environment variable set which key, to name it in errors.
         let mut from_env: BTreeMap<String, String> = BTreeMap::new();
         let all: Vec<(String, String)> = env.into_iter().collect();
-        let mut env: Vec<(String, String)> = all
+        // Only `GATEHOUSE_SECTION__KEY` is configuration (CONTRACTS.md). Other `GATEHOUSE_*`
+        // variables are someone else's: Kubernetes sets `GATEHOUSE_PORT=tcp://…`,
+        // `GATEHOUSE_SERVICE_HOST` and friends in every pod of a namespace with a Service
+        // named gatehouse.
+        let (mut env, ignored): (Vec<(String, String)>, Vec<(String, String)>) = all
             .iter()
             .filter(|(k, _)| k.starts_with(ENV_PREFIX))
             .cloned()
-            .collect();
+            .partition(|(k, _)| k[ENV_PREFIX.len()..].contains("__"));
+        for (var, _) in &ignored {
+            tracing::debug!(variable = %var, "not a GATEHOUSE_SECTION__KEY variable; ignored");
+        }
         // The conventional DATABASE_URL, unless the specific variable is set.
         if !env.iter().any(|(k, _)| k == "GATEHOUSE_DATABASE__URL")
             && let Some((_, url)) = all.iter().find(|(k, _)| k == "DATABASE_URL")
@@ -545,6 +552,29 @@ mod tests {
 
         let e = Config::load(None, env(&[("GATEHOUSE_FLET__FILE", "x.toml")])).unwrap_err();
         assert!(e.message.contains("flet"), "{e}");
+
+        // An unknown key in a known section is still named.
+        let e = Config::load(None, env(&[("GATEHOUSE_HTTP__LISTN", "0.0.0.0:80")])).unwrap_err();
+        assert_eq!(e.key, "http.listn", "{e}");
+    }
+
+    #[test]
+    fn kubernetes_service_link_variables_are_not_configuration() {
+        let config = Config::load(
+            None,
+            env(&[
+                ("GATEHOUSE_PORT", "tcp://10.96.0.12:8080"),
+                ("GATEHOUSE_PORT_8080_TCP", "tcp://10.96.0.12:8080"),
+                ("GATEHOUSE_PORT_8080_TCP_ADDR", "10.96.0.12"),
+                ("GATEHOUSE_PORT_8080_TCP_PORT", "8080"),
+                ("GATEHOUSE_PORT_8080_TCP_PROTO", "tcp"),
+                ("GATEHOUSE_SERVICE_HOST", "10.96.0.12"),
+                ("GATEHOUSE_SERVICE_PORT", "8080"),
+                ("GATEHOUSE_LOG__LEVEL", "warn"),
+            ]),
+        )
+        .expect("service-link variables are ignored");
+        assert_eq!(config.log.level, "warn", "real configuration still applies");
     }
 
     #[test]

@@ -178,6 +178,7 @@ fn fleet_toml(ports: &[u16]) -> String {
 
 /// Runs the demo until Ctrl-C (or `run_for`).
 pub async fn run(config: Config, options: DemoOptions) -> anyhow::Result<()> {
+    let mut signals = crate::ShutdownSignal::listen();
     let profiles = load_profiles(&config)?;
     std::fs::create_dir_all(&config.data.dir)
         .with_context(|| format!("creating the data directory {}", config.data.dir.display()))?;
@@ -233,10 +234,10 @@ pub async fn run(config: Config, options: DemoOptions) -> anyhow::Result<()> {
 
     let reason = match options.run_for {
         Some(d) => tokio::select! {
-            s = crate::shutdown_signal() => s,
+            s = signals.recv() => s,
             _ = tokio::time::sleep(d) => "time up",
         },
-        None => crate::shutdown_signal().await,
+        None => signals.recv().await,
     };
     println!("\n{reason}: stopping the demo");
     residents.abort();

@@ -99,11 +99,12 @@ impl Runtime {
     /// are told to go before the gates stop answering) and stops the tree.
     pub async fn run_until_signal(
         mut self,
+        mut signal: ShutdownSignal,
         timeout: Duration,
         before_tree: impl std::future::Future<Output = ()>,
     ) -> anyhow::Result<()> {
         tokio::select! {
-            signal = shutdown_signal() => {
+            signal = signal.recv() => {
                 tracing::info!("{signal} received; shutting down");
                 before_tree.await;
                 root::stop(&self.root, "supervision tree", timeout).await;
@@ -136,6 +137,7 @@ pub fn load_profiles(config: &Config) -> anyhow::Result<ProfileSet> {
 /// `gatehouse serve`: the fleet from the store (seeded from the fleet file on first boot),
 /// until SIGINT/SIGTERM.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let signals = ShutdownSignal::listen();
     let profiles = load_profiles(&config)?;
     let seed = match &config.fleet.file {
         Some(path) => Some(FleetFile::load(path, &profiles)?),
@@ -174,7 +176,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         }
     };
     let result = runtime
-        .run_until_signal(config.shutdown.timeout(), stop_api)
+        .run_until_signal(signals, config.shutdown.timeout(), stop_api)
         .await;
     if let Some(server) = server.take() {
         // The fleet stopped on its own: the API stops too (its stop sender is gone).
@@ -184,30 +186,58 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     result
 }
 
-/// Resolves on SIGINT or SIGTERM, naming which.
-pub async fn shutdown_signal() -> &'static str {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
+/// SIGINT and SIGTERM, listened for from the moment this is made: a signal that arrives while
+/// the runtime is still booting is then a graceful stop once it is up, not the default
+/// action's abrupt death.
+pub struct ShutdownSignal {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => tokio::select! {
-                _ = ctrl_c => "SIGINT",
-                _ = term.recv() => "SIGTERM",
-            },
-            Err(_) => {
-                ctrl_c.await;
-                "SIGINT"
+    int: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    term: Option<tokio::signal::unix::Signal>,
+}
+
+impl ShutdownSignal {
+    /// Installs the handlers now.
+    pub fn listen() -> ShutdownSignal {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            ShutdownSignal {
+                int: signal(SignalKind::interrupt()).ok(),
+                term: signal(SignalKind::terminate()).ok(),
             }
         }
+        #[cfg(not(unix))]
+        {
+            ShutdownSignal {}
+        }
     }
-    #[cfg(not(unix))]
-    {
-        ctrl_c.await;
-        "SIGINT"
+
+    /// Resolves on the next SIGINT or SIGTERM, naming which.
+    pub async fn recv(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            async fn next(s: &mut Option<tokio::signal::unix::Signal>) {
+                match s {
+                    Some(s) => {
+                        if s.recv().await.is_none() {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            }
+            tokio::select! {
+                _ = next(&mut self.int) => "SIGINT",
+                _ = next(&mut self.term) => "SIGTERM",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            "SIGINT"
+        }
     }
 }

@@ -481,6 +481,37 @@ fn refused(dir: &Path, config: &Path, env: &[(&str, &str)]) -> String {
 }
 
 #[test]
+fn serve_starts_beside_kubernetes_service_link_variables() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let mut sim = simulator(0);
+    let config = serve_config(dir.path(), &sim.addr);
+    // What Kubernetes puts in every pod of a namespace with a Service named gatehouse.
+    let mut runtime = Proc::spawn(
+        "gatehouse serve",
+        Command::new(bin("gatehouse"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .current_dir(dir.path())
+            .envs([
+                ("GATEHOUSE_PORT", "tcp://10.96.0.12:8080"),
+                ("GATEHOUSE_PORT_8080_TCP", "tcp://10.96.0.12:8080"),
+                ("GATEHOUSE_PORT_8080_TCP_ADDR", "10.96.0.12"),
+                ("GATEHOUSE_PORT_8080_TCP_PORT", "8080"),
+                ("GATEHOUSE_PORT_8080_TCP_PROTO", "tcp"),
+                ("GATEHOUSE_SERVICE_HOST", "10.96.0.12"),
+                ("GATEHOUSE_SERVICE_PORT", "8080"),
+            ]),
+    );
+    runtime.wait_for(Stream::Err, "link up", 1);
+    runtime.signal("TERM");
+    let status = runtime.wait_exit(stop_limit());
+    assert!(status.success(), "{status}\n{}", runtime.transcript());
+    sim.proc.signal("TERM");
+    let _ = sim.proc.wait_exit(WAIT);
+}
+
+#[test]
 fn an_unknown_key_in_the_config_file_is_refused_by_name() {
     let dir = tempfile::tempdir().expect("a temp dir");
     let config = write_config(dir.path(), "[log]\nlevle = \"debug\"\n", None);

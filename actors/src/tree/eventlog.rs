@@ -86,13 +86,10 @@ impl EventLog {
     /// Queues an event; waits while the queue is full. Fails only when the writer is gone.
     pub async fn append(&self, event: Arc<GateEvent>) -> Result<(), Arc<GateEvent>> {
         let entry = Entry {
-            item: Item::Event(event),
+            item: Item::Event(event.clone()),
             queued: tokio::time::Instant::now(),
         };
-        self.tx.send(entry).await.map_err(|e| match e.0.item {
-            Item::Event(event) => event,
-            Item::Audit(_) => unreachable!("an event was sent"),
-        })
+        self.tx.send(entry).await.map_err(|_| event)
     }
 
     /// Queues an audit record without waiting: when the queue is full, a task waits for room
