@@ -283,7 +283,8 @@ impl Config {
         // variables are someone else's: Kubernetes sets `GATEHOUSE_PORT=tcp://…`,
         // `GATEHOUSE_SERVICE_HOST` and friends in every pod of a namespace with a Service
         // named gatehouse.
-        let (mut env, ignored): (Vec<(String, String)>, Vec<(String, String)>) = all
+        type Vars = Vec<(String, String)>;
+        let (mut env, ignored): (Vars, Vars) = all
             .iter()
             .filter(|(k, _)| k.starts_with(ENV_PREFIX))
             .cloned()
