@@ -781,10 +781,22 @@ async fn a_password_reset_ends_live_sessions_and_a_harmless_change_does_not() {
     };
     let reply = patch(json!({"role": "viewer"})).await.unwrap();
     assert!(reply.status().is_success(), "{reply:?}");
+    // Now a viewer: commands are refused on the same session, once the notice has reached
+    // it (it travels through the hub; the session is not closed meanwhile).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, frames) = command(&mut c, "n1", "stop").await;
+        let last = frames.last().unwrap();
+        if last["code"] == "forbidden" {
+            break;
+        }
+        assert_eq!(last["status"], "completed", "still an operator: {frames:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the role change never reached the session"
+        );
+    }
     alive(&mut c).await;
-    // Now a viewer: commands are refused on the same session.
-    let (_, frames) = command(&mut c, "n1", "stop").await;
-    assert_eq!(frames.last().unwrap()["code"], "forbidden", "{frames:?}");
 
     let reply = patch(json!({"password": "a-brand-new-long-password"}))
         .await
