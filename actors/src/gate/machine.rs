@@ -595,7 +595,11 @@ impl GateMachine {
             self.end_active(prev, CommandStatus::Failed(FailReason::Superseded), out);
         }
         self.supersede_delayed(id, out);
+        // The command drives the gate now: an auto-close write still in flight is dropped,
+        // so its late confirmation cannot take the gate over from this command (which would
+        // then never end).
         self.auto = None;
+        self.auto_writing = None;
         if target == Target::Healthy {
             self.snap.latched_fault = None;
         }
