@@ -33,6 +33,19 @@ pub struct UnitException(pub u8);
 /// A unit's answer: a value, or its exception.
 pub type UnitResult<T> = Result<T, UnitException>;
 
+/// Why a write was not confirmed, when the link itself is fine: that gate's command fails,
+/// and the link and the other gates carry on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WriteRefused {
+    /// The unit answered with a Modbus exception.
+    #[error(transparent)]
+    Exception(#[from] UnitException),
+    /// The unit answered well framed, but not with what the profile counts as a
+    /// confirmation (another register, or another value where the echo must be exact).
+    #[error("write not confirmed: {0}")]
+    NotConfirmed(String),
+}
+
 /// A confirmed write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WriteDone {
@@ -59,11 +72,11 @@ pub trait LinkSession: Send + 'static {
         &mut self,
         gate: usize,
         op: HwOp,
-    ) -> BoxFuture<'_, Result<UnitResult<WriteDone>, LinkError>>;
+    ) -> BoxFuture<'_, Result<Result<WriteDone, WriteRefused>, LinkError>>;
     /// Sets a pulsed output of `op` back (coil off).
     fn release(
         &mut self,
         gate: usize,
         op: HwOp,
-    ) -> BoxFuture<'_, Result<UnitResult<()>, LinkError>>;
+    ) -> BoxFuture<'_, Result<Result<(), WriteRefused>, LinkError>>;
 }

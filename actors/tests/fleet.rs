@@ -30,6 +30,8 @@ struct Script {
     exceptions: HashMap<usize, u8>,
     writes: Vec<(usize, HwOp)>,
     released: Vec<(usize, HwOp)>,
+    /// Every transaction in order: `read <gate>` or `write <gate>`.
+    log: Vec<String>,
     pulse: Option<Duration>,
     connects: usize,
 }
@@ -74,6 +76,7 @@ impl LinkSession for Session {
             if let Some(e) = s.break_next.take() {
                 return Err(e);
             }
+            s.log.push(format!("read {gate}"));
             if let Some(code) = s.exceptions.get(&gate) {
                 return Ok(Err(UnitException(*code)));
             }
@@ -84,13 +87,14 @@ impl LinkSession for Session {
         &mut self,
         gate: usize,
         op: HwOp,
-    ) -> BoxFuture<'_, Result<UnitResult<WriteDone>, LinkError>> {
+    ) -> BoxFuture<'_, Result<Result<WriteDone, WriteRefused>, LinkError>> {
         Box::pin(async move {
             let mut s = self.0.0.lock().unwrap();
             if let Some(e) = s.break_next.take() {
                 return Err(e);
             }
             s.writes.push((gate, op));
+            s.log.push(format!("write {gate}"));
             // A controller that reaches its end state at once.
             match op {
                 HwOp::Open => s.states[gate] = HwState::Open,
@@ -107,7 +111,7 @@ impl LinkSession for Session {
         &mut self,
         gate: usize,
         op: HwOp,
-    ) -> BoxFuture<'_, Result<UnitResult<()>, LinkError>> {
+    ) -> BoxFuture<'_, Result<Result<(), WriteRefused>, LinkError>> {
         Box::pin(async move {
             self.0.0.lock().unwrap().released.push((gate, op));
             Ok(Ok(()))
@@ -221,6 +225,40 @@ async fn gates_come_online_from_the_first_poll_and_a_command_runs_to_completion(
     assert_eq!(r.script.get(|s| s.writes.clone()), vec![(1, HwOp::Open)]);
     r.until(1, GateState::Open).await;
     r.until(0, GateState::Closed).await;
+}
+
+/// Read after write: the transaction after a confirmed write reads that gate, so that motion
+/// the controller already shows is reported without waiting for the next poll.
+#[tokio::test]
+async fn a_confirmed_write_is_followed_at_once_by_a_read_of_that_gate() {
+    let r = rig(8).await;
+    for i in 0..8 {
+        r.until(i, GateState::Closed).await;
+    }
+    for (i, action) in [(5, Action::Open), (2, Action::Open), (5, Action::Close)] {
+        let (_, mut acks) = r.command(i, action);
+        assert_eq!(next(&mut acks).await, CommandStatus::Accepted);
+        let log = r.script.get(|s| s.log.clone());
+        let at = log
+            .iter()
+            .rposition(|t| t == &format!("write {i}"))
+            .expect("the write was logged");
+        // The ack is sent before the read; wait (bounded) for the read to be logged.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = r.script.get(|s| s.log.clone());
+            if let Some(after) = log.get(at + 1) {
+                assert_eq!(after, &format!("read {i}"), "{:?}", &log[at..]);
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "nothing after the write"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(next(&mut acks).await, CommandStatus::Completed);
+    }
 }
 
 #[tokio::test]

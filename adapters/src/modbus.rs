@@ -16,13 +16,14 @@ use std::time::Duration;
 use gatehouse_actors::gate::{HwOp, Observation};
 use gatehouse_actors::ports::{
     BoxFuture, LinkConnector, LinkError, LinkSession, UnitException, UnitResult, WriteDone,
+    WriteRefused,
 };
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_modbus::client::{Client, Context};
 use tokio_modbus::prelude::{Request, Response, Slave, SlaveContext};
 
-use crate::profile::{Profile, Table, WriteSpec};
+use crate::profile::{Profile, Table, WriteEcho, WriteSpec};
 
 /// The exception a write of an op the gate's profile has no command for answers with:
 /// 1, illegal function. Nothing goes on the wire; the gate treats it like a controller
@@ -232,19 +233,19 @@ impl TcpSession {
         &mut self,
         gate: usize,
         op: HwOp,
-    ) -> Result<UnitResult<WriteDone>, LinkError> {
+    ) -> Result<Result<WriteDone, WriteRefused>, LinkError> {
         let Some(binding) = self.gates.get(gate).cloned() else {
-            return Ok(Err(NO_SUCH_GATE));
+            return Ok(Err(NO_SUCH_GATE.into()));
         };
         let Some(spec) = binding.profile.write_spec(op) else {
-            return Ok(Err(UNSUPPORTED_OP));
+            return Ok(Err(UNSUPPORTED_OP.into()));
         };
         let release_after = match spec {
             WriteSpec::Register { .. } => None,
             WriteSpec::Coil { pulse_ms, .. } => Some(Duration::from_millis(pulse_ms)),
         };
         Ok(self
-            .write_spec(binding.unit, spec, true)
+            .write_spec(binding.unit, spec, true, binding.profile.write_echo)
             .await?
             .map(|()| WriteDone { release_after }))
     }
@@ -256,42 +257,84 @@ impl TcpSession {
         &mut self,
         gate: usize,
         op: HwOp,
-    ) -> Result<UnitResult<()>, LinkError> {
+    ) -> Result<Result<(), WriteRefused>, LinkError> {
         let Some(binding) = self.gates.get(gate).cloned() else {
-            return Ok(Err(NO_SUCH_GATE));
+            return Ok(Err(NO_SUCH_GATE.into()));
         };
         match binding.profile.write_spec(op) {
-            Some(spec @ WriteSpec::Coil { .. }) => self.write_spec(binding.unit, spec, false).await,
+            Some(spec @ WriteSpec::Coil { .. }) => {
+                let echo = binding.profile.write_echo;
+                self.write_spec(binding.unit, spec, false, echo).await
+            }
             Some(WriteSpec::Register { .. }) | None => Ok(Ok(())),
         }
     }
 
-    /// One write transaction; `on` is the coil's level (registers ignore it). The echo is
-    /// checked: a controller that echoes something else did not do what was asked.
+    /// One write transaction; `on` is the coil's level (registers ignore it).
+    ///
+    /// The answer is checked against the profile's [`WriteEcho`]. An answer to the same
+    /// transaction, unit and function (tokio-modbus has matched the first two; the variant
+    /// matches the third) is never the link's failure: if it does not confirm the write,
+    /// only this write is refused. An answer of another function is a confused or foreign
+    /// frame on the line, which is the link's.
     async fn write_spec(
         &mut self,
         unit: u8,
         spec: WriteSpec,
         on: bool,
-    ) -> Result<UnitResult<()>, LinkError> {
-        let (request, echo, addr) = match spec {
+        policy: WriteEcho,
+    ) -> Result<Result<(), WriteRefused>, LinkError> {
+        let (request, addr, value) = match spec {
             WriteSpec::Register { register, value } => (
                 Request::WriteSingleRegister(register, value),
-                Response::WriteSingleRegister(register, value),
                 register,
+                value,
             ),
             WriteSpec::Coil { coil, .. } => (
                 Request::WriteSingleCoil(coil, on),
-                Response::WriteSingleCoil(coil, on),
                 coil,
+                if on { 0xFF00 } else { 0 },
             ),
         };
-        match self.transact(unit, request).await? {
-            Err(exception) => Ok(Err(exception)),
-            Ok(response) if response == echo => Ok(Ok(())),
-            Ok(other) => Err(self.fail(LinkError::Protocol(format!(
-                "unit {unit}: write to {addr} echoed {other:?}"
-            )))),
+        let (echoed_addr, echoed_value) = match self.transact(unit, request).await? {
+            Err(exception) => return Ok(Err(exception.into())),
+            Ok(Response::WriteSingleRegister(a, v))
+                if matches!(spec, WriteSpec::Register { .. }) =>
+            {
+                (a, v)
+            }
+            Ok(Response::WriteSingleCoil(a, v)) if matches!(spec, WriteSpec::Coil { .. }) => {
+                (a, if v { 0xFF00 } else { 0 })
+            }
+            Ok(other) => {
+                return Err(self.fail(LinkError::Protocol(format!(
+                    "unit {unit}: a write to {addr} was answered with {other:?}"
+                ))));
+            }
+        };
+        let confirmed = match policy {
+            WriteEcho::Address => echoed_addr == addr,
+            WriteEcho::Exact => echoed_addr == addr && echoed_value == value,
+        };
+        if confirmed {
+            Ok(Ok(()))
+        } else {
+            tracing::warn!(
+                unit,
+                addr,
+                value,
+                echoed_addr,
+                echoed_value,
+                ?policy,
+                "a write was answered without confirming it"
+            );
+            Ok(Err(WriteRefused::NotConfirmed(format!(
+                "unit {unit}: wrote {value} to {addr}, the answer said {echoed_value} at {echoed_addr} (write_echo = {})",
+                match policy {
+                    WriteEcho::Address => "address",
+                    WriteEcho::Exact => "exact",
+                }
+            ))))
         }
     }
 
@@ -341,7 +384,7 @@ impl LinkSession for TcpSession {
         &mut self,
         gate: usize,
         op: HwOp,
-    ) -> BoxFuture<'_, Result<UnitResult<WriteDone>, LinkError>> {
+    ) -> BoxFuture<'_, Result<Result<WriteDone, WriteRefused>, LinkError>> {
         Box::pin(self.write_gate(gate, op))
     }
 
@@ -349,7 +392,7 @@ impl LinkSession for TcpSession {
         &mut self,
         gate: usize,
         op: HwOp,
-    ) -> BoxFuture<'_, Result<UnitResult<()>, LinkError>> {
+    ) -> BoxFuture<'_, Result<Result<(), WriteRefused>, LinkError>> {
         Box::pin(self.release_gate(gate, op))
     }
 }
@@ -497,11 +540,17 @@ mod tests {
         }];
         let mut s = session(addr, gates, timing(500, 0)).await;
 
-        assert_eq!(s.write_gate(0, HwOp::Reset).await, Ok(Err(UNSUPPORTED_OP)));
+        assert_eq!(
+            s.write_gate(0, HwOp::Reset).await,
+            Ok(Err(UNSUPPORTED_OP.into()))
+        );
         assert_eq!(s.release_gate(0, HwOp::Open).await, Ok(Ok(())));
         assert_eq!(s.release_gate(0, HwOp::Warn).await, Ok(Ok(())));
         assert_eq!(s.read_gate(5).await, Ok(Err(NO_SUCH_GATE)));
-        assert_eq!(s.write_gate(5, HwOp::Open).await, Ok(Err(NO_SUCH_GATE)));
+        assert_eq!(
+            s.write_gate(5, HwOp::Open).await,
+            Ok(Err(NO_SUCH_GATE.into()))
+        );
         assert!(seen.lock().unwrap().is_empty());
 
         // HA's close is the value 0 in register 0: a plain register write, no pulse.
@@ -554,7 +603,7 @@ mod tests {
         assert_eq!(s.read_gate(1).await, Ok(Err(UnitException(0x0B))));
         assert_eq!(
             s.write_gate(1, HwOp::Open).await,
-            Ok(Err(UnitException(0x0B)))
+            Ok(Err(UnitException(0x0B).into()))
         );
         let obs = s.read_gate(0).await.unwrap().unwrap();
         assert_eq!(obs.state, HwState::Open);
@@ -581,9 +630,84 @@ mod tests {
         assert_eq!(seen.lock().unwrap().len(), 1);
     }
 
+    /// The CAME profile with `write_echo` set as given.
+    fn came_with_echo(echo: &str) -> Arc<Profile> {
+        let text = format!(
+            "write_echo = \"{echo}\"\n{}",
+            include_str!("../../config/profiles/came-zlb30.toml")
+        );
+        Arc::new(Profile::parse("came-echo", "came-echo.toml", &text).unwrap())
+    }
+
+    /// A controller that clears its command register as it takes the command and answers
+    /// the write with the register's content (0), and serves its status block.
+    async fn clearing_controller() -> SocketAddr {
+        let (addr, _) = scripted(|_, pdu| match pdu[0] {
+            0x06 => Some(vec![0x06, pdu[1], pdu[2], 0, 0]),
+            _ => Some(registers(0x03, &[17, 0, 0, 0, 0, 0])),
+        })
+        .await;
+        addr
+    }
+
     #[tokio::test]
-    async fn a_wrong_echo_is_a_protocol_error() {
-        let (addr, _) = scripted(|_, _| Some(vec![0x06, 0, 200, 0, 9])).await;
+    async fn by_default_an_answer_naming_the_register_written_confirms_the_write() {
+        let addr = clearing_controller().await;
+        let gates = vec![UnitProfile {
+            unit: 1,
+            profile: profile("came-zlb30"),
+        }];
+        let mut s = session(addr, gates, timing(500, 0)).await;
+        assert_eq!(
+            s.write_gate(0, HwOp::Open).await,
+            Ok(Ok(WriteDone {
+                release_after: None
+            }))
+        );
+    }
+
+    #[tokio::test]
+    async fn with_an_exact_echo_another_value_refuses_that_write_and_the_session_goes_on() {
+        let addr = clearing_controller().await;
+        let gates = vec![UnitProfile {
+            unit: 1,
+            profile: came_with_echo("exact"),
+        }];
+        let mut s = session(addr, gates, timing(500, 0)).await;
+        let outcome = s.write_gate(0, HwOp::Open).await;
+        assert!(
+            matches!(outcome, Ok(Err(WriteRefused::NotConfirmed(_)))),
+            "{outcome:?}"
+        );
+        // Not the link's failure: the next transaction runs.
+        let obs = s.read_gate(0).await.unwrap().unwrap();
+        assert_eq!(obs.state, HwState::Closed);
+    }
+
+    #[tokio::test]
+    async fn an_answer_for_another_register_never_confirms_a_write() {
+        let (addr, _) = scripted(|_, pdu| match pdu[0] {
+            0x06 => Some(vec![0x06, 0, 99, pdu[3], pdu[4]]),
+            _ => Some(registers(0x03, &[17, 0, 0, 0, 0, 0])),
+        })
+        .await;
+        let gates = vec![UnitProfile {
+            unit: 1,
+            profile: profile("came-zlb30"),
+        }];
+        let mut s = session(addr, gates, timing(500, 0)).await;
+        let outcome = s.write_gate(0, HwOp::Open).await;
+        assert!(
+            matches!(outcome, Ok(Err(WriteRefused::NotConfirmed(_)))),
+            "{outcome:?}"
+        );
+        assert!(s.read_gate(0).await.unwrap().is_ok());
+    }
+
+    #[tokio::test]
+    async fn an_answer_of_another_function_is_a_protocol_error() {
+        // A coil answer to a register write: a confused or foreign frame on the line.
+        let (addr, _) = scripted(|_, _| Some(vec![0x05, 0, 200, 0xFF, 0])).await;
         let gates = vec![UnitProfile {
             unit: 1,
             profile: profile("came-zlb30"),

@@ -75,12 +75,34 @@ struct ProfileFile {
     inter_frame_delay_ms: u64,
     #[serde(default = "default_true")]
     entrapment_protection: bool,
+    #[serde(default)]
+    write_echo: WriteEcho,
     status: StatusSpec,
     position: Option<PositionSpec>,
     obstruction: Option<BitSpec>,
     fault_code: Option<RegisterSpec>,
     cycles: Option<CyclesSpec>,
     commands: CommandsSpec,
+}
+
+/// What a controller's answer to a single write must say for the write to count as confirmed.
+///
+/// The Modbus specification has the answer echo the request, but real controllers differ:
+/// some clear a command register the moment they take the command and answer with the
+/// register's content (0), some answer with a status. A reply that comes back well framed,
+/// for the same transaction, unit and function, already says the controller took the
+/// request; what it carries beyond that is the controller's own business.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WriteEcho {
+    /// The answer names the register or coil written; its value may be anything. The
+    /// default: it is what Home Assistant and Node-RED accept, and a field engineer wants a
+    /// command to work on a controller that echoes its register's content.
+    #[default]
+    Address,
+    /// The answer repeats the request exactly (address and value), for controllers known to
+    /// echo faithfully, where anything else means the write did not land as sent.
+    Exact,
 }
 
 fn default_poll_interval_ms() -> u64 {
@@ -199,6 +221,8 @@ pub struct Profile {
     /// First register of the status block, and its length: one read per poll.
     pub block_start: u16,
     pub block_len: u16,
+    /// What confirms a write.
+    pub write_echo: WriteEcho,
     entrapment_protection: bool,
     status: StatusSpec,
     position: Option<PositionSpec>,
@@ -375,6 +399,7 @@ impl Profile {
             table: raw.status.table,
             block_start: start,
             block_len: len,
+            write_echo: raw.write_echo,
             entrapment_protection: raw.entrapment_protection,
             status: raw.status,
             position: raw.position,

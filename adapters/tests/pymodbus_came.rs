@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gatehouse_actors::gate::{HwOp, HwState, Observation, RawCounter};
-use gatehouse_actors::ports::{LinkConnector, LinkError, LinkSession, UnitException};
+use gatehouse_actors::ports::{LinkConnector, LinkError, LinkSession, UnitException, WriteRefused};
 use gatehouse_adapters::modbus::{LinkTiming, TcpConnector, TimingOverrides, UnitProfile};
 use gatehouse_adapters::profile::ProfileSet;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -258,7 +258,7 @@ async fn came_board_served_by_pymodbus() {
     );
     let absent = link.write(2, HwOp::Open).await.unwrap();
     assert!(
-        matches!(absent, Err(UnitException(_))),
+        matches!(absent, Err(WriteRefused::Exception(UnitException(_)))),
         "expected an exception, got {absent:?}"
     );
     let obs = link.read(0).await.unwrap().unwrap();

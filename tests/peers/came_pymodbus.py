@@ -11,6 +11,10 @@ config/profiles/came-zlb30.toml (0-based protocol addresses):
     104-105 operation counter, 32 bits, low word first
     200 command  (1 open, 2 close, 3 stop, 4 reset), 201 warning output
 
+With `--clear-command` the board behaves like controllers that clear the command register
+the moment they take a command: register 200 reads 0 right after the write, and the write
+is answered with that content (0) instead of an echo of the value written.
+
 Every write is reported on stdout as `WRITE unit=U register=R value=V`, and `READY` is
 printed once the listener accepts connections, so that a test can synchronise on both.
 
@@ -48,8 +52,9 @@ FC_WRITE_MULTIPLE_REGISTERS = 16
 class Gate:
     """One unit's motion: the status, position and counter registers it owns."""
 
-    def __init__(self, unit: int, travel_s: float, counter_start: int) -> None:
+    def __init__(self, unit: int, travel_s: float, counter_start: int, clear_command: bool) -> None:
         self.unit = unit
+        self.clear_command = clear_command
         self.travel_s = travel_s
         self.counter_start = counter_start
         self.motion: asyncio.Task | None = None
@@ -70,8 +75,16 @@ class Gate:
         set_values: list[int] | list[bool] | None,
     ) -> ExcCodes | None:
         # pymodbus also calls the hook for reads and for the read-back that follows every
-        # write (set_values is None then); only real writes move the gate.
+        # write (set_values is None then); only real writes move the gate. pymodbus answers
+        # a single write with what that read-back finds, so clearing the command register
+        # there is what makes the answer carry 0.
         if set_values is None:
+            if (
+                self.clear_command
+                and function_code == FC_WRITE_SINGLE_REGISTER
+                and address == COMMAND
+            ):
+                registers[COMMAND - start_address] = 0
             return None
         if function_code not in (FC_WRITE_SINGLE_REGISTER, FC_WRITE_MULTIPLE_REGISTERS):
             return None
@@ -166,10 +179,17 @@ async def main() -> int:
     parser.add_argument("--units", default="1", help="comma-separated unit ids, e.g. 1,2")
     parser.add_argument("--travel-ms", type=int, default=300)
     parser.add_argument("--counter-start", type=int, default=0)
+    parser.add_argument(
+        "--clear-command",
+        action="store_true",
+        help="clear the command register on write and answer with its content",
+    )
     args = parser.parse_args()
 
     units = [int(u) for u in args.units.split(",") if u.strip()]
-    gates = [Gate(u, args.travel_ms / 1000.0, args.counter_start) for u in units]
+    gates = [
+        Gate(u, args.travel_ms / 1000.0, args.counter_start, args.clear_command) for u in units
+    ]
     devices = [device(g) for g in gates]
 
     server = asyncio.create_task(StartAsyncTcpServer(devices, address=(args.host, args.port)))

@@ -29,11 +29,17 @@ struct Peer {
 
 impl Peer {
     async fn start(port: u16) -> Peer {
+        Self::start_with(port, &[]).await
+    }
+
+    /// The peer with extra options (`--clear-command`).
+    async fn start_with(port: u16, options: &[&str]) -> Peer {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/peers/came_pymodbus.py");
         let mut child = Command::new("python3")
             .arg(script)
             .args(["--port", &port.to_string(), "--units", "1,2"])
             .args(["--travel-ms", "400"])
+            .args(options)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn()
@@ -76,6 +82,10 @@ fn free_port() -> u16 {
 }
 
 fn fleet(port: u16) -> String {
+    fleet_on(port, "came-zlb30")
+}
+
+fn fleet_on(port: u16, profile: &str) -> String {
     format!(
         r#"
 [[site]]
@@ -85,7 +95,7 @@ name = "Yard"
 [[controller]]
 id = "came"
 site = "yard"
-profile = "came-zlb30"
+profile = "{profile}"
 endpoint = "127.0.0.1:{port}"
 
 [[gate]]
@@ -226,5 +236,87 @@ async fn the_runtime_drives_a_came_board_served_by_pymodbus() {
         peer.lines.try_recv().is_err(),
         "no other write reached the controller"
     );
+    runtime.shutdown(Duration::from_secs(5)).await;
+}
+
+/// A board that clears its command register as it takes a command, and answers the write with
+/// the register's content (0) rather than an echo: with the default `write_echo = "address"`
+/// the gate opens and closes; with `write_echo = "exact"` the command fails with
+/// `write_not_confirmed`, and the gate, its neighbour and the link stay up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_board_that_clears_its_command_register_is_driven_through_its_profile() {
+    let port = free_port();
+    let mut peer = Peer::start_with(port, &["--clear-command"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("came-exact.toml"),
+        format!(
+            "write_echo = \"exact\"\n{}",
+            include_str!("../../config/profiles/came-zlb30.toml")
+        ),
+    )
+    .unwrap();
+    let mut profiles = ProfileSet::builtin().unwrap();
+    profiles.load_dir(dir.path()).unwrap();
+    let (one, two) = (
+        GateId::new("barrier-1").unwrap(),
+        GateId::new("barrier-2").unwrap(),
+    );
+
+    // The default profile: the answer names register 200, which confirms the write.
+    let file = FleetFile::parse("pymodbus", &fleet(port), &profiles).unwrap();
+    let runtime = Runtime::start_on(LocalBus::default(), file.controller_specs(&profiles))
+        .await
+        .unwrap();
+    wait_state(&runtime, &one, GateState::Closed).await;
+    for (action, end, value) in [
+        (Action::Open, GateState::Open, 1),
+        (Action::Close, GateState::Closed, 2),
+    ] {
+        let (_, mut acks) = command(&runtime, &one, action);
+        if action == Action::Close {
+            assert_eq!(peer.line().await, "WRITE unit=1 register=201 value=1");
+        }
+        assert_eq!(
+            peer.line().await,
+            format!("WRITE unit=1 register=200 value={value}")
+        );
+        assert_eq!(ack(&mut acks).await, CommandStatus::Accepted);
+        assert_eq!(ack(&mut acks).await, CommandStatus::Completed);
+        wait_state(&runtime, &one, end).await;
+    }
+    runtime.shutdown(Duration::from_secs(5)).await;
+
+    // A profile that wants an exact echo: the write is not confirmed, and only that command
+    // fails; the link stays up and both gates stay online.
+    let file = FleetFile::parse("pymodbus", &fleet_on(port, "came-exact"), &profiles).unwrap();
+    let runtime = Runtime::start_on(LocalBus::default(), file.controller_specs(&profiles))
+        .await
+        .unwrap();
+    wait_state(&runtime, &one, GateState::Closed).await;
+    let connects = || {
+        runtime
+            .fleet
+            .context()
+            .link_stats()
+            .iter()
+            .map(|(_, s)| s.connects.load(std::sync::atomic::Ordering::Relaxed))
+            .sum::<u64>()
+    };
+    let before = connects();
+    let (_, mut acks) = command(&runtime, &one, Action::Open);
+    assert_eq!(peer.line().await, "WRITE unit=1 register=200 value=1");
+    assert_eq!(
+        ack(&mut acks).await,
+        CommandStatus::Failed(gatehouse_actors::gate::FailReason::WriteNotConfirmed)
+    );
+    // The controller did take the command: the gate is followed as it opens by itself.
+    wait_state(&runtime, &one, GateState::Open).await;
+    assert_eq!(
+        runtime.fleet.view(&two).await.unwrap().snapshot.state,
+        GateState::Closed,
+        "the neighbour stays online"
+    );
+    assert_eq!(connects(), before, "the link never dropped");
     runtime.shutdown(Duration::from_secs(5)).await;
 }

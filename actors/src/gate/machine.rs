@@ -77,6 +77,9 @@ pub enum WriteResult {
     Offline,
     /// No answer within the link's request timeout.
     TimedOut,
+    /// The unit answered, but its answer does not confirm the write (the profile's
+    /// `write_echo`).
+    NotConfirmed,
 }
 
 /// What the machine is told.
@@ -579,6 +582,12 @@ impl GateMachine {
                 out,
             ),
             WriteResult::TimedOut => self.finish(id, p.action, CommandStatus::TimedOut, out),
+            WriteResult::NotConfirmed => self.finish(
+                id,
+                p.action,
+                CommandStatus::Failed(FailReason::WriteNotConfirmed),
+                out,
+            ),
         }
     }
 

@@ -164,6 +164,9 @@ pub enum FailReason {
     Fault,
     /// `reset` was written but the controller still reports a fault.
     FaultPersists,
+    /// The controller answered the write, but not with what the profile counts as a
+    /// confirmation (`write_echo`).
+    WriteNotConfirmed,
 }
 
 impl FailReason {
@@ -178,6 +181,7 @@ impl FailReason {
             FailReason::Superseded => "superseded",
             FailReason::Fault => "fault",
             FailReason::FaultPersists => "fault_persists",
+            FailReason::WriteNotConfirmed => "write_not_confirmed",
         }
     }
 }

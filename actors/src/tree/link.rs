@@ -18,7 +18,7 @@ use super::FleetContext;
 use super::controller::ControllerSpec;
 use super::gate::GateMsg;
 use crate::gate::{HwOp, HwState, WriteResult, WriteTag};
-use crate::ports::{LinkError, LinkSession};
+use crate::ports::{LinkError, LinkSession, WriteRefused};
 use crate::stats::Histogram;
 
 /// Reads per poll message: a queued write waits for at most this many reads. One keeps the
@@ -134,49 +134,56 @@ impl LinkState {
         due.sort_by_key(|&i| self.slots[i].due);
         let more = due.len() > READS_PER_TURN;
         due.truncate(READS_PER_TURN);
-        let base = self.args.spec.poll_interval;
-        let fast = self.args.spec.fast_poll_interval;
         for i in due {
-            let started = Instant::now();
             let scheduled = self.slots[i].due;
             self.args
                 .stats
                 .poll_jitter
-                .record(started.saturating_duration_since(scheduled));
-            self.args
-                .stats
-                .polls
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let reading = self.session()?.read(i).await?;
-            let done = Instant::now();
-            let slot = &mut self.slots[i];
-            let moving = matches!(
-                reading,
-                Ok(o) if matches!(o.state, HwState::Opening | HwState::Closing)
-            );
-            if moving {
-                slot.hot_until = Some(done + fast);
-            }
-            let hot = slot.hot_until.is_some_and(|t| t > done);
-            // At rest the schedule keeps its phase (no drift); a late poll does not cause a
-            // burst of catch-up polls.
-            slot.due = if hot {
-                done + fast
-            } else {
-                let mut next = scheduled + base + std::mem::take(&mut slot.phase);
-                if next <= done {
-                    next = done + base;
-                }
-                next
-            };
-            match reading {
-                Ok(obs) => self.tell(i, GateMsg::Observed(obs)),
-                Err(exception) => self.tell(i, GateMsg::UnitFailed(exception.0)),
-            }
+                .record(Instant::now().saturating_duration_since(scheduled));
+            self.read_slot(i, scheduled).await?;
         }
         if more {
             // Let queued writes in before the rest of the due reads.
             let _ = myself.send_message(LinkMsg::Poll);
+        }
+        Ok(())
+    }
+}
+
+impl LinkState {
+    /// Reads gate `i` now, tells its actor, and schedules its next poll: fast while it moves
+    /// or was just written to, else on its phase at the profile's rate (`scheduled` is when
+    /// this read was due; a late poll does not cause a burst of catch-up polls).
+    async fn read_slot(&mut self, i: usize, scheduled: Instant) -> Result<(), LinkError> {
+        let base = self.args.spec.poll_interval;
+        let fast = self.args.spec.fast_poll_interval;
+        self.args
+            .stats
+            .polls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let reading = self.session()?.read(i).await?;
+        let done = Instant::now();
+        let slot = &mut self.slots[i];
+        let moving = matches!(
+            reading,
+            Ok(o) if matches!(o.state, HwState::Opening | HwState::Closing)
+        );
+        if moving {
+            slot.hot_until = Some(done + fast);
+        }
+        let hot = slot.hot_until.is_some_and(|t| t > done);
+        slot.due = if hot {
+            done + fast
+        } else {
+            let mut next = scheduled + base + std::mem::take(&mut slot.phase);
+            if next <= done {
+                next = done + base;
+            }
+            next
+        };
+        match reading {
+            Ok(obs) => self.tell(i, GateMsg::Observed(obs)),
+            Err(exception) => self.tell(i, GateMsg::UnitFailed(exception.0)),
         }
         Ok(())
     }
@@ -310,10 +317,20 @@ impl Actor for LinkActor {
                         if let Some(slot) = state.slots.get_mut(gate) {
                             let now = Instant::now();
                             slot.hot_until = Some(now + HOT_AFTER_WRITE);
-                            slot.due = slot.due.min(now + state.args.spec.fast_poll_interval);
+                            // Read after write: the gate is read at once, as the next
+                            // transaction, so that motion the controller already shows is
+                            // reported now rather than at the next fast poll.
+                            state.read_slot(gate, now).await?;
                         }
                     }
-                    Ok(Err(exception)) => send(WriteResult::Exception(exception.0)),
+                    Ok(Err(WriteRefused::Exception(exception))) => {
+                        send(WriteResult::Exception(exception.0))
+                    }
+                    Ok(Err(WriteRefused::NotConfirmed(why))) => {
+                        // The unit answered: the link is fine, this write did not land.
+                        tracing::warn!(controller = %state.args.spec.id, gate, %why, "write not confirmed");
+                        send(WriteResult::NotConfirmed);
+                    }
                     Err(e) => {
                         send(match e {
                             LinkError::Timeout(_) => WriteResult::TimedOut,
