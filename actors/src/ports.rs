@@ -44,6 +44,11 @@ pub enum WriteRefused {
     /// confirmation (another register, or another value where the echo must be exact).
     #[error("write not confirmed: {0}")]
     NotConfirmed(String),
+    /// No answer within the request timeout, but not yet so many in a row that the link is
+    /// declared down: the write may or may not have landed (a write is not repeated, since
+    /// a command pressed twice may not mean the same as once).
+    #[error("no answer to the write within {0:?}")]
+    NoAnswer(Duration),
 }
 
 /// A confirmed write.

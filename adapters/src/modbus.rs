@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use tokio_modbus::client::{Client, Context};
 use tokio_modbus::prelude::{Request, Response, Slave, SlaveContext};
 
+use crate::late_replies::LateReplies;
 use crate::profile::{Profile, Table, WriteEcho, WriteSpec};
 
 /// The exception a write of an op the gate's profile has no command for answers with:
@@ -55,7 +56,16 @@ pub struct LinkTiming {
     pub request_timeout: Duration,
     /// The quiet time between the end of one transaction and the start of the next.
     pub inter_frame_delay: Duration,
+    /// Request timeouts in a row that declare the link down. Fewer are a lost reply: a read
+    /// is asked again, a write reported unanswered, and the link carries on.
+    pub timeouts_before_down: u32,
 }
+
+/// TCP keepalive on controller connections: a half-open connection (a controller that lost
+/// power, a cable pulled) is found within about 10 s + 3 × 5 s even while nothing is asked.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVE_PROBES: u32 = 3;
 
 /// Per-controller settings that win over what the profiles say.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -74,6 +84,7 @@ impl LinkTiming {
     pub fn from_profiles(gates: &[UnitProfile], overrides: TimingOverrides) -> LinkTiming {
         let request = gates.iter().map(|g| g.profile.request_timeout).max();
         let delay = gates.iter().map(|g| g.profile.inter_frame_delay).max();
+        let down_after = gates.iter().map(|g| g.profile.timeouts_before_down).max();
         LinkTiming {
             connect_timeout: overrides.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
             request_timeout: overrides
@@ -84,6 +95,8 @@ impl LinkTiming {
                 .inter_frame_delay
                 .or(delay)
                 .unwrap_or(Duration::ZERO),
+            timeouts_before_down: down_after
+                .unwrap_or(crate::profile::DEFAULT_TIMEOUTS_BEFORE_DOWN),
         }
     }
 }
@@ -153,14 +166,23 @@ impl TcpConnector {
         stream
             .set_nodelay(true)
             .map_err(|e| refused(format!("cannot set TCP_NODELAY: {e}")))?;
+        let keepalive = socket2::TcpKeepalive::new()
+            .with_time(KEEPALIVE_IDLE)
+            .with_interval(KEEPALIVE_INTERVAL)
+            .with_retries(KEEPALIVE_PROBES);
+        socket2::SockRef::from(&stream)
+            .set_tcp_keepalive(&keepalive)
+            .map_err(|e| refused(format!("cannot set TCP keepalive: {e}")))?;
         let first_unit = self.gates.first().map_or(0, |g| g.unit);
-        let context = tokio_modbus::client::tcp::attach_slave(stream, Slave(first_unit));
+        let context =
+            tokio_modbus::client::tcp::attach_slave(LateReplies::new(stream), Slave(first_unit));
         Ok(TcpSession {
             context,
             gates: Arc::clone(&self.gates),
             timing: self.timing,
             last_end: None,
             broken: None,
+            timeouts: 0,
         })
     }
 }
@@ -178,9 +200,11 @@ impl LinkConnector for TcpConnector {
     }
 }
 
-/// One open Modbus TCP connection. After a transport error it refuses all further work
-/// with that same error: a late answer to a timed-out request could otherwise be taken
-/// for the answer to the next one.
+/// One open Modbus TCP connection. A lost reply is asked again (reads) or reported
+/// unanswered (writes); [`LinkTiming::timeouts_before_down`] in a row, or any other transport
+/// error, breaks it for good: it then refuses all further work with that same error. A late
+/// answer to a timed-out request is never taken for the answer to a later one: the
+/// [`LateReplies`] layer passes on only the reply to the latest request.
 pub struct TcpSession {
     context: Context,
     gates: Arc<[UnitProfile]>,
@@ -188,6 +212,16 @@ pub struct TcpSession {
     /// When the previous transaction ended, for the inter-frame delay.
     last_end: Option<Instant>,
     broken: Option<LinkError>,
+    /// Request timeouts in a row.
+    timeouts: u32,
+}
+
+/// What one transaction brought back, short of a transport failure.
+enum Answer {
+    Response(Response),
+    Exception(UnitException),
+    /// No answer in time (only for requests that are not asked again).
+    None(Duration),
 }
 
 impl fmt::Debug for TcpSession {
@@ -212,11 +246,20 @@ impl TcpSession {
             Table::Holding => Request::ReadHoldingRegisters(start, len),
             Table::Input => Request::ReadInputRegisters(start, len),
         };
-        let words = match self.transact(binding.unit, request).await? {
-            Err(exception) => return Ok(Err(exception)),
-            Ok(Response::ReadHoldingRegisters(words)) if profile.table == Table::Holding => words,
-            Ok(Response::ReadInputRegisters(words)) if profile.table == Table::Input => words,
-            Ok(other) => return Err(self.fail(unexpected(&other))),
+        let words = match self.transact(binding.unit, request, true).await? {
+            Answer::Exception(exception) => return Ok(Err(exception)),
+            Answer::Response(Response::ReadHoldingRegisters(words))
+                if profile.table == Table::Holding =>
+            {
+                words
+            }
+            Answer::Response(Response::ReadInputRegisters(words))
+                if profile.table == Table::Input =>
+            {
+                words
+            }
+            Answer::Response(other) => return Err(self.fail(unexpected(&other))),
+            Answer::None(limit) => return Err(self.fail(LinkError::Timeout(limit))),
         };
         match profile.decode(&words) {
             Ok(observation) => Ok(Ok(observation)),
@@ -296,17 +339,20 @@ impl TcpSession {
                 if on { 0xFF00 } else { 0 },
             ),
         };
-        let (echoed_addr, echoed_value) = match self.transact(unit, request).await? {
-            Err(exception) => return Ok(Err(exception.into())),
-            Ok(Response::WriteSingleRegister(a, v))
+        let (echoed_addr, echoed_value) = match self.transact(unit, request, false).await? {
+            Answer::Exception(exception) => return Ok(Err(exception.into())),
+            Answer::None(limit) => return Ok(Err(WriteRefused::NoAnswer(limit))),
+            Answer::Response(Response::WriteSingleRegister(a, v))
                 if matches!(spec, WriteSpec::Register { .. }) =>
             {
                 (a, v)
             }
-            Ok(Response::WriteSingleCoil(a, v)) if matches!(spec, WriteSpec::Coil { .. }) => {
+            Answer::Response(Response::WriteSingleCoil(a, v))
+                if matches!(spec, WriteSpec::Coil { .. }) =>
+            {
                 (a, if v { 0xFF00 } else { 0 })
             }
-            Ok(other) => {
+            Answer::Response(other) => {
                 return Err(self.fail(LinkError::Protocol(format!(
                     "unit {unit}: a write to {addr} was answered with {other:?}"
                 ))));
@@ -340,31 +386,53 @@ impl TcpSession {
 
     /// Runs one transaction: the inter-frame pause, the unit id, the request under its
     /// timeout, and the split of the outcome into transport error / exception / answer.
+    ///
+    /// A timeout is a lost reply until [`LinkTiming::timeouts_before_down`] of them come in
+    /// a row. With `again`, the request is then asked again on a fresh transaction (reads:
+    /// asking twice changes nothing); without, [`Answer::None`] says it went unanswered.
     async fn transact(
         &mut self,
         unit: u8,
         request: Request<'static>,
-    ) -> Result<UnitResult<Response>, LinkError> {
-        if let Some(broken) = &self.broken {
-            return Err(broken.clone());
-        }
-        if let Some(end) = self.last_end
-            && !self.timing.inter_frame_delay.is_zero()
-        {
-            tokio::time::sleep_until(end + self.timing.inter_frame_delay).await;
-        }
-        self.context.set_slave(Slave(unit));
-        let limit = self.timing.request_timeout;
-        let outcome = tokio::time::timeout(limit, self.context.call(request)).await;
-        self.last_end = Some(Instant::now());
-        match outcome {
-            Err(_) => Err(self.fail(LinkError::Timeout(limit))),
-            Ok(Err(e)) => Err(self.fail(transport_error(e))),
-            Ok(Ok(Err(code))) => {
-                tracing::debug!(unit, code = u8::from(code), "modbus exception");
-                Ok(Err(UnitException(u8::from(code))))
+        again: bool,
+    ) -> Result<Answer, LinkError> {
+        loop {
+            if let Some(broken) = &self.broken {
+                return Err(broken.clone());
             }
-            Ok(Ok(Ok(response))) => Ok(Ok(response)),
+            if let Some(end) = self.last_end
+                && !self.timing.inter_frame_delay.is_zero()
+            {
+                tokio::time::sleep_until(end + self.timing.inter_frame_delay).await;
+            }
+            self.context.set_slave(Slave(unit));
+            let limit = self.timing.request_timeout;
+            let outcome = tokio::time::timeout(limit, self.context.call(request.clone())).await;
+            self.last_end = Some(Instant::now());
+            let Ok(outcome) = outcome else {
+                self.timeouts += 1;
+                if self.timeouts >= self.timing.timeouts_before_down.max(1) {
+                    return Err(self.fail(LinkError::Timeout(limit)));
+                }
+                tracing::debug!(
+                    unit,
+                    timeouts = self.timeouts,
+                    "no answer; a lost reply so far"
+                );
+                if again {
+                    continue;
+                }
+                return Ok(Answer::None(limit));
+            };
+            self.timeouts = 0;
+            return match outcome {
+                Err(e) => Err(self.fail(transport_error(e))),
+                Ok(Err(code)) => {
+                    tracing::debug!(unit, code = u8::from(code), "modbus exception");
+                    Ok(Answer::Exception(UnitException(u8::from(code))))
+                }
+                Ok(Ok(response)) => Ok(Answer::Response(response)),
+            };
         }
     }
 
@@ -498,7 +566,100 @@ mod tests {
             connect_timeout: Duration::from_secs(2),
             request_timeout: Duration::from_millis(request_ms),
             inter_frame_delay: Duration::from_millis(delay_ms),
+            timeouts_before_down: 3,
         }
+    }
+
+    /// A responder that sees each request's number, transaction id and PDU, and answers
+    /// with any frames it likes, `(transaction id, PDU)` each: none (silence), or a late
+    /// answer to an earlier request before the current one.
+    async fn framed<F>(answer: F) -> SocketAddr
+    where
+        F: Fn(usize, u16, &[u8]) -> Vec<(u16, Vec<u8>)> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            for n in 0.. {
+                let mut header = [0u8; 7];
+                if socket.read_exact(&mut header).await.is_err() {
+                    return;
+                }
+                let len = usize::from(u16::from_be_bytes([header[4], header[5]]));
+                let mut pdu = vec![0u8; len - 1];
+                if socket.read_exact(&mut pdu).await.is_err() {
+                    return;
+                }
+                let tx = u16::from_be_bytes([header[0], header[1]]);
+                for (tx, reply) in answer(n, tx, &pdu) {
+                    let mut frame = tx.to_be_bytes().to_vec();
+                    frame.extend_from_slice(&[0, 0]);
+                    frame.extend_from_slice(&(reply.len() as u16 + 1).to_be_bytes());
+                    frame.push(header[6]);
+                    frame.extend_from_slice(&reply);
+                    if socket.write_all(&frame).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_lost_reply_is_asked_again_and_its_late_answer_is_not_taken_for_the_next() {
+        // The first read goes unanswered; its answer (open) comes late, just before the
+        // answer to the retry (closed). The retry's answer is the one that counts.
+        let addr = framed(|n, tx, _| match n {
+            0 => vec![],
+            1 => vec![
+                (tx - 1, registers(0x03, &[16, 100, 0, 0, 0, 0])),
+                (tx, registers(0x03, &[17, 0, 0, 0, 0, 0])),
+            ],
+            _ => vec![(tx, registers(0x03, &[17, 0, 0, 0, 0, 0]))],
+        })
+        .await;
+        let gates = vec![UnitProfile {
+            unit: 1,
+            profile: profile("came-zlb30"),
+        }];
+        let mut s = session(addr, gates, timing(200, 0)).await;
+        let obs = s.read_gate(0).await.unwrap().unwrap();
+        assert_eq!(
+            obs.state,
+            HwState::Closed,
+            "the retry's answer, not the late one"
+        );
+        // The session is fine, and the count of timeouts in a row starts again.
+        for _ in 0..3 {
+            assert_eq!(
+                s.read_gate(0).await.unwrap().unwrap().state,
+                HwState::Closed
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unanswered_write_is_reported_without_taking_the_link_down() {
+        let addr = framed(|n, tx, pdu| match (n, pdu[0]) {
+            (0, 0x06) => vec![],
+            _ => vec![(tx, registers(0x03, &[17, 0, 0, 0, 0, 0]))],
+        })
+        .await;
+        let gates = vec![UnitProfile {
+            unit: 1,
+            profile: profile("came-zlb30"),
+        }];
+        let mut s = session(addr, gates, timing(200, 0)).await;
+        assert_eq!(
+            s.write_gate(0, HwOp::Open).await,
+            Ok(Err(WriteRefused::NoAnswer(Duration::from_millis(200))))
+        );
+        assert_eq!(
+            s.read_gate(0).await.unwrap().unwrap().state,
+            HwState::Closed
+        );
     }
 
     async fn session(addr: SocketAddr, gates: Vec<UnitProfile>, t: LinkTiming) -> TcpSession {
@@ -723,18 +884,18 @@ mod tests {
 
     #[tokio::test]
     async fn silence_times_out() {
-        let (addr, _) = scripted(|_, _| None).await;
+        let (addr, seen) = scripted(|_, _| None).await;
         let gates = vec![UnitProfile {
             unit: 1,
             profile: profile("came-zlb30"),
         }];
         let mut s = session(addr, gates, timing(150, 0)).await;
-        let started = Instant::now();
         assert_eq!(
             s.read_gate(0).await,
             Err(LinkError::Timeout(Duration::from_millis(150)))
         );
-        assert!(started.elapsed() < Duration::from_secs(2));
+        // Three requests went out (the first and two retries) before the link was down.
+        assert_eq!(seen.lock().unwrap().len(), 3);
     }
 
     #[tokio::test]

@@ -77,6 +77,8 @@ struct ProfileFile {
     entrapment_protection: bool,
     #[serde(default)]
     write_echo: WriteEcho,
+    #[serde(default = "default_timeouts_before_down")]
+    timeouts_before_down: u32,
     status: StatusSpec,
     position: Option<PositionSpec>,
     obstruction: Option<BitSpec>,
@@ -103,6 +105,14 @@ pub enum WriteEcho {
     /// The answer repeats the request exactly (address and value), for controllers known to
     /// echo faithfully, where anything else means the write did not land as sent.
     Exact,
+}
+
+/// Request timeouts in a row that take a link down when a profile does not say: one lost
+/// reply is retried, a controller that stays silent is down within three request timeouts.
+pub const DEFAULT_TIMEOUTS_BEFORE_DOWN: u32 = 3;
+
+fn default_timeouts_before_down() -> u32 {
+    DEFAULT_TIMEOUTS_BEFORE_DOWN
 }
 
 fn default_poll_interval_ms() -> u64 {
@@ -223,6 +233,8 @@ pub struct Profile {
     pub block_len: u16,
     /// What confirms a write.
     pub write_echo: WriteEcho,
+    /// Request timeouts in a row that take the link down.
+    pub timeouts_before_down: u32,
     entrapment_protection: bool,
     status: StatusSpec,
     position: Option<PositionSpec>,
@@ -244,6 +256,12 @@ impl Profile {
 
         if raw.name.trim().is_empty() {
             return Err(err("name", "must not be empty".into()));
+        }
+        if !(1..=10).contains(&raw.timeouts_before_down) {
+            return Err(err(
+                "timeouts_before_down",
+                format!("must be between 1 and 10, got {}", raw.timeouts_before_down),
+            ));
         }
         for (key, v, min) in [
             ("poll_interval_ms", raw.poll_interval_ms, 10),
@@ -400,6 +418,7 @@ impl Profile {
             block_start: start,
             block_len: len,
             write_echo: raw.write_echo,
+            timeouts_before_down: raw.timeouts_before_down,
             entrapment_protection: raw.entrapment_protection,
             status: raw.status,
             position: raw.position,

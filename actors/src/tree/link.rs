@@ -326,6 +326,10 @@ impl Actor for LinkActor {
                     Ok(Err(WriteRefused::Exception(exception))) => {
                         send(WriteResult::Exception(exception.0))
                     }
+                    Ok(Err(WriteRefused::NoAnswer(limit))) => {
+                        tracing::warn!(controller = %state.args.spec.id, gate, ?limit, "no answer to a write");
+                        send(WriteResult::TimedOut);
+                    }
                     Ok(Err(WriteRefused::NotConfirmed(why))) => {
                         // The unit answered: the link is fine, this write did not land.
                         tracing::warn!(controller = %state.args.spec.id, gate, %why, "write not confirmed");
