@@ -131,11 +131,44 @@ async fn garbage_bytes_take_only_that_controller_offline_until_they_stop() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_slower_than_the_request_timeout_take_only_that_controller_offline() {
     // The generic profile's request timeout is 1 s.
+    // Long enough for three request timeouts in a row: fewer are lost replies, retried.
     transport_fault_takes_only_its_controller_offline(Fault::Slow {
         delay: Duration::from_millis(1500),
-        duration: Duration::from_millis(2500),
+        duration: Duration::from_millis(5000),
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_reply_is_asked_again_and_keeps_the_gates_online() {
+    let site = two_controllers().await;
+    let mark = site.mark();
+    // Whatever is asked in the next half second goes unanswered: one request timeout,
+    // fewer than the three in a row that take a link down.
+    site.sim(VICTIM)
+        .inject(Fault::Stall {
+            duration: Duration::from_millis(500),
+        })
+        .await
+        .expect("injected");
+    wait_until("the fault to end", || site.sim(VICTIM).faults().is_empty()).await;
+    // A command after it completes, on the same connection.
+    let gate = gate_id(VICTIM, 1);
+    let (_, acks) = site.command(&gate, Action::Open);
+    assert_eq!(
+        acks.all().await,
+        [CommandStatus::Accepted, CommandStatus::Completed]
+    );
+    assert_eq!(site.connects(VICTIM), 1, "the link never dropped");
+    for unit in [1, 2] {
+        assert!(
+            site.changes_since(mark, &gate_id(VICTIM, unit))
+                .iter()
+                .all(|(_, to, _)| *to != GateState::Offline),
+            "{}",
+            site.dump(mark)
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
