@@ -15,13 +15,31 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LinkError {
     #[error("cannot connect to {endpoint}: {reason}")]
-    Connect { endpoint: String, reason: String },
+    Connect {
+        endpoint: String,
+        reason: String,
+        /// How it failed: it decides how soon the link tries again.
+        kind: ConnectFailure,
+    },
     #[error("no response within {0:?}")]
     Timeout(Duration),
     #[error("i/o error: {0}")]
     Io(String),
     #[error("malformed response: {0}")]
     Protocol(String),
+}
+
+/// Why a connection could not be opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectFailure {
+    /// The host answered and refused: it is up, the service is not (a controller
+    /// rebooting). Cheap to try again, and usually short.
+    Refused,
+    /// No answer within the connect timeout: the host is gone or unreachable. Each attempt
+    /// costs the whole timeout, and it may last.
+    Timeout,
+    /// Anything else (a name that does not resolve, a network that is unreachable).
+    Other,
 }
 
 /// One unit's refusal: a Modbus exception code (2 illegal address, 4 device failure,

@@ -61,6 +61,7 @@ impl LinkConnector for Scripted {
                 return Err(LinkError::Connect {
                     endpoint: "scripted".into(),
                     reason: "refused".into(),
+                    kind: ConnectFailure::Refused,
                 });
             }
             s.connects += 1;

@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use gatehouse_actors::gate::{HwOp, Observation};
 use gatehouse_actors::ports::{
-    BoxFuture, LinkConnector, LinkError, LinkSession, UnitException, UnitResult, WriteDone,
-    WriteRefused,
+    BoxFuture, ConnectFailure, LinkConnector, LinkError, LinkSession, UnitException, UnitResult,
+    WriteDone, WriteRefused,
 };
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -143,10 +143,12 @@ impl TcpConnector {
 
     /// Opens a session with its concrete type (the trait method boxes it).
     pub async fn open(&self) -> Result<TcpSession, LinkError> {
-        let refused = |reason: String| LinkError::Connect {
+        let failed = |kind: ConnectFailure, reason: String| LinkError::Connect {
             endpoint: self.endpoint.to_string(),
             reason,
+            kind,
         };
+        let refused = |reason: String| failed(ConnectFailure::Other, reason);
         let stream = match tokio::time::timeout(
             self.timing.connect_timeout,
             TcpStream::connect(self.endpoint.as_str()),
@@ -154,12 +156,19 @@ impl TcpConnector {
         .await
         {
             Err(_) => {
-                return Err(refused(format!(
-                    "no answer within {:?}",
-                    self.timing.connect_timeout
-                )));
+                return Err(failed(
+                    ConnectFailure::Timeout,
+                    format!("no answer within {:?}", self.timing.connect_timeout),
+                ));
             }
-            Ok(Err(e)) => return Err(refused(e.to_string())),
+            Ok(Err(e)) => {
+                let kind = match e.kind() {
+                    io::ErrorKind::ConnectionRefused => ConnectFailure::Refused,
+                    io::ErrorKind::TimedOut => ConnectFailure::Timeout,
+                    _ => ConnectFailure::Other,
+                };
+                return Err(failed(kind, e.to_string()));
+            }
             Ok(Ok(stream)) => stream,
         };
         // Requests are tiny and strictly one at a time: Nagle would only add latency.
@@ -926,7 +935,10 @@ mod tests {
             .unwrap();
         let connector = TcpConnector::new(addr, Vec::new(), timing(500, 0));
         match connector.connect().await {
-            Err(LinkError::Connect { endpoint, .. }) => assert_eq!(endpoint, addr.to_string()),
+            Err(LinkError::Connect { endpoint, kind, .. }) => {
+                assert_eq!(endpoint, addr.to_string());
+                assert_eq!(kind, ConnectFailure::Refused);
+            }
             Err(other) => panic!("expected a connect error, got {other:?}"),
             Ok(_) => panic!("expected a connect error, got a session"),
         }

@@ -18,7 +18,7 @@ use super::FleetContext;
 use super::controller::ControllerSpec;
 use super::gate::GateMsg;
 use crate::gate::{HwOp, HwState, WriteResult, WriteTag};
-use crate::ports::{LinkError, LinkSession, WriteRefused};
+use crate::ports::{ConnectFailure, LinkError, LinkSession, WriteRefused};
 use crate::stats::Histogram;
 
 /// Reads per poll message: a queued write waits for at most this many reads. One keeps the
@@ -26,6 +26,51 @@ use crate::stats::Histogram;
 const READS_PER_TURN: usize = 1;
 /// After a write, a gate is polled fast for this long even before it starts moving.
 const HOT_AFTER_WRITE: Duration = Duration::from_secs(3);
+
+/// Reconnecting to a controller that refuses connections (the host is up, the service is
+/// not: a controller rebooting) is cheap, and such outages are usually short: try every
+/// this often for the first [`FAST_RECONNECT_FOR`] of the outage, so that its gates are back
+/// within this long of it listening again.
+pub const FAST_RECONNECT: Duration = Duration::from_millis(250);
+/// How long an outage gets [`FAST_RECONNECT`] before the attempts thin out.
+pub const FAST_RECONNECT_FOR: Duration = Duration::from_secs(10);
+/// The longest gap between attempts at a controller that refuses: a controller down for
+/// long is found within this long of coming back, at one refused SYN per controller per
+/// interval.
+pub const REFUSED_RECONNECT_MAX: Duration = Duration::from_millis(1500);
+/// A controller that does not answer at all (each attempt costs the whole connect
+/// timeout): from this long between attempts, doubling...
+pub const SILENT_RECONNECT_FIRST: Duration = Duration::from_secs(1);
+/// ...up to this.
+pub const SILENT_RECONNECT_MAX: Duration = Duration::from_secs(30);
+
+/// How long to wait before the next connection attempt, after `failures` failed attempts in
+/// a row (1 for the first), the outage having lasted `down_for`, the last attempt having
+/// failed as `kind`. `jitter` in [0, 1) takes up to 20 % off, so that controllers that went
+/// down together do not come back in lockstep.
+pub fn reconnect_delay(
+    kind: ConnectFailure,
+    down_for: Duration,
+    failures: u32,
+    jitter: f64,
+) -> Duration {
+    let nominal = match kind {
+        ConnectFailure::Refused if down_for < FAST_RECONNECT_FOR => FAST_RECONNECT,
+        ConnectFailure::Refused => {
+            // Past the fast phase: grow by half each attempt, to the cap.
+            let slow = failures.saturating_sub(
+                (FAST_RECONNECT_FOR.as_millis() / FAST_RECONNECT.as_millis()) as u32,
+            );
+            FAST_RECONNECT
+                .mul_f64(1.5f64.powi(slow.min(16) as i32))
+                .min(REFUSED_RECONNECT_MAX)
+        }
+        ConnectFailure::Timeout | ConnectFailure::Other => SILENT_RECONNECT_FIRST
+            .mul_f64(2f64.powi(failures.saturating_sub(1).min(16) as i32))
+            .min(SILENT_RECONNECT_MAX),
+    };
+    nominal.mul_f64(1.0 - 0.2 * jitter.clamp(0.0, 1.0))
+}
 
 /// Pulsed outputs still switched on, by gate index. Shared across restarts of the link so
 /// that a pulse interrupted by a link drop is released on reconnect.
@@ -38,6 +83,8 @@ pub struct LinkStats {
     pub poll_jitter: Histogram,
     pub polls: std::sync::atomic::AtomicU64,
     pub connects: std::sync::atomic::AtomicU64,
+    /// Connection attempts that failed.
+    pub connect_failures: std::sync::atomic::AtomicU64,
 }
 
 pub enum LinkMsg {
@@ -80,6 +127,10 @@ struct Slot {
 pub struct LinkState {
     args: LinkArgs,
     session: Option<Box<dyn LinkSession>>,
+    /// Since when the controller could not be reached, and how many attempts failed in a
+    /// row (connection failures are retried here, on [`reconnect_delay`]'s schedule; they
+    /// are an outage to ride out, not a crash for the supervisor to count).
+    unreachable: Option<(Instant, u32)>,
     slots: Vec<Slot>,
     /// When the pending poll timer fires, if one is pending.
     timer: Option<(Instant, PollTimer)>,
@@ -215,6 +266,7 @@ impl Actor for LinkActor {
         Ok(LinkState {
             args,
             session: None,
+            unreachable: None,
             slots,
             timer: None,
         })
@@ -250,7 +302,33 @@ impl Actor for LinkActor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             LinkMsg::Connect => {
-                let mut session = state.args.spec.connector.connect().await?;
+                let mut session = match state.args.spec.connector.connect().await {
+                    Ok(session) => session,
+                    Err(LinkError::Connect { reason, kind, .. }) => {
+                        let (since, failures) =
+                            state.unreachable.get_or_insert((Instant::now(), 0));
+                        *failures += 1;
+                        let (since, failures) = (*since, *failures);
+                        state
+                            .args
+                            .stats
+                            .connect_failures
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let delay =
+                            reconnect_delay(kind, since.elapsed(), failures, rand::random());
+                        if failures == 1 {
+                            tracing::warn!(controller = %state.args.spec.id, endpoint = %state.args.spec.connector.endpoint(), %reason, ?kind, "controller unreachable; trying again");
+                        } else {
+                            tracing::debug!(controller = %state.args.spec.id, %reason, failures, ?delay, "controller still unreachable");
+                        }
+                        myself.send_after(delay, || LinkMsg::Connect);
+                        return Ok(());
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                if let Some((since, failures)) = state.unreachable.take() {
+                    tracing::info!(controller = %state.args.spec.id, after = ?since.elapsed(), failures, "controller reachable again");
+                }
                 // Pulses cut short by the last drop are released before anything else.
                 let pulses = pending_pulses(&state.args.pulses);
                 for (gate, op) in pulses {
@@ -365,5 +443,48 @@ fn forget_pulse(ledger: &PulseLedger, gate: usize, op: HwOp) {
         && let Some(i) = p.iter().position(|x| *x == (gate, op))
     {
         p.swap_remove(i);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: fn(u64) -> Duration = Duration::from_secs;
+
+    #[test]
+    fn a_refusing_controller_is_tried_every_quarter_second_for_ten_seconds() {
+        for (down, failures) in [(S(0), 1), (S(5), 20), (Duration::from_millis(9_900), 39)] {
+            for jitter in [0.0, 0.5, 0.999] {
+                let d = reconnect_delay(ConnectFailure::Refused, down, failures, jitter);
+                assert!(
+                    d <= FAST_RECONNECT && d >= FAST_RECONNECT.mul_f64(0.8),
+                    "{down:?} {failures}: {d:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_controller_that_stays_refusing_is_tried_less_often_up_to_a_second_and_a_half() {
+        let mut last = Duration::ZERO;
+        for failures in 41..80 {
+            let d = reconnect_delay(ConnectFailure::Refused, S(30), failures, 0.0);
+            assert!(d >= last && d <= REFUSED_RECONNECT_MAX, "{failures}: {d:?}");
+            last = d;
+        }
+        assert_eq!(last, REFUSED_RECONNECT_MAX);
+    }
+
+    #[test]
+    fn a_silent_controller_backs_off_exponentially_to_half_a_minute() {
+        let delays: Vec<Duration> = (1..=8)
+            .map(|n| reconnect_delay(ConnectFailure::Timeout, S(n * 3), n as u32, 0.0))
+            .collect();
+        assert_eq!(delays, [S(1), S(2), S(4), S(8), S(16), S(30), S(30), S(30)]);
+        assert_eq!(
+            reconnect_delay(ConnectFailure::Other, S(0), 1, 0.0),
+            SILENT_RECONNECT_FIRST
+        );
     }
 }

@@ -13,8 +13,9 @@
 //!    jitter (how late each poll started against its schedule).
 //! 2. **command**: commands to distinct gates at a fixed rate; latency from the message to the
 //!    gate actor to `accepted` (the simulator confirmed the write).
-//! 3. **recovery**: a controller restarts (down for a while); time from its coming back until
-//!    every one of its gates is online again, against the link backoff and poll interval.
+//! 3. **recovery**: for each outage length (1, 2, 5, 10 and 30 s by default), a group of
+//!    controllers restarts together and stays down that long; per controller, the time from
+//!    its listening again until every one of its gates is online.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write as _};
@@ -28,7 +29,6 @@ use clap::{Parser, Subcommand};
 use gatehouse_actors::gate::{Action, CommandStatus, EventKind, GateState};
 use gatehouse_actors::ids::{CommandId, GateId};
 use gatehouse_actors::stats::Histogram;
-use gatehouse_actors::tree::controller::LINK_BACKOFF;
 use gatehouse_actors::tree::gate::AckSink;
 use gatehouse_adapters::profile::ProfileSet;
 use gatehouse_runtime::Runtime;
@@ -88,12 +88,13 @@ struct Sizes {
     rate: u64,
     #[arg(long, default_value_t = 10)]
     command_seconds: u64,
-    /// Controller restarts in the recovery phase.
-    #[arg(long, default_value_t = 20)]
+    /// Controllers restarted together for each outage length in the recovery phase.
+    #[arg(long, default_value_t = 10)]
     restarts: usize,
-    /// How long each restarted controller stays down.
-    #[arg(long, default_value_t = 1000)]
-    down_ms: u64,
+    /// The outage lengths of the recovery phase (each: that many controllers restart
+    /// together and stay down this long).
+    #[arg(long, value_delimiter = ',', default_values_t = [1000u64, 2000, 5000, 10000, 30000])]
+    down_ms: Vec<u64>,
 }
 
 impl Sizes {
@@ -109,7 +110,7 @@ impl Sizes {
             rate: 50,
             command_seconds: 2,
             restarts: 2,
-            down_ms: 500,
+            down_ms: vec![500],
         }
     }
 }
@@ -121,7 +122,7 @@ struct Report {
     controllers: usize,
     poll: PollFigures,
     command: CommandFigures,
-    recovery: RecoveryFigures,
+    recovery: Vec<RecoveryFigures>,
 }
 
 #[derive(Serialize)]
@@ -151,15 +152,14 @@ struct CommandFigures {
 
 #[derive(Serialize)]
 struct RecoveryFigures {
-    restarts: usize,
+    /// Controllers that restarted together.
+    controllers: usize,
     down_ms: u64,
     /// From the controller accepting connections again to its last gate back online.
     recovered_p50_ms: f64,
     recovered_p99_ms: f64,
     recovered_max_ms: f64,
     poll_interval_ms: f64,
-    backoff_initial_ms: f64,
-    backoff_max_ms: f64,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -440,49 +440,54 @@ async fn all(sizes: Sizes) -> anyhow::Result<Report> {
         accepted_max_ms: ms(latency.max()),
     };
 
-    // ---- recovery phase: controller restarts ----
-    let recovered = Histogram::default();
+    // ---- recovery phase: controllers restart together, for each outage length ----
     let names: Vec<String> = sim.controllers.iter().map(|(n, _)| n.clone()).collect();
-    for k in 0..s.restarts {
-        let name = &names[k % names.len()];
+    let mut recovery = Vec::new();
+    for (round, &down_ms) in s.down_ms.iter().enumerate() {
+        let recovered = Histogram::default();
+        let group: Vec<&String> = (0..s.restarts.min(names.len()))
+            .map(|k| &names[(round * s.restarts + k) % names.len()])
+            .collect();
         if let Ok(mut v) = online.lock() {
             v.clear();
         }
-        sim.send(&format!("restart {name} {}", s.down_ms))?;
-        let back = Instant::now() + Duration::from_millis(s.down_ms);
-        let deadline = back + Duration::from_secs(60);
-        loop {
-            let n = online
-                .lock()
-                .map(|v| v.iter().filter(|(c, _)| c == name).count())
-                .unwrap_or(0);
-            if n >= usize::from(s.units) {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("controller {name} did not recover within 60 s of coming back");
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        for name in &group {
+            sim.send(&format!("restart {name} {down_ms}"))?;
         }
-        let last = online
-            .lock()
-            .ok()
-            .and_then(|v| v.iter().filter(|(c, _)| c == name).map(|(_, t)| *t).max())
-            .unwrap_or(back);
-        recovered.record(last.saturating_duration_since(back));
-        // Let the link's backoff reset before the next controller's turn.
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        let back = Instant::now() + Duration::from_millis(down_ms);
+        let deadline = back + Duration::from_secs(60);
+        for name in &group {
+            loop {
+                let n = online
+                    .lock()
+                    .map(|v| v.iter().filter(|(c, _)| &c == name).count())
+                    .unwrap_or(0);
+                if n >= usize::from(s.units) {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!("controller {name} did not recover within 60 s of coming back");
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let last = online
+                .lock()
+                .ok()
+                .and_then(|v| v.iter().filter(|(c, _)| &c == name).map(|(_, t)| *t).max())
+                .unwrap_or(back);
+            recovered.record(last.saturating_duration_since(back));
+        }
+        recovery.push(RecoveryFigures {
+            controllers: group.len(),
+            down_ms,
+            recovered_p50_ms: ms(recovered.quantile(0.5)),
+            recovered_p99_ms: ms(recovered.quantile(0.99)),
+            recovered_max_ms: ms(recovered.max()),
+            poll_interval_ms: ms(poll_interval),
+        });
+        // Let the links' supervisor backoff reset before the next round.
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let recovery = RecoveryFigures {
-        restarts: s.restarts,
-        down_ms: s.down_ms,
-        recovered_p50_ms: ms(recovered.quantile(0.5)),
-        recovered_p99_ms: ms(recovered.quantile(0.99)),
-        recovered_max_ms: ms(recovered.max()),
-        poll_interval_ms: ms(poll_interval),
-        backoff_initial_ms: ms(LINK_BACKOFF.initial),
-        backoff_max_ms: ms(LINK_BACKOFF.max),
-    };
 
     collector.abort();
     runtime.shutdown(Duration::from_secs(10)).await;
@@ -499,7 +504,6 @@ async fn all(sizes: Sizes) -> anyhow::Result<Report> {
 fn print_text(r: &Report) {
     let p = &r.poll;
     let c = &r.command;
-    let v = &r.recovery;
     println!(
         "gatehouse-bench{}: {} gates on {} controllers",
         if r.smoke { " (smoke)" } else { "" },
@@ -525,17 +529,17 @@ fn print_text(r: &Report) {
         c.completed,
         c.other_terminal
     );
-    println!(
-        "  recovery  {} restarts ({} ms down): all gates back p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms after the controller (backoff {:.0}..{:.0} ms, poll {:.0} ms)",
-        v.restarts,
-        v.down_ms,
-        v.recovered_p50_ms,
-        v.recovered_p99_ms,
-        v.recovered_max_ms,
-        v.backoff_initial_ms,
-        v.backoff_max_ms,
-        v.poll_interval_ms
-    );
+    for v in &r.recovery {
+        println!(
+            "  recovery  {} controllers down {} ms together: all their gates back p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms after they listen again (poll {:.0} ms)",
+            v.controllers,
+            v.down_ms,
+            v.recovered_p50_ms,
+            v.recovered_p99_ms,
+            v.recovered_max_ms,
+            v.poll_interval_ms
+        );
+    }
 }
 
 #[tokio::main]
