@@ -451,12 +451,14 @@ async fn all(sizes: Sizes) -> anyhow::Result<Report> {
         if let Ok(mut v) = online.lock() {
             v.clear();
         }
+        // Each controller's own return: when its restart was sent, plus the outage.
+        let mut backs = Vec::with_capacity(group.len());
         for name in &group {
             sim.send(&format!("restart {name} {down_ms}"))?;
+            backs.push(Instant::now() + Duration::from_millis(down_ms));
         }
-        let back = Instant::now() + Duration::from_millis(down_ms);
-        let deadline = back + Duration::from_secs(60);
-        for name in &group {
+        let deadline = Instant::now() + Duration::from_millis(down_ms) + Duration::from_secs(60);
+        for (name, &back) in group.iter().zip(&backs) {
             loop {
                 let n = online
                     .lock()
