@@ -377,13 +377,17 @@ impl Profile {
             }
         }
 
-        // The status block: every status register, read at once.
-        let mut regs = vec![raw.status.register];
-        regs.extend(raw.position.map(|p| p.register));
-        regs.extend(raw.obstruction.map(|b| b.register));
-        regs.extend(raw.fault_code.map(|f| f.register));
+        // The status block: every status register, read at once. No register may carry
+        // two fields: a map that says so cannot mean it.
+        let mut fields: Vec<(&str, u16)> = vec![("status.register", raw.status.register)];
+        fields.extend(raw.position.map(|p| ("position.register", p.register)));
+        fields.extend(
+            raw.obstruction
+                .map(|b| ("obstruction.register", b.register)),
+        );
+        fields.extend(raw.fault_code.map(|f| ("fault_code.register", f.register)));
         if let Some(c) = raw.cycles {
-            regs.push(c.register);
+            fields.push(("cycles.register", c.register));
             if c.words == 2 {
                 let Some(next) = c.register.checked_add(1) else {
                     return Err(err(
@@ -391,9 +395,18 @@ impl Profile {
                         "a 2-word counter cannot start at 65535".into(),
                     ));
                 };
-                regs.push(next);
+                fields.push(("cycles.register", next));
             }
         }
+        for (i, (key, register)) in fields.iter().enumerate() {
+            if let Some((other, _)) = fields[..i].iter().find(|(_, r)| r == register) {
+                return Err(err(
+                    key,
+                    format!("register {register} is already {other}; one register, one field"),
+                ));
+            }
+        }
+        let regs: Vec<u16> = fields.iter().map(|(_, r)| *r).collect();
         let start = regs.iter().copied().min().unwrap_or(raw.status.register);
         let end = regs.iter().copied().max().unwrap_or(raw.status.register);
         let len = end - start + 1;
@@ -404,6 +417,22 @@ impl Profile {
                     "status registers span {start}..={end} ({len} registers); one read takes at most {MAX_BLOCK_LEN}"
                 ),
             ));
+        }
+        // A command written into the holding registers the status block reads would be read
+        // back as status: a map mistake, not a controller.
+        if raw.status.table == Table::Holding {
+            for (op, spec) in raw.commands.all() {
+                if let WriteSpec::Register { register, .. } = spec
+                    && (start..=end).contains(&register)
+                {
+                    return Err(err(
+                        &format!("commands.{}.register", op.as_str()),
+                        format!(
+                            "register {register} is inside the status block {start}..={end} it would be read back from"
+                        ),
+                    ));
+                }
+            }
         }
 
         Ok(Profile {
@@ -816,8 +845,52 @@ stop = { kind = "coil", coil = 3, pulse_ms = 250 }
         let e = parse_err(&BASE.replace("register = 11", "register = 135"));
         assert_eq!(e.key, "status.register", "{e}");
         assert!(e.message.contains("126"), "{e}");
-        let p = Profile::parse("t", "t", &BASE.replace("register = 11", "register = 134")).unwrap();
+        // (with the command register moved out of the now wider block)
+        let wide = BASE
+            .replace("register = 11", "register = 134")
+            .replace("register = 20", "register = 200");
+        let p = Profile::parse("t", "t", &wide).unwrap();
         assert_eq!(p.block_len, MAX_BLOCK_LEN);
+    }
+
+    /// The worked example of docs/profiles.md stays a valid profile.
+    #[test]
+    fn the_documented_example_profile_is_valid() {
+        let text = include_str!("../../docs/examples/acme-sb4.toml");
+        let p = Profile::parse("acme-sb4", "docs/examples/acme-sb4.toml", text).unwrap();
+        assert_eq!((p.block_start, p.block_len), (0, 5));
+        assert_eq!(p.write_echo, WriteEcho::Address);
+        assert!(p.capabilities().reset && p.capabilities().warning_output);
+        // Status 3, position 500 of 1000, the photo-eye bit, no fault, 7 cycles.
+        let o = p.decode(&[3, 500, 0b1000, 0, 7]).unwrap();
+        assert_eq!(o.state, HwState::Open);
+        assert_eq!(o.position, Some(50));
+        assert!(o.obstructed);
+    }
+
+    #[test]
+    fn a_register_carrying_two_fields_is_refused() {
+        // The fault code on the position's register.
+        let e = parse_err(&BASE.replace("[commands]", "[fault_code]\nregister = 11\n\n[commands]"));
+        assert_eq!(e.key, "fault_code.register", "{e}");
+        assert!(e.message.contains("position.register"), "{e}");
+    }
+
+    #[test]
+    fn a_command_register_inside_the_status_block_is_refused() {
+        let e = parse_err(&BASE.replace(
+            "open = { kind = \"register\", register = 20, value = 1 }",
+            "open = { kind = \"register\", register = 11, value = 1 }",
+        ));
+        assert_eq!(e.key, "commands.open.register", "{e}");
+        // In the input table the same address is another register.
+        let text = BASE
+            .replace(
+                "open = { kind = \"register\", register = 20, value = 1 }",
+                "open = { kind = \"register\", register = 11, value = 1 }",
+            )
+            .replace("register = 10\n", "table = \"input\"\nregister = 10\n");
+        Profile::parse("t", "t", &text).unwrap();
     }
 
     #[test]
