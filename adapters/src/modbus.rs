@@ -629,11 +629,7 @@ mod tests {
             _ => vec![(tx, registers(0x03, &[17, 0, 0, 0, 0, 0]))],
         })
         .await;
-        let gates = vec![UnitProfile {
-            unit: 1,
-            profile: profile("came-zlb30"),
-        }];
-        let mut s = session(addr, gates, timing(200, 0)).await;
+        let mut s = one_gate(addr, profile("came-zlb30"), timing(200, 0)).await;
         let obs = s.read_gate(0).await.unwrap().unwrap();
         assert_eq!(
             obs.state,
@@ -656,11 +652,7 @@ mod tests {
             _ => vec![(tx, registers(0x03, &[17, 0, 0, 0, 0, 0]))],
         })
         .await;
-        let gates = vec![UnitProfile {
-            unit: 1,
-            profile: profile("came-zlb30"),
-        }];
-        let mut s = session(addr, gates, timing(200, 0)).await;
+        let mut s = one_gate(addr, profile("came-zlb30"), timing(200, 0)).await;
         assert_eq!(
             s.write_gate(0, HwOp::Open).await,
             Ok(Err(WriteRefused::NoAnswer(Duration::from_millis(200))))
@@ -673,6 +665,11 @@ mod tests {
 
     async fn session(addr: SocketAddr, gates: Vec<UnitProfile>, t: LinkTiming) -> TcpSession {
         TcpConnector::new(addr, gates, t).open().await.unwrap()
+    }
+
+    /// A session to one gate, unit 1, on `profile`.
+    async fn one_gate(addr: SocketAddr, profile: Arc<Profile>, t: LinkTiming) -> TcpSession {
+        session(addr, vec![UnitProfile { unit: 1, profile }], t).await
     }
 
     #[tokio::test]
@@ -704,11 +701,7 @@ mod tests {
     #[tokio::test]
     async fn unsupported_ops_and_register_releases_stay_off_the_wire() {
         let (addr, seen) = scripted(|_, pdu| Some(pdu.to_vec())).await;
-        let gates = vec![UnitProfile {
-            unit: 1,
-            profile: profile("ha-cover"),
-        }];
-        let mut s = session(addr, gates, timing(500, 0)).await;
+        let mut s = one_gate(addr, profile("ha-cover"), timing(500, 0)).await;
 
         assert_eq!(
             s.write_gate(0, HwOp::Reset).await,
@@ -783,11 +776,7 @@ mod tests {
     #[tokio::test]
     async fn a_short_block_is_a_protocol_error_and_ends_the_session() {
         let (addr, seen) = scripted(|_, _| Some(registers(0x03, &[17, 0, 0]))).await;
-        let gates = vec![UnitProfile {
-            unit: 1,
-            profile: profile("came-zlb30"),
-        }];
-        let mut s = session(addr, gates, timing(500, 0)).await;
+        let mut s = one_gate(addr, profile("came-zlb30"), timing(500, 0)).await;
 
         let first = s.read_gate(0).await;
         assert!(matches!(first, Err(LinkError::Protocol(_))), "{first:?}");
@@ -823,11 +812,7 @@ mod tests {
     #[tokio::test]
     async fn by_default_an_answer_naming_the_register_written_confirms_the_write() {
         let addr = clearing_controller().await;
-        let gates = vec![UnitProfile {
-            unit: 1,
-            profile: profile("came-zlb30"),
-        }];
-        let mut s = session(addr, gates, timing(500, 0)).await;
+        let mut s = one_gate(addr, profile("came-zlb30"), timing(500, 0)).await;
         assert_eq!(
             s.write_gate(0, HwOp::Open).await,
             Ok(Ok(WriteDone {
@@ -839,11 +824,7 @@ mod tests {
     #[tokio::test]
     async fn with_an_exact_echo_another_value_refuses_that_write_and_the_session_goes_on() {
         let addr = clearing_controller().await;
-        let gates = vec![UnitProfile {
-            unit: 1,
-            profile: came_with_echo("exact"),
-        }];
-        let mut s = session(addr, gates, timing(500, 0)).await;
+        let mut s = one_gate(addr, came_with_echo("exact"), timing(500, 0)).await;
         let outcome = s.write_gate(0, HwOp::Open).await;
         assert!(
             matches!(outcome, Ok(Err(WriteRefused::NotConfirmed(_)))),
@@ -861,11 +842,7 @@ mod tests {
             _ => Some(registers(0x03, &[17, 0, 0, 0, 0, 0])),
         })
         .await;
-        let gates = vec![UnitProfile {
-            unit: 1,
-            profile: profile("came-zlb30"),
-        }];
-        let mut s = session(addr, gates, timing(500, 0)).await;
+        let mut s = one_gate(addr, profile("came-zlb30"), timing(500, 0)).await;
         let outcome = s.write_gate(0, HwOp::Open).await;
         assert!(
             matches!(outcome, Ok(Err(WriteRefused::NotConfirmed(_)))),
@@ -878,11 +855,7 @@ mod tests {
     async fn an_answer_of_another_function_is_a_protocol_error() {
         // A coil answer to a register write: a confused or foreign frame on the line.
         let (addr, _) = scripted(|_, _| Some(vec![0x05, 0, 200, 0xFF, 0])).await;
-        let gates = vec![UnitProfile {
-            unit: 1,
-            profile: profile("came-zlb30"),
-        }];
-        let mut s = session(addr, gates, timing(500, 0)).await;
+        let mut s = one_gate(addr, profile("came-zlb30"), timing(500, 0)).await;
 
         let outcome = s.write_gate(0, HwOp::Open).await;
         assert!(
@@ -894,11 +867,7 @@ mod tests {
     #[tokio::test]
     async fn silence_times_out() {
         let (addr, seen) = scripted(|_, _| None).await;
-        let gates = vec![UnitProfile {
-            unit: 1,
-            profile: profile("came-zlb30"),
-        }];
-        let mut s = session(addr, gates, timing(150, 0)).await;
+        let mut s = one_gate(addr, profile("came-zlb30"), timing(150, 0)).await;
         assert_eq!(
             s.read_gate(0).await,
             Err(LinkError::Timeout(Duration::from_millis(150)))
@@ -910,11 +879,7 @@ mod tests {
     #[tokio::test]
     async fn transactions_keep_the_inter_frame_delay() {
         let (addr, seen) = scripted(|_, _| Some(registers(0x03, &[17, 0, 0, 0, 0, 0]))).await;
-        let gates = vec![UnitProfile {
-            unit: 1,
-            profile: profile("came-zlb30"),
-        }];
-        let mut s = session(addr, gates, timing(500, 80)).await;
+        let mut s = one_gate(addr, profile("came-zlb30"), timing(500, 80)).await;
         for _ in 0..3 {
             s.read_gate(0).await.unwrap().unwrap();
         }

@@ -77,6 +77,22 @@ async fn restarted(root: &ActorRef<SupervisorMsg>, id: &str, old: &ActorCell) ->
 
 const GATES: [&str; 4] = ["n1", "n2", "n3", "s1"];
 
+/// Gives `action` to every gate at once, and requires each to complete.
+async fn command_every_gate(op: &mut WsClient, action: &str) {
+    for gate in GATES {
+        op.send(json!({"type": "command", "id": Uuid::new_v4(), "gate": gate, "action": action}))
+            .await
+            .unwrap();
+    }
+    for _ in GATES {
+        let (f, _) = op
+            .until(WAIT, |f| f["type"] == "ack" && f["status"] != "accepted")
+            .await
+            .unwrap();
+        assert_eq!(f["status"], "completed", "{f}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_hub_is_restarted_and_live_sessions_resync_without_gap_or_duplicate() {
     let logs = logs();
@@ -93,21 +109,7 @@ async fn a_killed_hub_is_restarted_and_live_sessions_resync_without_gap_or_dupli
     // bring them.
     let mut op = rig.client("op").await;
     hub.kill();
-    let commanded = |op: &'static str| {
-        GATES.map(
-            |gate| json!({"type": "command", "id": Uuid::new_v4(), "gate": gate, "action": op}),
-        )
-    };
-    for frame in commanded("lockout") {
-        op.send(frame).await.unwrap();
-    }
-    for _ in GATES {
-        let (f, _) = op
-            .until(WAIT, |f| f["type"] == "ack" && f["status"] != "accepted")
-            .await
-            .unwrap();
-        assert_eq!(f["status"], "completed", "{f}");
-    }
+    command_every_gate(&mut op, "lockout").await;
     restarted(&root, "hub", &hub).await;
     expect_every_committed_event(&rig, &mut watcher, &start, &GATES).await;
 
@@ -123,16 +125,7 @@ async fn a_killed_hub_is_restarted_and_live_sessions_resync_without_gap_or_dupli
             .unwrap();
         start.insert(gate.to_string(), view.committed);
     }
-    for frame in commanded("unlock") {
-        op.send(frame).await.unwrap();
-    }
-    for _ in GATES {
-        let (f, _) = op
-            .until(WAIT, |f| f["type"] == "ack" && f["status"] != "accepted")
-            .await
-            .unwrap();
-        assert_eq!(f["status"], "completed", "{f}");
-    }
+    command_every_gate(&mut op, "unlock").await;
     expect_every_committed_event(&rig, &mut watcher, &start, &GATES).await;
     let stats = rig.stack.app.sessions.stats();
     assert_eq!(stats.hub_restarts, 1, "{stats:?}");
