@@ -117,6 +117,9 @@ pub struct Outbox {
     owner: Option<ActorRef<SessionMsg>>,
 }
 
+/// How long a client cut off for being too slow has to read the close frame that says so.
+pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
 /// Why the writer stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WriterEnd {
@@ -358,7 +361,10 @@ impl Outbox {
 
     /// Writes the queue to `sink` until the session closes or the socket fails. A write that
     /// makes no progress for `stall` ends it with 4509.
-    pub async fn write<S>(&self, mut sink: S, stall: Duration) -> WriterEnd
+    /// `ended` is told how the writing ended as soon as that is decided: for a client too
+    /// slow to keep up, before the close frame that says so is given [`CLOSE_LINGER`] to get
+    /// through (the client sees it once it reads again).
+    pub async fn write<S>(&self, mut sink: S, stall: Duration, ended: impl FnOnce(WriterEnd))
     where
         S: Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
     {
@@ -379,7 +385,7 @@ impl Outbox {
                         sink.close().await
                     })
                     .await;
-                    return WriterEnd::Closed;
+                    return ended(WriterEnd::Closed);
                 }
                 batch.shrink_to(0);
                 self.lock().frames.shrink_to(Self::IDLE_FRAMES);
@@ -395,19 +401,23 @@ impl Outbox {
             .await;
             match written {
                 Ok(Ok(())) => {}
-                Ok(Err(_)) => return WriterEnd::Gone,
+                Ok(Err(_)) => return ended(WriterEnd::Gone),
                 Err(_) => {
                     self.close(close::TOO_SLOW, "too slow; resume with since", false);
-                    // One short attempt to say why; the peer is probably not reading.
+                    ended(WriterEnd::Stalled);
+                    // Say why, behind what the client has yet to read: it gets the close
+                    // frame if it reads again within the linger, as a stuck phone that comes
+                    // back from a tunnel does; otherwise the connection is dropped.
                     let frame = CloseFrame {
                         code: CloseCode::from(close::TOO_SLOW),
                         reason: "too slow; resume with since".into(),
                     };
-                    let _ = tokio::time::timeout(Duration::from_millis(100), async {
-                        sink.send(Message::Close(Some(frame))).await
+                    let _ = tokio::time::timeout(CLOSE_LINGER, async {
+                        sink.send(Message::Close(Some(frame))).await?;
+                        sink.flush().await
                     })
                     .await;
-                    return WriterEnd::Stalled;
+                    return;
                 }
             }
         }

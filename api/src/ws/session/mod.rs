@@ -124,8 +124,11 @@ impl Actor for Session {
             let outbox = outbox.clone();
             let me = myself.clone();
             tokio::spawn(async move {
-                let end = outbox.write(sink, stall).await;
-                let _ = me.send_message(SessionMsg::WriterDone(end));
+                outbox
+                    .write(sink, stall, |end| {
+                        let _ = me.send_message(SessionMsg::WriterDone(end));
+                    })
+                    .await;
             });
         }
         let reader = tokio::spawn(reader::read(stream, myself.clone(), args.config.clone()));
