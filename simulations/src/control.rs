@@ -11,6 +11,7 @@
 //! drop NAME                         close every connection
 //! restart NAME MS                   refuse connections for MS, coils off, gates stop
 //! stall NAME MS                     no replies for MS
+//! dropwrites NAME MS                writes swallowed (not done, not answered) for MS
 //! slow NAME DELAY_MS MS             replies late by DELAY_MS, for MS
 //! exception NAME UNIT CODE MS       UNIT answers exception CODE, for MS
 //! garbage NAME MS                   noise instead of responses, for MS
@@ -53,6 +54,7 @@ writes NAME [N]
 drop NAME
 restart NAME MS
 stall NAME MS
+dropwrites NAME MS
 slow NAME DELAY_MS MS
 exception NAME UNIT CODE MS
 garbage NAME MS
@@ -194,6 +196,12 @@ async fn run(line: &str, controllers: &[SimController]) -> Result<String, String
                 duration: millis(args[1], "MS", MAX_FAULT_DURATION)?,
             }
         }
+        "dropwrites" => {
+            arity(2, "dropwrites NAME MS")?;
+            Fault::DropWrites {
+                duration: millis(args[1], "MS", MAX_FAULT_DURATION)?,
+            }
+        }
         "slow" => {
             arity(3, "slow NAME DELAY_MS MS")?;
             Fault::Slow {
@@ -315,6 +323,9 @@ fn status(c: &SimController) -> String {
     }
     if let Some(left) = f.stall {
         faults.push(format!("stall:{}ms", left.as_millis()));
+    }
+    if let Some(left) = f.drop_writes {
+        faults.push(format!("dropwrites:{}ms", left.as_millis()));
     }
     if let Some((delay, left)) = f.slow {
         faults.push(format!(

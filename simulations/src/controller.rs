@@ -61,6 +61,9 @@ pub enum Fault {
     Restart { down: Duration },
     /// Requests are swallowed: no reply at all.
     Stall { duration: Duration },
+    /// Writes are swallowed (not carried out, not answered); reads are answered as usual:
+    /// a controller whose command path hangs while its status keeps updating.
+    DropWrites { duration: Duration },
     /// Every reply is held back by `delay`.
     Slow { delay: Duration, duration: Duration },
     /// `unit` answers every request with the exception `code`; the other units are fine.
@@ -143,6 +146,8 @@ pub struct ActiveFaults {
     /// Restarting: the listener is closed.
     pub down: bool,
     pub stall: Option<Duration>,
+    /// Writes swallowed, for this long still.
+    pub drop_writes: Option<Duration>,
     /// The delay, and the time left.
     pub slow: Option<(Duration, Duration)>,
     /// Unit, exception code and time left.
@@ -180,6 +185,7 @@ struct Slot {
 struct State {
     gates: BTreeMap<u8, Slot>,
     stall_until: Option<Instant>,
+    drop_writes_until: Option<Instant>,
     slow: Option<(Duration, Instant)>,
     exceptions: Vec<(u8, u8, Instant)>,
     writes: VecDeque<WriteRecord>,
@@ -227,6 +233,16 @@ impl Shared {
     fn handle(&self, req: &SlaveRequest<'_>, now: Instant) -> (Reply, Option<Duration>) {
         let mut st = self.lock();
         if st.stall_until.is_some_and(|t| now < t) {
+            return (Ok(None), None);
+        }
+        let write = matches!(
+            req.request,
+            Request::WriteSingleCoil(..)
+                | Request::WriteMultipleCoils(..)
+                | Request::WriteSingleRegister(..)
+                | Request::WriteMultipleRegisters(..)
+        );
+        if write && st.drop_writes_until.is_some_and(|t| now < t) {
             return (Ok(None), None);
         }
         let delay = st.slow.filter(|(_, until)| now < *until).map(|(d, _)| d);
@@ -620,6 +636,10 @@ impl SimController {
                 self.shared.lock().stall_until = Some(now + duration);
                 Ok(())
             }
+            Fault::DropWrites { duration } => {
+                self.shared.lock().drop_writes_until = Some(now + duration);
+                Ok(())
+            }
             Fault::Slow { delay, duration } => {
                 self.shared.lock().slow = Some((delay, now + duration));
                 Ok(())
@@ -660,6 +680,7 @@ impl SimController {
         let now = Instant::now();
         let mut st = self.shared.lock();
         st.stall_until = None;
+        st.drop_writes_until = None;
         st.slow = None;
         st.exceptions.clear();
         for slot in st.gates.values_mut() {
@@ -680,6 +701,7 @@ impl SimController {
         ActiveFaults {
             down: self.is_down(),
             stall: st.stall_until.and_then(left),
+            drop_writes: st.drop_writes_until.and_then(left),
             slow: st
                 .slow
                 .and_then(|(delay, until)| left(until).map(|l| (delay, l))),

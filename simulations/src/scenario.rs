@@ -93,6 +93,7 @@ enum FaultName {
     Drop,
     Restart,
     Stall,
+    DropWrites,
     Slow,
     Exception,
     Garbage,
@@ -109,6 +110,7 @@ impl FaultName {
             FaultName::Drop => "drop",
             FaultName::Restart => "restart",
             FaultName::Stall => "stall",
+            FaultName::DropWrites => "drop_writes",
             FaultName::Slow => "slow",
             FaultName::Exception => "exception",
             FaultName::Garbage => "garbage",
@@ -124,7 +126,7 @@ impl FaultName {
     fn needs(self) -> [bool; 4] {
         match self {
             FaultName::Drop | FaultName::Clear => [false, false, false, false],
-            FaultName::Restart | FaultName::Stall | FaultName::Garbage => {
+            FaultName::Restart | FaultName::Stall | FaultName::DropWrites | FaultName::Garbage => {
                 [false, false, true, false]
             }
             FaultName::Slow => [false, false, true, true],
@@ -218,6 +220,7 @@ impl StepFile {
             FaultName::Drop => StepAction::Inject(Fault::DropConnections),
             FaultName::Restart => StepAction::Inject(Fault::Restart { down: duration }),
             FaultName::Stall => StepAction::Inject(Fault::Stall { duration }),
+            FaultName::DropWrites => StepAction::Inject(Fault::DropWrites { duration }),
             FaultName::Slow => StepAction::Inject(Fault::Slow { delay, duration }),
             FaultName::Garbage => StepAction::Inject(Fault::Garbage { duration }),
             FaultName::Exception => {
