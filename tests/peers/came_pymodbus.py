@@ -11,6 +11,9 @@ config/profiles/came-zlb30.toml (0-based protocol addresses):
     104-105 operation counter, 32 bits, low word first
     200 command  (1 open, 2 close, 3 stop, 4 reset), 201 warning output
 
+With `--off-map-unit U`, unit U reports what its map does not name: status code 99 and a
+position of 150 (the map's maximum is 100).
+
 With `--clear-command` the board behaves like controllers that clear the command register
 the moment they take a command: register 200 reads 0 right after the write, and the write
 is answered with that content (0) instead of an echo of the value written.
@@ -59,10 +62,13 @@ class Gate:
         self.counter_start = counter_start
         self.motion: asyncio.Task | None = None
 
-    def initial_values(self) -> list[int]:
-        """The status block at start: closed, fully shut, the counter at its start value."""
+    def initial_values(self, off_map: bool = False) -> list[int]:
+        """The status block at start: closed, fully shut, the counter at its start value (or,
+        off the map, a status code and a position the map does not have)."""
         lo = self.counter_start & 0xFFFF
         hi = (self.counter_start >> 16) & 0xFFFF
+        if off_map:
+            return [99, 150, 0, 0, lo, hi]
         return [CLOSED, 0, 0, 0, lo, hi]
 
     async def action(
@@ -144,11 +150,16 @@ class Gate:
             registers[COUNTER_HI - base] = counter >> 16
 
 
-def device(gate: Gate) -> SimDevice:
+def device(gate: Gate, off_map: bool = False) -> SimDevice:
     return SimDevice(
         id=gate.unit,
         simdata=[
-            SimData(address=STATUS, count=1, values=gate.initial_values(), datatype=DataType.REGISTERS),
+            SimData(
+                address=STATUS,
+                count=1,
+                values=gate.initial_values(off_map),
+                datatype=DataType.REGISTERS,
+            ),
             SimData(address=COMMAND, count=1, values=[0, 0], datatype=DataType.REGISTERS),
         ],
         action=functools.partial(Gate.action, gate),
@@ -180,6 +191,12 @@ async def main() -> int:
     parser.add_argument("--travel-ms", type=int, default=300)
     parser.add_argument("--counter-start", type=int, default=0)
     parser.add_argument(
+        "--off-map-unit",
+        type=int,
+        default=None,
+        help="this unit reports status 99 and position 150, which the map does not have",
+    )
+    parser.add_argument(
         "--clear-command",
         action="store_true",
         help="clear the command register on write and answer with its content",
@@ -190,7 +207,7 @@ async def main() -> int:
     gates = [
         Gate(u, args.travel_ms / 1000.0, args.counter_start, args.clear_command) for u in units
     ]
-    devices = [device(g) for g in gates]
+    devices = [device(g, g.unit == args.off_map_unit) for g in gates]
 
     server = asyncio.create_task(StartAsyncTcpServer(devices, address=(args.host, args.port)))
     await wait_listening(args.host, args.port, server)

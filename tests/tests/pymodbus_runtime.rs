@@ -320,3 +320,43 @@ async fn a_board_that_clears_its_command_register_is_driven_through_its_profile(
     assert_eq!(connects(), before, "the link never dropped");
     runtime.shutdown(Duration::from_secs(5)).await;
 }
+
+/// A unit that reports values its map does not have (status code 99, position 150 of 100) is
+/// that gate's business: it reads `unknown` at 100 %, and its neighbour and the link carry on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unit_reporting_values_off_its_map_is_unknown_and_its_neighbour_carries_on() {
+    let port = free_port();
+    let mut peer = Peer::start_with(port, &["--off-map-unit", "2"]).await;
+    let profiles = ProfileSet::builtin().unwrap();
+    let file = FleetFile::parse("pymodbus", &fleet(port), &profiles).unwrap();
+    let runtime = Runtime::start_on(LocalBus::default(), file.controller_specs(&profiles))
+        .await
+        .unwrap();
+    let (one, two) = (
+        GateId::new("barrier-1").unwrap(),
+        GateId::new("barrier-2").unwrap(),
+    );
+    wait_state(&runtime, &one, GateState::Closed).await;
+    wait_state(&runtime, &two, GateState::Unknown).await;
+    let odd = runtime.fleet.view(&two).await.unwrap().snapshot;
+    assert_eq!(
+        odd.position,
+        Some(100),
+        "a position beyond the map's maximum is clamped"
+    );
+
+    // The neighbour is driven as usual on the same link.
+    let (_, mut acks) = command(&runtime, &one, Action::Open);
+    assert_eq!(peer.line().await, "WRITE unit=1 register=200 value=1");
+    assert_eq!(ack(&mut acks).await, CommandStatus::Accepted);
+    assert_eq!(ack(&mut acks).await, CommandStatus::Completed);
+    let connects: u64 = runtime
+        .fleet
+        .context()
+        .link_stats()
+        .iter()
+        .map(|(_, s)| s.connects.load(std::sync::atomic::Ordering::Relaxed))
+        .sum();
+    assert_eq!(connects, 1, "the link never dropped");
+    runtime.shutdown(Duration::from_secs(5)).await;
+}
