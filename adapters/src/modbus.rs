@@ -36,6 +36,10 @@ pub const UNSUPPORTED_OP: UnitException = UnitException(1);
 /// wiring bug in the caller, but it must not take the link (and the other gates) down.
 pub const NO_SUCH_GATE: UnitException = UnitException(0x0B);
 
+/// The exception a gate is given for an answer its profile cannot decode: 4, server device
+/// failure, which is what it amounts to; the unit is not the link.
+pub const UNDECODABLE: UnitException = UnitException(4);
+
 /// How long a TCP connect may take when nothing overrides it. Profiles carry no connect
 /// timeout because it is a property of the network, not of the controller model.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -272,10 +276,19 @@ impl TcpSession {
         };
         match profile.decode(&words) {
             Ok(observation) => Ok(Ok(observation)),
-            Err(reason) => Err(self.fail(LinkError::Protocol(format!(
-                "unit {} registers {start}+{len}: {reason}",
-                binding.unit
-            )))),
+            // A well-framed answer for this unit that its map cannot mean (another number of
+            // registers than asked for) is that unit's failure, not the link's: the gate goes
+            // offline with exception 4 (server device failure) and its neighbours carry on.
+            Err(reason) => {
+                tracing::warn!(
+                    unit = binding.unit,
+                    start,
+                    len,
+                    %reason,
+                    "a unit's answer does not fit its profile"
+                );
+                Ok(Err(UNDECODABLE))
+            }
         }
     }
 
@@ -774,19 +787,30 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_short_block_is_a_protocol_error_and_ends_the_session() {
-        let (addr, seen) = scripted(|_, _| Some(registers(0x03, &[17, 0, 0]))).await;
-        let mut s = one_gate(addr, profile("came-zlb30"), timing(500, 0)).await;
-
-        let first = s.read_gate(0).await;
-        assert!(matches!(first, Err(LinkError::Protocol(_))), "{first:?}");
-        // The broken session answers with the same error and sends nothing more.
-        assert_eq!(s.read_gate(0).await, first);
+    async fn a_short_block_is_that_units_failure_and_the_session_goes_on() {
+        // Unit 2 answers three registers where its map has six; unit 1 answers in full.
+        let (addr, _) = scripted(|unit, _| match unit {
+            2 => Some(registers(0x03, &[17, 0, 0])),
+            _ => Some(registers(0x03, &[17, 0, 0, 0, 0, 0])),
+        })
+        .await;
+        let came = profile("came-zlb30");
+        let gates = vec![
+            UnitProfile {
+                unit: 1,
+                profile: came.clone(),
+            },
+            UnitProfile {
+                unit: 2,
+                profile: came,
+            },
+        ];
+        let mut s = session(addr, gates, timing(500, 0)).await;
+        assert_eq!(s.read_gate(1).await, Ok(Err(UNDECODABLE)));
         assert_eq!(
-            s.write_gate(0, HwOp::Stop).await.map(|_| ()),
-            first.map(|_| ())
+            s.read_gate(0).await.unwrap().unwrap().state,
+            HwState::Closed
         );
-        assert_eq!(seen.lock().unwrap().len(), 1);
     }
 
     /// The CAME profile with `write_echo` set as given.
@@ -854,7 +878,7 @@ mod tests {
     #[tokio::test]
     async fn an_answer_of_another_function_is_a_protocol_error() {
         // A coil answer to a register write: a confused or foreign frame on the line.
-        let (addr, _) = scripted(|_, _| Some(vec![0x05, 0, 200, 0xFF, 0])).await;
+        let (addr, seen) = scripted(|_, _| Some(vec![0x05, 0, 200, 0xFF, 0])).await;
         let mut s = one_gate(addr, profile("came-zlb30"), timing(500, 0)).await;
 
         let outcome = s.write_gate(0, HwOp::Open).await;
@@ -862,6 +886,10 @@ mod tests {
             matches!(outcome, Err(LinkError::Protocol(_))),
             "{outcome:?}"
         );
+        // The broken session answers with the same error and sends nothing more.
+        let again = s.read_gate(0).await;
+        assert_eq!(again.map(|_| ()), outcome.map(|_| ()));
+        assert_eq!(seen.lock().unwrap().len(), 1);
     }
 
     #[tokio::test]
