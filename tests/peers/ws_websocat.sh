@@ -18,9 +18,13 @@ base="" user="" password="" gate=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --base) base="${2%/}"; shift 2 ;;
+    --base=*) base="${1#--base=}"; base="${base%/}"; shift ;;
     --user) user="$2"; shift 2 ;;
+    --user=*) user="${1#--user=}"; shift ;;
     --password) password="$2"; shift 2 ;;
+    --password=*) password="${1#--password=}"; shift ;;
     --gate) gate="$2"; shift 2 ;;
+    --gate=*) gate="${1#--gate=}"; shift ;;
     *) echo "ws_websocat: unknown argument $1" >&2; exit 2 ;;
   esac
 done

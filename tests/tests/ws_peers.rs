@@ -290,20 +290,15 @@ impl Demo {
         }
     }
 
-    /// The flags both peer scripts take.
+    /// The flags both peer scripts take, each as `--flag=value`: the demo's password is
+    /// random base64url and may start with `-`, which a parser would take for a flag.
     fn peer_args(&self) -> Vec<String> {
-        [
-            "--base",
-            &self.base,
-            "--user",
-            &self.user,
-            "--password",
-            &self.password,
-            "--gate",
-            GATE,
+        vec![
+            format!("--base={}", self.base),
+            format!("--user={}", self.user),
+            format!("--password={}", self.password),
+            format!("--gate={GATE}"),
         ]
-        .map(String::from)
-        .to_vec()
     }
 }
 
