@@ -148,6 +148,10 @@ struct CommandFigures {
     accepted_p50_ms: f64,
     accepted_p99_ms: f64,
     accepted_max_ms: f64,
+    /// From the command to the gate's first `opening` event on the bus (read after write).
+    first_motion_p50_ms: f64,
+    first_motion_p99_ms: f64,
+    first_motion_max_ms: f64,
 }
 
 #[derive(Serialize)]
@@ -327,14 +331,27 @@ async fn all(sizes: Sizes) -> anyhow::Result<Report> {
     let runtime = Runtime::start_on(bus, fleet.controller_specs(&profiles)).await?;
     let online: Online = Arc::default();
     let sink = online.clone();
+    // Commands waiting for their gate's first motion event, and how long that took.
+    let awaiting_motion: Arc<Mutex<HashMap<GateId, Instant>>> = Arc::default();
+    let motion = Arc::new(Histogram::default());
+    let (awaiting, moved) = (awaiting_motion.clone(), motion.clone());
     let collector = tokio::spawn(async move {
         while let Ok(ev) = events.recv().await {
-            if let EventKind::StateChanged {
-                from: GateState::Offline,
-            } = ev.kind
-                && let Ok(mut v) = sink.lock()
-            {
-                v.push((ev.controller.to_string(), Instant::now()));
+            match ev.kind {
+                EventKind::StateChanged {
+                    from: GateState::Offline,
+                } => {
+                    if let Ok(mut v) = sink.lock() {
+                        v.push((ev.controller.to_string(), Instant::now()));
+                    }
+                }
+                EventKind::StateChanged { .. } if ev.snapshot.state == GateState::Opening => {
+                    let sent = awaiting.lock().ok().and_then(|mut a| a.remove(&ev.gate));
+                    if let Some(sent) = sent {
+                        moved.record(sent.elapsed());
+                    }
+                }
+                _ => {}
             }
         }
     });
@@ -396,6 +413,9 @@ async fn all(sizes: Sizes) -> anyhow::Result<Report> {
         tokio::time::sleep_until(due.into()).await;
         let (lat, cnt) = (latency.clone(), counts.clone());
         let sent = Instant::now();
+        if let Ok(mut a) = awaiting_motion.lock() {
+            a.insert(gate.clone(), sent);
+        }
         let sink: AckSink = Arc::new(move |_: &GateId, ack| {
             let key = match ack.status {
                 CommandStatus::Accepted => {
@@ -438,6 +458,9 @@ async fn all(sizes: Sizes) -> anyhow::Result<Report> {
         accepted_p50_ms: ms(latency.quantile(0.5)),
         accepted_p99_ms: ms(latency.quantile(0.99)),
         accepted_max_ms: ms(latency.max()),
+        first_motion_p50_ms: ms(motion.quantile(0.5)),
+        first_motion_p99_ms: ms(motion.quantile(0.99)),
+        first_motion_max_ms: ms(motion.max()),
     };
 
     // ---- recovery phase: controllers restart together, for each outage length ----
@@ -530,6 +553,10 @@ fn print_text(r: &Report) {
         c.accepted_max_ms,
         c.completed,
         c.other_terminal
+    );
+    println!(
+        "            first motion reported (opening event) p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+        c.first_motion_p50_ms, c.first_motion_p99_ms, c.first_motion_max_ms
     );
     for v in &r.recovery {
         println!(
