@@ -52,10 +52,6 @@ impl<S> LateReplies<S> {
         }
     }
 
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
     /// Late replies dropped so far.
     pub fn dropped(&self) -> u64 {
         self.dropped

@@ -121,12 +121,7 @@ impl FleetFile {
     /// The fleet's rules are `fleet_config::validate`'s, the same as REST's; this only names
     /// the entry the way a file does (`gate[3].unit`).
     fn validate(&self, profiles: &ProfileSet) -> Result<(), (String, String)> {
-        fleet_config::validate(&self.to_records(), profiles).map_err(|e| {
-            (
-                format!("{}[{}].{}", e.kind.as_str(), e.index, e.field),
-                e.message,
-            )
-        })
+        fleet_config::validate(&self.to_records(), profiles).map_err(file_key)
     }
 
     /// The controller subtrees to start, with Modbus TCP connectors from the profiles.
@@ -227,18 +222,27 @@ impl FleetFile {
         records: &FleetRecords,
         profiles: &ProfileSet,
     ) -> Result<(), FleetFileError> {
-        Self::from_records(records)
-            .validate(profiles)
-            .map_err(|(key, message)| FleetFileError {
+        fleet_config::validate(records, profiles).map_err(|e| {
+            let (key, message) = file_key(e);
+            FleetFileError {
                 file: source.to_string(),
                 key,
                 message,
-            })
+            }
+        })
     }
 
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_default()
     }
+}
+
+/// A broken rule, named the way a file names its entries (`gate[3].unit`), with its message.
+fn file_key(e: ConfigError) -> (String, String) {
+    (
+        format!("{}[{}].{}", e.kind.as_str(), e.index, e.field),
+        e.message,
+    )
 }
 
 /// Builds controller subtrees for the fleet from the known profiles: the runtime's

@@ -146,6 +146,17 @@ fn command(
     (id, rx)
 }
 
+/// How many times the runtime's links have connected.
+fn connects(runtime: &Runtime) -> u64 {
+    runtime
+        .fleet
+        .context()
+        .link_stats()
+        .iter()
+        .map(|(_, s)| s.connects.load(std::sync::atomic::Ordering::Relaxed))
+        .sum()
+}
+
 async fn ack(rx: &mut mpsc::UnboundedReceiver<Ack>) -> CommandStatus {
     timeout(Duration::from_secs(20), rx.recv())
         .await
@@ -294,16 +305,7 @@ async fn a_board_that_clears_its_command_register_is_driven_through_its_profile(
         .await
         .unwrap();
     wait_state(&runtime, &one, GateState::Closed).await;
-    let connects = || {
-        runtime
-            .fleet
-            .context()
-            .link_stats()
-            .iter()
-            .map(|(_, s)| s.connects.load(std::sync::atomic::Ordering::Relaxed))
-            .sum::<u64>()
-    };
-    let before = connects();
+    let before = connects(&runtime);
     let (_, mut acks) = command(&runtime, &one, Action::Open);
     assert_eq!(peer.line().await, "WRITE unit=1 register=200 value=1");
     assert_eq!(
@@ -317,7 +319,7 @@ async fn a_board_that_clears_its_command_register_is_driven_through_its_profile(
         GateState::Closed,
         "the neighbour stays online"
     );
-    assert_eq!(connects(), before, "the link never dropped");
+    assert_eq!(connects(&runtime), before, "the link never dropped");
     runtime.shutdown(Duration::from_secs(5)).await;
 }
 
@@ -350,13 +352,6 @@ async fn a_unit_reporting_values_off_its_map_is_unknown_and_its_neighbour_carrie
     assert_eq!(peer.line().await, "WRITE unit=1 register=200 value=1");
     assert_eq!(ack(&mut acks).await, CommandStatus::Accepted);
     assert_eq!(ack(&mut acks).await, CommandStatus::Completed);
-    let connects: u64 = runtime
-        .fleet
-        .context()
-        .link_stats()
-        .iter()
-        .map(|(_, s)| s.connects.load(std::sync::atomic::Ordering::Relaxed))
-        .sum();
-    assert_eq!(connects, 1, "the link never dropped");
+    assert_eq!(connects(&runtime), 1, "the link never dropped");
     runtime.shutdown(Duration::from_secs(5)).await;
 }

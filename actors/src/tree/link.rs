@@ -83,8 +83,6 @@ pub struct LinkStats {
     pub poll_jitter: Histogram,
     pub polls: std::sync::atomic::AtomicU64,
     pub connects: std::sync::atomic::AtomicU64,
-    /// Connection attempts that failed.
-    pub connect_failures: std::sync::atomic::AtomicU64,
 }
 
 pub enum LinkMsg {
@@ -309,11 +307,6 @@ impl Actor for LinkActor {
                             state.unreachable.get_or_insert((Instant::now(), 0));
                         *failures += 1;
                         let (since, failures) = (*since, *failures);
-                        state
-                            .args
-                            .stats
-                            .connect_failures
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         let delay =
                             reconnect_delay(kind, since.elapsed(), failures, rand::random());
                         if failures == 1 {

@@ -27,7 +27,6 @@ use gatehouse_actors::supervision::{ChildSpec, Current, SupervisorMsg};
 use gatehouse_actors::tree::bus::LocalBus;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use ractor::ActorRef;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
@@ -140,11 +139,6 @@ impl Sessions {
             next: Arc::default(),
         };
         (sessions, tree)
-    }
-
-    /// The session supervisor's running instance.
-    pub fn supervisor(&self) -> Option<ActorRef<SupervisorMsg>> {
-        self.supervisor.get()
     }
 
     pub fn stats(&self) -> SessionStats {
