@@ -12,4 +12,5 @@ pub mod ports;
 pub mod stats;
 pub mod store;
 pub mod supervision;
+pub mod telemetry;
 pub mod tree;

@@ -305,6 +305,9 @@ pub enum SupervisorMsg {
     /// Stops a child and forgets it. Answers whether it existed.
     StopChild(String, RpcReplyPort<bool>),
     Children(RpcReplyPort<Vec<ChildInfo>>),
+    /// Every child with its running instance, if any (for walking the tree in one call per
+    /// supervisor).
+    ChildCells(RpcReplyPort<Vec<(ChildInfo, Option<ActorCell>)>>),
     /// The running instance of a child, by id.
     Child(String, RpcReplyPort<Option<ActorCell>>),
     /// Internal: a backoff ran out; restart these children if they are still waiting.
@@ -333,6 +336,9 @@ struct Child {
     last_failure: Option<(String, Instant)>,
     /// Bumped at every stop so that stale `RestartDue` messages are ignored.
     generation: u64,
+    /// Counts the running instance in `gatehouse_actors{kind}`; dropped with it, or with the
+    /// supervisor's state (its children die with it).
+    alive: Option<crate::telemetry::Alive>,
 }
 
 impl Child {
@@ -345,6 +351,7 @@ impl Child {
             restarts: 0,
             last_failure: None,
             generation: 0,
+            alive: None,
         }
     }
 }
@@ -404,6 +411,9 @@ impl Children {
         if let Some(cell) = &cell {
             self.by_actor.insert(cell.get_id(), key);
         }
+        child.alive = cell
+            .as_ref()
+            .map(|_| crate::telemetry::Alive::new(crate::telemetry::kind_of(&child.spec.id)));
         child.cell = cell;
     }
 
@@ -533,6 +543,8 @@ impl SupervisorState {
             self.stop_all("escalation").await;
             return Err(why.into());
         }
+
+        crate::telemetry::restarted(crate::telemetry::kind_of(&id), failed, &reason);
 
         let group: Vec<Key> = match self.spec.strategy {
             Strategy::OneForOne => vec![key],
@@ -702,6 +714,10 @@ impl Actor for Supervisor {
             }
             SupervisorMsg::Children(reply) => {
                 let _ = reply.send(state.info());
+            }
+            SupervisorMsg::ChildCells(reply) => {
+                let cells = state.children.by_order.values().map(|c| c.cell.clone());
+                let _ = reply.send(state.info().into_iter().zip(cells).collect());
             }
             SupervisorMsg::Child(id, reply) => {
                 let cell = state

@@ -18,6 +18,7 @@ use gatehouse_actors::ports::{
     BoxFuture, ConnectFailure, LinkConnector, LinkError, LinkSession, UnitException, UnitResult,
     WriteDone, WriteRefused,
 };
+use gatehouse_actors::telemetry::{self, Op};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_modbus::client::{Client, Context};
@@ -418,6 +419,9 @@ impl TcpSession {
         request: Request<'static>,
         again: bool,
     ) -> Result<Answer, LinkError> {
+        // Reads are the requests asked again; writes never are.
+        let op = if again { Op::Read } else { Op::Write };
+        let instruments = telemetry::get();
         loop {
             if let Some(broken) = &self.broken {
                 return Err(broken.clone());
@@ -429,9 +433,16 @@ impl TcpSession {
             }
             self.context.set_slave(Slave(unit));
             let limit = self.timing.request_timeout;
+            let started = Instant::now();
             let outcome = tokio::time::timeout(limit, self.context.call(request.clone())).await;
             self.last_end = Some(Instant::now());
+            if let Some(i) = instruments {
+                i.transaction(op, started.elapsed());
+            }
             let Ok(outcome) = outcome else {
+                if let Some(i) = instruments {
+                    i.timeout(op);
+                }
                 self.timeouts += 1;
                 if self.timeouts >= self.timing.timeouts_before_down.max(1) {
                     return Err(self.fail(LinkError::Timeout(limit)));
@@ -442,6 +453,9 @@ impl TcpSession {
                     "no answer; a lost reply so far"
                 );
                 if again {
+                    if let Some(i) = instruments {
+                        i.retries.increment(1);
+                    }
                     continue;
                 }
                 return Ok(Answer::None(limit));
@@ -451,6 +465,7 @@ impl TcpSession {
                 Err(e) => Err(self.fail(transport_error(e))),
                 Ok(Err(code)) => {
                     tracing::debug!(unit, code = u8::from(code), "modbus exception");
+                    telemetry::exception(u8::from(code));
                     Ok(Answer::Exception(UnitException(u8::from(code))))
                 }
                 Ok(Ok(response)) => Ok(Answer::Response(response)),

@@ -28,6 +28,8 @@ pub struct App {
     pub sessions: crate::ws::Sessions,
     /// Login and command rate limits, shared by REST and the WebSocket sessions.
     pub limits: Arc<crate::ratelimit::RateLimits>,
+    /// The root supervisor, for the live tree (`GET /api/v1/system/actors`).
+    pub root: Option<ractor::ActorRef<gatehouse_actors::supervision::SupervisorMsg>>,
 }
 
 impl App {

@@ -24,10 +24,12 @@ pub mod app;
 pub mod auth;
 pub mod changes;
 pub mod commands;
+pub mod console;
 mod cors;
 pub mod error;
 pub mod health;
 pub mod json;
+pub mod metrics;
 pub mod openapi;
 pub mod policy;
 pub mod principal;
@@ -54,14 +56,19 @@ pub struct ApiState {
     pub readiness: Arc<dyn Readiness>,
     /// The application endpoints; without it only the probes and the document are served.
     pub app: Option<app::App>,
+    /// The operator console's files (embedded unless a directory is configured).
+    pub console: console::ConsoleFiles,
+    /// `/metrics`; without it the endpoint answers 404 (metrics turned off).
+    pub metrics: Option<metrics::MetricsExport>,
 }
 
 /// The API's complete route table: the one list of endpoint modules.
 pub fn route_table(state: &ApiState) -> Result<RouteTable, RouteError> {
     let mut routes = Vec::new();
     routes.extend(health::routes(state.readiness.clone()));
+    routes.extend(metrics::routes(state.metrics.clone(), state.app.clone()));
     if let Some(app) = &state.app {
         routes.extend(v1::routes(app));
     }
-    RouteTable::new(routes)
+    RouteTable::new(routes)?.with_pages(console::filter(state.console.clone()), console::TEMPLATES)
 }

@@ -231,6 +231,8 @@ fn matcher(
 /// The checked routes, their OpenAPI document, and the filter serving them.
 pub struct RouteTable {
     routes: Vec<Route>,
+    /// Pages outside the document (the console), tried after the routes.
+    pages: Vec<BoxedFilter<(Response,)>>,
     index: Arc<RouteIndex>,
     document: utoipa::openapi::OpenApi,
 }
@@ -289,6 +291,13 @@ impl RouteTable {
                     Some((template.clone(), route.methods.clone()))
                 })
                 .collect(),
+            labels: routes
+                .iter()
+                .filter_map(|route| {
+                    let template = route.template.as_ref().ok()?;
+                    Some((template.clone(), Arc::from(route.path.as_str())))
+                })
+                .collect(),
         });
         let document = crate::openapi::document(&routes);
         let serialized = document.to_json()?;
@@ -296,9 +305,32 @@ impl RouteTable {
         let _ = document_slot.set(serialized.into_bytes());
         Ok(RouteTable {
             routes,
+            pages: Vec::new(),
             index,
             document,
         })
+    }
+
+    /// Adds pages that are not part of the API and not in its document (the console): a
+    /// filter that answers or rejects as not found, and the path templates it answers, for
+    /// the HTTP metrics' route label.
+    pub fn with_pages(
+        mut self,
+        filter: BoxedFilter<(Response,)>,
+        templates: &[&str],
+    ) -> Result<RouteTable, RouteError> {
+        let mut labels = Vec::new();
+        for raw in templates {
+            let template = PathTemplate::parse(raw).map_err(|reason| RouteError::InvalidPath {
+                path: raw.to_string(),
+                reason,
+            })?;
+            labels.push((Arc::new(template), Arc::from(*raw)));
+        }
+        let index = Arc::make_mut(&mut self.index);
+        index.labels.extend(labels);
+        self.pages.push(filter);
+        Ok(self)
     }
 
     /// Every (method, path template) the table serves, sorted. The parity test compares this
@@ -339,6 +371,7 @@ impl RouteTable {
             .routes
             .iter()
             .map(|route| route.filter.clone())
+            .chain(self.pages.iter().cloned())
             .reduce(|first, second| first.or(second).unify().boxed())
             .unwrap_or_else(|| {
                 warp::any()
@@ -374,11 +407,23 @@ impl RouteTable {
 }
 
 /// Which methods exist at which template: for `Allow` and CORS preflights.
+#[derive(Clone)]
 pub(crate) struct RouteIndex {
     entries: Vec<(Arc<PathTemplate>, Arc<[Method]>)>,
+    /// Every template served (routes and pages) with its spelling, for metric labels.
+    labels: Vec<(Arc<PathTemplate>, Arc<str>)>,
 }
 
 impl RouteIndex {
+    /// The template that `path` matched (`/api/v1/gates/{gate}`), never the raw path: label
+    /// values stay a closed set whatever clients send.
+    pub(crate) fn template_of(&self, path: &str) -> Option<Arc<str>> {
+        self.labels
+            .iter()
+            .find(|(template, _)| template.matches(path))
+            .map(|(_, label)| label.clone())
+    }
+
     pub(crate) fn allowed_methods(&self, path: &str) -> Option<Vec<Method>> {
         let methods: BTreeSet<&str> = self
             .entries

@@ -365,6 +365,13 @@ where
                 .map(|_| too_large(shared.max_body_bytes).to_response(&request_id))
         });
 
+        // Labelled by the route's template, never the raw path, so that the series stay a
+        // closed set whatever clients send.
+        let route = shared
+            .index
+            .template_of(request.uri().path())
+            .map_or_else(|| "unmatched".to_string(), |t| t.to_string());
+        let method = method_label(request.method());
         let (mut parts, body) = request.into_parts();
         parts.extensions.insert(request_id.clone());
         parts.extensions.insert(ClientIp(client));
@@ -384,7 +391,24 @@ where
                 };
                 finish(&mut response, &request_id, &shared.cors, origin.as_ref());
                 let status = response.status();
-                let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+                let elapsed = started.elapsed();
+                if gatehouse_actors::telemetry::get().is_some() {
+                    use gatehouse_actors::telemetry::names;
+                    metrics::counter!(
+                        names::HTTP_REQUESTS,
+                        "route" => route.clone(),
+                        "method" => method,
+                        "status" => status.as_str().to_owned(),
+                    )
+                    .increment(1);
+                    metrics::histogram!(
+                        names::HTTP_REQUEST_DURATION,
+                        "route" => route,
+                        "method" => method,
+                    )
+                    .record(elapsed.as_secs_f64());
+                }
+                let elapsed_ms = elapsed.as_secs_f64() * 1000.0;
                 if status.is_server_error() {
                     tracing::warn!(status = status.as_u16(), elapsed_ms, "answered");
                 } else {
@@ -394,6 +418,21 @@ where
             }
             .instrument(span),
         )
+    }
+}
+
+/// The method as a label: the standard ones by name, anything else as `other`.
+fn method_label(method: &warp::http::Method) -> &'static str {
+    use warp::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
     }
 }
 

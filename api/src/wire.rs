@@ -14,14 +14,7 @@ use serde_json::{Map, Value, json};
 
 /// A command status as `(status, reason)`; the reason only for the last three statuses.
 pub fn status(status: CommandStatus) -> (&'static str, Option<&'static str>) {
-    match status {
-        CommandStatus::Accepted => ("accepted", None),
-        CommandStatus::Completed => ("completed", None),
-        CommandStatus::Rejected(r) => ("rejected", Some(r.as_str())),
-        CommandStatus::Failed(r) => ("failed", Some(r.as_str())),
-        // The controller never confirmed the write: whether it moved is unknown.
-        CommandStatus::TimedOut => ("timed_out", Some("write_unconfirmed")),
-    }
+    status.wire()
 }
 
 /// `command id`, `local` or `system`.

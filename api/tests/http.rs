@@ -504,6 +504,8 @@ async fn health_and_readiness() {
     let state = ApiState {
         readiness: Arc::new(Flag(ready.clone())),
         app: None,
+        metrics: None,
+        console: Default::default(),
     };
     let table = route_table(&state).expect("the production table is valid");
     let mut server = TestServer::start(ApiConfig::default(), table).await;

@@ -21,6 +21,8 @@ fn production_table() -> RouteTable {
         // The application routes need a fleet and a store; their parity is checked where
         // those exist (tests/tests/rest_api.rs).
         app: None,
+        metrics: None,
+        console: Default::default(),
     };
     route_table(&state).expect("the production table is valid")
 }

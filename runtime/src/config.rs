@@ -32,6 +32,30 @@ pub struct Config {
     pub websocket: WebSocketConfig,
     #[serde(default)]
     pub auth: AuthConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// Prometheus metrics at `/metrics` (`docs/metrics.md`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// `false`: no recorder is installed, every instrument is a no-op, `/metrics` is 404.
+    pub enabled: bool,
+    /// A bearer token that `/metrics` then requires.
+    pub token: Option<String>,
+    /// Per-controller series (`gatehouse_link_up`) only up to this many controllers.
+    pub per_controller_limit: usize,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            token: None,
+            per_controller_limit: 256,
+        }
+    }
 }
 
 /// Authentication settings.
@@ -57,6 +81,10 @@ pub struct HttpConfig {
     /// Reverse proxies whose `X-Forwarded-For` is believed (rate limits, audit).
     #[serde(default)]
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Serve the operator console's files from this directory instead of the copy built in
+    /// (for working on the page). Relative paths are relative to the working directory.
+    #[serde(default)]
+    pub console_dir: Option<PathBuf>,
 }
 
 fn default_listen() -> std::net::SocketAddr {
@@ -69,6 +97,7 @@ impl Default for HttpConfig {
             listen: default_listen(),
             cors_origins: Vec::new(),
             trusted_proxies: Vec::new(),
+            console_dir: None,
         }
     }
 }
@@ -382,6 +411,20 @@ impl Config {
             return Err(err(
                 "http.listen",
                 "is a well-known service port (PostgreSQL, MySQL, Redis, ...); pick another",
+            ));
+        }
+        if let Some(token) = &self.metrics.token
+            && (token.len() < 16 || !token.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Err(err(
+                "metrics.token",
+                "must be at least 16 printable characters without spaces",
+            ));
+        }
+        if !(1..=100_000).contains(&self.metrics.per_controller_limit) {
+            return Err(err(
+                "metrics.per_controller_limit",
+                "must be between 1 and 100000",
             ));
         }
         if !(100..=300_000).contains(&self.shutdown.timeout_ms) {

@@ -179,6 +179,7 @@ fn fleet_toml(ports: &[u16]) -> String {
 /// Runs the demo until Ctrl-C (or `run_for`).
 pub async fn run(config: Config, options: DemoOptions) -> anyhow::Result<()> {
     let mut signals = crate::ShutdownSignal::listen();
+    let metrics = crate::metrics::install(&config.metrics)?;
     let profiles = load_profiles(&config)?;
     std::fs::create_dir_all(&config.data.dir)
         .with_context(|| format!("creating the data directory {}", config.data.dir.display()))?;
@@ -208,7 +209,7 @@ pub async fn run(config: Config, options: DemoOptions) -> anyhow::Result<()> {
     let password = demo_login(&store, &passwords).await?;
     let app = http::app(&config, &runtime, store, passwords, sessions, changes)?;
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    let (api_addr, server) = http::start(&config, &runtime, app, true, async {
+    let (api_addr, server) = http::start(&config, &runtime, app, metrics.as_ref(), true, async {
         let _ = http_stopped.await;
     })
     .await?;

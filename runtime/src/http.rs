@@ -63,6 +63,7 @@ pub fn app(
         changes,
         sessions,
         limits: Default::default(),
+        root: Some(runtime.root().clone()),
     })
 }
 
@@ -72,6 +73,7 @@ pub async fn start(
     config: &Config,
     runtime: &Runtime,
     app: App,
+    metrics: Option<&crate::metrics::Metrics>,
     fallback: bool,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<(SocketAddr, JoinHandle<()>)> {
@@ -94,6 +96,10 @@ pub async fn start(
                 .map(|l| l.stats().clone()),
         }),
         app: Some(app),
+        metrics: metrics.map(|m| m.export(&runtime.fleet)),
+        console: gatehouse_api::console::ConsoleFiles {
+            dir: config.http.console_dir.clone(),
+        },
     };
     let table = gatehouse_api::route_table(&state).context("building the routes")?;
     let api = ApiConfig {

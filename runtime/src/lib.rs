@@ -8,6 +8,7 @@ pub mod demo;
 pub mod fleet_file;
 pub mod http;
 pub mod logging;
+pub mod metrics;
 pub mod users;
 pub mod watch;
 
@@ -138,6 +139,7 @@ pub fn load_profiles(config: &Config) -> anyhow::Result<ProfileSet> {
 /// until SIGINT/SIGTERM.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let signals = ShutdownSignal::listen();
+    let metrics = metrics::install(&config.metrics)?;
     let profiles = load_profiles(&config)?;
     let seed = match &config.fleet.file {
         Some(path) => Some(FleetFile::load(path, &profiles)?),
@@ -163,7 +165,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let passwords = gatehouse_api::auth::password::Passwords::owasp()?;
     let app = http::app(&config, &runtime, store, passwords, sessions, changes)?;
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    let (addr, server) = http::start(&config, &runtime, app, false, async {
+    let (addr, server) = http::start(&config, &runtime, app, metrics.as_ref(), false, async {
         let _ = http_stopped.await;
     })
     .await?;

@@ -111,11 +111,14 @@ impl Stack {
             changes,
             sessions,
             limits: Default::default(),
+            root: Some(runtime.root().clone()),
         };
         let readiness: Arc<dyn Readiness> = Arc::new(Vec::<Check>::new);
         let state = ApiState {
             readiness,
             app: Some(app.clone()),
+            metrics: None,
+            console: Default::default(),
         };
         let table = gatehouse_api::route_table(&state)?;
         let routes = table

@@ -201,6 +201,18 @@ impl CommandStatus {
     pub fn is_terminal(self) -> bool {
         !matches!(self, CommandStatus::Accepted)
     }
+
+    /// The wire spelling `(status, reason)`; a reason only for the last three statuses.
+    pub fn wire(self) -> (&'static str, Option<&'static str>) {
+        match self {
+            CommandStatus::Accepted => ("accepted", None),
+            CommandStatus::Completed => ("completed", None),
+            CommandStatus::Rejected(r) => ("rejected", Some(r.as_str())),
+            CommandStatus::Failed(r) => ("failed", Some(r.as_str())),
+            // The controller never confirmed the write: whether it moved is unknown.
+            CommandStatus::TimedOut => ("timed_out", Some("write_unconfirmed")),
+        }
+    }
 }
 
 /// The state a controller reports, decoded by its profile.

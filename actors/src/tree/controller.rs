@@ -153,7 +153,7 @@ pub(crate) fn controller_child(spec: Arc<ControllerSpec>, ctx: Arc<FleetContext>
                 ));
             }
             let (link_spec, link_ctx) = (spec.clone(), ctx.clone());
-            let (pulses, stats) = (pulses.clone(), stats.clone());
+            let (link_pulses, link_stats) = (pulses.clone(), stats.clone());
             children.push(ChildSpec::actor(
                 "link",
                 Restart::Permanent,
@@ -164,19 +164,25 @@ pub(crate) fn controller_child(spec: Arc<ControllerSpec>, ctx: Arc<FleetContext>
                         LinkArgs {
                             spec: link_spec.clone(),
                             ctx: link_ctx.clone(),
-                            pulses: pulses.clone(),
-                            stats: stats.clone(),
+                            pulses: link_pulses.clone(),
+                            stats: link_stats.clone(),
                         },
                     )
                 },
             ));
             // While the link waits out its backoff, its gates are offline and say so.
-            let (obs_ctx, obs_spec) = (ctx.clone(), spec.clone());
+            let (obs_ctx, obs_spec, obs_stats) = (ctx.clone(), spec.clone(), stats.clone());
             let observer = Arc::new(move |event: &ChildEvent| {
-                if let ChildEvent::Exited { id, reason, .. } = event
+                if let ChildEvent::Exited { id, reason, failed } = event
                     && id == "link"
                 {
                     tracing::warn!(controller = %obs_spec.id, %reason, "link down");
+                    if *failed {
+                        if let Some(i) = crate::telemetry::get() {
+                            i.link_failures.increment(1);
+                        }
+                        obs_stats.set(|s| s.last_error = Some(reason.clone()));
+                    }
                     obs_ctx.directory.remove_link(&obs_spec.id);
                     for g in &obs_spec.gates {
                         if let Some(gate) = obs_ctx.directory.gate(&g.spec.id) {

@@ -118,6 +118,16 @@ impl EventLog {
         &self.stats
     }
 
+    /// Entries waiting to be written.
+    pub fn queue_depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    /// How many entries the queue holds before senders wait.
+    pub fn queue_capacity(&self) -> usize {
+        self.tx.max_capacity()
+    }
+
     /// Events waiting to be written.
     pub fn queued(&self) -> usize {
         QUEUE_CAPACITY - self.tx.capacity()
@@ -247,7 +257,10 @@ impl Actor for EventLogWriter {
                 }
             }
         }
+        // Timed from the batch in hand, not from the idle wait for its first entry.
+        let timing = crate::telemetry::handling(crate::telemetry::Kind::EventLog);
         commit(state, batch).await;
+        drop(timing);
         myself.send_message(WriterMsg::Drain)?;
         Ok(())
     }
@@ -273,10 +286,17 @@ async fn commit(state: &WriterArgs, batch: Vec<Entry>) {
         {
             Ok(()) => {
                 state.stats.transaction_time.record(started.elapsed());
+                if let Some(i) = crate::telemetry::get() {
+                    i.eventlog_commit.record(started.elapsed().as_secs_f64());
+                    i.eventlog_batch.record(batch.len() as f64);
+                }
                 break;
             }
             Err(e) => {
                 state.stats.failures.fetch_add(1, Ordering::Relaxed);
+                if let Some(i) = crate::telemetry::get() {
+                    i.eventlog_failures.increment(1);
+                }
                 if state.stats.healthy.swap(false, Ordering::Relaxed) {
                     tracing::error!("event log commit failed, retrying: {e}");
                 }

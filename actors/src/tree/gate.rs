@@ -8,7 +8,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ractor::concurrency::JoinHandle;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -22,6 +22,7 @@ use crate::gate::{
     Observation, RejectReason, WriteResult, WriteTag,
 };
 use crate::ids::{CommandId, GateId};
+use crate::telemetry::{self, GateStateGauge};
 
 /// A command's status, as delivered to whoever asked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,6 +101,10 @@ pub struct GateActorState {
     to_log: Vec<Arc<GateEvent>>,
     /// The highest committed seq.
     committed: u64,
+    /// When each live command reached the gate, for its round-trip figures.
+    started: HashMap<CommandId, (Action, Instant)>,
+    /// This gate in `gatehouse_gates{state}`.
+    gauge: GateStateGauge,
 }
 
 impl GateActorState {
@@ -186,6 +191,7 @@ impl GateActorState {
                         let (id, status) = self.held.swap_remove(i);
                         self.awaiting.push_back((seq, id, status));
                     }
+                    self.count(&event);
                     let event = Arc::new(event);
                     if self.ctx.eventlog.is_some() {
                         // Published by the writer once committed, so that no client ever
@@ -216,7 +222,37 @@ impl GateActorState {
         .is_ok()
     }
 
+    /// The gate's share of the metrics that events carry.
+    fn count(&mut self, event: &GateEvent) {
+        let Some(i) = telemetry::get() else {
+            return;
+        };
+        match event.kind {
+            EventKind::StateChanged { from } => {
+                self.gauge.set(event.snapshot.state);
+                if event.snapshot.state == crate::gate::GateState::Fault
+                    && from != crate::gate::GateState::Fault
+                {
+                    i.gate_faults.increment(1);
+                }
+                if event.snapshot.state == crate::gate::GateState::Closed
+                    && from == crate::gate::GateState::Closing
+                {
+                    i.gate_cycles.increment(1);
+                }
+            }
+            EventKind::Obstruction { obstructed: true } => i.gate_obstructions.increment(1),
+            _ => {}
+        }
+    }
+
     fn deliver(&mut self, id: CommandId, status: CommandStatus) {
+        if let Some(&(action, since)) = self.started.get(&id) {
+            telemetry::command_outcome(action, &status, Some(since));
+            if status.is_terminal() {
+                self.started.remove(&id);
+            }
+        }
         let gate = &self.slot.spec.id;
         if status.is_terminal() {
             for sink in self.listeners.remove(&id).unwrap_or_default() {
@@ -272,6 +308,7 @@ impl Actor for GateActor {
             machine.remember_finished(now, *id, *action, *status);
         }
         let committed = args.slot.seq.load(Ordering::Relaxed);
+        let gauge = GateStateGauge::new(machine.snapshot().state);
         Ok(GateActorState {
             slot: args.slot,
             ctx: args.ctx,
@@ -283,6 +320,8 @@ impl Actor for GateActor {
             awaiting: VecDeque::new(),
             to_log: Vec::new(),
             committed,
+            started: HashMap::new(),
+            gauge,
         })
     }
 
@@ -313,11 +352,15 @@ impl Actor for GateActor {
         msg: GateMsg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        let _timing = telemetry::handling(telemetry::Kind::Gate);
         match msg {
             GateMsg::Command { id, action, reply } => {
                 let now = state.now_ms();
                 let mut effects = std::mem::take(&mut state.effects);
                 let admission = state.machine.command(now, id, action, &mut effects);
+                if admission == Admission::New && telemetry::get().is_some() {
+                    state.started.insert(id, (action, Instant::now()));
+                }
                 let gate = state.slot.spec.id.clone();
                 match (admission, reply) {
                     (Admission::New, Some(sink)) => {

@@ -83,6 +83,65 @@ pub struct LinkStats {
     pub poll_jitter: Histogram,
     pub polls: std::sync::atomic::AtomicU64,
     pub connects: std::sync::atomic::AtomicU64,
+    /// Where the link is now, for the live tree and the metrics.
+    status: Mutex<LinkStatus>,
+}
+
+impl LinkStats {
+    pub fn status(&self) -> LinkStatus {
+        self.status.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    pub(crate) fn set(&self, change: impl FnOnce(&mut LinkStatus)) {
+        if let Ok(mut s) = self.status.lock() {
+            change(&mut s);
+        }
+    }
+}
+
+/// A link's phase, as operators see it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LinkPhase {
+    /// Started, first connection attempt under way.
+    #[default]
+    Connecting,
+    Connected,
+    /// Connections fail; the link tries again on its own schedule.
+    Unreachable,
+    /// The connection broke; the controller's supervisor restarts the link after its backoff.
+    Restarting,
+}
+
+impl LinkPhase {
+    pub const ALL: [LinkPhase; 4] = [
+        LinkPhase::Connecting,
+        LinkPhase::Connected,
+        LinkPhase::Unreachable,
+        LinkPhase::Restarting,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkPhase::Connecting => "connecting",
+            LinkPhase::Connected => "connected",
+            LinkPhase::Unreachable => "unreachable",
+            LinkPhase::Restarting => "restarting",
+        }
+    }
+}
+
+/// A link's state for the live tree.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LinkStatus {
+    pub phase: LinkPhase,
+    /// Wall-clock ms since the phase began.
+    pub since_ms: u64,
+    /// Connection attempts failed in a row (while unreachable).
+    pub failures: u32,
+    /// Wall-clock ms of the next connection attempt (while unreachable).
+    pub retry_at_ms: Option<u64>,
+    /// Why the last connection failed or broke.
+    pub last_error: Option<String>,
 }
 
 pub enum LinkMsg {
@@ -210,6 +269,9 @@ impl LinkState {
             .stats
             .polls
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(i) = crate::telemetry::get() {
+            i.polls.increment(1);
+        }
         let reading = self.session()?.read(i).await?;
         let done = Instant::now();
         let slot = &mut self.slots[i];
@@ -249,6 +311,12 @@ impl Actor for LinkActor {
         args: LinkArgs,
     ) -> Result<LinkState, ActorProcessingErr> {
         myself.send_message(LinkMsg::Connect)?;
+        args.stats.set(|s| {
+            if s.phase != LinkPhase::Restarting {
+                s.since_ms = crate::clock::wall_ms();
+            }
+            s.phase = LinkPhase::Connecting;
+        });
         let now = Instant::now();
         let slots = args
             .spec
@@ -278,6 +346,11 @@ impl Actor for LinkActor {
         if let Some((_, h)) = state.timer.take() {
             h.abort();
         }
+        state.args.stats.set(|s| {
+            s.phase = LinkPhase::Restarting;
+            s.since_ms = crate::clock::wall_ms();
+            s.retry_at_ms = None;
+        });
         state.args.ctx.directory.remove_link(&state.args.spec.id);
         // A clean stop leaves no output switched on. If this fails, the ledger keeps the
         // pulses and the next connection releases them.
@@ -298,6 +371,7 @@ impl Actor for LinkActor {
         msg: LinkMsg,
         state: &mut LinkState,
     ) -> Result<(), ActorProcessingErr> {
+        let _timing = crate::telemetry::handling(crate::telemetry::Kind::Link);
         match msg {
             LinkMsg::Connect => {
                 let mut session = match state.args.spec.connector.connect().await {
@@ -309,6 +383,21 @@ impl Actor for LinkActor {
                         let (since, failures) = (*since, *failures);
                         let delay =
                             reconnect_delay(kind, since.elapsed(), failures, rand::random());
+                        crate::telemetry::connect_failed(match kind {
+                            ConnectFailure::Refused => "refused",
+                            ConnectFailure::Timeout => "timeout",
+                            ConnectFailure::Other => "other",
+                        });
+                        let now_ms = crate::clock::wall_ms();
+                        state.args.stats.set(|s| {
+                            if s.phase != LinkPhase::Unreachable {
+                                s.since_ms = now_ms;
+                            }
+                            s.phase = LinkPhase::Unreachable;
+                            s.failures = failures;
+                            s.retry_at_ms = Some(now_ms + delay.as_millis() as u64);
+                            s.last_error = Some(reason.to_string());
+                        });
                         if failures == 1 {
                             tracing::warn!(controller = %state.args.spec.id, endpoint = %state.args.spec.connector.endpoint(), %reason, ?kind, "controller unreachable; trying again");
                         } else {
@@ -334,6 +423,15 @@ impl Actor for LinkActor {
                     .stats
                     .connects
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if let Some(i) = crate::telemetry::get() {
+                    i.connects.increment(1);
+                }
+                state.args.stats.set(|s| {
+                    s.phase = LinkPhase::Connected;
+                    s.since_ms = crate::clock::wall_ms();
+                    s.failures = 0;
+                    s.retry_at_ms = None;
+                });
                 state
                     .args
                     .ctx

@@ -15,6 +15,7 @@ pub mod directory;
 pub mod eventlog;
 pub mod fleet;
 pub mod gate;
+pub mod inspect;
 pub mod link;
 pub mod root;
 

@@ -21,7 +21,7 @@
 //! as falling behind the bus, so no gap and no duplicate.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use std::time::Duration;
@@ -69,6 +69,10 @@ pub struct HubStats {
     pub failed: AtomicU64,
     /// Times the hub actor started (more than once: it was restarted).
     pub starts: AtomicU64,
+    /// Open sessions past `auth`.
+    pub authenticated: AtomicI64,
+    /// Gate subscriptions over all sessions.
+    pub subscriptions: AtomicI64,
 }
 
 #[derive(Default)]
@@ -99,16 +103,21 @@ impl Hub {
 
     /// Records who the session belongs to, for access-change notices.
     pub fn identify(&self, session: ActorId, who: &str) {
-        if let Some(r) = lock(&self.sessions).get_mut(&session) {
-            r.who = Some(who.to_string());
+        if let Some(r) = lock(&self.sessions).get_mut(&session)
+            && r.who.replace(who.to_string()).is_none()
+        {
+            self.stats.authenticated.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// Forgets a session and its subscriptions.
     pub fn deregister<'a>(&self, session: ActorId, gates: impl Iterator<Item = &'a GateId>) {
         self.unsubscribe(session, gates);
-        if lock(&self.sessions).remove(&session).is_some() {
+        if let Some(r) = lock(&self.sessions).remove(&session) {
             self.stats.closed.fetch_add(1, Ordering::Relaxed);
+            if r.who.is_some() {
+                self.stats.authenticated.fetch_sub(1, Ordering::Relaxed);
+            }
         }
     }
 
@@ -129,7 +138,9 @@ impl Hub {
             .map(|gate| {
                 let slot = self.slot(gate);
                 let mut slot = lock(&slot);
-                slot.subscribers.insert(session, outbox.clone());
+                if slot.subscribers.insert(session, outbox.clone()).is_none() {
+                    self.stats.subscriptions.fetch_add(1, Ordering::Relaxed);
+                }
                 slot.latest.clone()
             })
             .collect()
@@ -142,8 +153,10 @@ impl Hub {
     pub fn unsubscribe<'a>(&self, session: ActorId, gates: impl Iterator<Item = &'a GateId>) {
         for gate in gates {
             let slot = lock(&self.gates).get(gate).cloned();
-            if let Some(slot) = slot {
-                lock(&slot).subscribers.remove(&session);
+            if let Some(slot) = slot
+                && lock(&slot).subscribers.remove(&session).is_some()
+            {
+                self.stats.subscriptions.fetch_sub(1, Ordering::Relaxed);
             }
         }
     }
@@ -282,6 +295,10 @@ impl Actor for HubActor {
         })
         .await
         .unwrap_or(None);
+        // Timed from the first event in hand: the wait for it is idleness, not work.
+        let _timing = first
+            .is_some()
+            .then(|| gatehouse_actors::telemetry::handling(gatehouse_actors::telemetry::Kind::Hub));
         match first {
             None => {}
             Some(Ok(event)) => {

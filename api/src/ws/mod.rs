@@ -118,6 +118,11 @@ pub struct SessionStats {
 }
 
 impl Sessions {
+    /// The hub: subscriptions, and the session figures.
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
     /// The handle on the session layer, and the child specs of its hub (following `bus`,
     /// committed events, and `changes`) and of its supervisor. Nothing runs until the root
     /// starts the specs.

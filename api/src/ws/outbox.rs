@@ -22,6 +22,7 @@ use std::time::Duration;
 use futures::{Sink, SinkExt};
 use gatehouse_actors::gate::GateEvent;
 use gatehouse_actors::ids::GateId;
+use gatehouse_actors::telemetry;
 use ractor::ActorRef;
 use serde_json::Value;
 use tokio::sync::Notify;
@@ -189,7 +190,11 @@ impl Outbox {
         // Once one of a gate's events is held back, its later ones must be too, or they would
         // overtake it.
         if let Some(slot) = inner.coalesced.iter_mut().find(|e| &e.event.gate == gate) {
+            // The event it replaces is never sent on its own.
             *slot = event.clone();
+            if let Some(i) = telemetry::get() {
+                i.session_queue_drops.increment(1);
+            }
             return Queued::Coalesced;
         }
         if inner.frames.len() >= Self::SOFT {
@@ -300,6 +305,7 @@ impl Outbox {
     pub fn close(&self, code: u16, reason: &str, flush: bool) {
         let mut inner = self.lock();
         if inner.closing.is_none() {
+            telemetry::session_closed(code);
             if !flush {
                 inner.frames.clear();
                 inner.bytes = 0;
@@ -353,6 +359,9 @@ impl Outbox {
                 None,
                 protocol::fields(serde_json::json!({ "coalesced": true, "gates": gates })),
             );
+            if let Some(i) = telemetry::get() {
+                i.session_coalesced.increment(1);
+            }
             batch.push(frame.into());
             return None;
         }

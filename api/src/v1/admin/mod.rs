@@ -12,6 +12,7 @@ pub mod audit;
 pub mod fleet;
 pub mod grants;
 pub mod keys;
+pub mod system;
 pub mod users;
 
 use std::net::IpAddr;
@@ -34,6 +35,7 @@ pub fn routes(app: &App) -> Vec<Route> {
     routes.extend(keys::routes(app));
     routes.extend(fleet::routes(app));
     routes.extend(audit::routes(app));
+    routes.extend(system::routes(app));
     routes
 }
 

@@ -154,6 +154,8 @@ impl Actor for Session {
         msg: SessionMsg,
         state: &mut SessionState,
     ) -> Result<(), ActorProcessingErr> {
+        let _timing =
+            gatehouse_actors::telemetry::handling(gatehouse_actors::telemetry::Kind::Session);
         match msg {
             SessionMsg::WriterDone(end) => {
                 if end == WriterEnd::Stalled {
