@@ -382,3 +382,52 @@ pub fn session_closed(code: u16) {
         metrics::counter!(names::SESSION_CLOSES, "code" => code.to_string()).increment(1);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    /// `docs/metrics.md` lists exactly the metrics this module names.
+    #[test]
+    fn the_documented_metrics_are_the_ones_named_here() {
+        let doc = include_str!("../../docs/metrics.md");
+        let documented: BTreeSet<&str> = doc
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `"))
+            .filter_map(|l| l.split('`').next())
+            .filter(|name| name.starts_with("gatehouse_"))
+            .collect();
+        let named: BTreeSet<&str> = names::ALL.iter().copied().collect();
+        assert_eq!(documented, named);
+        assert_eq!(names::ALL.len(), named.len(), "a name is listed twice");
+        for name in names::ALL {
+            assert!(name.starts_with("gatehouse_"), "{name}");
+        }
+    }
+
+    #[test]
+    fn kinds_come_from_child_ids() {
+        assert_eq!(kind_of("gate:north-1"), "gate");
+        assert_eq!(kind_of("controller:c1"), "controller");
+        assert_eq!(kind_of("link"), "link");
+        assert_eq!(kind_of("session:42"), "session");
+    }
+
+    #[test]
+    fn without_install_every_instrument_is_a_no_op() {
+        // This test binary never installs a recorder.
+        assert!(get().is_none());
+        let timing = handling(Kind::Gate);
+        assert!(timing.0.is_none(), "no clock is read while metrics are off");
+        let mut gauge = GateStateGauge::new(GateState::Closed);
+        gauge.set(GateState::Open);
+        command_outcome(
+            Action::Open,
+            &CommandStatus::Completed,
+            Some(Instant::now()),
+        );
+        assert!(Alive::new("gate").0.is_none());
+    }
+}

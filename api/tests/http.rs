@@ -715,3 +715,152 @@ async fn binding_a_busy_port_is_an_error() {
         Err(gatehouse_api::ServeError::Bind { .. })
     ));
 }
+
+fn with_metrics(metrics: Option<gatehouse_api::metrics::MetricsExport>) -> ApiState {
+    ApiState {
+        readiness: Arc::new(Vec::<Check>::new),
+        app: None,
+        metrics,
+        console: Default::default(),
+    }
+}
+
+fn export(token: Option<&str>) -> gatehouse_api::metrics::MetricsExport {
+    gatehouse_api::metrics::MetricsExport {
+        render: Arc::new(|| "# HELP up_probe A probe\n# TYPE up_probe gauge\nup_probe 1\n".into()),
+        token: token.map(str::to_owned),
+    }
+}
+
+#[tokio::test]
+async fn metrics_are_open_or_behind_their_token_or_off() {
+    // Open by default, as Prometheus expects.
+    let table = route_table(&with_metrics(Some(export(None)))).expect("valid");
+    let server = TestServer::start(ApiConfig::default(), table).await;
+    let response = server
+        .client
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .is_ok_and(|t| t.starts_with("text/plain; version=0.0.4")),
+        "{:?}",
+        response.headers()
+    );
+    assert!(response.text().await.expect("text").contains("up_probe 1"));
+
+    // With a token: refused without it or with another, served with it.
+    let token = "a-metrics-token-0123456789";
+    let table = route_table(&with_metrics(Some(export(Some(token))))).expect("valid");
+    let server = TestServer::start(ApiConfig::default(), table).await;
+    let url = server.url("/metrics");
+    let response = server.client.get(&url).send().await.expect("answer");
+    assert_eq!(response.status(), 401);
+    let id = response.headers()["x-request-id"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    assert_error_shape(&body_json(response).await, "unauthenticated", &id);
+    let wrong = server
+        .client
+        .get(&url)
+        .bearer_auth("a-metrics-token-0123456788");
+    assert_eq!(wrong.send().await.expect("answer").status(), 401);
+    let right = server
+        .client
+        .get(&url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(right.status(), 200);
+
+    // Turned off: not found, in the error shape.
+    let table = route_table(&with_metrics(None)).expect("valid");
+    let server = TestServer::start(ApiConfig::default(), table).await;
+    let response = server
+        .client
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(response.status(), 404);
+    let id = response.headers()["x-request-id"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    assert_error_shape(&body_json(response).await, "metrics_disabled", &id);
+}
+
+#[tokio::test]
+async fn the_console_is_a_page_with_its_own_policy_and_the_root_leads_there() {
+    let table = route_table(&with_metrics(None)).expect("valid");
+    let server = TestServer::start(ApiConfig::default(), table).await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("a client");
+    let response = client.get(server.url("/")).send().await.expect("answer");
+    assert_eq!(response.status(), 302);
+    assert_eq!(response.headers()["location"], "/console");
+
+    let response = client
+        .get(server.url("/console"))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(response.status(), 200);
+    let headers = response.headers().clone();
+    assert!(
+        headers["content-type"]
+            .to_str()
+            .is_ok_and(|t| t.starts_with("text/html"))
+    );
+    let csp = headers["content-security-policy"].to_str().expect("ascii");
+    assert!(csp.contains("script-src 'self'"), "{csp}");
+    assert!(csp.contains("connect-src 'self' ws://"), "{csp}");
+    assert!(!csp.contains("unsafe-inline"), "{csp}");
+    assert!(headers.contains_key("x-request-id"));
+    let page = response.text().await.expect("text");
+    assert!(page.contains("app.js"), "the page loads its module");
+
+    let script = client
+        .get(server.url("/console/app.js"))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(script.status(), 200);
+    assert!(
+        script.headers()["content-type"]
+            .to_str()
+            .is_ok_and(|t| t.starts_with("text/javascript"))
+    );
+
+    for missing in [
+        "/console/nope.js",
+        "/console/../Cargo.toml",
+        "/console/app.js/x",
+    ] {
+        let response = client
+            .get(server.url(missing))
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(response.status(), 404, "{missing}");
+    }
+    // The console is not part of the API's document.
+    let doc: serde_json::Value = client
+        .get(server.url("/api/v1/openapi.json"))
+        .send()
+        .await
+        .expect("answer")
+        .json()
+        .await
+        .expect("json");
+    assert!(doc["paths"].get("/console").is_none());
+    assert!(doc["paths"].get("/metrics").is_some());
+}

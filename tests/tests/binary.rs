@@ -651,3 +651,389 @@ fn a_configured_token_key_that_is_missing_is_refused_naming_the_file() {
         "no key is generated in its place"
     );
 }
+
+/// One HTTP request from a blocking test: `(status, body)`.
+fn http(
+    method: &str,
+    url: &str,
+    bearer: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> (u16, String) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let mut request = client.request(method.parse().expect("a method"), url);
+        if let Some(token) = bearer {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = tokio::time::timeout(WAIT, request.send())
+            .await
+            .expect("an answer in time")
+            .expect("an answer");
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap_or_default())
+    })
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// The base URL a runtime printed (`API:      http://127.0.0.1:PORT/api/v1 ...` from the
+/// demo, `API on http://127.0.0.1:PORT/api/v1 ...` from serve).
+fn base_url(line: &str) -> String {
+    let start = line.find("http://").expect("a URL in the line");
+    let url = &line[start..];
+    let end = url.find("/api/v1").expect("the API path");
+    url[..end].to_string()
+}
+
+/// Runs `promtool check metrics` on `text`; `None` when promtool is missing outside CI.
+fn promtool_check(text: &str) -> Option<(bool, String)> {
+    let spawned = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(e) if std::env::var_os("CI").is_none() => {
+            eprintln!("skipping the promtool check: {e} (.ci/run installs promtool)");
+            return None;
+        }
+        Err(e) => panic!("promtool is required under CI: {e}"),
+    };
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(text.as_bytes())
+        .expect("feed promtool");
+    let out = child.wait_with_output().expect("promtool ends");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some((out.status.success(), said))
+}
+
+/// The value of the series `name{labels}` exactly as written in the text format.
+fn series(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name_and_labels)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[test]
+fn the_demo_serves_metrics_that_promtool_accepts_labelled_by_route_template() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let config = write_config(dir.path(), "[http]\nlisten = \"127.0.0.1:0\"\n", None);
+    let mut demo = Proc::spawn(
+        "gatehouse demo",
+        Command::new(bin("gatehouse"))
+            .args([
+                "demo",
+                "--for",
+                "60",
+                "--no-chaos",
+                "--rate",
+                "0",
+                "--config",
+            ])
+            .arg(&config)
+            .current_dir(dir.path()),
+    );
+    let base = base_url(&demo.wait_for(Stream::Out, "API:", 1));
+    let password = demo
+        .wait_for(Stream::Out, "password:", 1)
+        .split_whitespace()
+        .nth(1)
+        .expect("the demo's password")
+        .to_string();
+    demo.wait_for(Stream::Out, "offline -> closed", 12);
+
+    let (status, body) = http(
+        "POST",
+        &format!("{base}/api/v1/auth/login"),
+        None,
+        Some(serde_json::json!({"username": "demo", "password": password})),
+    );
+    assert_eq!(status, 200, "{body}");
+    let token = json(&body)["access_token"]
+        .as_str()
+        .expect("a token")
+        .to_string();
+    // A command to completion, a gate read by its path, and a path no route has.
+    let (status, body) = http(
+        "POST",
+        &format!("{base}/api/v1/gates/gate-1/commands?wait=true"),
+        Some(&token),
+        Some(serde_json::json!({"id": uuid::Uuid::new_v4(), "action": "open"})),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)["status"], "completed", "{body}");
+    assert_eq!(
+        http(
+            "GET",
+            &format!("{base}/api/v1/gates/gate-2"),
+            Some(&token),
+            None
+        )
+        .0,
+        200
+    );
+    assert_eq!(
+        http("GET", &format!("{base}/no/such/page"), None, None).0,
+        404
+    );
+
+    let (status, text) = http("GET", &format!("{base}/metrics"), None, None);
+    assert_eq!(status, 200, "{text}");
+    if let Some((ok, said)) = promtool_check(&text) {
+        assert!(
+            ok,
+            "promtool check metrics refused the text: {said}\n{text}"
+        );
+    }
+    // Routes by template, never by raw path.
+    assert_eq!(
+        series(
+            &text,
+            r#"gatehouse_http_requests_total{route="/api/v1/gates/{gate}",method="GET",status="200"}"#
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(
+        series(
+            &text,
+            r#"gatehouse_http_requests_total{route="unmatched",method="GET",status="404"}"#
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
+    assert!(
+        !text.contains("gates/gate-2"),
+        "a raw path became a label: {text}"
+    );
+    assert!(
+        !text.contains("/no/such"),
+        "a raw path became a label: {text}"
+    );
+    // The tree, the links and the gates.
+    for (series_name, value) in [
+        (r#"gatehouse_actors{kind="controller"}"#, 3.0),
+        (r#"gatehouse_actors{kind="gate"}"#, 12.0),
+        (r#"gatehouse_actors{kind="link"}"#, 3.0),
+        (r#"gatehouse_actors{kind="root"}"#, 1.0),
+        (r#"gatehouse_links{state="connected"}"#, 3.0),
+        (r#"gatehouse_link_up{controller="demo-1"}"#, 1.0),
+    ] {
+        assert_eq!(
+            series(&text, series_name),
+            Some(value),
+            "{series_name}\n{text}"
+        );
+    }
+    let gates: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("gatehouse_gates{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(gates, 12.0, "every gate is in exactly one state\n{text}");
+    assert!(
+        series(
+            &text,
+            r#"gatehouse_commands_total{action="open",status="completed",reason="none"}"#
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
+    for histogram in [
+        r#"gatehouse_command_accept_duration_seconds_count{action="open"}"#,
+        r#"gatehouse_command_complete_duration_seconds_count{action="open"}"#,
+        "gatehouse_eventlog_commit_duration_seconds_count",
+        r#"gatehouse_link_transaction_duration_seconds_count{op="write"}"#,
+        r#"gatehouse_actor_message_duration_seconds_count{kind="gate"}"#,
+    ] {
+        assert!(
+            series(&text, histogram).is_some_and(|n| n >= 1.0),
+            "{histogram}\n{text}"
+        );
+    }
+    demo.signal("INT");
+    assert!(
+        demo.wait_exit(stop_limit()).success(),
+        "{}",
+        demo.transcript()
+    );
+}
+
+/// Every secret the flow handles, searched for in every line the process printed.
+#[test]
+fn no_password_token_or_key_reaches_the_logs_even_at_trace_level() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let mut sim = simulator(0);
+    let config = format!(
+        "[http]\nlisten = \"127.0.0.1:0\"\n\n[data]\ndir = {:?}\n\n[fleet]\nfile = \"fleet.toml\"\n\n\
+         [log]\nlevel = \"trace\"\nformat = \"json\"\n\n[metrics]\ntoken = \"metrics-token-SECRET-0123456789\"\n",
+        dir.path().join("data").display().to_string()
+    );
+    let config = write_config(dir.path(), &config, Some(&fleet_file(&sim.addr)));
+    let password = "correct horse battery SECRET 42";
+
+    let mut add = Command::new(bin("gatehouse"))
+        .args([
+            "user",
+            "add",
+            "alice",
+            "--role",
+            "admin",
+            "--password-stdin",
+            "--config",
+        ])
+        .arg(&config)
+        .current_dir(dir.path())
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("gatehouse user add starts");
+    add.stdin
+        .take()
+        .expect("piped")
+        .write_all(format!("{password}\n").as_bytes())
+        .expect("the password on stdin");
+    let added = add.wait_with_output().expect("user add ends");
+    assert!(added.status.success(), "{added:?}");
+    let mut printed = vec![
+        String::from_utf8_lossy(&added.stdout).into_owned(),
+        String::from_utf8_lossy(&added.stderr).into_owned(),
+    ];
+
+    let mut runtime = serve(dir.path(), &config);
+    let base = base_url(&runtime.wait_for(Stream::Err, "API on http://", 1));
+    let (status, body) = http(
+        "POST",
+        &format!("{base}/api/v1/auth/login"),
+        None,
+        Some(serde_json::json!({"username": "alice", "password": password})),
+    );
+    assert_eq!(status, 200, "{body}");
+    let login = json(&body);
+    let access = login["access_token"].as_str().expect("access").to_string();
+    let refresh = login["refresh_token"]
+        .as_str()
+        .expect("refresh")
+        .to_string();
+    // A wrong password, a refresh, an API key made and used, a bad token, the metrics token.
+    let (status, _) = http(
+        "POST",
+        &format!("{base}/api/v1/auth/login"),
+        None,
+        Some(serde_json::json!({"username": "alice", "password": "wrong SECRET guess"})),
+    );
+    assert_eq!(status, 401);
+    let (status, body) = http(
+        "POST",
+        &format!("{base}/api/v1/auth/refresh"),
+        None,
+        Some(serde_json::json!({"refresh_token": refresh})),
+    );
+    assert_eq!(status, 200, "{body}");
+    let rotated = json(&body);
+    let access2 = rotated["access_token"]
+        .as_str()
+        .expect("access")
+        .to_string();
+    let refresh2 = rotated["refresh_token"]
+        .as_str()
+        .expect("refresh")
+        .to_string();
+    let (status, body) = http(
+        "POST",
+        &format!("{base}/api/v1/api-keys"),
+        Some(&access2),
+        Some(serde_json::json!({"name": "ci", "role": "operator"})),
+    );
+    assert_eq!(status, 201, "{body}");
+    let key = json(&body)["secret"].as_str().expect("the key").to_string();
+    assert_eq!(
+        http("GET", &format!("{base}/api/v1/gates"), Some(&key), None).0,
+        200
+    );
+    assert_eq!(
+        http(
+            "GET",
+            &format!("{base}/api/v1/gates"),
+            Some("not-a-token-SECRET"),
+            None
+        )
+        .0,
+        401
+    );
+    assert_eq!(
+        http(
+            "GET",
+            &format!("{base}/metrics"),
+            Some("metrics-token-SECRET-0123456789"),
+            None
+        )
+        .0,
+        200
+    );
+    let (status, body) = http(
+        "POST",
+        &format!("{base}/api/v1/auth/logout"),
+        Some(&access2),
+        Some(serde_json::json!({"refresh_token": refresh2})),
+    );
+    assert!(status == 200 || status == 204, "{status} {body}");
+
+    runtime.signal("TERM");
+    assert!(
+        runtime.wait_exit(stop_limit()).success(),
+        "{}",
+        runtime.transcript()
+    );
+    printed.extend(runtime.lines(Stream::Out));
+    printed.extend(runtime.lines(Stream::Err));
+    assert!(
+        printed.iter().any(|l| l.contains("\"request_id\"")),
+        "the JSON logs carry request ids"
+    );
+    let secrets = [
+        password,
+        "wrong SECRET guess",
+        &access,
+        &refresh,
+        &access2,
+        &refresh2,
+        &key,
+        "not-a-token-SECRET",
+        "metrics-token-SECRET-0123456789",
+    ];
+    for line in &printed {
+        for secret in secrets {
+            assert!(!line.contains(secret), "a secret was logged: {line}");
+        }
+        // Parts of them too: the JWT signature, the key's random part.
+        for secret in [&access, &access2] {
+            let signature = secret.rsplit('.').next().unwrap_or_default();
+            assert!(
+                !line.contains(signature),
+                "a token signature was logged: {line}"
+            );
+        }
+    }
+    sim.proc.signal("TERM");
+}
