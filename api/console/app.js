@@ -290,7 +290,7 @@ class Console {
     this.offlineAt.set(controller, performance.now());
     const link = this.links.get(controller) || { controller };
     if (link.state === 'connected') {
-      this.links.set(controller, { ...link, state: 'restarting', retryInMs: null, note: 'all gates offline' });
+      this.links.set(controller, { ...link, state: 'restarting', retryInMs: null, lastError: null, note: 'all gates offline' });
       renderLinks($('links'), this.links);
     }
   }
@@ -448,7 +448,7 @@ class Console {
       if (offline !== undefined) {
         if (offline > started && link.state === 'connected') {
           // The gates went offline after this poll was asked: it cannot know yet.
-          link = { ...link, state: 'restarting', retryInMs: null, note: 'all gates offline' };
+          link = { ...link, state: 'restarting', retryInMs: null, lastError: null, note: 'all gates offline' };
         } else if (offline <= started) {
           this.offlineAt.delete(c);
         }

@@ -190,7 +190,7 @@ export function renderTree(container, root) {
     container.replaceChildren(el('p', { class: 'muted', text: 'Not available.' }));
     return;
   }
-  container.replaceChildren(el('ul', { class: 'tree-list', role: 'tree' }, treeNode(root, null)));
+  container.replaceChildren(el('ul', { class: 'tree-list', 'aria-label': 'Supervision tree' }, treeNode(root, null)));
 }
 
 function treeNode(node, controller) {
@@ -206,7 +206,8 @@ function treeNode(node, controller) {
       title: 'restarts',
       text: `↻ ${node.restarts}`,
     }));
-  if (node.kind === 'link') {
+  if (node.kind === 'link' && !restarting) {
+    // (While the child restarts, its `link` object is the previous run's: not shown.)
     const l = node.link;
     row.append(el('span', {
       class: `link-info${!l || l.state !== 'connected' || restarting ? ' link-info-down' : ''}`,
@@ -217,7 +218,6 @@ function treeNode(node, controller) {
   if (node.sessions !== undefined) row.append(el('span', { class: 'node-extra', text: `${node.sessions} sessions` }));
   const item = el('li', {
     class: 'node',
-    role: 'treeitem',
     'data-id': node.id,
     'data-kind': node.kind,
     'data-status': node.status,
@@ -239,7 +239,7 @@ function treeNode(node, controller) {
     const quiet = gates.length > TREE_GATES_LISTED
       ? gates.filter((g) => g.status === 'running' && !g.restarts && !g.last_failure) : [];
     const shown = children.filter((c) => !quiet.includes(c));
-    const list = el('ul', { role: 'group' }, ...shown.map((c) => treeNode(c, own)));
+    const list = el('ul', {}, ...shown.map((c) => treeNode(c, own)));
     if (quiet.length) {
       list.append(el('li', { class: 'node node-summary' },
         el('div', { class: 'node-row' }, el('span', { class: 'muted', text: `${quiet.length} more gates, running, no restarts` }))));

@@ -20,11 +20,16 @@ use crate::routing::{Outcome, Route};
 /// One named readiness condition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Check {
-    /// Stable, snake_case (`store`, `event_log`, `fleet`).
+    /// Stable, snake_case (`database`, `event_log`, `links`).
     pub name: &'static str,
     pub ready: bool,
     /// Why it is not ready, for the people reading the probe's body.
     pub reason: Option<String>,
+    /// Set while the node serves but something is degraded (a link down, a backlog): the
+    /// probe stays 200, so that a load balancer does not drain every node at once.
+    pub degraded: Option<String>,
+    /// What the check saw when all is well (`3 of 3 connected`).
+    pub detail: Option<String>,
 }
 
 impl Check {
@@ -33,6 +38,8 @@ impl Check {
             name,
             ready: true,
             reason: None,
+            degraded: None,
+            detail: None,
         }
     }
 
@@ -41,7 +48,22 @@ impl Check {
             name,
             ready: false,
             reason: Some(reason.into()),
+            degraded: None,
+            detail: None,
         }
+    }
+
+    /// Serving, with something the operator should look at.
+    pub fn degraded(name: &'static str, why: impl Into<String>) -> Check {
+        Check {
+            degraded: Some(why.into()),
+            ..Check::ready(name)
+        }
+    }
+
+    pub fn with_detail(mut self, detail: impl Into<String>) -> Check {
+        self.detail = Some(detail.into());
+        self
     }
 }
 
@@ -71,7 +93,7 @@ pub struct Health {
 /// `GET /readyz`'s body, for 200 and 503 alike: probes read the status code, people the checks.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ReadinessReport {
-    /// `ready` or `not_ready`.
+    /// `ready`, `degraded` (serving; some check says what to look at) or `not_ready`.
     #[schema(example = "ready")]
     pub status: &'static str,
     pub checks: Vec<CheckReport>,
@@ -81,8 +103,14 @@ pub struct ReadinessReport {
 pub struct CheckReport {
     pub name: &'static str,
     pub ready: bool,
+    /// Why it is not ready.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// What is degraded while this node still serves.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub degraded: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 #[utoipa::path(
@@ -104,21 +132,28 @@ async fn healthz() -> Outcome {
     operation_id = "readyz",
     summary = "Readiness: the process should receive traffic",
     responses(
-        (status = 200, description = "Ready", body = ReadinessReport),
+        (status = 200, description = "Ready, or degraded but serving (the checks say what)", body = ReadinessReport),
         (status = 503, description = "Not ready; the failing checks say why", body = ReadinessReport),
     ),
 )]
 async fn readyz(readiness: Arc<dyn Readiness>) -> Outcome {
     let checks = readiness.checks();
     let ready = checks.iter().all(|check| check.ready);
+    let degraded = checks.iter().any(|check| check.degraded.is_some());
     let report = ReadinessReport {
-        status: if ready { "ready" } else { "not_ready" },
+        status: match (ready, degraded) {
+            (false, _) => "not_ready",
+            (true, true) => "degraded",
+            (true, false) => "ready",
+        },
         checks: checks
             .into_iter()
             .map(|check| CheckReport {
                 name: check.name,
                 ready: check.ready,
                 reason: check.reason,
+                degraded: check.degraded,
+                detail: check.detail,
             })
             .collect(),
     };

@@ -207,11 +207,26 @@ pub async fn run(config: Config, options: DemoOptions) -> anyhow::Result<()> {
     // The API, and a login to try it with (a fresh password every run).
     let passwords = Passwords::owasp()?;
     let password = demo_login(&store, &passwords).await?;
-    let app = http::app(&config, &runtime, store, passwords, sessions, changes)?;
+    let app = http::app(
+        &config,
+        &runtime,
+        store.clone(),
+        passwords,
+        sessions,
+        changes,
+    )?;
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    let (api_addr, server) = http::start(&config, &runtime, app, metrics.as_ref(), true, async {
-        let _ = http_stopped.await;
-    })
+    let (api_addr, server) = http::start(
+        &config,
+        &runtime,
+        app,
+        store.clone(),
+        metrics.as_ref(),
+        true,
+        async {
+            let _ = http_stopped.await;
+        },
+    )
     .await?;
     banner(&farm, &fleet_path, &fleet_file, &config, previous);
     println!(

@@ -5,7 +5,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
-use gatehouse_actors::tree::eventlog::EventLogStats;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use gatehouse_actors::tree::Fleet;
+use gatehouse_actors::tree::eventlog::{EventLog, EventLogStats};
+use gatehouse_actors::tree::link::LinkPhase;
 use gatehouse_adapters::store::Store;
 use gatehouse_api::app::App;
 use gatehouse_api::auth::password::Passwords;
@@ -21,22 +26,115 @@ use crate::config::Config;
 /// How long stopping waits for sessions to flush their close frames.
 const SESSION_CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Ready while the event log commits.
+/// How often the database is pinged for readiness, and how long a ping may take.
+const DB_PING_EVERY: Duration = Duration::from_secs(5);
+const DB_PING_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The event-log queue filled beyond this share: degraded (gates will soon wait on it).
+const BACKLOG_DEGRADED: f64 = 0.25;
+/// …and beyond this: not ready (commands would stall behind it).
+const BACKLOG_NOT_READY: f64 = 0.9;
+
+/// The last database ping: `None` before the first, else its error if it failed.
+type Ping = Arc<Mutex<Option<Result<(), String>>>>;
+
+/// What `/readyz` reads: the database (pinged in the background, so that the probe itself
+/// never waits on it), the event log's commits and backlog, and the links.
 struct Ready {
-    eventlog: Option<Arc<EventLogStats>>,
+    eventlog: Option<EventLog>,
+    eventlog_stats: Option<Arc<EventLogStats>>,
+    ping: Ping,
+    fleet: Fleet,
 }
 
 impl Readiness for Ready {
     fn checks(&self) -> Vec<Check> {
-        match &self.eventlog {
-            Some(stats) if stats.is_healthy() => vec![Check::ready("event_log")],
-            Some(_) => vec![Check::not_ready(
+        let mut checks = Vec::with_capacity(4);
+        checks.push(
+            match &*self.ping.lock().unwrap_or_else(|e| e.into_inner()) {
+                None => Check::ready("database").with_detail("not pinged yet"),
+                Some(Ok(())) => Check::ready("database"),
+                Some(Err(e)) => {
+                    Check::not_ready("database", format!("the database does not answer: {e}"))
+                }
+            },
+        );
+        checks.push(match &self.eventlog_stats {
+            Some(stats) if !stats.is_healthy() => Check::not_ready(
                 "event_log",
                 "commits to the database are failing; outcomes are held back",
-            )],
-            None => vec![Check::ready("event_log")],
+            ),
+            _ => Check::ready("event_log"),
+        });
+        if let Some(log) = &self.eventlog {
+            let (depth, capacity) = (log.queue_depth(), log.queue_capacity().max(1));
+            let share = depth as f64 / capacity as f64;
+            let detail = format!("{depth} of {capacity} entries waiting");
+            checks.push(if share >= BACKLOG_NOT_READY {
+                Check::not_ready("event_log_backlog", detail)
+            } else if share >= BACKLOG_DEGRADED {
+                Check::degraded("event_log_backlog", detail)
+            } else {
+                Check::ready("event_log_backlog").with_detail(detail)
+            });
         }
+        let links = self.fleet.context().link_stats();
+        let mut down: Vec<String> = links
+            .iter()
+            .filter(|(_, s)| s.status().phase != LinkPhase::Connected)
+            .map(|(c, _)| c.to_string())
+            .collect();
+        down.sort();
+        let summary = format!("{} of {} connected", links.len() - down.len(), links.len());
+        // A controller that is down is the site's problem, not this node's: it stays ready.
+        checks.push(if down.is_empty() {
+            Check::ready("links").with_detail(summary)
+        } else {
+            const NAMED: usize = 10;
+            let more = down.len().saturating_sub(NAMED);
+            down.truncate(NAMED);
+            let tail = if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            };
+            Check::degraded(
+                "links",
+                format!("{summary}; down: {}{tail}", down.join(", ")),
+            )
+        });
+        checks
     }
+}
+
+/// Pings the database every [`DB_PING_EVERY`] until the process ends. It only updates what
+/// `/readyz` reads; losing it loses no state.
+fn ping_database(store: Arc<Store>, ping: Ping) {
+    pinging(
+        move || {
+            let store = store.clone();
+            async move { store.ping().await.map_err(|e| e.to_string()) }
+        },
+        ping,
+    );
+}
+
+fn pinging<F, Fut>(ping_once: F, ping: Ping)
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), String>> + Send,
+{
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(DB_PING_EVERY);
+        loop {
+            every.tick().await;
+            let result = match tokio::time::timeout(DB_PING_TIMEOUT, ping_once()).await {
+                Ok(result) => result,
+                Err(_) => Err(format!("no answer within {DB_PING_TIMEOUT:?}")),
+            };
+            *ping.lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
+        }
+    });
 }
 
 /// The application handles for `runtime` on `store`, with the WebSocket session layer whose
@@ -73,6 +171,7 @@ pub async fn start(
     config: &Config,
     runtime: &Runtime,
     app: App,
+    store: Arc<Store>,
     metrics: Option<&crate::metrics::Metrics>,
     fallback: bool,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -86,14 +185,19 @@ pub async fn start(
     };
     // Shared, so that the fallback attempt stops on the same signal as the first would have.
     let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
+    let ping = Ping::default();
+    ping_database(store, ping.clone());
     let state = ApiState {
         readiness: Arc::new(Ready {
-            eventlog: runtime
+            eventlog: runtime.fleet.context().eventlog.clone(),
+            eventlog_stats: runtime
                 .fleet
                 .context()
                 .eventlog
                 .as_ref()
                 .map(|l| l.stats().clone()),
+            ping: ping.clone(),
+            fleet: runtime.fleet.clone(),
         }),
         app: Some(app),
         metrics: metrics.map(|m| m.export(&runtime.fleet)),
@@ -120,5 +224,40 @@ pub async fn start(
             Ok(gatehouse_api::serve(any, table, shutdown).await?)
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn settled(ping: &Ping) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + DB_PING_TIMEOUT * 2;
+        loop {
+            if let Some(result) = ping.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+                return result;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no ping finished");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_database_that_hangs_or_fails_is_reported_and_one_that_answers_clears_it() {
+        let hanging = Ping::default();
+        pinging(std::future::pending::<Result<(), String>>, hanging.clone());
+        let why = settled(&hanging).await.expect_err("a hung ping fails");
+        assert!(why.contains("no answer within"), "{why}");
+
+        let failing = Ping::default();
+        pinging(
+            || async { Err("connection refused".to_string()) },
+            failing.clone(),
+        );
+        assert_eq!(settled(&failing).await, Err("connection refused".into()));
+
+        let fine = Ping::default();
+        pinging(|| async { Ok(()) }, fine.clone());
+        assert_eq!(settled(&fine).await, Ok(()));
     }
 }

@@ -163,11 +163,26 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         );
     }
     let passwords = gatehouse_api::auth::password::Passwords::owasp()?;
-    let app = http::app(&config, &runtime, store, passwords, sessions, changes)?;
+    let app = http::app(
+        &config,
+        &runtime,
+        store.clone(),
+        passwords,
+        sessions,
+        changes,
+    )?;
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    let (addr, server) = http::start(&config, &runtime, app, metrics.as_ref(), false, async {
-        let _ = http_stopped.await;
-    })
+    let (addr, server) = http::start(
+        &config,
+        &runtime,
+        app,
+        store.clone(),
+        metrics.as_ref(),
+        false,
+        async {
+            let _ = http_stopped.await;
+        },
+    )
     .await?;
     tracing::info!("API on http://{addr}/api/v1 (OpenAPI at /api/v1/openapi.json)");
     let mut server = Some(server);

@@ -1037,3 +1037,74 @@ fn no_password_token_or_key_reaches_the_logs_even_at_trace_level() {
     }
     sim.proc.signal("TERM");
 }
+
+/// `/readyz` until `done` holds for its body (bounded); returns the status code and body.
+fn readyz_until(base: &str, done: impl Fn(&serde_json::Value) -> bool) -> (u16, serde_json::Value) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (status, body) = http("GET", &format!("{base}/readyz"), None, None);
+        let body = json(&body);
+        if done(&body) {
+            return (status, body);
+        }
+        assert!(Instant::now() < deadline, "readyz never got there: {body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn check<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    report["checks"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == name))
+        .unwrap_or_else(|| panic!("no {name} check in {report}"))
+}
+
+#[test]
+fn readiness_names_the_database_the_backlog_and_a_link_that_is_down_without_draining_the_node() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let mut sim = simulator(0);
+    let config = serve_config(dir.path(), &sim.addr);
+    let mut runtime = serve(dir.path(), &config);
+    let base = base_url(&runtime.wait_for(Stream::Err, "API on http://", 1));
+    reconciled(&mut runtime);
+
+    let (status, report) = readyz_until(&base, |r| {
+        r["status"] == "ready" && check(r, "database")["detail"].is_null()
+    });
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(
+        check(&report, "links")["detail"],
+        "1 of 1 connected",
+        "{report}"
+    );
+    assert!(
+        check(&report, "event_log_backlog")["detail"]
+            .as_str()
+            .is_some_and(|d| d.ends_with("entries waiting")),
+        "{report}"
+    );
+
+    // The controller reboots: the node still serves (200), and says which link is down.
+    sim.control("restart sim-1 3000");
+    let (status, report) = readyz_until(&base, |r| r["status"] == "degraded");
+    assert_eq!(status, 200, "{report}");
+    let links = check(&report, "links");
+    assert_eq!(links["ready"], true, "{report}");
+    assert!(
+        links["degraded"]
+            .as_str()
+            .is_some_and(|d| d.contains("down: sim-1")),
+        "{report}"
+    );
+    // And back.
+    let (status, _) = readyz_until(&base, |r| r["status"] == "ready");
+    assert_eq!(status, 200);
+
+    runtime.signal("TERM");
+    assert!(
+        runtime.wait_exit(stop_limit()).success(),
+        "{}",
+        runtime.transcript()
+    );
+    sim.proc.signal("TERM");
+}

@@ -379,6 +379,10 @@ async fn outcomes_wait_for_a_restarted_database_and_the_log_resumes_without_gaps
         panic!("{status:?} was told while the database was down");
     }
     assert!(!log_healthy(&runtime), "still unhealthy while down");
+    assert!(
+        store.ping().await.is_err(),
+        "the readiness ping sees the database gone"
+    );
     let early: Vec<u64> = drain(&mut published)
         .iter()
         .filter(|ev| ev.gate == two && ev.seq > two_seq_before)
@@ -405,6 +409,10 @@ async fn outcomes_wait_for_a_restarted_database_and_the_log_resumes_without_gaps
     );
     wait_for("the event log healthy again", async || {
         log_healthy(&runtime)
+    })
+    .await;
+    wait_for("the readiness ping answered again", async || {
+        store.ping().await.is_ok()
     })
     .await;
 

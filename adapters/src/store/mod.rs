@@ -377,6 +377,19 @@ impl Store {
         }
     }
 
+    /// A round trip to the database (`SELECT 1` on a pooled connection), for readiness.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        async {
+            let mut conn = self.conn().await?;
+            with_conn!(&mut conn, |c| {
+                diesel_async::RunQueryDsl::execute(diesel::sql_query("SELECT 1"), c).await
+            })?;
+            Ok::<(), Error>(())
+        }
+        .await
+        .map_err(Error::into_store)
+    }
+
     /// Checks a connection out of the pool, waiting at most [`CHECKOUT_TIMEOUT`].
     async fn conn(&self) -> Result<Conn, Error> {
         let waited = match &self.pools {

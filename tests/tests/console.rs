@@ -1,0 +1,470 @@
+//! The operator console in a real browser: `tests/console/console.mjs` drives `/console` in
+//! Debian's headless Chromium (through playwright-core) against a `gatehouse serve` process and
+//! the `gatehouse-sim` child behind it. It signs in, finds the gate in the grid, opens it and
+//! sees `completed` and `open`, makes the simulator refuse the controller for 4 s (its control
+//! port's `restart NAME 4000`), sees the controller's link turn `down` and come back
+//! `connected`, and finds the link's restart or failure in the supervision tree. It fails on
+//! any console error or CSP violation in the page. Screenshots of each step are left in
+//! `target/console-artifacts/`.
+//!
+//! Needs the built `gatehouse` and `gatehouse-sim` (`cargo build --workspace --bins`), `node`,
+//! `/usr/bin/chromium` and `tests/console/node_modules/playwright-core` (`npm ci` in
+//! `tests/console`); `.ci/run` installs all of them. Without node, Chromium or playwright-core
+//! the test is skipped with a notice, except under CI (`CI` set), where it fails.
+
+use std::io::{BufRead, BufReader, Read, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// The longest any wait for a process to start, print or stop may take.
+const WAIT: Duration = Duration::from_secs(40);
+
+/// How long the browser script may run (its own waits add up to well under this).
+const SCRIPT_LIMIT: Duration = Duration::from_secs(180);
+
+/// The graceful-shutdown limit written into the configuration.
+const SHUTDOWN_MS: u64 = 5_000;
+
+/// The admin account the browser signs in with.
+const USER: &str = "console-admin";
+const PASSWORD: &str = "console-test-password-7f3a";
+
+/// The simulated controller and the gate the browser drives.
+const CONTROLLER: &str = "sim-1";
+const GATE: &str = "gate-1";
+
+/// Debian's Chromium, the one browser the script launches.
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// The screenshots the script saves, one per step.
+const SCREENSHOTS: [&str; 6] = [
+    "01-login.png",
+    "02-gates.png",
+    "03-command.png",
+    "04-link-down.png",
+    "05-link-recovered.png",
+    "06-tree.png",
+];
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate sits in the workspace")
+        .to_path_buf()
+}
+
+/// Where this test executable's sibling binaries are: `target/<profile>/`, the parent of
+/// the `deps/` folder the test runs from.
+fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable's path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test runs from target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build the binaries first with `cargo build --workspace --bins`",
+        path.display()
+    );
+    path
+}
+
+/// What the browser script needs and this machine lacks, by name.
+fn missing_prerequisites() -> Vec<&'static str> {
+    let mut missing = Vec::new();
+    let node = Command::new("node")
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !node {
+        missing.push("node (apt-get install nodejs)");
+    }
+    if !Path::new(CHROMIUM).is_file() {
+        missing.push("/usr/bin/chromium (apt-get install chromium)");
+    }
+    let playwright =
+        workspace_root().join("tests/console/node_modules/playwright-core/package.json");
+    if !playwright.is_file() {
+        missing.push("playwright-core (npm ci in tests/console)");
+    }
+    missing
+}
+
+/// Which output of a process.
+#[derive(Clone, Copy, Debug)]
+enum Stream {
+    Out,
+    Err,
+}
+
+/// Lines of one output, collected by a reader thread as they come.
+type Lines = Arc<Mutex<Vec<String>>>;
+
+fn collect(source: impl Read + Send + 'static, into: Lines) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        for line in BufReader::new(source).lines() {
+            let Ok(line) = line else { return };
+            into.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+        }
+    })
+}
+
+/// A child process whose output is collected line by line. Killed (by its id) when dropped,
+/// so that a failing test leaves nothing running.
+struct Proc {
+    name: String,
+    child: Child,
+    out: Lines,
+    err: Lines,
+    readers: Vec<JoinHandle<()>>,
+}
+
+impl Proc {
+    /// Starts `cmd` with piped output, `input` (if any) as its whole standard input, and an
+    /// environment free of the settings of whoever runs the tests (`RUST_LOG`, `GATEHOUSE_*`),
+    /// without colours in the logs.
+    fn spawn(name: &str, cmd: &mut Command, input: Option<&str>) -> Proc {
+        for (var, _) in std::env::vars() {
+            if var.starts_with("GATEHOUSE_") || var == "RUST_LOG" {
+                cmd.env_remove(var);
+            }
+        }
+        cmd.env("NO_COLOR", "1")
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        if let Some(input) = input {
+            let mut stdin = child.stdin.take().expect("piped stdin");
+            stdin
+                .write_all(input.as_bytes())
+                .unwrap_or_else(|e| panic!("cannot write to {name}'s input: {e}"));
+            // Dropped here: the child reads to the end of its input.
+        }
+        let (out, err) = (Lines::default(), Lines::default());
+        let readers = vec![
+            collect(child.stdout.take().expect("piped stdout"), out.clone()),
+            collect(child.stderr.take().expect("piped stderr"), err.clone()),
+        ];
+        Proc {
+            name: name.to_string(),
+            child,
+            out,
+            err,
+            readers,
+        }
+    }
+
+    fn lines(&self, stream: Stream) -> Vec<String> {
+        let lines = match stream {
+            Stream::Out => &self.out,
+            Stream::Err => &self.err,
+        };
+        lines.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Waits until `stream` has a line containing every one of `needles`; returns the first.
+    fn wait_for(&mut self, stream: Stream, needles: &[&str]) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let found = self
+                .lines(stream)
+                .into_iter()
+                .find(|l| needles.iter().all(|x| l.contains(x)));
+            if let Some(line) = found {
+                return line;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                self.join_readers();
+                let found = self
+                    .lines(stream)
+                    .into_iter()
+                    .find(|l| needles.iter().all(|x| l.contains(x)));
+                if let Some(line) = found {
+                    return line;
+                }
+                panic!(
+                    "{} exited ({status}) before printing {needles:?}\n{}",
+                    self.name,
+                    self.transcript()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not print {needles:?} within {WAIT:?}\n{}",
+                self.name,
+                self.transcript()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends a signal (`TERM`, `KILL`) to this process, by its id.
+    fn signal(&self, signal: &str) {
+        let _ = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status();
+    }
+
+    /// Waits up to `limit` for the process to exit (and its output to be read to the end);
+    /// `None` if it is still running then.
+    fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                self.join_readers();
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits (bounded) for the process to exit, killing it if it does not; panics then.
+    fn finish(&mut self, limit: Duration) -> ExitStatus {
+        match self.wait_exit(limit) {
+            Some(status) => status,
+            None => {
+                self.signal("KILL");
+                let _ = self.wait_exit(WAIT);
+                panic!(
+                    "{} did not finish within {limit:?}: killed\n{}",
+                    self.name,
+                    self.transcript()
+                );
+            }
+        }
+    }
+
+    fn join_readers(&mut self) {
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+    }
+
+    /// Everything the process printed so far, for failure messages.
+    fn transcript(&self) -> String {
+        format!(
+            "--- {name} stdout ---\n{}\n--- {name} stderr ---\n{}",
+            self.lines(Stream::Out).join("\n"),
+            self.lines(Stream::Err).join("\n"),
+            name = self.name
+        )
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// The second word of a line such as `sim-1 127.0.0.1:PORT generic units=1,2`.
+fn second_word(line: &str) -> String {
+    line.split_whitespace()
+        .nth(1)
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_string()
+}
+
+/// A `gatehouse-sim` child: one generic controller of two gates (3 s of travel) on a free
+/// port, with a control port; returns it with the controller's and the control's addresses.
+fn simulator() -> (Proc, String, String) {
+    let mut proc = Proc::spawn(
+        "gatehouse-sim",
+        Command::new(bin("gatehouse-sim")).args([
+            "--controllers",
+            "1",
+            "--units",
+            "2",
+            "--profile",
+            "generic",
+            "--travel-ms",
+            "3000",
+            "--name-prefix",
+            "sim",
+            "--base-port",
+            "0",
+            "--control",
+            "127.0.0.1:0",
+        ]),
+        None,
+    );
+    let named = format!("{CONTROLLER} ");
+    let addr = second_word(&proc.wait_for(Stream::Out, &[named.as_str()]));
+    let control = second_word(&proc.wait_for(Stream::Out, &["control "]));
+    (proc, addr, control)
+}
+
+/// Writes `fleet.toml` (the simulator's controller and its two gates) and `gatehouse.toml`
+/// (HTTP on a free loopback port, data inside `dir`) into `dir`. The database is the default,
+/// `./data/gatehouse.db`: every command runs in `dir`.
+fn serve_config(dir: &Path, endpoint: &str) -> PathBuf {
+    let fleet = format!(
+        "[[site]]\nid = \"site\"\nname = \"Site\"\n\n\
+         [[controller]]\nid = \"{CONTROLLER}\"\nsite = \"site\"\nprofile = \"generic\"\n\
+         endpoint = \"{endpoint}\"\n\n\
+         [[gate]]\nid = \"{GATE}\"\ncontroller = \"{CONTROLLER}\"\nunit = 1\nname = \"Gate one\"\n\n\
+         [[gate]]\nid = \"gate-2\"\ncontroller = \"{CONTROLLER}\"\nunit = 2\nname = \"Gate two\"\n"
+    );
+    std::fs::write(dir.join("fleet.toml"), fleet).expect("write the fleet file");
+    let config = format!(
+        "[http]\nlisten = \"127.0.0.1:0\"\n\n[data]\ndir = {:?}\n\n\
+         [fleet]\nfile = \"fleet.toml\"\n\n[shutdown]\ntimeout_ms = {SHUTDOWN_MS}\n",
+        dir.join("data").display().to_string()
+    );
+    let path = dir.join("gatehouse.toml");
+    std::fs::write(&path, config).expect("write the configuration");
+    path
+}
+
+/// `gatehouse user add USER --role admin --password-stdin` on the configuration's database.
+fn add_admin(dir: &Path, config: &Path) {
+    let mut add = Proc::spawn(
+        "gatehouse user add",
+        Command::new(bin("gatehouse"))
+            .args([
+                "user",
+                "add",
+                USER,
+                "--role",
+                "admin",
+                "--password-stdin",
+                "--config",
+            ])
+            .arg(config)
+            .current_dir(dir),
+        Some(&format!("{PASSWORD}\n")),
+    );
+    let status = add.finish(WAIT);
+    assert!(
+        status.success(),
+        "gatehouse user add failed ({status})\n{}",
+        add.transcript()
+    );
+}
+
+fn tail(lines: &[String], n: usize) -> String {
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+#[test]
+fn the_console_commands_a_gate_and_shows_a_link_going_down_and_back_in_chromium() {
+    let missing = missing_prerequisites();
+    if !missing.is_empty() {
+        let message = format!(
+            "the console browser test needs {} (.ci/run installs them)",
+            missing.join(", ")
+        );
+        assert!(std::env::var_os("CI").is_none(), "{message}");
+        eprintln!("skipped: {message}");
+        return;
+    }
+
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let (mut sim, endpoint, control) = simulator();
+    let config = serve_config(dir.path(), &endpoint);
+    add_admin(dir.path(), &config);
+
+    let mut runtime = Proc::spawn(
+        "gatehouse serve",
+        Command::new(bin("gatehouse"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .current_dir(dir.path()),
+        None,
+    );
+    // `... HTTP API listening addr=127.0.0.1:PORT`
+    let listening = runtime.wait_for(Stream::Err, &["HTTP API listening"]);
+    let addr = listening
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("addr="))
+        .unwrap_or_else(|| panic!("no addr= in {listening:?}"))
+        .to_string();
+    runtime.wait_for(Stream::Err, &["link up"]);
+    let gate_field = format!("gate={GATE}");
+    runtime.wait_for(Stream::Err, &["offline -> closed", gate_field.as_str()]);
+
+    let artifacts = workspace_root().join("target/console-artifacts");
+    let _ = std::fs::remove_dir_all(&artifacts);
+    std::fs::create_dir_all(&artifacts).expect("create target/console-artifacts");
+    println!("console test screenshots: {}", artifacts.display());
+    let password_file = dir.path().join("password");
+    std::fs::write(&password_file, format!("{PASSWORD}\n")).expect("write the password file");
+
+    let mut script = Proc::spawn(
+        "console.mjs",
+        Command::new("node")
+            .arg("tests/console/console.mjs")
+            .arg(format!("--url=http://{addr}"))
+            .arg(format!("--user={USER}"))
+            .arg(format!("--password-file={}", password_file.display()))
+            .arg(format!("--control={control}"))
+            .arg(format!("--controller={CONTROLLER}"))
+            .arg(format!("--gate={GATE}"))
+            .arg(format!("--artifacts={}", artifacts.display()))
+            .current_dir(workspace_root()),
+        None,
+    );
+    let status = match script.wait_exit(SCRIPT_LIMIT) {
+        Some(status) => status,
+        None => {
+            script.signal("KILL");
+            let _ = script.wait_exit(WAIT);
+            panic!(
+                "console.mjs did not finish within {SCRIPT_LIMIT:?}: killed\n{}\n\
+                 --- gatehouse serve, last lines ---\n{}",
+                script.transcript(),
+                tail(&runtime.lines(Stream::Err), 60)
+            );
+        }
+    };
+    println!("{}", script.transcript());
+    assert!(
+        status.success(),
+        "console.mjs failed ({status}); screenshots in {}\n{}\n\
+         --- gatehouse serve, last lines ---\n{}",
+        artifacts.display(),
+        script.transcript(),
+        tail(&runtime.lines(Stream::Err), 60)
+    );
+
+    for name in SCREENSHOTS {
+        let path = artifacts.join(name);
+        let bytes = std::fs::read(&path)
+            .unwrap_or_else(|e| panic!("the screenshot {} is missing: {e}", path.display()));
+        assert!(
+            bytes.len() > 8 && bytes.starts_with(b"\x89PNG\r\n\x1a\n"),
+            "{} is not a PNG ({} bytes)",
+            path.display(),
+            bytes.len()
+        );
+    }
+
+    runtime.signal("TERM");
+    let stop_limit = Duration::from_millis(SHUTDOWN_MS) + Duration::from_secs(10);
+    let status = runtime.finish(stop_limit);
+    assert!(status.success(), "{status}\n{}", runtime.transcript());
+    sim.signal("TERM");
+    let _ = sim.wait_exit(WAIT);
+}
