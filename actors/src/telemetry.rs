@@ -11,6 +11,7 @@
 //! codes, close codes, route templates): no per-session, per-user or per-gate label exists.
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use metrics::{Counter, Gauge, Histogram};
@@ -124,6 +125,59 @@ impl Kind {
     ];
 }
 
+/// Messages sent to gate actors and not yet handled (or dropped with a stopped mailbox).
+pub static GATE_MAILBOX: AtomicI64 = AtomicI64::new(0);
+/// The same for link actors.
+pub static LINK_MAILBOX: AtomicI64 = AtomicI64::new(0);
+
+/// A message type whose mailbox depth is counted (ractor does not expose it).
+pub trait Counted: Sized {
+    fn depth() -> &'static AtomicI64;
+}
+
+/// A message on its way to an actor of a counted kind. Counted in when made and out when
+/// opened by the actor, or when dropped unopened: a message left in the mailbox of an actor
+/// that stopped is dropped with it, so the depth cannot drift.
+pub struct Mail<M: Counted> {
+    msg: M,
+    _ticket: Ticket,
+}
+
+struct Ticket(Option<&'static AtomicI64>);
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if let Some(depth) = self.0 {
+            depth.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl<M: Counted> Mail<M> {
+    pub fn new(msg: M) -> Self {
+        // Nothing is counted while metrics are off.
+        let depth = get().map(|_| M::depth());
+        if let Some(depth) = depth {
+            depth.fetch_add(1, Ordering::Relaxed);
+        }
+        Mail {
+            msg,
+            _ticket: Ticket(depth),
+        }
+    }
+
+    /// The message, counted out of the mailbox.
+    pub fn open(self) -> M {
+        self.msg
+    }
+}
+
+impl<M: Counted> From<M> for Mail<M> {
+    fn from(msg: M) -> Self {
+        Mail::new(msg)
+    }
+}
+
 /// A Modbus transaction's direction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
@@ -154,6 +208,9 @@ pub struct Instruments {
 }
 
 static INSTRUMENTS: OnceLock<Instruments> = OnceLock::new();
+
+/// Whether the instruments record (set by [`install`]; [`set_active`] is for benchmarks).
+static ACTIVE: AtomicBool = AtomicBool::new(false);
 
 /// Registers the hot instruments with the recorder installed now. Call once, after the
 /// recorder is installed and before the actors start; later calls do nothing.
@@ -196,12 +253,24 @@ pub fn install() {
             session_coalesced: metrics::counter!(names::SESSION_COALESCED),
         }
     });
+    ACTIVE.store(true, Ordering::Relaxed);
 }
 
 /// The hot instruments, if metrics are on.
 #[inline]
 pub fn get() -> Option<&'static Instruments> {
-    INSTRUMENTS.get()
+    if ACTIVE.load(Ordering::Relaxed) {
+        INSTRUMENTS.get()
+    } else {
+        None
+    }
+}
+
+/// Turns recording off and on again after [`install`], for the benchmark that measures what
+/// instrumentation costs in one run. Gauges kept by guards (gates by state, live actors,
+/// mailbox depth) are wrong after a toggle: never use this in a process that is scraped.
+pub fn set_active(on: bool) {
+    ACTIVE.store(on && INSTRUMENTS.get().is_some(), Ordering::Relaxed);
 }
 
 const GATE_STATES: [GateState; 8] = [

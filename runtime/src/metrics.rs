@@ -113,6 +113,13 @@ fn scrape_gauges(fleet: &Fleet, limit: usize) {
     for (phase, n) in LinkPhase::ALL.iter().zip(by_phase) {
         metrics::gauge!(names::LINKS, "state" => phase.as_str()).set(f64::from(n));
     }
+    use std::sync::atomic::Ordering::Relaxed;
+    for (kind, depth) in [
+        ("gate", &telemetry::GATE_MAILBOX),
+        ("link", &telemetry::LINK_MAILBOX),
+    ] {
+        metrics::gauge!(names::ACTOR_MAILBOX_DEPTH, "kind" => kind).set(depth.load(Relaxed) as f64);
+    }
     if let Some(log) = &ctx.eventlog {
         metrics::gauge!(names::EVENTLOG_QUEUE_DEPTH).set(log.queue_depth() as f64);
     }

@@ -881,7 +881,7 @@ fn the_demo_serves_metrics_that_promtool_accepts_labelled_by_route_template() {
 #[test]
 fn no_password_token_or_key_reaches_the_logs_even_at_trace_level() {
     let dir = tempfile::tempdir().expect("a temp dir");
-    let mut sim = simulator(0);
+    let sim = simulator(0);
     let config = format!(
         "[http]\nlisten = \"127.0.0.1:0\"\n\n[data]\ndir = {:?}\n\n[fleet]\nfile = \"fleet.toml\"\n\n\
          [log]\nlevel = \"trace\"\nformat = \"json\"\n\n[metrics]\ntoken = \"metrics-token-SECRET-0123456789\"\n",
@@ -1062,7 +1062,7 @@ fn check<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value
 #[test]
 fn readiness_names_the_database_the_backlog_and_a_link_that_is_down_without_draining_the_node() {
     let dir = tempfile::tempdir().expect("a temp dir");
-    let mut sim = simulator(0);
+    let sim = simulator(0);
     let config = serve_config(dir.path(), &sim.addr);
     let mut runtime = serve(dir.path(), &config);
     let base = base_url(&runtime.wait_for(Stream::Err, "API on http://", 1));

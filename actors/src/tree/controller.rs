@@ -186,7 +186,7 @@ pub(crate) fn controller_child(spec: Arc<ControllerSpec>, ctx: Arc<FleetContext>
                     obs_ctx.directory.remove_link(&obs_spec.id);
                     for g in &obs_spec.gates {
                         if let Some(gate) = obs_ctx.directory.gate(&g.spec.id) {
-                            let _ = gate.send_message(GateMsg::LinkDown);
+                            let _ = gate.send_message(GateMsg::LinkDown.into());
                         }
                     }
                 }

@@ -6,26 +6,26 @@
 use std::collections::HashMap;
 use std::sync::RwLock;
 
-use ractor::{ActorId, ActorRef};
+use ractor::ActorId;
 
-use super::gate::GateMsg;
-use super::link::LinkMsg;
+use super::gate::GateRef;
+use super::link::LinkRef;
 use crate::ids::{ControllerId, GateId};
 
 /// Who is where, for the actors of this node. Gate and link actors enter themselves when they
 /// start and leave when they stop, so a restarted actor is found without anyone being told.
 #[derive(Default)]
 pub struct Directory {
-    gates: RwLock<HashMap<GateId, ActorRef<GateMsg>>>,
-    links: RwLock<HashMap<ControllerId, ActorRef<LinkMsg>>>,
+    gates: RwLock<HashMap<GateId, GateRef>>,
+    links: RwLock<HashMap<ControllerId, LinkRef>>,
 }
 
 impl Directory {
-    pub fn gate(&self, id: &GateId) -> Option<ActorRef<GateMsg>> {
+    pub fn gate(&self, id: &GateId) -> Option<GateRef> {
         self.gates.read().ok()?.get(id).cloned()
     }
 
-    pub fn link(&self, id: &ControllerId) -> Option<ActorRef<LinkMsg>> {
+    pub fn link(&self, id: &ControllerId) -> Option<LinkRef> {
         self.links.read().ok()?.get(id).cloned()
     }
 
@@ -36,7 +36,7 @@ impl Directory {
             .unwrap_or_default()
     }
 
-    pub(crate) fn insert_gate(&self, id: GateId, r: ActorRef<GateMsg>) {
+    pub(crate) fn insert_gate(&self, id: GateId, r: GateRef) {
         if let Ok(mut g) = self.gates.write() {
             g.insert(id, r);
         }
@@ -50,7 +50,7 @@ impl Directory {
         }
     }
 
-    pub(crate) fn insert_link(&self, id: ControllerId, r: ActorRef<LinkMsg>) {
+    pub(crate) fn insert_link(&self, id: ControllerId, r: LinkRef) {
         if let Ok(mut l) = self.links.write() {
             l.insert(id, r);
         }

@@ -335,7 +335,7 @@ async fn commit(state: &WriterArgs, batch: Vec<Entry>) {
     }
     for (gate, seq) in heads {
         if let Some(actor) = state.directory.gate(gate) {
-            let _ = actor.send_message(GateMsg::Committed { seq });
+            let _ = actor.send_message(GateMsg::Committed { seq }.into());
         }
     }
 }

@@ -411,7 +411,7 @@ impl Fleet {
             .gate(gate)
             .ok_or_else(|| FleetError::UnknownGate(gate.clone()))?;
         actor
-            .send_message(GateMsg::Command { id, action, reply })
+            .send_message(GateMsg::Command { id, action, reply }.into())
             .map_err(|_| FleetError::UnknownGate(gate.clone()))
     }
 
@@ -422,7 +422,15 @@ impl Fleet {
             .directory
             .gate(gate)
             .ok_or_else(|| FleetError::UnknownGate(gate.clone()))?;
-        ractor::call!(actor, GateMsg::Snapshot).map_err(|_| FleetError::UnknownGate(gate.clone()))
+        actor
+            .call(|reply| GateMsg::Snapshot(reply).into(), None)
+            .await
+            .ok()
+            .and_then(|r| match r {
+                ractor::rpc::CallResult::Success(view) => Some(view),
+                _ => None,
+            })
+            .ok_or_else(|| FleetError::UnknownGate(gate.clone()))
     }
 
     /// Stops the tree this handle started ([`Fleet::start`]), or else the fleet supervisor,

@@ -22,7 +22,7 @@ use crate::gate::{
     Observation, RejectReason, WriteResult, WriteTag,
 };
 use crate::ids::{CommandId, GateId};
-use crate::telemetry::{self, GateStateGauge};
+use crate::telemetry::{self, Counted, GateStateGauge, Mail};
 
 /// A command's status, as delivered to whoever asked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +34,9 @@ pub struct Ack {
 /// Where a command's acks go: a session, an HTTP request waiting, a test. Called from the gate
 /// actor's task, so it must not block.
 pub type AckSink = Arc<dyn Fn(&GateId, Ack) + Send + Sync>;
+
+/// A gate actor's address; its messages are counted in and out of its mailbox.
+pub type GateRef = ActorRef<Mail<GateMsg>>;
 
 pub enum GateMsg {
     Command {
@@ -74,7 +77,7 @@ pub struct GateView {
 }
 
 /// A scheduled `Tick` to the gate itself.
-type TickTimer = JoinHandle<Result<(), ractor::MessagingErr<GateMsg>>>;
+type TickTimer = JoinHandle<Result<(), ractor::MessagingErr<Mail<GateMsg>>>>;
 
 pub struct GateActor;
 
@@ -114,7 +117,7 @@ impl GateActorState {
 
     /// Feeds an input and carries out every effect, including the ones that follow from
     /// writes that fail on the spot (link absent).
-    async fn run(&mut self, myself: &ActorRef<GateMsg>, input: Input) {
+    async fn run(&mut self, myself: &GateRef, input: Input) {
         let now = self.now_ms();
         let mut effects = std::mem::take(&mut self.effects);
         self.machine.handle(now, input, &mut effects);
@@ -152,7 +155,7 @@ impl GateActorState {
         }
     }
 
-    fn apply(&mut self, myself: &ActorRef<GateMsg>, effects: &mut Vec<Effect>) {
+    fn apply(&mut self, myself: &GateRef, effects: &mut Vec<Effect>) {
         let mut i = 0;
         while i < effects.len() {
             match effects[i] {
@@ -209,16 +212,19 @@ impl GateActorState {
     }
 
     /// Hands a write to the link; false when there is no link to take it.
-    fn send_write(&self, myself: &ActorRef<GateMsg>, tag: WriteTag, op: crate::gate::HwOp) -> bool {
+    fn send_write(&self, myself: &GateRef, tag: WriteTag, op: crate::gate::HwOp) -> bool {
         let Some(link) = self.ctx.directory.link(&self.slot.controller) else {
             return false;
         };
-        link.send_message(LinkMsg::Write {
-            gate: self.slot.index,
-            op,
-            tag,
-            reply: myself.clone(),
-        })
+        link.send_message(
+            LinkMsg::Write {
+                gate: self.slot.index,
+                op,
+                tag,
+                reply: myself.clone(),
+            }
+            .into(),
+        )
         .is_ok()
     }
 
@@ -266,7 +272,7 @@ impl GateActorState {
     }
 
     /// Keeps exactly one timer, at the machine's next deadline.
-    fn reschedule(&mut self, myself: &ActorRef<GateMsg>) {
+    fn reschedule(&mut self, myself: &GateRef) {
         let next = self.machine.next_deadline();
         match (next, &self.timer) {
             (Some(at), Some((scheduled, _))) if *scheduled == at => {}
@@ -277,7 +283,7 @@ impl GateActorState {
                 }
                 if let Some(at) = next {
                     let delay = Duration::from_millis(at.saturating_sub(self.now_ms()));
-                    let handle = myself.send_after(delay, || GateMsg::Tick);
+                    let handle = myself.send_after(delay, || GateMsg::Tick.into());
                     self.timer = Some((at, handle));
                 }
             }
@@ -285,14 +291,20 @@ impl GateActorState {
     }
 }
 
+impl Counted for GateMsg {
+    fn depth() -> &'static std::sync::atomic::AtomicI64 {
+        &telemetry::GATE_MAILBOX
+    }
+}
+
 impl Actor for GateActor {
-    type Msg = GateMsg;
+    type Msg = Mail<GateMsg>;
     type State = GateActorState;
     type Arguments = GateArgs;
 
     async fn pre_start(
         &self,
-        myself: ActorRef<GateMsg>,
+        myself: GateRef,
         args: GateArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
         args.ctx
@@ -327,7 +339,7 @@ impl Actor for GateActor {
 
     async fn post_stop(
         &self,
-        myself: ActorRef<GateMsg>,
+        myself: GateRef,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         if let Some((_, handle)) = state.timer.take() {
@@ -348,12 +360,12 @@ impl Actor for GateActor {
 
     async fn handle(
         &self,
-        myself: ActorRef<GateMsg>,
-        msg: GateMsg,
+        myself: GateRef,
+        msg: Mail<GateMsg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         let _timing = telemetry::handling(telemetry::Kind::Gate);
-        match msg {
+        match msg.open() {
             GateMsg::Command { id, action, reply } => {
                 let now = state.now_ms();
                 let mut effects = std::mem::take(&mut state.effects);

@@ -123,6 +123,17 @@ struct Report {
     poll: PollFigures,
     command: CommandFigures,
     recovery: Vec<RecoveryFigures>,
+    scrape: Option<ScrapeFigures>,
+}
+
+/// One `/metrics` render with every gate and link of the run instrumented.
+#[derive(Serialize)]
+struct ScrapeFigures {
+    renders: usize,
+    bytes: usize,
+    series: usize,
+    p50_ms: f64,
+    max_ms: f64,
 }
 
 #[derive(Serialize)]
@@ -324,6 +335,8 @@ async fn all(sizes: Sizes) -> anyhow::Result<Report> {
         .context("generic profile")?
         .poll_interval;
 
+    // As in production: the exporter installed, every instrument recording.
+    let metrics = gatehouse_runtime::metrics::install(&Default::default())?;
     let rss_before = rss_kib();
     let booted = Instant::now();
     let bus = gatehouse_actors::tree::bus::LocalBus::default();
@@ -514,6 +527,32 @@ async fn all(sizes: Sizes) -> anyhow::Result<Report> {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
+    // ---- what a scrape of all this costs ----
+    let scrape = match &metrics {
+        Some(metrics) => {
+            let export = metrics.export(&runtime.fleet);
+            let took = Histogram::default();
+            let mut text = String::new();
+            const RENDERS: usize = 20;
+            for _ in 0..RENDERS {
+                let t = Instant::now();
+                text = (export.render)();
+                took.record(t.elapsed());
+            }
+            Some(ScrapeFigures {
+                renders: RENDERS,
+                bytes: text.len(),
+                series: text
+                    .lines()
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .count(),
+                p50_ms: ms(took.quantile(0.5)),
+                max_ms: ms(took.max()),
+            })
+        }
+        None => None,
+    };
+
     collector.abort();
     runtime.shutdown(Duration::from_secs(10)).await;
     Ok(Report {
@@ -523,6 +562,7 @@ async fn all(sizes: Sizes) -> anyhow::Result<Report> {
         poll,
         command,
         recovery,
+        scrape,
     })
 }
 
@@ -567,6 +607,12 @@ fn print_text(r: &Report) {
             v.recovered_p99_ms,
             v.recovered_max_ms,
             v.poll_interval_ms
+        );
+    }
+    if let Some(x) = &r.scrape {
+        println!(
+            "  /metrics  {} series, {} bytes; render p50 {:.2} ms, max {:.2} ms over {} renders",
+            x.series, x.bytes, x.p50_ms, x.max_ms, x.renders
         );
     }
 }

@@ -63,6 +63,10 @@ pub struct WsSizes {
     /// Events published back to back for the throughput figure.
     #[arg(long, default_value_t = 20)]
     burst: u64,
+    /// Rounds of the instrumentation-cost comparison (command and fan-out phases with
+    /// metrics off, then on, alternately); 0 skips it.
+    #[arg(long, default_value_t = 3)]
+    overhead_rounds: u32,
 }
 
 impl WsSizes {
@@ -80,6 +84,7 @@ impl WsSizes {
             fan_rate: 10,
             fan_seconds: 1,
             burst: 5,
+            overhead_rounds: 1,
         }
     }
 }
@@ -145,6 +150,24 @@ pub struct WsReport {
     pub burst_deliveries_per_s: f64,
     pub sessions_too_slow: u64,
     pub sessions_coalesced_events: u64,
+    /// Metrics on versus off, measured in alternating rounds of this one run.
+    pub overhead: Option<Overhead>,
+}
+
+/// What instrumentation costs: the same phases with metrics off and on, alternately.
+#[derive(Debug, Serialize, Default)]
+pub struct Overhead {
+    pub rounds: u32,
+    /// Sums over the rounds: (off, on), in ms.
+    pub command_p50_ms: (f64, f64),
+    pub command_p99_ms: (f64, f64),
+    pub fanout_p50_ms: (f64, f64),
+    pub fanout_p99_ms: (f64, f64),
+    /// on / off of the sums: 1.05 is 5 % slower with metrics on.
+    pub command_p50_ratio: f64,
+    pub command_p99_ratio: f64,
+    pub fanout_p50_ratio: f64,
+    pub fanout_p99_ratio: f64,
 }
 
 /// The phones' process.
@@ -214,6 +237,8 @@ fn fan_event(gate: &GateId, seq: u64) -> Arc<GateEvent> {
 
 pub async fn run(sizes: WsSizes) -> anyhow::Result<WsReport> {
     let s = sizes.effective();
+    // As in production: the exporter installed, every instrument recording.
+    let metrics = gatehouse_runtime::metrics::install(&Default::default())?;
     let gates = s.controllers * usize::from(s.units);
     if s.sessions + 1 > gates {
         bail!(
@@ -351,6 +376,63 @@ pub async fn run(sizes: WsSizes) -> anyhow::Result<WsReport> {
     let burst: FanFigures = serde_json::from_str(&answer).context("burst figures")?;
     eprintln!("burst phase: {answer}");
 
+    let mut overhead = None;
+    if s.overhead_rounds > 0 && metrics.is_some() {
+        let mut o = Overhead {
+            rounds: s.overhead_rounds,
+            ..Overhead::default()
+        };
+        for round in 0..s.overhead_rounds {
+            // Off first in odd rounds, on first in even ones, so that a drift in the
+            // machine's load favours neither.
+            let order = if round % 2 == 0 {
+                [false, true]
+            } else {
+                [true, false]
+            };
+            for on in order {
+                gatehouse_actors::telemetry::set_active(on);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let answer = tokio::task::block_in_place(|| {
+                    clients.ask(&format!("commands {} {}", s.rate, s.command_seconds))
+                })?;
+                let c: CommandFigures = serde_json::from_str(&answer).context("command figures")?;
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                tokio::task::block_in_place(|| clients.ask("fan-start"))?;
+                let mut tick = tokio::time::interval(period);
+                for _ in 0..events {
+                    tick.tick().await;
+                    seq += 1;
+                    stack.runtime.bus.publish(fan_event(&fan, seq));
+                }
+                let answer = tokio::task::block_in_place(|| {
+                    clients.ask(&format!("fan-report {}", events * s.sessions as u64))
+                })?;
+                let f: FanFigures = serde_json::from_str(&answer).context("fan figures")?;
+                let add = |pair: &mut (f64, f64), v: f64| {
+                    if on { pair.1 += v } else { pair.0 += v }
+                };
+                add(&mut o.command_p50_ms, c.accepted_latency.p50_ms);
+                add(&mut o.command_p99_ms, c.accepted_latency.p99_ms);
+                add(&mut o.fanout_p50_ms, f.latency.p50_ms);
+                add(&mut o.fanout_p99_ms, f.latency.p99_ms);
+                eprintln!(
+                    "overhead round {round}, metrics {}: command p50 {:.3} ms, fan-out p50 {:.1} ms",
+                    if on { "on" } else { "off" },
+                    c.accepted_latency.p50_ms,
+                    f.latency.p50_ms
+                );
+            }
+        }
+        gatehouse_actors::telemetry::set_active(true);
+        let ratio = |(off, on): (f64, f64)| if off > 0.0 { on / off } else { 0.0 };
+        o.command_p50_ratio = ratio(o.command_p50_ms);
+        o.command_p99_ratio = ratio(o.command_p99_ms);
+        o.fanout_p50_ratio = ratio(o.fanout_p50_ms);
+        o.fanout_p99_ratio = ratio(o.fanout_p99_ms);
+        overhead = Some(o);
+    }
+
     let stats = stack.app.sessions.stats();
     drop(clients);
     stack.shutdown().await;
@@ -377,6 +459,7 @@ pub async fn run(sizes: WsSizes) -> anyhow::Result<WsReport> {
         burst,
         sessions_too_slow: stats.too_slow,
         sessions_coalesced_events: stats.coalesced,
+        overhead,
     })
 }
 
@@ -425,6 +508,16 @@ pub fn print_text(r: &WsReport) {
         r.sessions_too_slow,
         r.sessions_coalesced_events
     );
+    if let Some(o) = &r.overhead {
+        println!(
+            "  instrumentation cost over {} alternating rounds (metrics on / off, target ≤ 1.05): command p50 ×{:.3}, p99 ×{:.3}; fan-out p50 ×{:.3}, p99 ×{:.3}",
+            o.rounds,
+            o.command_p50_ratio,
+            o.command_p99_ratio,
+            o.fanout_p50_ratio,
+            o.fanout_p99_ratio
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------
