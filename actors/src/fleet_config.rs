@@ -22,6 +22,8 @@ pub const UNIT_IDS: RangeInclusive<u8> = 1..=247;
 pub const REQUEST_TIMEOUT_MS: RangeInclusive<u64> = 10..=600_000;
 /// A controller's pause between frames (slow RS-485 gateways).
 pub const INTER_FRAME_DELAY_MS: RangeInclusive<u64> = 0..=10_000;
+/// Request timeouts in a row that take a controller's link down (fewer are lost replies).
+pub const TIMEOUTS_BEFORE_DOWN: RangeInclusive<u64> = 1..=10;
 /// A controller's poll interval at rest.
 pub const POLL_INTERVAL_MS: RangeInclusive<u64> = 50..=600_000;
 /// A gate's travel timeout: longer than this and the gate faults.
@@ -195,6 +197,11 @@ pub fn validate(fleet: &FleetRecords, profiles: &dyn ProfileNames) -> Result<(),
                 INTER_FRAME_DELAY_MS,
             ),
             ("poll_interval_ms", c.poll_interval_ms, POLL_INTERVAL_MS),
+            (
+                "timeouts_before_down",
+                c.timeouts_before_down,
+                TIMEOUTS_BEFORE_DOWN,
+            ),
         ] {
             if let Some(v) = value {
                 in_range(v, &range).map_err(|m| err(field, m))?;
@@ -291,6 +298,7 @@ mod tests {
                 request_timeout_ms: None,
                 inter_frame_delay_ms: None,
                 poll_interval_ms: Some(200),
+                timeouts_before_down: None,
             }],
             gates: vec![GateRecord {
                 id: "g1".parse().unwrap(),
@@ -338,6 +346,12 @@ mod tests {
             broken(|f| f.controllers[0].poll_interval_ms = Some(10)),
             (Kind::Controller, "poll_interval_ms")
         );
+        for n in [0, 11] {
+            assert_eq!(
+                broken(|f| f.controllers[0].timeouts_before_down = Some(n)),
+                (Kind::Controller, "timeouts_before_down")
+            );
+        }
         assert_eq!(broken(|f| f.gates[0].unit = 0), (Kind::Gate, "unit"));
         assert_eq!(
             broken(|f| f.gates[0].travel_timeout_s = 0),

@@ -32,6 +32,8 @@ pub struct ControllerRecord {
     pub request_timeout_ms: Option<u64>,
     pub inter_frame_delay_ms: Option<u64>,
     pub poll_interval_ms: Option<u64>,
+    /// Request timeouts in a row that take the link down, over the profile's.
+    pub timeouts_before_down: Option<u64>,
 }
 
 /// A gate as stored.

@@ -78,6 +78,7 @@ pub struct TimingOverrides {
     pub connect_timeout: Option<Duration>,
     pub request_timeout: Option<Duration>,
     pub inter_frame_delay: Option<Duration>,
+    pub timeouts_before_down: Option<u32>,
 }
 
 impl LinkTiming {
@@ -100,7 +101,9 @@ impl LinkTiming {
                 .inter_frame_delay
                 .or(delay)
                 .unwrap_or(Duration::ZERO),
-            timeouts_before_down: down_after
+            timeouts_before_down: overrides
+                .timeouts_before_down
+                .or(down_after)
                 .unwrap_or(crate::profile::DEFAULT_TIMEOUTS_BEFORE_DOWN),
         }
     }
@@ -978,10 +981,27 @@ mod tests {
                 connect_timeout: Some(Duration::from_millis(700)),
                 request_timeout: None,
                 inter_frame_delay: Some(Duration::from_millis(15)),
+                timeouts_before_down: None,
             },
         );
         assert_eq!(t.request_timeout, Duration::from_millis(800));
         assert_eq!(t.inter_frame_delay, Duration::from_millis(15));
         assert_eq!(t.connect_timeout, Duration::from_millis(700));
+        assert_eq!(
+            t.timeouts_before_down,
+            crate::profile::DEFAULT_TIMEOUTS_BEFORE_DOWN
+        );
+
+        // A controller may ride out more lost replies than its profile says, or fewer.
+        for wanted in [1, 7] {
+            let t = LinkTiming::from_profiles(
+                &gates,
+                TimingOverrides {
+                    timeouts_before_down: Some(wanted),
+                    ..TimingOverrides::default()
+                },
+            );
+            assert_eq!(t.timeouts_before_down, wanted);
+        }
     }
 }

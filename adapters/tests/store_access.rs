@@ -171,6 +171,7 @@ async fn add_fleet(store: &Store) {
                 request_timeout_ms: None,
                 inter_frame_delay_ms: None,
                 poll_interval_ms: None,
+                timeouts_before_down: None,
             }),
             FleetChange::UpsertGate(GateRecord {
                 id: GateId::new("service").unwrap(),

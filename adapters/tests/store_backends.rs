@@ -169,6 +169,7 @@ fn controller(id: &str, site: &str) -> ControllerRecord {
         request_timeout_ms: Some(800),
         inter_frame_delay_ms: None,
         poll_interval_ms: Some(250),
+        timeouts_before_down: Some(5),
     }
 }
 

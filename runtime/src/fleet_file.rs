@@ -56,6 +56,9 @@ pub struct ControllerEntry {
     pub inter_frame_delay_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub poll_interval_ms: Option<u64>,
+    /// Request timeouts in a row that take the link down (1..=10), over the profile's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeouts_before_down: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -157,6 +160,7 @@ impl FleetFile {
                     request_timeout_ms: c.request_timeout_ms,
                     inter_frame_delay_ms: c.inter_frame_delay_ms,
                     poll_interval_ms: c.poll_interval_ms,
+                    timeouts_before_down: c.timeouts_before_down,
                 })
                 .collect(),
             gates: self
@@ -198,6 +202,7 @@ impl FleetFile {
                     request_timeout_ms: c.request_timeout_ms,
                     inter_frame_delay_ms: c.inter_frame_delay_ms,
                     poll_interval_ms: c.poll_interval_ms,
+                    timeouts_before_down: c.timeouts_before_down,
                 })
                 .collect(),
             gates: r
@@ -292,6 +297,10 @@ pub fn build_controller(
         connect_timeout: None,
         request_timeout: c.request_timeout_ms.map(Duration::from_millis),
         inter_frame_delay: c.inter_frame_delay_ms.map(Duration::from_millis),
+        // Validated to 1..=10 before it gets here.
+        timeouts_before_down: c
+            .timeouts_before_down
+            .map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
     };
     let connector = TcpConnector::from_profiles(&c.endpoint, bindings, overrides);
     let capabilities = profile.capabilities();

@@ -3,6 +3,7 @@
 use std::process::Command;
 
 pub mod http;
+pub mod procs;
 pub mod rig;
 pub mod stack;
 pub mod wsclient;

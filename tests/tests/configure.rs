@@ -129,6 +129,7 @@ unit = 2
         request_timeout_ms: None,
         inter_frame_delay_ms: None,
         poll_interval_ms: None,
+        timeouts_before_down: None,
     };
     runtime
         .fleet

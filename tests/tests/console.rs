@@ -12,15 +12,11 @@
 //! `tests/console`); `.ci/run` installs all of them. Without node, Chromium or playwright-core
 //! the test is skipped with a notice, except under CI (`CI` set), where it fails.
 
-use std::io::{BufRead, BufReader, Read, Write as _};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-/// The longest any wait for a process to start, print or stop may take.
-const WAIT: Duration = Duration::from_secs(40);
+use gatehouse_tests::procs::{Proc, Stream, WAIT, bin, tail, workspace_root};
 
 /// How long the browser script may run (its own waits add up to well under this).
 const SCRIPT_LIMIT: Duration = Duration::from_secs(180);
@@ -49,30 +45,6 @@ const SCREENSHOTS: [&str; 6] = [
     "06-tree.png",
 ];
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the tests crate sits in the workspace")
-        .to_path_buf()
-}
-
-/// Where this test executable's sibling binaries are: `target/<profile>/`, the parent of
-/// the `deps/` folder the test runs from.
-fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("the test executable's path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("the test runs from target/<profile>/deps");
-    let path = dir.join(name);
-    assert!(
-        path.is_file(),
-        "{} is missing: build the binaries first with `cargo build --workspace --bins`",
-        path.display()
-    );
-    path
-}
-
 /// What the browser script needs and this machine lacks, by name.
 fn missing_prerequisites() -> Vec<&'static str> {
     let mut missing = Vec::new();
@@ -95,187 +67,6 @@ fn missing_prerequisites() -> Vec<&'static str> {
         missing.push("playwright-core (npm ci in tests/console)");
     }
     missing
-}
-
-/// Which output of a process.
-#[derive(Clone, Copy, Debug)]
-enum Stream {
-    Out,
-    Err,
-}
-
-/// Lines of one output, collected by a reader thread as they come.
-type Lines = Arc<Mutex<Vec<String>>>;
-
-fn collect(source: impl Read + Send + 'static, into: Lines) -> JoinHandle<()> {
-    std::thread::spawn(move || {
-        for line in BufReader::new(source).lines() {
-            let Ok(line) = line else { return };
-            into.lock().unwrap_or_else(|e| e.into_inner()).push(line);
-        }
-    })
-}
-
-/// A child process whose output is collected line by line. Killed (by its id) when dropped,
-/// so that a failing test leaves nothing running.
-struct Proc {
-    name: String,
-    child: Child,
-    out: Lines,
-    err: Lines,
-    readers: Vec<JoinHandle<()>>,
-}
-
-impl Proc {
-    /// Starts `cmd` with piped output, `input` (if any) as its whole standard input, and an
-    /// environment free of the settings of whoever runs the tests (`RUST_LOG`, `GATEHOUSE_*`),
-    /// without colours in the logs.
-    fn spawn(name: &str, cmd: &mut Command, input: Option<&str>) -> Proc {
-        for (var, _) in std::env::vars() {
-            if var.starts_with("GATEHOUSE_") || var == "RUST_LOG" {
-                cmd.env_remove(var);
-            }
-        }
-        cmd.env("NO_COLOR", "1")
-            .stdin(if input.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        if let Some(input) = input {
-            let mut stdin = child.stdin.take().expect("piped stdin");
-            stdin
-                .write_all(input.as_bytes())
-                .unwrap_or_else(|e| panic!("cannot write to {name}'s input: {e}"));
-            // Dropped here: the child reads to the end of its input.
-        }
-        let (out, err) = (Lines::default(), Lines::default());
-        let readers = vec![
-            collect(child.stdout.take().expect("piped stdout"), out.clone()),
-            collect(child.stderr.take().expect("piped stderr"), err.clone()),
-        ];
-        Proc {
-            name: name.to_string(),
-            child,
-            out,
-            err,
-            readers,
-        }
-    }
-
-    fn lines(&self, stream: Stream) -> Vec<String> {
-        let lines = match stream {
-            Stream::Out => &self.out,
-            Stream::Err => &self.err,
-        };
-        lines.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    /// Waits until `stream` has a line containing every one of `needles`; returns the first.
-    fn wait_for(&mut self, stream: Stream, needles: &[&str]) -> String {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let found = self
-                .lines(stream)
-                .into_iter()
-                .find(|l| needles.iter().all(|x| l.contains(x)));
-            if let Some(line) = found {
-                return line;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                self.join_readers();
-                let found = self
-                    .lines(stream)
-                    .into_iter()
-                    .find(|l| needles.iter().all(|x| l.contains(x)));
-                if let Some(line) = found {
-                    return line;
-                }
-                panic!(
-                    "{} exited ({status}) before printing {needles:?}\n{}",
-                    self.name,
-                    self.transcript()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not print {needles:?} within {WAIT:?}\n{}",
-                self.name,
-                self.transcript()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Sends a signal (`TERM`, `KILL`) to this process, by its id.
-    fn signal(&self, signal: &str) {
-        let _ = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.child.id().to_string())
-            .status();
-    }
-
-    /// Waits up to `limit` for the process to exit (and its output to be read to the end);
-    /// `None` if it is still running then.
-    fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                self.join_readers();
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Waits (bounded) for the process to exit, killing it if it does not; panics then.
-    fn finish(&mut self, limit: Duration) -> ExitStatus {
-        match self.wait_exit(limit) {
-            Some(status) => status,
-            None => {
-                self.signal("KILL");
-                let _ = self.wait_exit(WAIT);
-                panic!(
-                    "{} did not finish within {limit:?}: killed\n{}",
-                    self.name,
-                    self.transcript()
-                );
-            }
-        }
-    }
-
-    fn join_readers(&mut self) {
-        for r in self.readers.drain(..) {
-            let _ = r.join();
-        }
-    }
-
-    /// Everything the process printed so far, for failure messages.
-    fn transcript(&self) -> String {
-        format!(
-            "--- {name} stdout ---\n{}\n--- {name} stderr ---\n{}",
-            self.lines(Stream::Out).join("\n"),
-            self.lines(Stream::Err).join("\n"),
-            name = self.name
-        )
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-    }
 }
 
 /// The second word of a line such as `sim-1 127.0.0.1:PORT generic units=1,2`.
@@ -307,11 +98,10 @@ fn simulator() -> (Proc, String, String) {
             "--control",
             "127.0.0.1:0",
         ]),
-        None,
     );
     let named = format!("{CONTROLLER} ");
-    let addr = second_word(&proc.wait_for(Stream::Out, &[named.as_str()]));
-    let control = second_word(&proc.wait_for(Stream::Out, &["control "]));
+    let addr = second_word(&proc.wait_for_all(Stream::Out, &[named.as_str()], 1));
+    let control = second_word(&proc.wait_for_all(Stream::Out, &["control "], 1));
     (proc, addr, control)
 }
 
@@ -339,7 +129,7 @@ fn serve_config(dir: &Path, endpoint: &str) -> PathBuf {
 
 /// `gatehouse user add USER --role admin --password-stdin` on the configuration's database.
 fn add_admin(dir: &Path, config: &Path) {
-    let mut add = Proc::spawn(
+    let mut add = Proc::spawn_with_input(
         "gatehouse user add",
         Command::new(bin("gatehouse"))
             .args([
@@ -353,7 +143,7 @@ fn add_admin(dir: &Path, config: &Path) {
             ])
             .arg(config)
             .current_dir(dir),
-        Some(&format!("{PASSWORD}\n")),
+        &format!("{PASSWORD}\n"),
     );
     let status = add.finish(WAIT);
     assert!(
@@ -361,10 +151,6 @@ fn add_admin(dir: &Path, config: &Path) {
         "gatehouse user add failed ({status})\n{}",
         add.transcript()
     );
-}
-
-fn tail(lines: &[String], n: usize) -> String {
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 #[test]
@@ -392,18 +178,17 @@ fn the_console_commands_a_gate_and_shows_a_link_going_down_and_back_in_chromium(
             .arg("--config")
             .arg(&config)
             .current_dir(dir.path()),
-        None,
     );
     // `... HTTP API listening addr=127.0.0.1:PORT`
-    let listening = runtime.wait_for(Stream::Err, &["HTTP API listening"]);
+    let listening = runtime.wait_for_all(Stream::Err, &["HTTP API listening"], 1);
     let addr = listening
         .split_whitespace()
         .find_map(|w| w.strip_prefix("addr="))
         .unwrap_or_else(|| panic!("no addr= in {listening:?}"))
         .to_string();
-    runtime.wait_for(Stream::Err, &["link up"]);
+    runtime.wait_for_all(Stream::Err, &["link up"], 1);
     let gate_field = format!("gate={GATE}");
-    runtime.wait_for(Stream::Err, &["offline -> closed", gate_field.as_str()]);
+    runtime.wait_for_all(Stream::Err, &["offline -> closed", gate_field.as_str()], 1);
 
     let artifacts = workspace_root().join("target/console-artifacts");
     let _ = std::fs::remove_dir_all(&artifacts);
@@ -424,13 +209,12 @@ fn the_console_commands_a_gate_and_shows_a_link_going_down_and_back_in_chromium(
             .arg(format!("--gate={GATE}"))
             .arg(format!("--artifacts={}", artifacts.display()))
             .current_dir(workspace_root()),
-        None,
     );
-    let status = match script.wait_exit(SCRIPT_LIMIT) {
+    let status = match script.try_wait_exit(SCRIPT_LIMIT) {
         Some(status) => status,
         None => {
             script.signal("KILL");
-            let _ = script.wait_exit(WAIT);
+            let _ = script.try_wait_exit(WAIT);
             panic!(
                 "console.mjs did not finish within {SCRIPT_LIMIT:?}: killed\n{}\n\
                  --- gatehouse serve, last lines ---\n{}",
@@ -466,5 +250,5 @@ fn the_console_commands_a_gate_and_shows_a_link_going_down_and_back_in_chromium(
     let status = runtime.finish(stop_limit);
     assert!(status.success(), "{status}\n{}", runtime.transcript());
     sim.signal("TERM");
-    let _ = sim.wait_exit(WAIT);
+    let _ = sim.try_wait_exit(WAIT);
 }

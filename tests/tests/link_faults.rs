@@ -172,6 +172,45 @@ async fn a_lost_reply_is_asked_again_and_keeps_the_gates_online() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_set_to_one_timeout_goes_down_on_the_first_lost_reply() {
+    // The same lost reply as above, on a controller whose fleet entry overrides its
+    // profile's three timeouts in a row with one.
+    let site = Site::start(&[
+        Controller::new(VICTIM, "generic", &[1, 2], 500).timeouts_before_down(1),
+        Controller::new(BYSTANDER, "came-zlb30", &[1, 2], 500),
+    ])
+    .await;
+    site.wait_reconciled(VICTIM).await;
+    site.wait_reconciled(BYSTANDER).await;
+    let mark = site.mark();
+    site.sim(VICTIM)
+        .inject(Fault::Stall {
+            duration: Duration::from_millis(500),
+        })
+        .await
+        .expect("injected");
+    for unit in [1, 2] {
+        let gate = gate_id(VICTIM, unit);
+        let cause = site.wait_change(mark, &gate, GateState::Offline).await;
+        assert_eq!(cause, Cause::System, "{gate} went offline");
+    }
+    // It comes back on a new connection once the controller answers again.
+    for unit in [1, 2] {
+        site.wait_change(mark, &gate_id(VICTIM, unit), GateState::Closed)
+            .await;
+    }
+    site.wait_reconciled(VICTIM).await;
+    assert!(site.connects(VICTIM) >= 2, "{}", site.dump(mark));
+    assert!(
+        site.changes_since(mark, &gate_id(BYSTANDER, 1))
+            .iter()
+            .all(|(_, to, _)| *to != GateState::Offline),
+        "{}",
+        site.dump(mark)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_slower_than_usual_but_within_the_timeout_keep_the_gates_online() {
     let site = two_controllers().await;
     let mark = site.mark();

@@ -14,12 +14,11 @@
 //! a missing peer fails it.
 
 use std::ffi::OsString;
-use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use gatehouse_tests::procs::{Proc, Stream, bin, tail, workspace_root};
 
 /// How long the demo may take to print its API address and to bring the test gate online.
 const START_LIMIT: Duration = Duration::from_secs(60);
@@ -33,23 +32,6 @@ const STOP_LIMIT: Duration = Duration::from_secs(20);
 /// The gate the peers drive: a `generic` gate of the demo (6 s of travel) with no
 /// auto-close, so that only the peers move it.
 const GATE: &str = "gate-3";
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the tests crate sits in the workspace")
-        .to_path_buf()
-}
-
-fn gatehouse_bin() -> PathBuf {
-    let path = workspace_root().join("target/debug/gatehouse");
-    assert!(
-        path.is_file(),
-        "{} is missing: build it first with `cargo build --workspace --bins`",
-        path.display()
-    );
-    path
-}
 
 /// PATH with `~/.cargo/bin` in front, where `cargo install` puts `websocat`.
 fn peer_path() -> OsString {
@@ -87,145 +69,16 @@ fn missing_peers() -> Vec<&'static str> {
     missing
 }
 
-/// Lines of one output, collected by a reader thread as they come.
-type Lines = Arc<Mutex<Vec<String>>>;
-
-fn collect(source: impl Read + Send + 'static, into: Lines) -> JoinHandle<()> {
-    std::thread::spawn(move || {
-        for line in BufReader::new(source).lines() {
-            let Ok(line) = line else { return };
-            into.lock().unwrap_or_else(|e| e.into_inner()).push(line);
-        }
+/// Waits (bounded) for a stdout line that `pick` accepts, and returns what it made of it.
+fn stdout_line<T>(proc: &mut Proc, what: &str, pick: impl Fn(&str) -> Option<T>) -> T {
+    proc.wait_line(Stream::Out, what, START_LIMIT, |lines| {
+        lines.iter().find_map(|l| pick(l))
     })
-}
-
-/// A child process whose output is collected line by line; killed by its id when dropped
-/// while still running, so that a failing test leaves nothing behind.
-struct Watched {
-    name: String,
-    child: Child,
-    out: Lines,
-    err: Lines,
-    readers: Vec<JoinHandle<()>>,
-}
-
-impl Watched {
-    fn start(name: &str, cmd: &mut Command) -> Watched {
-        // The settings of whoever runs the tests stay out of the child.
-        for (var, _) in std::env::vars() {
-            if var.starts_with("GATEHOUSE_") || var == "RUST_LOG" {
-                cmd.env_remove(var);
-            }
-        }
-        let mut child = cmd
-            .env("NO_COLOR", "1")
-            .env("PATH", peer_path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        let out = Lines::default();
-        let err = Lines::default();
-        let readers = vec![
-            collect(child.stdout.take().expect("piped stdout"), out.clone()),
-            collect(child.stderr.take().expect("piped stderr"), err.clone()),
-        ];
-        Watched {
-            name: name.to_string(),
-            child,
-            out,
-            err,
-            readers,
-        }
-    }
-
-    fn stdout(&self) -> Vec<String> {
-        self.out.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    fn stderr(&self) -> Vec<String> {
-        self.err.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    fn transcript(&self) -> String {
-        format!(
-            "--- {name} stdout ---\n{}\n--- {name} stderr ---\n{}",
-            self.stdout().join("\n"),
-            self.stderr().join("\n"),
-            name = self.name
-        )
-    }
-
-    /// Waits (bounded) for a stdout line that `pick` accepts, and returns what it made of it.
-    fn wait_line<T>(&mut self, what: &str, pick: impl Fn(&str) -> Option<T>) -> T {
-        let deadline = Instant::now() + START_LIMIT;
-        loop {
-            if let Some(found) = self.stdout().iter().find_map(|l| pick(l)) {
-                return found;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                self.join_readers();
-                if let Some(found) = self.stdout().iter().find_map(|l| pick(l)) {
-                    return found;
-                }
-                panic!(
-                    "{} exited ({status}) before printing {what}\n{}",
-                    self.name,
-                    self.transcript()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not print {what} within {START_LIMIT:?}\n{}",
-                self.name,
-                self.transcript()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Waits up to `limit` for the process to exit; `None` if it is still running then.
-    fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                self.join_readers();
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn signal(&self, signal: &str) {
-        let _ = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.child.id().to_string())
-            .status();
-    }
-
-    fn join_readers(&mut self) {
-        for reader in self.readers.drain(..) {
-            let _ = reader.join();
-        }
-    }
-}
-
-impl Drop for Watched {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-    }
 }
 
 /// A running `gatehouse demo` and how to reach its API.
 struct Demo {
-    proc: Watched,
+    proc: Proc,
     _dir: tempfile::TempDir,
     /// `http://127.0.0.1:PORT`, without the `/api/v1` the demo prints.
     base: String,
@@ -236,15 +89,15 @@ struct Demo {
 impl Demo {
     fn start() -> Demo {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let mut proc = Watched::start(
+        let mut proc = Proc::spawn(
             "gatehouse demo",
-            Command::new(gatehouse_bin())
+            Command::new(bin("gatehouse"))
                 // `--for`: a backstop, should this test die without stopping it.
                 .args(["demo", "--no-chaos", "--rate", "0", "--for", "300"])
                 .current_dir(dir.path()),
         );
         // `API:      http://127.0.0.1:8080/api/v1  (OpenAPI: …)`
-        let base = proc.wait_line("the API address", |l| {
+        let base = stdout_line(&mut proc, "the API address", |l| {
             let url = l.strip_prefix("API:")?.split_whitespace().next()?;
             Some(
                 url.trim_end_matches('/')
@@ -254,10 +107,10 @@ impl Demo {
         });
         let field =
             |name: &'static str| move |l: &str| Some(l.strip_prefix(name)?.trim().to_string());
-        let user = proc.wait_line("username:", field("username:"));
-        let password = proc.wait_line("password:", field("password:"));
+        let user = stdout_line(&mut proc, "username:", field("username:"));
+        let password = stdout_line(&mut proc, "password:", field("password:"));
         // The gate is online once its first poll was committed: `gate-3 #1 offline -> closed`.
-        proc.wait_line("the test gate coming online", |l| {
+        stdout_line(&mut proc, "the test gate coming online", |l| {
             let mut words = l.split_whitespace();
             (words.nth(1) == Some(GATE) && l.contains("offline -> closed")).then_some(())
         });
@@ -273,7 +126,7 @@ impl Demo {
     /// SIGTERM, a bounded wait, then SIGKILL; the demo must have stopped cleanly.
     fn stop(mut self) {
         self.proc.signal("TERM");
-        match self.proc.wait_exit(STOP_LIMIT) {
+        match self.proc.try_wait_exit(STOP_LIMIT) {
             Some(status) => assert!(
                 status.success(),
                 "the demo did not stop cleanly on SIGTERM ({status})\n{}",
@@ -281,7 +134,7 @@ impl Demo {
             ),
             None => {
                 self.proc.signal("KILL");
-                let _ = self.proc.wait_exit(STOP_LIMIT);
+                let _ = self.proc.try_wait_exit(STOP_LIMIT);
                 panic!(
                     "the demo did not stop within {STOP_LIMIT:?} of SIGTERM: killed\n{}",
                     self.proc.transcript()
@@ -305,18 +158,19 @@ impl Demo {
 /// Runs one peer script from the workspace root, bounded, and asserts that it exited 0.
 /// Returns its stdout.
 fn run_peer(demo: &Demo, program: &str, script: &str) -> String {
-    let mut peer = Watched::start(
+    let mut peer = Proc::spawn(
         script,
         Command::new(program)
+            .env("PATH", peer_path())
             .arg(script)
             .args(demo.peer_args())
             .current_dir(workspace_root()),
     );
-    let status = match peer.wait_exit(PEER_LIMIT) {
+    let status = match peer.try_wait_exit(PEER_LIMIT) {
         Some(status) => status,
         None => {
             peer.signal("KILL");
-            let _ = peer.wait_exit(STOP_LIMIT);
+            let _ = peer.try_wait_exit(STOP_LIMIT);
             panic!(
                 "{script} did not finish within {PEER_LIMIT:?}\n{}\n{}",
                 peer.transcript(),
@@ -328,14 +182,10 @@ fn run_peer(demo: &Demo, program: &str, script: &str) -> String {
         status.success(),
         "{script} failed ({status})\n{}\n--- the demo's stderr, last lines ---\n{}",
         peer.transcript(),
-        tail(&demo.proc.stderr(), 40)
+        tail(&demo.proc.lines(Stream::Err), 40)
     );
     println!("{}", peer.transcript());
-    peer.stdout().join("\n")
-}
-
-fn tail(lines: &[String], n: usize) -> String {
-    lines[lines.len().saturating_sub(n)..].join("\n")
+    peer.lines(Stream::Out).join("\n")
 }
 
 #[test]

@@ -43,6 +43,7 @@ struct ControllerRow {
     request_timeout_ms: Option<i64>,
     inter_frame_delay_ms: Option<i64>,
     poll_interval_ms: Option<i64>,
+    timeouts_before_down: Option<i64>,
 }
 
 #[derive(Queryable, Selectable, Insertable, AsChangeset)]
@@ -264,6 +265,9 @@ impl Encoded {
                         what("inter_frame_delay_ms")
                     })?,
                     poll_interval_ms: opt_to_db(c.poll_interval_ms, || what("poll_interval_ms"))?,
+                    timeouts_before_down: opt_to_db(c.timeouts_before_down, || {
+                        what("timeouts_before_down")
+                    })?,
                     profile: c.profile,
                     endpoint: c.endpoint,
                 })
@@ -313,6 +317,9 @@ impl ControllerRow {
                 what("inter_frame_delay_ms")
             })?,
             poll_interval_ms: opt_from_db(self.poll_interval_ms, || what("poll_interval_ms"))?,
+            timeouts_before_down: opt_from_db(self.timeouts_before_down, || {
+                what("timeouts_before_down")
+            })?,
             profile: self.profile,
             endpoint: self.endpoint,
         })

@@ -20,6 +20,7 @@ diesel::table! {
         request_timeout_ms -> Nullable<BigInt>,
         inter_frame_delay_ms -> Nullable<BigInt>,
         poll_interval_ms -> Nullable<BigInt>,
+        timeouts_before_down -> Nullable<BigInt>,
     }
 }
 

@@ -16,6 +16,10 @@ pub enum Inbound {
     TooLarge,
     Idle,
     RateLimited,
+    /// The client broke RFC 6455's framing rules; what tungstenite said.
+    ProtocolError(String),
+    /// A text frame that is not UTF-8.
+    InvalidUtf8,
     Closed,
 }
 

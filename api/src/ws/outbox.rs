@@ -390,7 +390,9 @@ impl Outbox {
                         reason: closing.reason.into(),
                     };
                     let _ = tokio::time::timeout(stall, async {
-                        sink.send(Message::Close(Some(frame))).await?;
+                        // Refused when the client closed first; closing the sink then still
+                        // flushes tungstenite's echo of the client's close (RFC 6455 5.5.1).
+                        let _ = sink.send(Message::Close(Some(frame))).await;
                         sink.close().await
                     })
                     .await;

@@ -12,6 +12,11 @@ pub const SUBPROTOCOL: &str = "gatehouse.v1";
 
 /// Close codes (CONTRACTS.md, "WebSocket").
 pub mod close {
+    /// RFC 6455: the client broke the framing rules (an unmasked frame, reserved bits, an
+    /// orphan continuation, a fragmented or over-long control frame, an unknown opcode).
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// RFC 6455: a text frame that is not UTF-8.
+    pub const INVALID_DATA: u16 = 1007;
     /// Not authenticated, the token expired, or the account went away.
     pub const UNAUTHENTICATED: u16 = 4401;
     /// A grant the session relied on was revoked.

@@ -49,6 +49,8 @@ pub struct Controller {
     pub travel: Duration,
     /// Written as each gate's `travel_timeout_s`.
     pub travel_timeout_s: u64,
+    /// The controller's override of its profile's `timeouts_before_down`, if any.
+    pub timeouts_before_down: Option<u64>,
 }
 
 impl Controller {
@@ -59,7 +61,13 @@ impl Controller {
             units: units.to_vec(),
             travel: Duration::from_millis(travel_ms),
             travel_timeout_s: 30,
+            timeouts_before_down: None,
         }
+    }
+
+    pub fn timeouts_before_down(mut self, n: u64) -> Self {
+        self.timeouts_before_down = Some(n);
+        self
     }
 
     pub fn travel_timeout_s(mut self, seconds: u64) -> Self {
@@ -157,6 +165,9 @@ impl Site {
                 c.profile,
                 sim.local_addr()
             );
+            if let Some(n) = c.timeouts_before_down {
+                let _ = writeln!(toml, "timeouts_before_down = {n}");
+            }
             for unit in &c.units {
                 let _ = write!(
                     toml,

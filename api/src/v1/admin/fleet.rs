@@ -70,6 +70,8 @@ pub struct ControllerBody {
     pub request_timeout_ms: Option<u64>,
     pub inter_frame_delay_ms: Option<u64>,
     pub poll_interval_ms: Option<u64>,
+    /// Request timeouts in a row that take the link down (1..=10), over the profile's.
+    pub timeouts_before_down: Option<u64>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -90,6 +92,8 @@ pub struct ControllerInput {
     pub request_timeout_ms: Option<u64>,
     pub inter_frame_delay_ms: Option<u64>,
     pub poll_interval_ms: Option<u64>,
+    /// Request timeouts in a row that take the link down (1..=10), over the profile's.
+    pub timeouts_before_down: Option<u64>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -649,6 +653,7 @@ impl Family for ControllerRecord {
             request_timeout_ms: self.request_timeout_ms,
             inter_frame_delay_ms: self.inter_frame_delay_ms,
             poll_interval_ms: self.poll_interval_ms,
+            timeouts_before_down: self.timeouts_before_down,
         }
     }
 
@@ -678,6 +683,7 @@ impl Family for ControllerRecord {
             request_timeout_ms: input.request_timeout_ms,
             inter_frame_delay_ms: input.inter_frame_delay_ms,
             poll_interval_ms: input.poll_interval_ms,
+            timeouts_before_down: input.timeouts_before_down,
         }
     }
 }

@@ -270,6 +270,17 @@ impl SessionState {
                 ),
                 close::RATE_LIMITED,
             ),
+            // Nothing more can be read from the client: close at once, without an error
+            // frame it might not parse either.
+            Inbound::ProtocolError(why) => {
+                tracing::debug!(%why, "WebSocket protocol error from the client");
+                self.outbox
+                    .close(close::PROTOCOL_ERROR, "protocol error", false)
+            }
+            Inbound::InvalidUtf8 => {
+                self.outbox
+                    .close(close::INVALID_DATA, "text frames must be UTF-8", false)
+            }
             Inbound::Closed => self.outbox.close(1000, "", false),
         }
     }

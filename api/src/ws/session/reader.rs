@@ -44,10 +44,17 @@ pub(super) async fn read(
             // Control frames keep the connection alive; tungstenite answers pings itself.
             Ok(Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)))) => continue,
             Ok(Some(Err(WsError::Capacity(_)))) => Inbound::TooLarge,
+            // The stream is unusable after these: the session closes with the RFC's code so
+            // that the client can tell its own bug from a goodbye.
+            Ok(Some(Err(WsError::Protocol(e)))) => Inbound::ProtocolError(e.to_string()),
+            Ok(Some(Err(WsError::Utf8(_)))) => Inbound::InvalidUtf8,
             Ok(Some(Err(_))) => Inbound::Closed,
         };
         let more = matches!(inbound, Inbound::Text(_) | Inbound::Binary);
-        let ended = matches!(inbound, Inbound::Closed);
+        let ended = matches!(
+            inbound,
+            Inbound::Closed | Inbound::ProtocolError(_) | Inbound::InvalidUtf8
+        );
         if me.send_message(SessionMsg::Inbound(inbound)).is_err() || ended {
             return;
         }

@@ -144,6 +144,9 @@ struct PollFigures {
     jitter_p99_ms: f64,
     jitter_max_ms: f64,
     cpu_percent: f64,
+    /// The same polling in alternating windows with metrics off and on.
+    cpu_percent_metrics_off: f64,
+    cpu_percent_metrics_on: f64,
     rss_per_gate_kib: f64,
     rss_total_mib: f64,
     boot_to_all_online_ms: f64,
@@ -396,6 +399,29 @@ async fn all(sizes: Sizes) -> anyhow::Result<Report> {
         .iter()
         .map(|(_, st)| st.polls.load(std::sync::atomic::Ordering::Relaxed))
         .sum();
+    // The same polling with metrics off and on, in alternating windows, for what
+    // instrumentation costs at rest (the CPU figure above is with metrics on, as deployed).
+    let mut cpu_by_metrics = [Duration::ZERO; 2];
+    let mut wall_by_metrics = [Duration::ZERO; 2];
+    if metrics.is_some() {
+        let window = Duration::from_secs(s.poll_seconds).max(Duration::from_secs(4)) / 4;
+        for on in [false, true, false, true] {
+            gatehouse_actors::telemetry::set_active(on);
+            let (c0, w0) = (cpu_time(), Instant::now());
+            tokio::time::sleep(window).await;
+            cpu_by_metrics[usize::from(on)] += cpu_time() - c0;
+            wall_by_metrics[usize::from(on)] += w0.elapsed();
+        }
+        gatehouse_actors::telemetry::set_active(true);
+    }
+    let share = |i: usize| {
+        if wall_by_metrics[i].is_zero() {
+            0.0
+        } else {
+            cpu_by_metrics[i].as_secs_f64() / wall_by_metrics[i].as_secs_f64() * 100.0
+        }
+    };
+    let (cpu_off, cpu_on) = (share(0), share(1));
     let jitter = Histogram::default();
     for (_, st) in &stats {
         jitter.merge_from(&st.poll_jitter);
@@ -409,6 +435,8 @@ async fn all(sizes: Sizes) -> anyhow::Result<Report> {
         jitter_p99_ms: ms(p99),
         jitter_max_ms: ms(max),
         cpu_percent: (cpu1 - cpu0).as_secs_f64() / wall * 100.0,
+        cpu_percent_metrics_off: cpu_off,
+        cpu_percent_metrics_on: cpu_on,
         rss_per_gate_kib: (rss_after - rss_before) / gates as f64,
         rss_total_mib: rss_after / 1024.0,
         boot_to_all_online_ms: ms(boot),
@@ -582,6 +610,16 @@ fn print_text(r: &Report) {
     println!(
         "            runtime CPU {:.1} %; RSS {:.1} MiB, {:.2} KiB per gate; all online {:.0} ms after boot",
         p.cpu_percent, p.rss_total_mib, p.rss_per_gate_kib, p.boot_to_all_online_ms
+    );
+    println!(
+        "            runtime CPU in alternating windows: metrics off {:.1} %, on {:.1} % (×{:.3})",
+        p.cpu_percent_metrics_off,
+        p.cpu_percent_metrics_on,
+        if p.cpu_percent_metrics_off > 0.0 {
+            p.cpu_percent_metrics_on / p.cpu_percent_metrics_off
+        } else {
+            0.0
+        }
     );
     println!(
         "  command   {} sent at {:.0}/s; accepted {} (p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms); completed {}, other {}",

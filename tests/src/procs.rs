@@ -1,0 +1,331 @@
+//! The real binaries and third-party peers as child processes, for the process-level tests
+//! (`binary.rs`, `console.rs`, `ws_peers.rs`): output collected line by line as it comes,
+//! bounded waits for lines and exits, signals by process id, and a kill on drop so that a
+//! failing test leaves nothing running.
+//!
+//! Cargo builds only a crate's own binaries for its tests, so `gatehouse` and `gatehouse-sim`
+//! must already be built in the same target directory: `.ci/run` builds every binary before
+//! the tests; by hand, `cargo build -p gatehouse-runtime -p gatehouse-sim --bins` ([`bin`]
+//! says so when one is missing, and warns when one is older than its sources).
+
+use std::io::{BufRead, BufReader, Read, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+/// The longest any wait for a line may take.
+pub const WAIT: Duration = Duration::from_secs(40);
+
+/// The repository's root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is inside the workspace")
+        .to_path_buf()
+}
+
+/// Where the test executable's sibling binaries are: `target/<profile>/`, the parent of the
+/// `deps/` folder the test runs from. Panics, saying how to build it, when `name` is missing.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable's path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test runs from target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build the binaries first with \
+         `cargo build -p gatehouse-runtime -p gatehouse-sim --bins`",
+        path.display()
+    );
+    if let Some(note) = staleness(&path) {
+        eprintln!("warning: {note}");
+    }
+    path
+}
+
+/// A note when a source file the binary is built from is newer than it: a failure may then
+/// be the old binary's, not the code's.
+fn staleness(binary: &Path) -> Option<String> {
+    let built = std::fs::metadata(binary).ok()?.modified().ok()?;
+    let root = workspace_root();
+    let newest = [
+        "actors/src",
+        "adapters/src",
+        "api/src",
+        "runtime/src",
+        "simulations/src",
+    ]
+    .iter()
+    .filter_map(|d| newest_file(&root.join(d)))
+    .max()?;
+    (newest > built).then(|| {
+        format!(
+            "{} is older than its sources; rebuild it with \
+             `cargo build -p gatehouse-runtime -p gatehouse-sim --bins`",
+            binary.display()
+        )
+    })
+}
+
+fn newest_file(dir: &Path) -> Option<SystemTime> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let meta = e.metadata().ok()?;
+            if meta.is_dir() {
+                newest_file(&e.path())
+            } else {
+                meta.modified().ok()
+            }
+        })
+        .max()
+}
+
+/// Which output of a process.
+#[derive(Clone, Copy, Debug)]
+pub enum Stream {
+    Out,
+    Err,
+}
+
+/// Lines of one output, collected by a reader thread as they come.
+type Lines = Arc<Mutex<Vec<String>>>;
+
+fn collect(source: impl Read + Send + 'static, into: Lines) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        for line in BufReader::new(source).lines() {
+            let Ok(line) = line else { return };
+            into.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+        }
+    })
+}
+
+/// A child process whose output is collected line by line.
+pub struct Proc {
+    name: String,
+    child: Child,
+    out: Lines,
+    err: Lines,
+    readers: Vec<JoinHandle<()>>,
+}
+
+impl Proc {
+    /// Starts `cmd` with piped output, no input, and an environment free of the settings of
+    /// whoever runs the tests (`RUST_LOG`, `GATEHOUSE_*`), without colours in the logs.
+    /// Variables the test sets on `cmd` itself are kept.
+    pub fn spawn(name: &str, cmd: &mut Command) -> Proc {
+        Self::start(name, cmd, None)
+    }
+
+    /// Like [`Proc::spawn`], with `input` as the child's whole standard input.
+    pub fn spawn_with_input(name: &str, cmd: &mut Command, input: &str) -> Proc {
+        Self::start(name, cmd, Some(input))
+    }
+
+    fn start(name: &str, cmd: &mut Command, input: Option<&str>) -> Proc {
+        let own: Vec<String> = cmd
+            .get_envs()
+            .map(|(k, _)| k.to_string_lossy().into_owned())
+            .collect();
+        for (var, _) in std::env::vars() {
+            if (var.starts_with("GATEHOUSE_") || var == "RUST_LOG") && !own.contains(&var) {
+                cmd.env_remove(var);
+            }
+        }
+        cmd.env("NO_COLOR", "1")
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        if let Some(input) = input {
+            let mut stdin = child.stdin.take().expect("piped stdin");
+            stdin
+                .write_all(input.as_bytes())
+                .unwrap_or_else(|e| panic!("cannot write to {name}'s input: {e}"));
+            // Dropped here: the child reads to the end of its input.
+        }
+        let (out, err) = (Lines::default(), Lines::default());
+        let readers = vec![
+            collect(child.stdout.take().expect("piped stdout"), out.clone()),
+            collect(child.stderr.take().expect("piped stderr"), err.clone()),
+        ];
+        Proc {
+            name: name.to_string(),
+            child,
+            out,
+            err,
+            readers,
+        }
+    }
+
+    pub fn lines(&self, stream: Stream) -> Vec<String> {
+        let lines = match stream {
+            Stream::Out => &self.out,
+            Stream::Err => &self.err,
+        };
+        lines.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// How many lines of `stream` contain every one of `needles`.
+    pub fn count(&self, stream: Stream, needles: &[&str]) -> usize {
+        self.lines(stream)
+            .iter()
+            .filter(|l| needles.iter().all(|x| l.contains(x)))
+            .count()
+    }
+
+    /// Waits until `stream` has at least `n` lines containing `needle`; returns the first.
+    pub fn wait_for(&mut self, stream: Stream, needle: &str, n: usize) -> String {
+        self.wait_for_all(stream, &[needle], n)
+    }
+
+    /// Waits until `stream` has at least `n` lines containing every one of `needles`;
+    /// returns the first.
+    pub fn wait_for_all(&mut self, stream: Stream, needles: &[&str], n: usize) -> String {
+        let what = format!("{n} × {needles:?}");
+        self.wait_line(stream, &what, WAIT, |lines| {
+            let found: Vec<&String> = lines
+                .iter()
+                .filter(|l| needles.iter().all(|x| l.contains(x)))
+                .collect();
+            (found.len() >= n).then(|| found[0].clone())
+        })
+    }
+
+    /// Waits (up to `limit`) until `pick` makes something of the lines of `stream` so far;
+    /// panics, with the transcript, when the process exits first or the time is up.
+    pub fn wait_line<T>(
+        &mut self,
+        stream: Stream,
+        what: &str,
+        limit: Duration,
+        pick: impl Fn(&[String]) -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(found) = pick(&self.lines(stream)) {
+                return found;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                self.join_readers();
+                if let Some(found) = pick(&self.lines(stream)) {
+                    return found;
+                }
+                panic!(
+                    "{} exited ({status}) before printing {what}\n{}",
+                    self.name,
+                    self.transcript()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not print {what} within {limit:?}\n{}",
+                self.name,
+                self.transcript()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> String {
+        self.child.id().to_string()
+    }
+
+    /// Sends a signal (`TERM`, `KILL`, `INT`) to this process, by its id.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), self.pid()])
+            .status()
+            .expect("kill(1) runs");
+        assert!(status.success(), "kill -{signal} {} failed", self.pid());
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits up to `limit` for the process to exit (and its output to be read to the end);
+    /// `None` if it is still running then.
+    pub fn try_wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                self.join_readers();
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits (bounded) for the process to exit; panics, with the transcript, if it does not.
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        match self.try_wait_exit(limit) {
+            Some(status) => status,
+            None => panic!(
+                "{} did not exit within {limit:?}\n{}",
+                self.name,
+                self.transcript()
+            ),
+        }
+    }
+
+    /// Waits (bounded) for the process to exit, killing it if it does not; panics then.
+    pub fn finish(&mut self, limit: Duration) -> ExitStatus {
+        match self.try_wait_exit(limit) {
+            Some(status) => status,
+            None => {
+                let _ = self.child.kill();
+                let _ = self.try_wait_exit(WAIT);
+                panic!(
+                    "{} did not finish within {limit:?}: killed\n{}",
+                    self.name,
+                    self.transcript()
+                );
+            }
+        }
+    }
+
+    fn join_readers(&mut self) {
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+    }
+
+    /// Everything the process printed so far, for failure messages.
+    pub fn transcript(&self) -> String {
+        format!(
+            "--- {name} stdout ---\n{}\n--- {name} stderr ---\n{}",
+            self.lines(Stream::Out).join("\n"),
+            self.lines(Stream::Err).join("\n"),
+            name = self.name
+        )
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.is_running() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// The last `n` lines, for failure messages.
+pub fn tail(lines: &[String], n: usize) -> String {
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
