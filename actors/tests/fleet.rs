@@ -141,7 +141,12 @@ async fn rig_with(n: usize, store: Option<Arc<MemoryStore>>) -> Rig {
     let directory = Arc::new(Directory::default());
     let (log, writer) = match store {
         Some(store) => {
-            let (log, writer) = eventlog::channel(store, directory.clone(), bus.clone());
+            let (log, writer) = eventlog::channel(
+                store,
+                directory.clone(),
+                bus.clone(),
+                eventlog::QUEUE_CAPACITY,
+            );
             (Some(log), Some(writer))
         }
         None => (None, None),

@@ -126,18 +126,20 @@ impl Runtime {
         seed: Option<&FleetFile>,
         bus: LocalBus,
     ) -> anyhow::Result<Runtime> {
-        Self::boot_tree(store, profiles, seed, bus, None).await
+        Self::boot_tree(store, profiles, seed, bus, None, eventlog::QUEUE_CAPACITY).await
     }
 
     /// Boots from the store. On a first boot (an empty store) `seed` is imported first; after
     /// that the store is the truth and a fleet file is for `gatehouse fleet import`. With
-    /// `sessions`, the WebSocket layer's hub and session supervisor join the tree.
+    /// `sessions`, the WebSocket layer's hub and session supervisor join the tree. The event
+    /// log's queue holds `eventlog_queue` entries before gates wait for it.
     pub async fn boot_tree(
         store: Arc<Store>,
         profiles: ProfileSet,
         seed: Option<&FleetFile>,
         bus: LocalBus,
         sessions: Option<SessionTree>,
+        eventlog_queue: usize,
     ) -> anyhow::Result<Runtime> {
         let records = load_or_seed(&store, &profiles, seed).await?;
         if let Err(e) = fleet_config::validate(&records, &profiles) {
@@ -150,7 +152,8 @@ impl Runtime {
         let sink: Arc<dyn EventSink> = Arc::new(bus.clone());
         let directory = Arc::new(Directory::default());
         let events: Arc<dyn EventStore> = store.clone();
-        let (log, writer) = eventlog::channel(events, directory.clone(), sink.clone());
+        let (log, writer) =
+            eventlog::channel(events, directory.clone(), sink.clone(), eventlog_queue);
         let ctx = FleetContext::with_log(sink, directory, Some(log));
         let (fleet, fleet_spec) = Fleet::new(ctx);
         let fleets: Arc<dyn FleetStore> = store.clone();

@@ -34,6 +34,25 @@ pub struct Config {
     pub auth: AuthConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub eventlog: EventLogConfig,
+}
+
+/// The event log (group-committed appends of gate events and audit records).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventLogConfig {
+    /// Entries queued for the writer before gate actors wait for it (backpressure while the
+    /// database is slow or away; each entry is about 1 KiB).
+    pub queue: usize,
+}
+
+impl Default for EventLogConfig {
+    fn default() -> Self {
+        Self {
+            queue: gatehouse_actors::tree::eventlog::QUEUE_CAPACITY,
+        }
+    }
 }
 
 /// Prometheus metrics at `/metrics` (`docs/metrics.md`).
@@ -420,6 +439,9 @@ impl Config {
                 "metrics.token",
                 "must be at least 16 printable characters without spaces",
             ));
+        }
+        if !(16..=1_048_576).contains(&self.eventlog.queue) {
+            return Err(err("eventlog.queue", "must be between 16 and 1048576"));
         }
         if !(1..=100_000).contains(&self.metrics.per_controller_limit) {
             return Err(err(

@@ -201,8 +201,15 @@ pub async fn run(config: Config, options: DemoOptions) -> anyhow::Result<()> {
     let printer = tokio::spawn(watch::print_events(bus.subscribe()));
     let changes = AccessChanges::default();
     let (sessions, tree) = Sessions::new(bus.clone(), &changes, config.websocket.sessions());
-    let runtime =
-        Runtime::boot_tree(store.clone(), profiles.clone(), None, bus, Some(tree)).await?;
+    let runtime = Runtime::boot_tree(
+        store.clone(),
+        profiles.clone(),
+        None,
+        bus,
+        Some(tree),
+        config.eventlog.queue,
+    )
+    .await?;
 
     // The API, and a login to try it with (a fresh password every run).
     let passwords = Passwords::owasp()?;

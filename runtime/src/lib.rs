@@ -155,8 +155,15 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let watcher = tokio::spawn(watch::log_events(bus.subscribe()));
     let changes = AccessChanges::default();
     let (sessions, tree) = Sessions::new(bus.clone(), &changes, config.websocket.sessions());
-    let runtime =
-        Runtime::boot_tree(store.clone(), profiles, seed.as_ref(), bus, Some(tree)).await?;
+    let runtime = Runtime::boot_tree(
+        store.clone(),
+        profiles,
+        seed.as_ref(),
+        bus,
+        Some(tree),
+        config.eventlog.queue,
+    )
+    .await?;
     if runtime.fleet.controllers().is_empty() {
         tracing::warn!(
             "no controllers configured: import a fleet with `gatehouse fleet import FILE`"

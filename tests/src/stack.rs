@@ -91,8 +91,15 @@ impl Stack {
             .map_or_else(LocalBus::default, LocalBus::with_capacity);
         let changes = AccessChanges::default();
         let (sessions, tree) = Sessions::new(bus.clone(), &changes, spec.ws);
-        let runtime =
-            Runtime::boot_tree(store.clone(), profiles, Some(&fleet), bus, Some(tree)).await?;
+        let runtime = Runtime::boot_tree(
+            store.clone(),
+            profiles,
+            Some(&fleet),
+            bus,
+            Some(tree),
+            gatehouse_actors::tree::eventlog::QUEUE_CAPACITY,
+        )
+        .await?;
         if spec.wait_closed {
             for gate in &fleet.gates {
                 wait_closed(&runtime, &gate.id).await?;

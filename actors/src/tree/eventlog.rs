@@ -127,11 +127,6 @@ impl EventLog {
     pub fn queue_capacity(&self) -> usize {
         self.tx.max_capacity()
     }
-
-    /// Events waiting to be written.
-    pub fn queued(&self) -> usize {
-        QUEUE_CAPACITY - self.tx.capacity()
-    }
 }
 
 fn lost(entry: Entry) {
@@ -154,13 +149,15 @@ pub struct WriterArgs {
     bus: Arc<dyn EventSink>,
 }
 
-/// Creates the queue: the handle for senders and the arguments for the writer actor.
+/// Creates the queue of `capacity` entries ([`QUEUE_CAPACITY`] unless configured): the handle
+/// for senders and the arguments for the writer actor.
 pub fn channel(
     store: Arc<dyn EventStore>,
     directory: Arc<Directory>,
     bus: Arc<dyn EventSink>,
+    capacity: usize,
 ) -> (EventLog, WriterArgs) {
-    let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+    let (tx, rx) = mpsc::channel(capacity.max(1));
     let stats = Arc::new(EventLogStats::default());
     stats.healthy.store(true, Ordering::Relaxed);
     (

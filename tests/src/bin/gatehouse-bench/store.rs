@@ -98,7 +98,12 @@ struct Throughput {
 async fn throughput(store: Arc<Store>, events: usize) -> anyhow::Result<Throughput> {
     let bus: Arc<dyn EventSink> = Arc::new(LocalBus::default());
     let sink: Arc<dyn EventStore> = store;
-    let (log, writer) = eventlog::channel(sink, Arc::new(Directory::default()), bus);
+    let (log, writer) = eventlog::channel(
+        sink,
+        Arc::new(Directory::default()),
+        bus,
+        eventlog::QUEUE_CAPACITY,
+    );
     let (writer_ref, writer_handle) = Actor::spawn(None, EventLogWriter, writer).await?;
     let per_writer = events / WRITERS;
     let total = per_writer * WRITERS;
