@@ -86,9 +86,21 @@ async fn open(backend: Backend) -> (Ctx, Cleanup) {
     };
     let store = Store::connect(&url).await.expect("connect");
     assert_eq!(store.backend(), backend);
+    // Every migration of the backend's folder runs on a fresh database.
+    let folder = match backend {
+        Backend::Sqlite => "sqlite",
+        Backend::Postgres => "postgres",
+    };
+    let migrations = std::fs::read_dir(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../migrations/{folder}")),
+    )
+    .expect("the migrations folder")
+    .filter(|e| e.as_ref().is_ok_and(|e| e.path().is_dir()))
+    .count();
+    assert!(migrations >= 2, "{migrations} migrations found");
     assert_eq!(
         store.migrate().await.expect("migrate"),
-        1,
+        migrations,
         "a fresh database"
     );
     (Ctx { store, url }, cleanup)

@@ -329,3 +329,114 @@ impl Drop for Proc {
 pub fn tail(lines: &[String], n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
+
+/// A `gatehouse-sim` child: `controllers` generic controllers (`sim-1`, `sim-2`, …) of
+/// `units` gates each, on free ports, with a control port.
+pub struct Simulator {
+    pub proc: Proc,
+    /// `(name, host:port)` of each controller, in order.
+    pub controllers: Vec<(String, String)>,
+    /// The control port's address.
+    pub control: String,
+}
+
+impl Simulator {
+    pub fn spawn(controllers: usize, units: u8, travel_ms: u64) -> Simulator {
+        let mut proc = Proc::spawn(
+            "gatehouse-sim",
+            Command::new(bin("gatehouse-sim")).args([
+                "--controllers",
+                &controllers.to_string(),
+                "--units",
+                &units.to_string(),
+                "--profile",
+                "generic",
+                "--travel-ms",
+                &travel_ms.to_string(),
+                "--name-prefix",
+                "sim",
+                "--base-port",
+                "0",
+                "--control",
+                "127.0.0.1:0",
+            ]),
+        );
+        // `sim-1 127.0.0.1:PORT generic units=1,2`, one per controller, then `control ADDR`.
+        let second = |line: &str| {
+            line.split_whitespace()
+                .nth(1)
+                .unwrap_or_else(|| panic!("no address in {line:?}"))
+                .to_string()
+        };
+        let control = second(&proc.wait_for(Stream::Out, "control ", 1));
+        let controllers = (1..=controllers)
+            .map(|n| {
+                let name = format!("sim-{n}");
+                let line = proc.wait_for(Stream::Out, &format!("{name} "), 1);
+                (name, second(&line))
+            })
+            .collect();
+        Simulator {
+            proc,
+            controllers,
+            control,
+        }
+    }
+
+    /// Sends one control command and checks that it answered `ok`.
+    pub fn control(&self, command: &str) {
+        use std::net::TcpStream;
+        let mut stream = TcpStream::connect(&self.control).expect("the control port answers");
+        stream.set_read_timeout(Some(WAIT)).expect("a read timeout");
+        writeln!(stream, "{command}").expect("send a control command");
+        let mut answer = String::new();
+        BufReader::new(stream)
+            .read_line(&mut answer)
+            .expect("an answer from the control port");
+        assert_eq!(answer.trim(), "ok", "{command}");
+    }
+
+    /// A fleet file with every controller of the simulator and `units` gates on each, named
+    /// `<controller>-g<unit>`.
+    pub fn fleet_file(&self, units: u8) -> String {
+        let mut out = String::from("[[site]]\nid = \"site\"\nname = \"Site\"\n");
+        for (name, addr) in &self.controllers {
+            out.push_str(&format!(
+                "\n[[controller]]\nid = \"{name}\"\nsite = \"site\"\nprofile = \"generic\"\n\
+                 endpoint = \"{addr}\"\n"
+            ));
+            for unit in 1..=units {
+                out.push_str(&format!(
+                    "\n[[gate]]\nid = \"{name}-g{unit}\"\ncontroller = \"{name}\"\nunit = {unit}\n"
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// `gatehouse user add NAME --role ROLE --password-stdin --config CONFIG`, run in `dir`.
+pub fn add_user(dir: &Path, config: &Path, name: &str, role: &str, password: &str) {
+    let mut add = Proc::spawn_with_input(
+        "gatehouse user add",
+        Command::new(bin("gatehouse"))
+            .args([
+                "user",
+                "add",
+                name,
+                "--role",
+                role,
+                "--password-stdin",
+                "--config",
+            ])
+            .arg(config)
+            .current_dir(dir),
+        &format!("{password}\n"),
+    );
+    let status = add.finish(WAIT);
+    assert!(
+        status.success(),
+        "gatehouse user add failed ({status})\n{}",
+        add.transcript()
+    );
+}

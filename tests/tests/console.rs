@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use gatehouse_tests::procs::{Proc, Stream, WAIT, bin, tail, workspace_root};
+use gatehouse_tests::procs::{Proc, Simulator, Stream, WAIT, add_user, bin, tail, workspace_root};
 
 /// How long the browser script may run (its own waits add up to well under this).
 const SCRIPT_LIMIT: Duration = Duration::from_secs(180);
@@ -69,42 +69,6 @@ fn missing_prerequisites() -> Vec<&'static str> {
     missing
 }
 
-/// The second word of a line such as `sim-1 127.0.0.1:PORT generic units=1,2`.
-fn second_word(line: &str) -> String {
-    line.split_whitespace()
-        .nth(1)
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .to_string()
-}
-
-/// A `gatehouse-sim` child: one generic controller of two gates (3 s of travel) on a free
-/// port, with a control port; returns it with the controller's and the control's addresses.
-fn simulator() -> (Proc, String, String) {
-    let mut proc = Proc::spawn(
-        "gatehouse-sim",
-        Command::new(bin("gatehouse-sim")).args([
-            "--controllers",
-            "1",
-            "--units",
-            "2",
-            "--profile",
-            "generic",
-            "--travel-ms",
-            "3000",
-            "--name-prefix",
-            "sim",
-            "--base-port",
-            "0",
-            "--control",
-            "127.0.0.1:0",
-        ]),
-    );
-    let named = format!("{CONTROLLER} ");
-    let addr = second_word(&proc.wait_for_all(Stream::Out, &[named.as_str()], 1));
-    let control = second_word(&proc.wait_for_all(Stream::Out, &["control "], 1));
-    (proc, addr, control)
-}
-
 /// Writes `fleet.toml` (the simulator's controller and its two gates) and `gatehouse.toml`
 /// (HTTP on a free loopback port, data inside `dir`) into `dir`. The database is the default,
 /// `./data/gatehouse.db`: every command runs in `dir`.
@@ -127,32 +91,6 @@ fn serve_config(dir: &Path, endpoint: &str) -> PathBuf {
     path
 }
 
-/// `gatehouse user add USER --role admin --password-stdin` on the configuration's database.
-fn add_admin(dir: &Path, config: &Path) {
-    let mut add = Proc::spawn_with_input(
-        "gatehouse user add",
-        Command::new(bin("gatehouse"))
-            .args([
-                "user",
-                "add",
-                USER,
-                "--role",
-                "admin",
-                "--password-stdin",
-                "--config",
-            ])
-            .arg(config)
-            .current_dir(dir),
-        &format!("{PASSWORD}\n"),
-    );
-    let status = add.finish(WAIT);
-    assert!(
-        status.success(),
-        "gatehouse user add failed ({status})\n{}",
-        add.transcript()
-    );
-}
-
 #[test]
 fn the_console_commands_a_gate_and_shows_a_link_going_down_and_back_in_chromium() {
     let missing = missing_prerequisites();
@@ -167,9 +105,11 @@ fn the_console_commands_a_gate_and_shows_a_link_going_down_and_back_in_chromium(
     }
 
     let dir = tempfile::tempdir().expect("a temp dir");
-    let (mut sim, endpoint, control) = simulator();
+    // One generic controller of two gates (3 s of travel), with a control port.
+    let mut sim = Simulator::spawn(1, 2, 3000);
+    let (endpoint, control) = (sim.controllers[0].1.clone(), sim.control.clone());
     let config = serve_config(dir.path(), &endpoint);
-    add_admin(dir.path(), &config);
+    add_user(dir.path(), &config, USER, "admin", PASSWORD);
 
     let mut runtime = Proc::spawn(
         "gatehouse serve",
@@ -249,6 +189,6 @@ fn the_console_commands_a_gate_and_shows_a_link_going_down_and_back_in_chromium(
     let stop_limit = Duration::from_millis(SHUTDOWN_MS) + Duration::from_secs(10);
     let status = runtime.finish(stop_limit);
     assert!(status.success(), "{status}\n{}", runtime.transcript());
-    sim.signal("TERM");
-    let _ = sim.try_wait_exit(WAIT);
+    sim.proc.signal("TERM");
+    let _ = sim.proc.try_wait_exit(WAIT);
 }
