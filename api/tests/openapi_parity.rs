@@ -21,7 +21,11 @@ fn production_table() -> RouteTable {
         // The application routes need a fleet and a store; their parity is checked where
         // those exist (tests/tests/rest_api.rs).
         app: None,
-        metrics: None,
+        // Served, so that the probe of `/metrics` reaches its handler (off, it answers 404).
+        metrics: Some(gatehouse_api::metrics::MetricsExport {
+            render: Arc::new(String::new),
+            token: None,
+        }),
         console: Default::default(),
     };
     route_table(&state).expect("the production table is valid")
