@@ -60,22 +60,49 @@ pub(crate) fn route() -> (Route, DocumentSlot) {
 }
 
 /// The document for `routes`.
+/// The `default` response of every operation: any other status, in the error shape.
+fn error_response() -> utoipa::openapi::RefOr<utoipa::openapi::Response> {
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    ResponseBuilder::new()
+        .description("Any other outcome: an error in the error shape (400 malformed, 401, 403, 404, 409, 413, 415, 422, 429 with Retry-After, 500, 503 with Retry-After)")
+        .content(
+            "application/json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name(ErrorEnvelope::name())))
+                .build(),
+        )
+        .build()
+        .into()
+}
+
 pub(crate) fn document(routes: &[Route]) -> OpenApi {
     let mut paths = PathsBuilder::new();
     let mut schemas = Vec::new();
     for route in routes {
+        let mut operation = route.operation().clone();
+        // Whatever else an endpoint answers (400 for a malformed request, 401, 413, 415, 429,
+        // 503 while the database is away, 500) comes in the one error shape: said once, for
+        // every operation, so that a client or a schema-driven test knows every answer.
+        operation
+            .responses
+            .responses
+            .entry("default".to_string())
+            .or_insert_with(error_response);
         paths = paths.path(
             route.path(),
-            PathItem::from_http_methods(
-                route.doc_methods().iter().cloned(),
-                route.operation().clone(),
-            ),
+            PathItem::from_http_methods(route.doc_methods().iter().cloned(), operation),
         );
         schemas.extend(route.schemas().iter().cloned());
     }
     // The error shape is part of every endpoint's contract even where an annotation does not
     // reference it.
     schemas.push((ErrorEnvelope::name().into_owned(), ErrorEnvelope::schema()));
+    {
+        use crate::wire::names::{ActionName, RoleName, StatusName};
+        schemas.push((ActionName::name().into_owned(), ActionName::schema()));
+        schemas.push((RoleName::name().into_owned(), RoleName::schema()));
+        schemas.push((StatusName::name().into_owned(), StatusName::schema()));
+    }
     <ErrorEnvelope as ToSchema>::schemas(&mut schemas);
 
     OpenApiBuilder::new()

@@ -166,3 +166,50 @@ mod tests {
         assert_eq!(v["cause"], "system");
     }
 }
+
+/// The names the wire accepts and sends, as enums for the OpenAPI document: fields typed
+/// `String` in the handlers (so that a wrong value gets our own error, naming the field) are
+/// documented with these, so that clients and schema-driven tools know the allowed values.
+pub mod names {
+    use utoipa::ToSchema;
+
+    /// A gate action.
+    #[derive(ToSchema)]
+    #[schema(rename_all = "snake_case")]
+    #[allow(dead_code)]
+    pub enum ActionName {
+        Open,
+        Close,
+        Stop,
+        Toggle,
+        HoldOpen,
+        Release,
+        Lockout,
+        Unlock,
+        Reset,
+    }
+
+    /// A role.
+    #[derive(ToSchema)]
+    #[schema(rename_all = "snake_case")]
+    #[allow(dead_code)]
+    pub enum RoleName {
+        Admin,
+        Operator,
+        Resident,
+        Viewer,
+    }
+
+    /// A command's status.
+    #[derive(ToSchema)]
+    #[schema(rename_all = "snake_case")]
+    #[allow(dead_code)]
+    pub enum StatusName {
+        Pending,
+        Accepted,
+        Completed,
+        Rejected,
+        Failed,
+        TimedOut,
+    }
+}

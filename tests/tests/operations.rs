@@ -122,3 +122,86 @@ async fn a_link_that_broke_shows_its_restart_and_failure_and_comes_back_connecte
     );
     rig.stop().await;
 }
+
+/// Every `$ref` in `value`.
+fn refs(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map {
+                if k == "$ref"
+                    && let Some(r) = v.as_str()
+                {
+                    out.push(r.to_string());
+                }
+                refs(v, out);
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| refs(v, out)),
+        _ => {}
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_document_names_every_error_answer_and_the_allowed_values_of_its_enums() {
+    let rig = Rig::start().await;
+    let doc: Value = reqwest::get(rig.stack.url("/api/v1/openapi.json"))
+        .await
+        .expect("served")
+        .json()
+        .await
+        .expect("JSON");
+    let schemas = doc["components"]["schemas"].as_object().expect("schemas");
+    let mut all = Vec::new();
+    refs(&doc, &mut all);
+    for r in &all {
+        let name = r
+            .strip_prefix("#/components/schemas/")
+            .expect("a schema ref");
+        assert!(schemas.contains_key(name), "{r} does not resolve");
+    }
+    let mut operations = 0;
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, op) in item.as_object().expect("a path item") {
+            operations += 1;
+            assert_eq!(
+                op["responses"]["default"]["content"]["application/json"]["schema"]["$ref"],
+                "#/components/schemas/ErrorEnvelope",
+                "{method} {path}"
+            );
+        }
+    }
+    assert!(operations > 30, "{operations} operations");
+    let action = &schemas["CommandRequest"]["properties"]["action"];
+    assert_eq!(
+        action["$ref"], "#/components/schemas/ActionName",
+        "{action}"
+    );
+    let actions: Vec<&str> = schemas["ActionName"]["enum"]
+        .as_array()
+        .expect("an enum")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "open",
+            "close",
+            "stop",
+            "toggle",
+            "hold_open",
+            "release",
+            "lockout",
+            "unlock",
+            "reset"
+        ]
+    );
+    let roles: Vec<&str> = schemas["RoleName"]["enum"]
+        .as_array()
+        .expect("an enum")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(roles, ["admin", "operator", "resident", "viewer"]);
+    rig.stop().await;
+}

@@ -65,6 +65,7 @@ pub struct CommandRequest {
     #[schema(value_type = String, format = Uuid)]
     pub id: uuid::Uuid,
     /// open, close, stop, toggle, hold_open, release, lockout, unlock, reset.
+    #[schema(value_type = crate::wire::names::ActionName)]
     pub action: String,
 }
 
@@ -72,8 +73,10 @@ pub struct CommandRequest {
 pub struct CommandBody {
     pub id: String,
     pub gate: String,
+    #[schema(value_type = crate::wire::names::ActionName)]
     pub action: String,
     /// pending, accepted, completed, rejected, failed, timed_out.
+    #[schema(value_type = crate::wire::names::StatusName)]
     pub status: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,

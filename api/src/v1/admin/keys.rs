@@ -29,7 +29,7 @@ pub const MAX_KEY_NAME_CHARS: usize = 100;
 pub struct KeyBody {
     pub id: String,
     pub name: String,
-    #[schema(value_type = String, example = "operator")]
+    #[schema(value_type = crate::wire::names::RoleName, example = "operator")]
     pub role: Role,
     /// The only site the key may act on, or null for all.
     pub site: Option<String>,
@@ -55,6 +55,7 @@ pub struct CreatedKey {
 pub struct CreateKey {
     pub name: String,
     /// operator, viewer, resident (useless without grants), or admin with `confirm_admin`.
+    #[schema(value_type = crate::wire::names::RoleName)]
     pub role: String,
     #[schema(value_type = Option<String>)]
     pub site: Option<SiteId>,

@@ -48,7 +48,7 @@ pub struct UserBody {
     pub id: String,
     pub username: String,
     /// admin, operator, resident, viewer.
-    #[schema(value_type = String, example = "resident")]
+    #[schema(value_type = crate::wire::names::RoleName, example = "resident")]
     pub role: Role,
     pub disabled: bool,
     /// Unix milliseconds.
@@ -65,6 +65,7 @@ pub struct UserList {
 pub struct CreateUser {
     pub username: String,
     /// admin, operator, resident, viewer.
+    #[schema(value_type = crate::wire::names::RoleName)]
     pub role: String,
     /// 10 to 256 characters.
     pub password: String,
@@ -74,6 +75,7 @@ pub struct CreateUser {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateUser {
+    #[schema(value_type = Option<crate::wire::names::RoleName>)]
     pub role: Option<String>,
     pub disabled: Option<bool>,
     /// A new password (a reset): ends every session of the user.
