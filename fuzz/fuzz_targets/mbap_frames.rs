@@ -18,7 +18,10 @@ fuzz_target!(|data: &[u8]| {
         let request = [0u8, 7, 0, 0, 0, 6, 1, 3, 0, 0, 0, 6];
         filter.write_all(&request).await.expect("written");
         let mut sent = [0u8; 12];
-        controller.read_exact(&mut sent).await.expect("the request arrives");
+        controller
+            .read_exact(&mut sent)
+            .await
+            .expect("the request arrives");
         // Whatever the fuzzer says, then the proper reply.
         let reply = [0u8, 7, 0, 0, 0, 5, 1, 3, 2, 0x12, 0x34];
         controller.write_all(data).await.expect("noise");
