@@ -35,6 +35,7 @@ use gatehouse_runtime::Runtime;
 use gatehouse_runtime::fleet_file::FleetFile;
 use serde::Serialize;
 
+mod pymodbus;
 mod store;
 mod ws;
 
@@ -53,6 +54,8 @@ enum Cmd {
     Store(store::StoreSizes),
     /// WebSocket sessions: RSS per session, command round trip, fan-out.
     Ws(ws::WsSizes),
+    /// Against the pymodbus peer: command → accepted, → first motion, → completed.
+    Pymodbus(pymodbus::PymodbusSizes),
     /// Internal: the phones of the `ws` benchmark.
     WsClients {
         #[arg(long)]
@@ -664,6 +667,15 @@ async fn main() -> anyhow::Result<()> {
             units,
             travel_ms,
         } => run_sim(controllers, units, travel_ms).await,
+        Cmd::Pymodbus(sizes) => {
+            let report = pymodbus::run(sizes).await?;
+            pymodbus::print_text(&report);
+            println!("{}", serde_json::to_string(&report)?);
+            if report.completed < report.commands {
+                bail!("not every command completed");
+            }
+            Ok(())
+        }
         Cmd::Ws(sizes) => {
             let report = ws::run(sizes).await?;
             ws::print_text(&report);
