@@ -341,7 +341,14 @@ pub struct Simulator {
 }
 
 impl Simulator {
+    /// On free ports.
     pub fn spawn(controllers: usize, units: u8, travel_ms: u64) -> Simulator {
+        Self::spawn_on(0, controllers, units, travel_ms)
+    }
+
+    /// With the first controller on `base_port` (0: free ports), for a restart on the same
+    /// address.
+    pub fn spawn_on(base_port: u16, controllers: usize, units: u8, travel_ms: u64) -> Simulator {
         let mut proc = Proc::spawn(
             "gatehouse-sim",
             Command::new(bin("gatehouse-sim")).args([
@@ -356,7 +363,7 @@ impl Simulator {
                 "--name-prefix",
                 "sim",
                 "--base-port",
-                "0",
+                &base_port.to_string(),
                 "--control",
                 "127.0.0.1:0",
             ]),
@@ -394,6 +401,11 @@ impl Simulator {
             .read_line(&mut answer)
             .expect("an answer from the control port");
         assert_eq!(answer.trim(), "ok", "{command}");
+    }
+
+    /// The first controller's address.
+    pub fn addr(&self) -> &str {
+        &self.controllers[0].1
     }
 
     /// A fleet file with every controller of the simulator and `units` gates on each, named

@@ -6,77 +6,22 @@
 //! port 0, a free port the system picks, and print which, so tests running in parallel never
 //! race for a port.
 
-use std::io::{BufRead, BufReader, Write as _};
-use std::net::TcpStream;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use gatehouse_adapters::profile::ProfileSet;
 use gatehouse_runtime::fleet_file::FleetFile;
-use gatehouse_tests::procs::{Proc, Stream, WAIT, bin};
+use gatehouse_tests::procs::{Proc, Simulator, Stream, WAIT, bin};
 
 /// The graceful-shutdown limit written into the test configurations.
 const SHUTDOWN_MS: u64 = 5_000;
 
 /// A `gatehouse-sim` child with one generic controller of two gates (3 s of travel, so that a
 /// gate polled at the profile's 1 s is seen moving) and a control port; `port` 0 = a free one.
-struct Simulator {
-    proc: Proc,
-    /// The controller's address, as the simulator printed it.
-    addr: String,
-    /// Its control port's address.
-    control: String,
-}
-
-impl Simulator {
-    /// Sends one control command and checks that it answered `ok`.
-    fn control(&self, command: &str) {
-        let mut stream = TcpStream::connect(&self.control).expect("the control port answers");
-        stream.set_read_timeout(Some(WAIT)).expect("a read timeout");
-        writeln!(stream, "{command}").expect("send a control command");
-        let mut answer = String::new();
-        BufReader::new(stream)
-            .read_line(&mut answer)
-            .expect("an answer from the control port");
-        assert_eq!(answer.trim(), "ok", "{command}");
-    }
-}
-
 fn simulator(port: u16) -> Simulator {
-    let mut proc = Proc::spawn(
-        "gatehouse-sim",
-        Command::new(bin("gatehouse-sim")).args([
-            "--controllers",
-            "1",
-            "--units",
-            "2",
-            "--profile",
-            "generic",
-            "--travel-ms",
-            "3000",
-            "--name-prefix",
-            "sim",
-            "--base-port",
-            &port.to_string(),
-            "--control",
-            "127.0.0.1:0",
-        ]),
-    );
-    // `sim-1 127.0.0.1:PORT generic units=1,2`, then `control ADDRESS`.
-    let second_word = |line: String| {
-        line.split_whitespace()
-            .nth(1)
-            .unwrap_or_else(|| panic!("no address in {line:?}"))
-            .to_string()
-    };
-    let addr = second_word(proc.wait_for(Stream::Out, "sim-1 ", 1));
-    let control = second_word(proc.wait_for(Stream::Out, "control ", 1));
-    Simulator {
-        proc,
-        addr,
-        control,
-    }
+    Simulator::spawn_on(port, 1, 2, 3000)
 }
 
 fn port_of(addr: &str) -> u16 {
@@ -143,11 +88,11 @@ fn reconciled(runtime: &mut Proc) {
 fn serve_brings_the_links_up_and_stops_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().expect("a temp dir");
     let mut sim = simulator(0);
-    let config = serve_config(dir.path(), &sim.addr);
+    let config = serve_config(dir.path(), sim.addr());
 
     let mut runtime = serve(dir.path(), &config);
     let up = runtime.wait_for(Stream::Err, "link up", 1);
-    assert!(up.contains(&sim.addr), "the log names the endpoint: {up}");
+    assert!(up.contains(sim.addr()), "the log names the endpoint: {up}");
     reconciled(&mut runtime);
 
     // Someone presses the wall button of gate 1: the runtime sees the gate move, and logs it
@@ -175,7 +120,7 @@ fn serve_brings_the_links_up_and_stops_cleanly_on_sigterm() {
 fn serve_survives_a_killed_simulator_and_reconnects_when_it_is_back() {
     let dir = tempfile::tempdir().expect("a temp dir");
     let mut sim = simulator(0);
-    let config = serve_config(dir.path(), &sim.addr);
+    let config = serve_config(dir.path(), sim.addr());
     let mut runtime = serve(dir.path(), &config);
     runtime.wait_for(Stream::Err, "link up", 1);
     reconciled(&mut runtime);
@@ -203,8 +148,8 @@ fn serve_survives_a_killed_simulator_and_reconnects_when_it_is_back() {
         online(&runtime, "gate=gate-1"),
         online(&runtime, "gate=gate-2"),
     ];
-    let again = simulator(port_of(&sim.addr));
-    assert_eq!(again.addr, sim.addr);
+    let again = simulator(port_of(sim.addr()));
+    assert_eq!(again.addr(), sim.addr());
     runtime.wait_for(Stream::Err, "link up", 2);
     for (gate, n) in ["gate=gate-1", "gate=gate-2"].into_iter().zip(before) {
         runtime.wait_for_all(Stream::Err, &["offline -> closed", gate], n + 1);
@@ -239,7 +184,7 @@ fn refused(dir: &Path, config: &Path, env: &[(&str, &str)]) -> String {
 fn serve_starts_beside_kubernetes_service_link_variables() {
     let dir = tempfile::tempdir().expect("a temp dir");
     let mut sim = simulator(0);
-    let config = serve_config(dir.path(), &sim.addr);
+    let config = serve_config(dir.path(), sim.addr());
     // What Kubernetes puts in every pod of a namespace with a Service named gatehouse.
     let mut runtime = Proc::spawn(
         "gatehouse serve",
@@ -642,7 +587,7 @@ fn no_password_token_or_key_reaches_the_logs_even_at_trace_level() {
          [log]\nlevel = \"trace\"\nformat = \"json\"\n\n[metrics]\ntoken = \"metrics-token-SECRET-0123456789\"\n",
         dir.path().join("data").display().to_string()
     );
-    let config = write_config(dir.path(), &config, Some(&fleet_file(&sim.addr)));
+    let config = write_config(dir.path(), &config, Some(&fleet_file(sim.addr())));
     let password = "correct horse battery SECRET 42";
 
     let mut add = Command::new(bin("gatehouse"))
@@ -818,7 +763,7 @@ fn check<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value
 fn readiness_names_the_database_the_backlog_and_a_link_that_is_down_without_draining_the_node() {
     let dir = tempfile::tempdir().expect("a temp dir");
     let sim = simulator(0);
-    let config = serve_config(dir.path(), &sim.addr);
+    let config = serve_config(dir.path(), sim.addr());
     let mut runtime = serve(dir.path(), &config);
     let base = base_url(&runtime.wait_for(Stream::Err, "API on http://", 1));
     reconciled(&mut runtime);
