@@ -36,6 +36,7 @@ use gatehouse_runtime::fleet_file::FleetFile;
 use serde::Serialize;
 
 mod pymodbus;
+mod soak;
 mod store;
 mod ws;
 
@@ -56,6 +57,9 @@ enum Cmd {
     Ws(ws::WsSizes),
     /// Against the pymodbus peer: command → accepted, → first motion, → completed.
     Pymodbus(pymodbus::PymodbusSizes),
+    /// `gatehouse demo` under its chaos scenario for a while; then every gate gap-free and
+    /// every command finished once.
+    Soak(soak::SoakSizes),
     /// Internal: the phones of the `ws` benchmark.
     WsClients {
         #[arg(long)]
@@ -667,6 +671,12 @@ async fn main() -> anyhow::Result<()> {
             units,
             travel_ms,
         } => run_sim(controllers, units, travel_ms).await,
+        Cmd::Soak(sizes) => {
+            let report = soak::run(sizes).await?;
+            soak::print_text(&report);
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
         Cmd::Pymodbus(sizes) => {
             let report = pymodbus::run(sizes).await?;
             pymodbus::print_text(&report);
