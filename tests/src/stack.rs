@@ -59,14 +59,31 @@ pub struct Stack {
     stop: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
     _dir: tempfile::TempDir,
+    /// The PostgreSQL database of a stack on PostgreSQL, dropped with it.
+    _db: Option<crate::ScratchDatabase>,
 }
+
+/// Set to `postgres` to run every stack on a scratch PostgreSQL database (on
+/// `GATEHOUSE_TEST_PG_URL`, see [`crate::pg_server`]) instead of SQLite: `.ci/run` runs the
+/// REST and WebSocket suites both ways.
+pub const STACK_DB_VAR: &str = "GATEHOUSE_TEST_STACK_DB";
 
 impl Stack {
     pub async fn start(spec: StackSpec) -> anyhow::Result<Stack> {
         let profiles = ProfileSet::builtin()?;
         let fleet = FleetFile::parse("stack fleet", &spec.fleet, &profiles)?;
         let dir = tempfile::tempdir()?;
-        let url = format!("sqlite://{}/gatehouse.db", dir.path().display());
+        let (url, db) = match std::env::var(STACK_DB_VAR).as_deref() {
+            Ok("postgres") => {
+                let db = crate::ScratchDatabase::create(&crate::pg_server(), "stack")?;
+                (db.url(), Some(db))
+            }
+            Ok("sqlite") | Err(_) => (
+                format!("sqlite://{}/gatehouse.db", dir.path().display()),
+                None,
+            ),
+            Ok(other) => anyhow::bail!("{STACK_DB_VAR}={other}: use sqlite or postgres"),
+        };
         let store = Arc::new(Store::connect(&url).await?);
         store.migrate().await?;
 
@@ -155,6 +172,7 @@ impl Stack {
             stop: Some(stop),
             server: Some(server),
             _dir: dir,
+            _db: db,
         })
     }
 
