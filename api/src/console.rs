@@ -21,38 +21,14 @@ use warp::http::{HeaderMap, Method, StatusCode};
 use warp::reply::Response;
 use warp::{Filter, Reply};
 
-/// The console's files: name under `/console/`, content type, content.
-const FILES: &[(&str, &str, &[u8])] = &[
-    (
-        "index.html",
-        "text/html; charset=utf-8",
-        include_bytes!("../console/index.html"),
-    ),
-    (
-        "app.js",
-        "text/javascript; charset=utf-8",
-        include_bytes!("../console/app.js"),
-    ),
-    (
-        "api.js",
-        "text/javascript; charset=utf-8",
-        include_bytes!("../console/api.js"),
-    ),
-    (
-        "live.js",
-        "text/javascript; charset=utf-8",
-        include_bytes!("../console/live.js"),
-    ),
-    (
-        "views.js",
-        "text/javascript; charset=utf-8",
-        include_bytes!("../console/views.js"),
-    ),
-    (
-        "style.css",
-        "text/css; charset=utf-8",
-        include_bytes!("../console/style.css"),
-    ),
+/// The console's files: name under `/console/` and content (its type follows the name).
+const FILES: &[(&str, &[u8])] = &[
+    ("index.html", include_bytes!("../console/index.html")),
+    ("app.js", include_bytes!("../console/app.js")),
+    ("api.js", include_bytes!("../console/api.js")),
+    ("live.js", include_bytes!("../console/live.js")),
+    ("views.js", include_bytes!("../console/views.js")),
+    ("style.css", include_bytes!("../console/style.css")),
 ];
 
 /// The path templates the console answers, for the HTTP metrics' `route` label.
@@ -89,17 +65,15 @@ impl ConsoleFiles {
         if !plain {
             return None;
         }
-        match &self.dir {
-            Some(dir) => {
-                let content_type = Self::content_type(name)?;
-                let bytes = std::fs::read(dir.join(name)).ok()?;
-                Some((content_type, bytes))
-            }
+        let content_type = Self::content_type(name)?;
+        let bytes = match &self.dir {
+            Some(dir) => std::fs::read(dir.join(name)).ok()?,
             None => FILES
                 .iter()
-                .find(|(file, _, _)| *file == name)
-                .map(|(_, content_type, bytes)| (*content_type, bytes.to_vec())),
-        }
+                .find(|(file, _)| *file == name)
+                .map(|(_, bytes)| bytes.to_vec())?,
+        };
+        Some((content_type, bytes))
     }
 }
 

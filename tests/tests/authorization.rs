@@ -12,6 +12,7 @@ use std::collections::HashMap;
 
 use gatehouse_actors::access::{AccessStore, ApiKeyRecord, Role, UserId};
 use gatehouse_api::auth::secrets;
+use gatehouse_tests::http::Http;
 use gatehouse_tests::rig::{Rig, WAIT};
 use gatehouse_tests::stack::now_ms;
 use gatehouse_tests::wsclient::WsClient;
@@ -72,19 +73,10 @@ impl Callers {
 }
 
 async fn status(rig: &Rig, method: &str, path: &str, bearer: &str, body: Option<Value>) -> u16 {
-    let client = reqwest::Client::new();
-    let mut request = client
-        .request(method.parse().unwrap(), rig.stack.url(path))
-        .bearer_auth(bearer);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    request
-        .send()
+    Http::new(rig.stack.addr, WAIT)
+        .call(method.parse().unwrap(), path, Some(bearer), body)
         .await
-        .expect("the request is answered")
-        .status()
-        .as_u16()
+        .status
 }
 
 /// Allowed (`true`) or refused with 403 (`false`); anything else fails the test.
@@ -241,15 +233,11 @@ async fn answer(client: &mut WsClient, request: Value) -> Value {
 }
 
 async fn set_user(rig: &Rig, admin: &str, user: UserId, change: Value) {
-    let client = reqwest::Client::new();
-    let response = client
-        .patch(rig.stack.url(&format!("/api/v1/users/{}", user.0)))
-        .bearer_auth(admin)
-        .json(&change)
-        .send()
-        .await
-        .expect("answered");
-    assert_eq!(response.status(), 200, "{change}");
+    let path = format!("/api/v1/users/{}", user.0);
+    let reply = Http::new(rig.stack.addr, WAIT)
+        .patch(admin, &path, change.clone())
+        .await;
+    assert_eq!(reply.status, 200, "{change}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

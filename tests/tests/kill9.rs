@@ -14,6 +14,7 @@ use gatehouse_actors::gate::{CommandStatus, EventKind};
 use gatehouse_actors::ids::GateId;
 use gatehouse_actors::store::EventStore;
 use gatehouse_adapters::store::Store;
+use gatehouse_tests::http::Http;
 use gatehouse_tests::procs::{Proc, Simulator, Stream, add_user, bin};
 use gatehouse_tests::wsclient::WsClient;
 use serde_json::{Value, json};
@@ -45,16 +46,16 @@ fn serve(dir: &Path, config: &Path) -> (Proc, String) {
 }
 
 async fn login(base: &str) -> String {
-    let body: Value = reqwest::Client::new()
-        .post(format!("{base}/api/v1/auth/login"))
-        .json(&json!({"username": "ops", "password": PASSWORD}))
-        .send()
-        .await
-        .expect("answered")
-        .json()
-        .await
-        .expect("json");
-    body["access_token"].as_str().expect("a token").to_string()
+    let addr = base
+        .trim_start_matches("http://")
+        .parse()
+        .expect("an address");
+    let reply = Http::new(addr, WAIT).login("ops", PASSWORD).await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    reply.body["access_token"]
+        .as_str()
+        .expect("a token")
+        .to_string()
 }
 
 /// Command ids told `completed`, by whoever was told.

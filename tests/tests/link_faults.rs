@@ -17,8 +17,13 @@ const VICTIM: &str = "victim";
 const BYSTANDER: &str = "bystander";
 
 async fn two_controllers() -> Site {
+    two_controllers_with(Controller::new(VICTIM, "generic", &[1, 2], 500)).await
+}
+
+/// The victim as given (the same name, two gates), beside the usual bystander.
+async fn two_controllers_with(victim: Controller) -> Site {
     let site = Site::start(&[
-        Controller::new(VICTIM, "generic", &[1, 2], 500),
+        victim,
         Controller::new(BYSTANDER, "came-zlb30", &[1, 2], 500),
     ])
     .await;
@@ -175,13 +180,10 @@ async fn a_lost_reply_is_asked_again_and_keeps_the_gates_online() {
 async fn a_controller_set_to_one_timeout_goes_down_on_the_first_lost_reply() {
     // The same lost reply as above, on a controller whose fleet entry overrides its
     // profile's three timeouts in a row with one.
-    let site = Site::start(&[
+    let site = two_controllers_with(
         Controller::new(VICTIM, "generic", &[1, 2], 500).timeouts_before_down(1),
-        Controller::new(BYSTANDER, "came-zlb30", &[1, 2], 500),
-    ])
+    )
     .await;
-    site.wait_reconciled(VICTIM).await;
-    site.wait_reconciled(BYSTANDER).await;
     let mark = site.mark();
     site.sim(VICTIM)
         .inject(Fault::Stall {

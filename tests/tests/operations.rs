@@ -6,20 +6,20 @@
 use std::time::{Duration, Instant};
 
 use gatehouse_sim::controller::Fault;
+use gatehouse_tests::http::Http;
 use gatehouse_tests::rig::Rig;
+use reqwest::Method;
 use serde_json::Value;
 
 /// The longest a condition may take to become true.
 const BOUND: Duration = Duration::from_secs(20);
 
 async fn tree(rig: &Rig, user: Option<&str>) -> (u16, Value) {
-    let mut request = reqwest::Client::new().get(rig.stack.url("/api/v1/system/actors"));
-    if let Some(user) = user {
-        request = request.bearer_auth(rig.stack.token(user));
-    }
-    let response = request.send().await.expect("the request is answered");
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
+    let token = user.map(|u| rig.stack.token(u));
+    let reply = Http::new(rig.stack.addr, BOUND)
+        .call(Method::GET, "/api/v1/system/actors", token.as_deref(), None)
+        .await;
+    (reply.status, reply.body)
 }
 
 /// The node at `path` (child ids from the root).

@@ -6,8 +6,8 @@
 use std::process::Command;
 use std::time::Duration;
 
+use gatehouse_tests::http::Http;
 use gatehouse_tests::procs::{Proc, Stream, bin};
-use serde_json::{Value, json};
 
 /// The generation budget, and the bound on the whole run around it.
 const BUDGET_S: u64 = 45;
@@ -61,16 +61,15 @@ async fn schemathesis_finds_no_answer_the_document_does_not_describe() {
         .expect("the password")
         .to_string();
     demo.wait_for(Stream::Out, "offline -> closed", 12);
-    let login: Value = reqwest::Client::new()
-        .post(format!("{base}/api/v1/auth/login"))
-        .json(&json!({"username": "demo", "password": password}))
-        .send()
-        .await
-        .expect("answered")
-        .json()
-        .await
-        .expect("json");
-    let token = login["access_token"].as_str().expect("a token");
+    let addr = base
+        .trim_start_matches("http://")
+        .parse()
+        .expect("an address");
+    let login = Http::new(addr, Duration::from_secs(30))
+        .login("demo", &password)
+        .await;
+    assert_eq!(login.status, 200, "{login:?}");
+    let token = login.body["access_token"].as_str().expect("a token");
 
     let mut run = Proc::spawn(
         "schemathesis",
