@@ -14,7 +14,7 @@ use std::ops::RangeInclusive;
 use std::time::Duration;
 
 use crate::ids::ControllerId;
-use crate::store::FleetRecords;
+use crate::store::{ControllerRecord, FleetRecords};
 
 /// Modbus unit ids that address one device (0 is broadcast; 248–255 are reserved).
 pub const UNIT_IDS: RangeInclusive<u8> = 1..=247;
@@ -24,6 +24,8 @@ pub const REQUEST_TIMEOUT_MS: RangeInclusive<u64> = 10..=600_000;
 pub const INTER_FRAME_DELAY_MS: RangeInclusive<u64> = 0..=10_000;
 /// Request timeouts in a row that take a controller's link down (fewer are lost replies).
 pub const TIMEOUTS_BEFORE_DOWN: RangeInclusive<u64> = 1..=10;
+/// Serial line speeds a controller may be set to.
+pub const BAUD: RangeInclusive<u32> = 300..=1_000_000;
 /// A controller's poll interval at rest.
 pub const POLL_INTERVAL_MS: RangeInclusive<u64> = 50..=600_000;
 /// A gate's travel timeout: longer than this and the gate faults.
@@ -160,6 +162,7 @@ pub fn validate(fleet: &FleetRecords, profiles: &dyn ProfileNames) -> Result<(),
         }
     }
     let mut controllers = BTreeSet::new();
+    let mut devices: BTreeMap<&str, &ControllerId> = BTreeMap::new();
     for (index, c) in fleet.controllers.iter().enumerate() {
         let err = |field, message: String| ConfigError {
             kind: Kind::Controller,
@@ -184,7 +187,19 @@ pub fn validate(fleet: &FleetRecords, profiles: &dyn ProfileNames) -> Result<(),
                 ),
             ));
         }
-        check_endpoint(&c.endpoint).map_err(|m| err("endpoint", m))?;
+        check_transport(c).map_err(|(field, m)| err(field, m))?;
+        if let (crate::store::Transport::Rtu, Some(device)) =
+            (c.transport, c.serial.device.as_deref())
+            && let Some(other) = devices.insert(device, &c.id)
+        {
+            return Err(err(
+                "serial",
+                format!(
+                    "{device} is already controller {other}'s line; one serial line is one \
+                     link: put the gates of both under one controller (each its own unit id)"
+                ),
+            ));
+        }
         for (field, value, range) in [
             (
                 "request_timeout_ms",
@@ -255,6 +270,91 @@ pub fn validate(fleet: &FleetRecords, profiles: &dyn ProfileNames) -> Result<(),
     Ok(())
 }
 
+/// The transport's own keys: an endpoint for the TCP transports, a serial line for `rtu`, and
+/// none of the other's (a key that would be ignored is a mistake worth naming).
+fn check_transport(c: &ControllerRecord) -> Result<(), (&'static str, String)> {
+    let t = c.transport.as_str();
+    if c.transport.is_tcp() {
+        if c.endpoint.is_empty() {
+            return Err((
+                "endpoint",
+                format!("transport {t:?} needs an endpoint (host:port; Modbus TCP is usually 502)"),
+            ));
+        }
+        check_endpoint(&c.endpoint).map_err(|m| ("endpoint", m))?;
+        let s = &c.serial;
+        for (field, set) in [
+            ("serial", s.device.is_some()),
+            ("baud", s.baud.is_some()),
+            ("parity", s.parity.is_some()),
+            ("data_bits", s.data_bits.is_some()),
+            ("stop_bits", s.stop_bits.is_some()),
+        ] {
+            if set {
+                return Err((
+                    field,
+                    format!("applies to transport \"rtu\" only, and this controller's is {t:?}"),
+                ));
+            }
+        }
+        return Ok(());
+    }
+    if !c.endpoint.is_empty() {
+        return Err((
+            "endpoint",
+            "transport \"rtu\" uses a serial line (`serial`), not an endpoint; for a serial \
+             gateway on the network use transport \"rtu-over-tcp\""
+                .into(),
+        ));
+    }
+    match c.serial.device.as_deref() {
+        None => {
+            return Err((
+                "serial",
+                "transport \"rtu\" needs the serial device, such as /dev/ttyUSB0".into(),
+            ));
+        }
+        Some(d) if !d.starts_with('/') || d.len() > 4096 || d.contains('\0') => {
+            return Err((
+                "serial",
+                format!("{d:?} is not an absolute device path, such as /dev/ttyUSB0"),
+            ));
+        }
+        Some(_) => {}
+    }
+    match c.serial.baud {
+        None => {
+            return Err((
+                "baud",
+                "transport \"rtu\" needs the line's baud rate (set on the controller's board; \
+                 9600 and 19200 are common)"
+                    .into(),
+            ));
+        }
+        Some(b) if !BAUD.contains(&b) => {
+            return Err((
+                "baud",
+                format!("must be {}..={}, got {b}", BAUD.start(), BAUD.end()),
+            ));
+        }
+        Some(_) => {}
+    }
+    if let Some(bits) = c.serial.data_bits
+        && bits != 8
+    {
+        return Err((
+            "data_bits",
+            format!("Modbus RTU frames are 8-bit bytes: data_bits must be 8, got {bits}"),
+        ));
+    }
+    if let Some(bits) = c.serial.stop_bits
+        && !(1..=2).contains(&bits)
+    {
+        return Err(("stop_bits", format!("must be 1 or 2, got {bits}")));
+    }
+    Ok(())
+}
+
 fn in_range(v: u64, range: &RangeInclusive<u64>) -> Result<(), String> {
     if range.contains(&v) {
         Ok(())
@@ -270,7 +370,83 @@ fn in_range(v: u64, range: &RangeInclusive<u64>) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{ControllerRecord, GateRecord, SiteRecord};
+    use crate::store::{
+        ControllerRecord, GateRecord, Parity, SerialSettings, SiteRecord, Transport,
+    };
+
+    /// `c1` on a serial line at 19200 baud, the other keys left to their defaults.
+    fn on_serial(f: &mut FleetRecords) {
+        let c = &mut f.controllers[0];
+        c.transport = Transport::Rtu;
+        c.endpoint.clear();
+        c.serial.device = Some("/dev/ttyUSB0".into());
+        c.serial.baud = Some(19_200);
+    }
+
+    #[test]
+    fn each_transport_takes_its_own_keys_and_refuses_the_others() {
+        let mut f = fleet();
+        on_serial(&mut f);
+        assert_eq!(validate(&f, &Two), Ok(()));
+        let line = f.controllers[0].serial_line().expect("a serial line");
+        assert_eq!(
+            (line.parity, line.data_bits, line.stop_bits),
+            (Parity::Even, 8, 1)
+        );
+        // 11 bits per character at 19200 baud: 3.5 characters are 2.005 ms.
+        assert_eq!(line.inter_frame_gap(), Duration::from_micros(2_006));
+        let mut fast = line.clone();
+        fast.baud = 115_200;
+        assert_eq!(fast.inter_frame_gap(), Duration::from_micros(1_750));
+
+        let mut f = fleet();
+        f.controllers[0].transport = Transport::RtuOverTcp;
+        assert_eq!(validate(&f, &Two), Ok(()));
+        assert_eq!(f.controllers[0].serial_line(), None);
+
+        let serial = |change: fn(&mut ControllerRecord)| {
+            broken(|f| {
+                on_serial(f);
+                change(&mut f.controllers[0]);
+            })
+        };
+        let c = Kind::Controller;
+        assert_eq!(serial(|c| c.serial.device = None), (c, "serial"));
+        assert_eq!(
+            serial(|c| c.serial.device = Some("ttyUSB0".into())),
+            (c, "serial")
+        );
+        assert_eq!(serial(|c| c.serial.baud = None), (c, "baud"));
+        assert_eq!(serial(|c| c.serial.baud = Some(50)), (c, "baud"));
+        assert_eq!(serial(|c| c.serial.data_bits = Some(7)), (c, "data_bits"));
+        assert_eq!(serial(|c| c.serial.stop_bits = Some(3)), (c, "stop_bits"));
+        assert_eq!(
+            serial(|c| c.endpoint = "10.0.0.9:502".into()),
+            (c, "endpoint")
+        );
+        assert_eq!(
+            broken(|f| f.controllers[0].serial.baud = Some(9_600)),
+            (c, "baud"),
+            "a serial key on a TCP controller would be ignored: refused"
+        );
+        assert_eq!(
+            broken(|f| {
+                f.controllers[0].transport = Transport::RtuOverTcp;
+                f.controllers[0].endpoint.clear();
+            }),
+            (c, "endpoint")
+        );
+        assert_eq!(
+            broken(|f| {
+                on_serial(f);
+                let mut twin = f.controllers[0].clone();
+                twin.id = "c2".parse().unwrap();
+                f.controllers.push(twin);
+            }),
+            (c, "serial"),
+            "two links on one serial line"
+        );
+    }
 
     struct Two;
 
@@ -294,7 +470,9 @@ mod tests {
                 id: "c1".parse().unwrap(),
                 site: "hq".parse().unwrap(),
                 profile: "generic".into(),
+                transport: Transport::Tcp,
                 endpoint: "gate-board.local:1502".into(),
+                serial: SerialSettings::default(),
                 request_timeout_ms: None,
                 inter_frame_delay_ms: None,
                 poll_interval_ms: Some(200),

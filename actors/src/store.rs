@@ -27,13 +27,184 @@ pub struct ControllerRecord {
     pub site: SiteId,
     /// Profile id (file stem).
     pub profile: String,
-    /// `host:port`.
+    /// How the controller is reached: Modbus TCP (the default), RTU framing tunnelled over
+    /// TCP (serial gateways), or RTU on a local serial line.
+    #[serde(default)]
+    pub transport: Transport,
+    /// `host:port`, for `tcp` and `rtu-over-tcp`; empty for `rtu`.
+    #[serde(default)]
     pub endpoint: String,
+    /// The serial line, for `rtu`, as written (unset keys take [`SerialLine`]'s defaults).
+    #[serde(default)]
+    pub serial: SerialSettings,
     pub request_timeout_ms: Option<u64>,
     pub inter_frame_delay_ms: Option<u64>,
     pub poll_interval_ms: Option<u64>,
     /// Request timeouts in a row that take the link down, over the profile's.
     pub timeouts_before_down: Option<u64>,
+}
+
+/// How a controller's link reaches it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Transport {
+    /// Modbus TCP (MBAP framing) to `endpoint`.
+    #[default]
+    Tcp,
+    /// Modbus RTU frames (unit, PDU, CRC) over a TCP connection to `endpoint`: what many
+    /// Ethernet-to-RS-485 gateways speak.
+    RtuOverTcp,
+    /// Modbus RTU on a local serial line (RS-485 adapter).
+    Rtu,
+}
+
+impl Transport {
+    pub const ALL: [Transport; 3] = [Transport::Tcp, Transport::RtuOverTcp, Transport::Rtu];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::RtuOverTcp => "rtu-over-tcp",
+            Transport::Rtu => "rtu",
+        }
+    }
+
+    /// Whether the link runs over TCP (and so has an `endpoint`).
+    pub fn is_tcp(self) -> bool {
+        !matches!(self, Transport::Rtu)
+    }
+}
+
+impl std::str::FromStr for Transport {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Transport::ALL
+            .into_iter()
+            .find(|t| t.as_str() == s)
+            .ok_or_else(|| format!("{s:?} is not a transport (tcp, rtu-over-tcp or rtu)"))
+    }
+}
+
+/// Parity of a serial line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Parity {
+    None,
+    Even,
+    Odd,
+}
+
+impl Parity {
+    pub const ALL: [Parity; 3] = [Parity::None, Parity::Even, Parity::Odd];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Parity::None => "none",
+            Parity::Even => "even",
+            Parity::Odd => "odd",
+        }
+    }
+}
+
+impl std::str::FromStr for Parity {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Parity::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| format!("{s:?} is not a parity (none, even or odd)"))
+    }
+}
+
+/// A serial line's settings as configured: every key optional, so that what was written is
+/// what is stored and exported. [`ControllerRecord::serial_line`] fills in the defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SerialSettings {
+    /// The device, such as `/dev/ttyUSB0`.
+    pub device: Option<String>,
+    pub baud: Option<u32>,
+    pub parity: Option<Parity>,
+    pub data_bits: Option<u8>,
+    pub stop_bits: Option<u8>,
+}
+
+impl SerialSettings {
+    pub fn is_empty(&self) -> bool {
+        *self == SerialSettings::default()
+    }
+}
+
+/// A serial line with every setting decided.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SerialLine {
+    pub device: String,
+    pub baud: u32,
+    pub parity: Parity,
+    pub data_bits: u8,
+    pub stop_bits: u8,
+}
+
+impl SerialLine {
+    /// The Modbus serial-line specification's defaults (v1.02, 2.5.1): even parity, one
+    /// stop bit, and RTU's 8 data bits. The baud rate has no default: it is set on the
+    /// controller's board and must be written down.
+    pub const DEFAULT_PARITY: Parity = Parity::Even;
+    pub const DEFAULT_DATA_BITS: u8 = 8;
+    pub const DEFAULT_STOP_BITS: u8 = 1;
+
+    /// Bits on the wire per byte: start, data, parity, stop.
+    pub fn bits_per_char(&self) -> u32 {
+        1 + u32::from(self.data_bits)
+            + u32::from(self.parity != Parity::None)
+            + u32::from(self.stop_bits)
+    }
+
+    /// The silence that ends an RTU frame: 3.5 character times, fixed at 1.75 ms above
+    /// 19,200 baud (the specification's rule, so fast lines are not held to microseconds
+    /// that UARTs cannot keep).
+    pub fn inter_frame_gap(&self) -> std::time::Duration {
+        if self.baud > 19_200 {
+            return std::time::Duration::from_micros(1_750);
+        }
+        let micros =
+            (u64::from(self.bits_per_char()) * 3_500_000).div_ceil(u64::from(self.baud.max(1)));
+        std::time::Duration::from_micros(micros)
+    }
+}
+
+impl ControllerRecord {
+    /// The serial line of an `rtu` controller, with the specification's defaults for the
+    /// keys not written; `None` for TCP transports, or when no device or baud rate is set
+    /// (which validation refuses).
+    pub fn serial_line(&self) -> Option<SerialLine> {
+        if self.transport != Transport::Rtu {
+            return None;
+        }
+        Some(SerialLine {
+            device: self.serial.device.clone()?,
+            baud: self.serial.baud?,
+            parity: self.serial.parity.unwrap_or(SerialLine::DEFAULT_PARITY),
+            data_bits: self
+                .serial
+                .data_bits
+                .unwrap_or(SerialLine::DEFAULT_DATA_BITS),
+            stop_bits: self
+                .serial
+                .stop_bits
+                .unwrap_or(SerialLine::DEFAULT_STOP_BITS),
+        })
+    }
+
+    /// Where the controller is, for logs and the actor tree: the endpoint, or the device.
+    pub fn address(&self) -> String {
+        match self.transport {
+            Transport::Tcp => self.endpoint.clone(),
+            Transport::RtuOverTcp => format!("rtu+tcp://{}", self.endpoint),
+            Transport::Rtu => self.serial.device.clone().unwrap_or_default(),
+        }
+    }
 }
 
 /// A gate as stored.

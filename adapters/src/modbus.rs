@@ -1,6 +1,7 @@
-//! The Modbus TCP link: the hardware ports (`LinkConnector`, `LinkSession`) implemented with
-//! the tokio-modbus client. One connector per controller (one TCP endpoint); every gate on it
-//! is a unit id plus a register profile, and every read or write is a single Modbus
+//! The Modbus link: the hardware ports (`LinkConnector`, `LinkSession`) implemented with the
+//! tokio-modbus client, over Modbus TCP, RTU framing tunnelled over TCP, or RTU on a serial
+//! line ([`Wire`]). One connector per controller (one endpoint or one line); every gate on
+//! it is a unit id plus a register profile, and every read or write is a single Modbus
 //! transaction with its own timeout.
 //!
 //! The error split follows the design's rule of who crashes: anything wrong with the
@@ -18,14 +19,17 @@ use gatehouse_actors::ports::{
     BoxFuture, ConnectFailure, LinkConnector, LinkError, LinkSession, UnitException, UnitResult,
     WriteDone, WriteRefused,
 };
+use gatehouse_actors::store::{Parity, SerialLine};
 use gatehouse_actors::telemetry::{self, Op};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_modbus::ProtocolError;
 use tokio_modbus::client::{Client, Context};
 use tokio_modbus::prelude::{Request, Response, Slave, SlaveContext};
 
 use crate::late_replies::LateReplies;
 use crate::profile::{Profile, Table, WriteEcho, WriteSpec};
+use crate::quiet_line::QuietLine;
 
 /// The exception a write of an op the gate's profile has no command for answers with:
 /// 1, illegal function. Nothing goes on the wire; the gate treats it like a controller
@@ -109,36 +113,95 @@ impl LinkTiming {
     }
 }
 
-/// Opens Modbus TCP sessions to one controller.
+/// How a link reaches its controller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Wire {
+    /// Modbus TCP: MBAP framing to `host:port`.
+    Tcp(String),
+    /// RTU frames (unit, PDU, CRC) over a TCP connection to `host:port`: an Ethernet to
+    /// RS-485 gateway that tunnels the serial bytes as they are.
+    RtuOverTcp(String),
+    /// RTU on a local serial line.
+    Serial(SerialLine),
+}
+
+impl Wire {
+    fn framing(&self) -> Framing {
+        match self {
+            Wire::Tcp(_) => Framing::Mbap,
+            Wire::RtuOverTcp(_) | Wire::Serial(_) => Framing::Rtu,
+        }
+    }
+}
+
+impl fmt::Display for Wire {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Wire::Tcp(endpoint) => f.write_str(endpoint),
+            Wire::RtuOverTcp(endpoint) => write!(f, "rtu+tcp://{endpoint}"),
+            Wire::Serial(line) => write!(
+                f,
+                "{} ({} {}{}{})",
+                line.device,
+                line.baud,
+                line.data_bits,
+                match line.parity {
+                    Parity::None => 'N',
+                    Parity::Even => 'E',
+                    Parity::Odd => 'O',
+                },
+                line.stop_bits
+            ),
+        }
+    }
+}
+
+/// How frames are told apart on the wire, which decides how a late reply is kept from
+/// being taken for the answer to a later request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// MBAP: every reply carries its request's transaction id ([`LateReplies`]).
+    Mbap,
+    /// RTU: nothing ties a reply to its request but the unit and function, so the line is
+    /// drained before each request ([`QuietLine`]) and left to settle after a lost reply.
+    Rtu,
+}
+
+/// Opens Modbus sessions to one controller, over TCP or a serial line.
 #[derive(Debug, Clone)]
-pub struct TcpConnector {
-    /// `host:port`, resolved at each connect (with tokio's resolver, off the runtime's
-    /// threads), so that a controller behind a DNS name that moves is found again on the next
-    /// reconnect, and configuring it never blocks on DNS.
-    endpoint: String,
+pub struct ModbusConnector {
+    /// The endpoint (`host:port`) is resolved at each connect (with tokio's resolver, off
+    /// the runtime's threads), so that a controller behind a DNS name that moves is found
+    /// again on the next reconnect, and configuring it never blocks on DNS.
+    wire: Wire,
     gates: Arc<[UnitProfile]>,
     timing: LinkTiming,
 }
 
-impl TcpConnector {
-    /// `gates[i]` is the gate the port methods call `i`.
-    pub fn new(endpoint: impl ToString, gates: Vec<UnitProfile>, timing: LinkTiming) -> Self {
+impl ModbusConnector {
+    /// `gates[i]` is the gate the port methods call `i`. On a serial line, the inter-frame
+    /// delay is never shorter than the line's 3.5 character times.
+    pub fn new(wire: Wire, gates: Vec<UnitProfile>, mut timing: LinkTiming) -> Self {
+        if let Wire::Serial(line) = &wire {
+            timing.inter_frame_delay = timing.inter_frame_delay.max(line.inter_frame_gap());
+        }
         Self {
-            endpoint: endpoint.to_string(),
+            wire,
             gates: gates.into(),
             timing,
         }
     }
 
-    /// Like [`TcpConnector::new`], with the timing taken from the gates' profiles
+    /// A Modbus TCP connector to `endpoint` (`host:port`).
+    pub fn tcp(endpoint: impl ToString, gates: Vec<UnitProfile>, timing: LinkTiming) -> Self {
+        Self::new(Wire::Tcp(endpoint.to_string()), gates, timing)
+    }
+
+    /// Like [`ModbusConnector::new`], with the timing taken from the gates' profiles
     /// ([`LinkTiming::from_profiles`]).
-    pub fn from_profiles(
-        endpoint: impl ToString,
-        gates: Vec<UnitProfile>,
-        overrides: TimingOverrides,
-    ) -> Self {
+    pub fn from_profiles(wire: Wire, gates: Vec<UnitProfile>, overrides: TimingOverrides) -> Self {
         let timing = LinkTiming::from_profiles(&gates, overrides);
-        Self::new(endpoint, gates, timing)
+        Self::new(wire, gates, timing)
     }
 
     pub fn gates(&self) -> &[UnitProfile] {
@@ -149,37 +212,42 @@ impl TcpConnector {
         self.timing
     }
 
-    /// Opens a session with its concrete type (the trait method boxes it).
-    pub async fn open(&self) -> Result<TcpSession, LinkError> {
-        let failed = |kind: ConnectFailure, reason: String| LinkError::Connect {
-            endpoint: self.endpoint.to_string(),
+    pub fn wire(&self) -> &Wire {
+        &self.wire
+    }
+
+    fn connect_failed(&self, kind: ConnectFailure, reason: String) -> LinkError {
+        LinkError::Connect {
+            endpoint: self.wire.to_string(),
             reason,
             kind,
-        };
-        let refused = |reason: String| failed(ConnectFailure::Other, reason);
-        let stream = match tokio::time::timeout(
-            self.timing.connect_timeout,
-            TcpStream::connect(self.endpoint.as_str()),
-        )
-        .await
-        {
-            Err(_) => {
-                return Err(failed(
-                    ConnectFailure::Timeout,
-                    format!("no answer within {:?}", self.timing.connect_timeout),
-                ));
-            }
-            Ok(Err(e)) => {
-                let kind = match e.kind() {
-                    io::ErrorKind::ConnectionRefused => ConnectFailure::Refused,
-                    io::ErrorKind::TimedOut => ConnectFailure::Timeout,
-                    _ => ConnectFailure::Other,
-                };
-                return Err(failed(kind, e.to_string()));
-            }
-            Ok(Ok(stream)) => stream,
-        };
-        // Requests are tiny and strictly one at a time: Nagle would only add latency.
+        }
+    }
+
+    /// A TCP connection to `endpoint`: no Nagle (requests are tiny and one at a time), and
+    /// keepalive, so that a half-open connection is found while nothing is asked.
+    async fn tcp_stream(&self, endpoint: &str) -> Result<TcpStream, LinkError> {
+        let stream =
+            match tokio::time::timeout(self.timing.connect_timeout, TcpStream::connect(endpoint))
+                .await
+            {
+                Err(_) => {
+                    return Err(self.connect_failed(
+                        ConnectFailure::Timeout,
+                        format!("no answer within {:?}", self.timing.connect_timeout),
+                    ));
+                }
+                Ok(Err(e)) => {
+                    let kind = match e.kind() {
+                        io::ErrorKind::ConnectionRefused => ConnectFailure::Refused,
+                        io::ErrorKind::TimedOut => ConnectFailure::Timeout,
+                        _ => ConnectFailure::Other,
+                    };
+                    return Err(self.connect_failed(kind, e.to_string()));
+                }
+                Ok(Ok(stream)) => stream,
+            };
+        let refused = |reason: String| self.connect_failed(ConnectFailure::Other, reason);
         stream
             .set_nodelay(true)
             .map_err(|e| refused(format!("cannot set TCP_NODELAY: {e}")))?;
@@ -190,11 +258,58 @@ impl TcpConnector {
         socket2::SockRef::from(&stream)
             .set_tcp_keepalive(&keepalive)
             .map_err(|e| refused(format!("cannot set TCP keepalive: {e}")))?;
-        let first_unit = self.gates.first().map_or(0, |g| g.unit);
-        let context =
-            tokio_modbus::client::tcp::attach_slave(LateReplies::new(stream), Slave(first_unit));
-        Ok(TcpSession {
+        Ok(stream)
+    }
+
+    /// The serial line opened and set up (speed, parity, data and stop bits). A device
+    /// that is missing or busy is a failed connect, tried again like any other.
+    fn serial_port(&self, line: &SerialLine) -> Result<tokio_serial::SerialStream, LinkError> {
+        use tokio_serial::SerialPortBuilderExt;
+        let parity = match line.parity {
+            Parity::None => tokio_serial::Parity::None,
+            Parity::Even => tokio_serial::Parity::Even,
+            Parity::Odd => tokio_serial::Parity::Odd,
+        };
+        let stop_bits = if line.stop_bits == 2 {
+            tokio_serial::StopBits::Two
+        } else {
+            tokio_serial::StopBits::One
+        };
+        let mut port = tokio_serial::new(&line.device, line.baud)
+            .parity(parity)
+            .data_bits(tokio_serial::DataBits::Eight)
+            .stop_bits(stop_bits)
+            .flow_control(tokio_serial::FlowControl::None)
+            .open_native_async()
+            .map_err(|e| self.connect_failed(ConnectFailure::Other, e.to_string()))?;
+        // Only this link may use the line: a second opener would interleave its frames.
+        #[cfg(unix)]
+        port.set_exclusive(true).map_err(|e| {
+            self.connect_failed(ConnectFailure::Other, format!("cannot lock the line: {e}"))
+        })?;
+        Ok(port)
+    }
+
+    /// Opens a session with its concrete type (the trait method boxes it).
+    pub async fn open(&self) -> Result<ModbusSession, LinkError> {
+        let first_unit = Slave(self.gates.first().map_or(0, |g| g.unit));
+        let context = match &self.wire {
+            Wire::Tcp(endpoint) => {
+                let stream = self.tcp_stream(endpoint).await?;
+                tokio_modbus::client::tcp::attach_slave(LateReplies::new(stream), first_unit)
+            }
+            Wire::RtuOverTcp(endpoint) => {
+                let stream = self.tcp_stream(endpoint).await?;
+                tokio_modbus::client::rtu::attach_slave(QuietLine::new(stream), first_unit)
+            }
+            Wire::Serial(line) => {
+                let port = self.serial_port(line)?;
+                tokio_modbus::client::rtu::attach_slave(QuietLine::new(port), first_unit)
+            }
+        };
+        Ok(ModbusSession {
             context,
+            framing: self.wire.framing(),
             gates: Arc::clone(&self.gates),
             timing: self.timing,
             last_end: None,
@@ -204,9 +319,9 @@ impl TcpConnector {
     }
 }
 
-impl LinkConnector for TcpConnector {
+impl LinkConnector for ModbusConnector {
     fn endpoint(&self) -> String {
-        self.endpoint.clone()
+        self.wire.to_string()
     }
 
     fn connect(&self) -> BoxFuture<'_, Result<Box<dyn LinkSession>, LinkError>> {
@@ -217,13 +332,14 @@ impl LinkConnector for TcpConnector {
     }
 }
 
-/// One open Modbus TCP connection. A lost reply is asked again (reads) or reported
+/// One open Modbus connection (TCP or serial). A lost reply is asked again (reads) or reported
 /// unanswered (writes); [`LinkTiming::timeouts_before_down`] in a row, or any other transport
 /// error, breaks it for good: it then refuses all further work with that same error. A late
 /// answer to a timed-out request is never taken for the answer to a later one: the
 /// [`LateReplies`] layer passes on only the reply to the latest request.
-pub struct TcpSession {
+pub struct ModbusSession {
     context: Context,
+    framing: Framing,
     gates: Arc<[UnitProfile]>,
     timing: LinkTiming,
     /// When the previous transaction ended, for the inter-frame delay.
@@ -241,9 +357,9 @@ enum Answer {
     None(Duration),
 }
 
-impl fmt::Debug for TcpSession {
+impl fmt::Debug for ModbusSession {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TcpSession")
+        f.debug_struct("ModbusSession")
             .field("gates", &self.gates.len())
             .field("timing", &self.timing)
             .field("broken", &self.broken)
@@ -251,7 +367,7 @@ impl fmt::Debug for TcpSession {
     }
 }
 
-impl TcpSession {
+impl ModbusSession {
     /// Reads gate `gate`'s status block in one transaction and decodes it.
     pub async fn read_gate(&mut self, gate: usize) -> Result<UnitResult<Observation>, LinkError> {
         let Some(binding) = self.gates.get(gate).cloned() else {
@@ -442,26 +558,55 @@ impl TcpSession {
             if let Some(i) = instruments {
                 i.transaction(op, started.elapsed());
             }
-            let Ok(outcome) = outcome else {
-                if let Some(i) = instruments {
-                    i.timeout(op);
-                }
-                self.timeouts += 1;
-                if self.timeouts >= self.timing.timeouts_before_down.max(1) {
-                    return Err(self.fail(LinkError::Timeout(limit)));
-                }
-                tracing::debug!(
-                    unit,
-                    timeouts = self.timeouts,
-                    "no answer; a lost reply so far"
-                );
-                if again {
-                    if let Some(i) = instruments {
-                        i.retries.increment(1);
+            // A lost reply: no answer in time, or (on RTU, or from a confused gateway) an
+            // answer that is not this request's: another unit's, or on RTU another
+            // function's, which is most likely a late reply to an earlier request.
+            let outcome = match outcome {
+                Err(_) => Err(LinkError::Timeout(limit)),
+                Ok(Err(tokio_modbus::Error::Protocol(ProtocolError::HeaderMismatch {
+                    message,
+                    ..
+                }))) => Err(LinkError::Protocol(format!(
+                    "unit {unit}: answered by another unit ({message})"
+                ))),
+                Ok(Err(tokio_modbus::Error::Protocol(ProtocolError::FunctionCodeMismatch {
+                    request,
+                    result,
+                }))) if self.framing == Framing::Rtu => Err(LinkError::Protocol(format!(
+                    "unit {unit}: a {request} request answered with {result:?}"
+                ))),
+                Ok(outcome) => Ok(outcome),
+            };
+            let outcome = match outcome {
+                Ok(outcome) => outcome,
+                Err(error) => {
+                    if let Some(i) = instruments
+                        && matches!(error, LinkError::Timeout(_))
+                    {
+                        i.timeout(op);
                     }
-                    continue;
+                    self.timeouts += 1;
+                    if self.timeouts >= self.timing.timeouts_before_down.max(1) {
+                        return Err(self.fail(error));
+                    }
+                    tracing::debug!(
+                        unit,
+                        timeouts = self.timeouts,
+                        "{error}; a lost reply so far"
+                    );
+                    if self.framing == Framing::Rtu {
+                        // Nothing on an RTU line says which request a reply answers: give a
+                        // straggler time to land, so that the next request's drain discards it.
+                        tokio::time::sleep(self.settle_time()).await;
+                    }
+                    if again {
+                        if let Some(i) = instruments {
+                            i.retries.increment(1);
+                        }
+                        continue;
+                    }
+                    return Ok(Answer::None(limit));
                 }
-                return Ok(Answer::None(limit));
             };
             self.timeouts = 0;
             return match outcome {
@@ -476,6 +621,15 @@ impl TcpSession {
         }
     }
 
+    /// How long an RTU line is left to settle after a lost reply before the next request:
+    /// long enough for a reply that was merely slow to arrive and be drained, short enough
+    /// that a retried poll still fits well within the next request's timeout.
+    fn settle_time(&self) -> Duration {
+        (self.timing.request_timeout / 4)
+            .min(Duration::from_millis(100))
+            .max(self.timing.inter_frame_delay)
+    }
+
     /// Marks the session unusable and hands the error back.
     fn fail(&mut self, error: LinkError) -> LinkError {
         self.broken = Some(error.clone());
@@ -483,7 +637,7 @@ impl TcpSession {
     }
 }
 
-impl LinkSession for TcpSession {
+impl LinkSession for ModbusSession {
     fn read(&mut self, gate: usize) -> BoxFuture<'_, Result<UnitResult<Observation>, LinkError>> {
         Box::pin(self.read_gate(gate))
     }
@@ -694,12 +848,12 @@ mod tests {
         );
     }
 
-    async fn session(addr: SocketAddr, gates: Vec<UnitProfile>, t: LinkTiming) -> TcpSession {
-        TcpConnector::new(addr, gates, t).open().await.unwrap()
+    async fn session(addr: SocketAddr, gates: Vec<UnitProfile>, t: LinkTiming) -> ModbusSession {
+        ModbusConnector::tcp(addr, gates, t).open().await.unwrap()
     }
 
     /// A session to one gate, unit 1, on `profile`.
-    async fn one_gate(addr: SocketAddr, profile: Arc<Profile>, t: LinkTiming) -> TcpSession {
+    async fn one_gate(addr: SocketAddr, profile: Arc<Profile>, t: LinkTiming) -> ModbusSession {
         session(addr, vec![UnitProfile { unit: 1, profile }], t).await
     }
 
@@ -944,7 +1098,7 @@ mod tests {
             .unwrap()
             .local_addr()
             .unwrap();
-        let connector = TcpConnector::new(addr, Vec::new(), timing(500, 0));
+        let connector = ModbusConnector::tcp(addr, Vec::new(), timing(500, 0));
         match connector.connect().await {
             Err(LinkError::Connect { endpoint, kind, .. }) => {
                 assert_eq!(endpoint, addr.to_string());

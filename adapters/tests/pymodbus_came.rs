@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use gatehouse_actors::gate::{HwOp, HwState, Observation, RawCounter};
 use gatehouse_actors::ports::{LinkConnector, LinkError, LinkSession, UnitException, WriteRefused};
-use gatehouse_adapters::modbus::{LinkTiming, TcpConnector, TimingOverrides, UnitProfile};
+use gatehouse_adapters::modbus::{LinkTiming, ModbusConnector, TimingOverrides, UnitProfile, Wire};
 use gatehouse_adapters::profile::ProfileSet;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -194,7 +194,11 @@ async fn came_board_served_by_pymodbus() {
         },
     ];
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let connector = TcpConnector::from_profiles(addr, gates, TimingOverrides::default());
+    let connector = ModbusConnector::from_profiles(
+        Wire::Tcp(addr.to_string()),
+        gates,
+        TimingOverrides::default(),
+    );
     let mut link = connector.connect().await.unwrap();
     let travel = Duration::from_millis(TRAVEL_MS * 5);
 
@@ -310,7 +314,7 @@ async fn a_silent_controller_times_out() {
     });
 
     let limit = Duration::from_millis(300);
-    let connector = TcpConnector::new(addr, came_gate(), timing(limit));
+    let connector = ModbusConnector::tcp(addr, came_gate(), timing(limit));
     let mut link = connector.connect().await.unwrap();
     let started = Instant::now();
     let outcome = link.read(0).await;
@@ -353,7 +357,7 @@ async fn garbage_is_an_error_not_a_panic_or_a_hang() {
     let limit = Duration::from_secs(3);
     for reply in cases {
         let addr = answer_once(reply).await;
-        let connector = TcpConnector::new(addr, came_gate(), timing(limit));
+        let connector = ModbusConnector::tcp(addr, came_gate(), timing(limit));
         let mut link = connector.connect().await.unwrap();
         let started = Instant::now();
         let outcome = link.read(0).await;

@@ -177,12 +177,29 @@ fn controller(id: &str, site: &str) -> ControllerRecord {
         id: ControllerId::new(id).unwrap(),
         site: SiteId::new(site).unwrap(),
         profile: "came-zbx".into(),
+        transport: gatehouse_actors::store::Transport::Tcp,
         endpoint: "127.0.0.1:1502".into(),
+        serial: Default::default(),
         request_timeout_ms: Some(800),
         inter_frame_delay_ms: None,
         poll_interval_ms: Some(250),
         timeouts_before_down: Some(5),
     }
+}
+
+/// A controller on a serial line, with some keys left to their defaults (stored as unset).
+fn serial_controller(id: &str, site: &str) -> ControllerRecord {
+    let mut c = controller(id, site);
+    c.transport = gatehouse_actors::store::Transport::Rtu;
+    c.endpoint.clear();
+    c.serial = gatehouse_actors::store::SerialSettings {
+        device: Some("/dev/ttyUSB0".into()),
+        baud: Some(19_200),
+        parity: Some(gatehouse_actors::store::Parity::None),
+        data_bits: None,
+        stop_bits: Some(2),
+    };
+    c
 }
 
 fn gate(id: &str, controller: &str, unit: u8) -> GateRecord {
@@ -359,6 +376,7 @@ async fn fleet_round_trip(ctx: Ctx) {
 
     // Upserts replace, including clearing optional settings.
     let mut c1 = controller("c1", "south");
+    c1.transport = gatehouse_actors::store::Transport::RtuOverTcp;
     c1.request_timeout_ms = None;
     c1.inter_frame_delay_ms = Some(5);
     let mut g2 = gate("g2", "c2", 7);
@@ -367,12 +385,14 @@ async fn fleet_round_trip(ctx: Ctx) {
     store
         .apply(vec![
             FleetChange::UpsertController(c1.clone()),
+            FleetChange::UpsertController(serial_controller("d1", "south")),
             FleetChange::UpsertGate(g2.clone()),
         ])
         .await
         .unwrap();
     let mut expected = fleet.clone();
     expected.controllers[0] = c1;
+    expected.controllers.push(serial_controller("d1", "south"));
     expected.gates[1] = g2;
     assert_eq!(store.load_fleet().await.unwrap(), expected);
 
@@ -384,6 +404,7 @@ async fn fleet_round_trip(ctx: Ctx) {
             FleetChange::RemoveGate(GateId::new("g3").unwrap()),
             FleetChange::RemoveController(ControllerId::new("c1").unwrap()),
             FleetChange::RemoveController(ControllerId::new("c2").unwrap()),
+            FleetChange::RemoveController(ControllerId::new("d1").unwrap()),
             FleetChange::RemoveSite(SiteId::new("north").unwrap()),
             FleetChange::RemoveSite(SiteId::new("south").unwrap()),
         ])

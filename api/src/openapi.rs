@@ -98,10 +98,12 @@ pub(crate) fn document(routes: &[Route]) -> OpenApi {
     // reference it.
     schemas.push((ErrorEnvelope::name().into_owned(), ErrorEnvelope::schema()));
     {
-        use crate::wire::names::{ActionName, RoleName, StatusName};
+        use crate::wire::names::{ActionName, ParityName, RoleName, StatusName, TransportName};
         schemas.push((ActionName::name().into_owned(), ActionName::schema()));
         schemas.push((RoleName::name().into_owned(), RoleName::schema()));
         schemas.push((StatusName::name().into_owned(), StatusName::schema()));
+        schemas.push((TransportName::name().into_owned(), TransportName::schema()));
+        schemas.push((ParityName::name().into_owned(), ParityName::schema()));
     }
     <ErrorEnvelope as ToSchema>::schemas(&mut schemas);
 

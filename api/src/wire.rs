@@ -212,4 +212,24 @@ pub mod names {
         Failed,
         TimedOut,
     }
+
+    /// How a controller is reached.
+    #[derive(ToSchema)]
+    #[schema(rename_all = "kebab-case")]
+    #[allow(dead_code)]
+    pub enum TransportName {
+        Tcp,
+        RtuOverTcp,
+        Rtu,
+    }
+
+    /// A serial line's parity.
+    #[derive(ToSchema)]
+    #[schema(rename_all = "lowercase")]
+    #[allow(dead_code)]
+    pub enum ParityName {
+        None,
+        Even,
+        Odd,
+    }
 }

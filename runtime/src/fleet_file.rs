@@ -9,9 +9,11 @@ use std::time::Duration;
 use gatehouse_actors::fleet_config::{self, ConfigError};
 use gatehouse_actors::gate::GateConfig;
 use gatehouse_actors::ids::{ControllerId, GateId, SiteId};
-use gatehouse_actors::store::{ControllerRecord, FleetRecords, GateRecord, SiteRecord};
+use gatehouse_actors::store::{
+    ControllerRecord, FleetRecords, GateRecord, Parity, SerialSettings, SiteRecord, Transport,
+};
 use gatehouse_actors::tree::{ControllerFactory, ControllerSpec, GateSpec};
-use gatehouse_adapters::modbus::{TcpConnector, TimingOverrides, UnitProfile};
+use gatehouse_adapters::modbus::{ModbusConnector, TimingOverrides, UnitProfile, Wire};
 use gatehouse_adapters::profile::ProfileSet;
 use serde::{Deserialize, Serialize};
 
@@ -47,8 +49,23 @@ pub struct ControllerEntry {
     pub site: SiteId,
     /// A profile id: a file stem in `config/profiles/` or the configured profiles directory.
     pub profile: String,
-    /// `host:port` of the Modbus TCP endpoint.
+    /// `tcp` (the default), `rtu-over-tcp` or `rtu`.
+    #[serde(default, skip_serializing_if = "is_tcp")]
+    pub transport: Transport,
+    /// `host:port`, for the TCP transports.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub endpoint: String,
+    /// The serial device, for `rtu`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baud: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parity: Option<Parity>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_bits: Option<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_bits: Option<u8>,
     /// Overrides of the profile's timing, for slow gateways.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_timeout_ms: Option<u64>,
@@ -75,6 +92,10 @@ pub struct GateEntry {
     pub auto_close_after_s: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub left_open_alert_after_s: Option<u64>,
+}
+
+fn is_tcp(t: &Transport) -> bool {
+    *t == Transport::Tcp
 }
 
 fn default_travel_timeout_s() -> u64 {
@@ -156,7 +177,15 @@ impl FleetFile {
                     id: c.id.clone(),
                     site: c.site.clone(),
                     profile: c.profile.clone(),
+                    transport: c.transport,
                     endpoint: c.endpoint.clone(),
+                    serial: SerialSettings {
+                        device: c.serial.clone(),
+                        baud: c.baud,
+                        parity: c.parity,
+                        data_bits: c.data_bits,
+                        stop_bits: c.stop_bits,
+                    },
                     request_timeout_ms: c.request_timeout_ms,
                     inter_frame_delay_ms: c.inter_frame_delay_ms,
                     poll_interval_ms: c.poll_interval_ms,
@@ -198,7 +227,13 @@ impl FleetFile {
                     id: c.id.clone(),
                     site: c.site.clone(),
                     profile: c.profile.clone(),
+                    transport: c.transport,
                     endpoint: c.endpoint.clone(),
+                    serial: c.serial.device.clone(),
+                    baud: c.serial.baud,
+                    parity: c.serial.parity,
+                    data_bits: c.serial.data_bits,
+                    stop_bits: c.serial.stop_bits,
                     request_timeout_ms: c.request_timeout_ms,
                     inter_frame_delay_ms: c.inter_frame_delay_ms,
                     poll_interval_ms: c.poll_interval_ms,
@@ -302,7 +337,15 @@ pub fn build_controller(
             .timeouts_before_down
             .map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
     };
-    let connector = TcpConnector::from_profiles(&c.endpoint, bindings, overrides);
+    let wire = match c.transport {
+        Transport::Tcp => Wire::Tcp(c.endpoint.clone()),
+        Transport::RtuOverTcp => Wire::RtuOverTcp(c.endpoint.clone()),
+        Transport::Rtu => Wire::Serial(
+            c.serial_line()
+                .ok_or_else(|| format!("controller {id}: transport rtu without a serial line"))?,
+        ),
+    };
+    let connector = ModbusConnector::from_profiles(wire, bindings, overrides);
     let capabilities = profile.capabilities();
     let request_timeout = c
         .request_timeout_ms

@@ -1,4 +1,5 @@
-//! One simulated gate controller: a Modbus TCP listener whose unit ids are gates.
+//! One simulated gate controller: a Modbus TCP listener (or RTU over TCP, or RTU on a serial
+//! line) whose unit ids are gates.
 //!
 //! The controller speaks whatever register profile it was given: reads of the status block
 //! return the gates' physics encoded by the profile, command writes (register values or coil
@@ -25,10 +26,11 @@ use gatehouse_adapters::profile::{Profile, Table, WriteSpec};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tokio_modbus::server::tcp::Server;
+use tokio_modbus::server::{rtu, rtu_over_tcp, tcp};
 use tokio_modbus::{ExceptionCode, Request, Response, SlaveRequest};
 use tracing::{debug, info, warn};
 
+use crate::farm::SimWire;
 use crate::gate::{Gate, Motion};
 use crate::transport::SimStream;
 
@@ -165,6 +167,7 @@ impl ActiveFaults {
 pub(crate) struct ControllerConfig {
     pub name: String,
     pub bind: SocketAddr,
+    pub wire: SimWire,
     pub units: Vec<u8>,
     pub travel: Duration,
 }
@@ -231,6 +234,10 @@ impl Shared {
 
     /// Answers one request, and says how long to hold the answer back.
     fn handle(&self, req: &SlaveRequest<'_>, now: Instant) -> (Reply, Option<Duration>) {
+        // Down on a serial line: the line is still there, the controller is silent.
+        if self.down.load(Ordering::Relaxed) {
+            return (Ok(None), None);
+        }
         let mut st = self.lock();
         if st.stall_until.is_some_and(|t| now < t) {
             return (Ok(None), None);
@@ -499,8 +506,20 @@ impl SimController {
         config: ControllerConfig,
         profile: Arc<Profile>,
     ) -> io::Result<(SimController, JoinHandle<()>)> {
-        let listener = TcpListener::bind(config.bind).await?;
-        let addr = listener.local_addr()?;
+        let (listener, addr) = match &config.wire {
+            SimWire::Serial { .. } => (None, config.bind),
+            SimWire::Tcp | SimWire::RtuOverTcp => {
+                let listener = TcpListener::bind(config.bind).await?;
+                let addr = listener.local_addr()?;
+                (Some(listener), addr)
+            }
+        };
+        // A serial line that cannot be opened fails the start, as a port that cannot be
+        // bound does.
+        let serial = match &config.wire {
+            SimWire::Serial { device, baud } => Some(open_serial(device, *baud)?),
+            _ => None,
+        };
         let now = Instant::now();
         let bits = profile.cycle_bits();
         let gates = config
@@ -536,7 +555,18 @@ impl SimController {
             }),
             link,
         });
-        let task = tokio::spawn(run_link(Arc::clone(&shared), listener, rx));
+        let task = match (listener, serial, config.wire) {
+            (_, Some(port), SimWire::Serial { device, baud }) => {
+                tokio::spawn(run_serial(Arc::clone(&shared), port, (device, baud), rx))
+            }
+            (Some(listener), _, wire) => tokio::spawn(run_link(
+                Arc::clone(&shared),
+                listener,
+                wire == SimWire::RtuOverTcp,
+                rx,
+            )),
+            _ => unreachable!("a TCP controller has its listener, a serial one its port"),
+        };
         Ok((SimController { shared }, task))
     }
 
@@ -758,6 +788,7 @@ impl SimController {
 async fn run_link(
     shared: Arc<Shared>,
     listener: TcpListener,
+    rtu_framing: bool,
     mut rx: mpsc::UnboundedReceiver<LinkCommand>,
 ) {
     let name = shared.name.clone();
@@ -782,13 +813,14 @@ async fn run_link(
 
     let mut listener = Some(listener);
     loop {
-        let server = match listener.take() {
-            Some(l) => Server::new(l),
+        let listener = match listener.take() {
+            Some(l) => l,
             None => match listen_again(&shared, &mut rx).await {
-                Some(l) => Server::new(l),
+                Some(l) => l,
                 None => return,
             },
         };
+        let server = Listening::new(listener, rtu_framing);
         let restart = loop {
             let cmd = tokio::select! {
                 res = server.serve(&on_connected, on_error.clone()) => {
@@ -815,6 +847,115 @@ async fn run_link(
         info!(controller = %name, down_ms = down.as_millis() as u64, "restarting");
         let _ = ack.send(());
         if !stay_down(&name, &mut rx, down).await {
+            return;
+        }
+    }
+}
+
+/// A listener serving Modbus TCP, or RTU frames over TCP (a serial gateway).
+enum Listening {
+    Mbap(tcp::Server),
+    Rtu(rtu_over_tcp::Server),
+}
+
+impl Listening {
+    fn new(listener: TcpListener, rtu_framing: bool) -> Listening {
+        if rtu_framing {
+            Listening::Rtu(rtu_over_tcp::Server::new(listener))
+        } else {
+            Listening::Mbap(tcp::Server::new(listener))
+        }
+    }
+
+    async fn serve<F, OnConnected, OnError>(
+        &self,
+        on_connected: &OnConnected,
+        on_error: OnError,
+    ) -> io::Result<()>
+    where
+        OnConnected: Fn(TcpStream, SocketAddr) -> F,
+        F: Future<Output = io::Result<Option<(Service, SimStream)>>>,
+        OnError: FnOnce(io::Error) + Clone + Send + 'static,
+    {
+        match self {
+            Listening::Mbap(server) => server.serve(on_connected, on_error).await,
+            Listening::Rtu(server) => server.serve(on_connected, on_error).await,
+        }
+    }
+}
+
+/// Opens a serial line for the RTU server (8 data bits, no parity, one stop bit: on a
+/// pseudo-terminal, which is what the tests use, the line settings are not enforced).
+fn open_serial(device: &std::path::Path, baud: u32) -> io::Result<tokio_serial::SerialStream> {
+    use tokio_serial::SerialPortBuilderExt;
+    tokio_serial::new(device.to_string_lossy(), baud)
+        .open_native_async()
+        .map_err(io::Error::other)
+}
+
+/// The RTU server on a serial line. There is no connection to drop; a restart leaves the
+/// line open and the controller silent for its down time, as a board that reboots on a bus.
+async fn run_serial(
+    shared: Arc<Shared>,
+    port: tokio_serial::SerialStream,
+    (device, baud): (std::path::PathBuf, u32),
+    mut rx: mpsc::UnboundedReceiver<LinkCommand>,
+) {
+    let name = shared.name.clone();
+    let mut port = Some(port);
+    let mut up_at: Option<tokio::time::Instant> = None;
+    loop {
+        let line = match port.take() {
+            Some(p) => p,
+            None => match open_serial(&device, baud) {
+                Ok(p) => p,
+                Err(e) => {
+                    warn!(controller = %name, device = %device.display(), "cannot open the line again: {e}");
+                    if !stay_down(&name, &mut rx, REBIND_RETRY).await {
+                        return;
+                    }
+                    continue;
+                }
+            },
+        };
+        let service = Service {
+            shared: Arc::clone(&shared),
+        };
+        let serve = rtu::Server::new(line).serve_forever(service);
+        tokio::pin!(serve);
+        loop {
+            let back_up = async {
+                match up_at {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => future::pending().await,
+                }
+            };
+            tokio::select! {
+                res = &mut serve => {
+                    // Noise the codec could not frame, or the line went away: open it again.
+                    debug!(controller = %name, "serial server ended: {res:?}");
+                    break;
+                }
+                () = back_up => {
+                    up_at = None;
+                    shared.down.store(false, Ordering::Relaxed);
+                    info!(controller = %name, "back up");
+                }
+                cmd = rx.recv() => match cmd {
+                    None | Some(LinkCommand::Shutdown) => return,
+                    Some(LinkCommand::Drop(ack)) => {
+                        let _ = ack.send(());
+                    }
+                    Some(LinkCommand::Restart(down, ack)) => {
+                        shared.down.store(true, Ordering::Relaxed);
+                        up_at = Some(tokio::time::Instant::now() + down);
+                        info!(controller = %name, down_ms = down.as_millis() as u64, "restarting");
+                        let _ = ack.send(());
+                    }
+                },
+            }
+        }
+        if !stay_down(&name, &mut rx, REBIND_RETRY).await {
             return;
         }
     }

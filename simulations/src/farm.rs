@@ -77,6 +77,28 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> FarmError {
     }
 }
 
+/// How a simulated controller is reached.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum SimWire {
+    /// Modbus TCP on its port.
+    #[default]
+    Tcp,
+    /// RTU frames over TCP on its port, as an Ethernet to RS-485 gateway.
+    RtuOverTcp,
+    /// RTU on a serial line (a pseudo-terminal in tests: `socat -d -d pty,raw,echo=0
+    /// pty,raw,echo=0` makes a pair, one end for the simulator, one for Gatehouse).
+    Serial {
+        device: std::path::PathBuf,
+        baud: u32,
+    },
+}
+
+impl SimWire {
+    pub fn is_tcp(&self) -> bool {
+        !matches!(self, SimWire::Serial { .. })
+    }
+}
+
 /// One controller of a farm.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ControllerSpec {
@@ -90,6 +112,8 @@ pub struct ControllerSpec {
     pub units: Vec<u8>,
     /// Full travel time of each gate.
     pub travel: Duration,
+    /// How it is reached: TCP (default), RTU over TCP, or a serial line.
+    pub wire: SimWire,
 }
 
 impl ControllerSpec {
@@ -105,7 +129,23 @@ impl ControllerSpec {
             profile: profile.into(),
             units: units.into_iter().collect(),
             travel: DEFAULT_TRAVEL,
+            wire: SimWire::Tcp,
         }
+    }
+
+    /// Speaks RTU frames over TCP instead of Modbus TCP.
+    pub fn with_rtu_over_tcp(mut self) -> ControllerSpec {
+        self.wire = SimWire::RtuOverTcp;
+        self
+    }
+
+    /// Serves RTU on the serial line `device` instead of listening.
+    pub fn on_serial(mut self, device: impl Into<std::path::PathBuf>, baud: u32) -> ControllerSpec {
+        self.wire = SimWire::Serial {
+            device: device.into(),
+            baud,
+        };
+        self
     }
 
     pub fn with_port(mut self, port: u16) -> ControllerSpec {
@@ -148,7 +188,13 @@ fn default_bind() -> IpAddr {
 #[serde(deny_unknown_fields)]
 struct ControllerFile {
     name: String,
-    port: u16,
+    /// For the TCP transports.
+    port: Option<u16>,
+    /// `tcp` (default), `rtu-over-tcp` or `rtu`.
+    transport: Option<String>,
+    /// For `rtu`: the serial device and its speed.
+    serial: Option<std::path::PathBuf>,
+    baud: Option<u32>,
     profile: String,
     units: Option<Vec<u16>>,
     unit_count: Option<u16>,
@@ -274,12 +320,55 @@ impl FarmSpec {
                     t
                 }
             };
+            let transport = c.transport.as_deref().unwrap_or("tcp");
+            let (wire, port) = match (transport, c.port, c.serial, c.baud) {
+                ("tcp", Some(port), None, None) => (SimWire::Tcp, port),
+                ("rtu-over-tcp", Some(port), None, None) => (SimWire::RtuOverTcp, port),
+                ("rtu", None, Some(device), baud) => (
+                    SimWire::Serial {
+                        device,
+                        baud: baud.unwrap_or(19_200),
+                    },
+                    0,
+                ),
+                ("tcp" | "rtu-over-tcp", None, _, _) => {
+                    return Err(invalid(
+                        key("port"),
+                        format!("transport {transport:?} needs a port"),
+                    ));
+                }
+                ("tcp" | "rtu-over-tcp", Some(_), _, _) => {
+                    return Err(invalid(
+                        key("serial"),
+                        "serial and baud are for transport \"rtu\"",
+                    ));
+                }
+                ("rtu", Some(_), _, _) => {
+                    return Err(invalid(
+                        key("port"),
+                        "transport \"rtu\" serves a serial line, not a port",
+                    ));
+                }
+                ("rtu", None, None, _) => {
+                    return Err(invalid(
+                        key("serial"),
+                        "transport \"rtu\" needs serial = \"/dev/...\"",
+                    ));
+                }
+                (other, ..) => {
+                    return Err(invalid(
+                        key("transport"),
+                        format!("{other:?} is not a transport (tcp, rtu-over-tcp or rtu)"),
+                    ));
+                }
+            };
             controllers.push(ControllerSpec {
                 name: c.name,
-                bind: SocketAddr::new(file.bind, c.port),
+                bind: SocketAddr::new(file.bind, port),
                 profile: c.profile,
                 units: ids,
                 travel,
+                wire,
             });
         }
         let spec = FarmSpec {
@@ -332,8 +421,18 @@ impl FarmSpec {
                     format!("{:?} is already the name of controller[{j}]", c.name),
                 ));
             }
-            check_port(c.bind.port()).map_err(|m| invalid(key("port"), m))?;
-            if c.bind.port() != 0
+            if let SimWire::Serial { device, .. } = &c.wire {
+                if !device.is_absolute() {
+                    return Err(invalid(
+                        key("serial"),
+                        format!("{} is not an absolute path", device.display()),
+                    ));
+                }
+            } else {
+                check_port(c.bind.port()).map_err(|m| invalid(key("port"), m))?;
+            }
+            if c.wire.is_tcp()
+                && c.bind.port() != 0
                 && let Some(j) = ports.insert(c.bind, i)
             {
                 return Err(invalid(
@@ -419,6 +518,7 @@ impl Farm {
             let config = ControllerConfig {
                 name: c.name.clone(),
                 bind: c.bind,
+                wire: c.wire,
                 units: c.units,
                 travel: c.travel,
             };

@@ -16,6 +16,6 @@ mod transport;
 pub use controller::{
     ActiveFaults, Fault, SimController, SimError, SimGateView, WriteKind, WriteRecord,
 };
-pub use farm::{ControllerSpec, Farm, FarmError, FarmSpec};
+pub use farm::{ControllerSpec, Farm, FarmError, FarmSpec, SimWire};
 pub use gate::{Gate, Motion, Refusal};
 pub use scenario::{Scenario, ScenarioError, ScenarioHandle, Step, StepAction, run_scenario};

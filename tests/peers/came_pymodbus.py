@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""A CAME-style gate controller on Modbus TCP, served by pymodbus, for integration tests.
+"""A CAME-style gate controller served by pymodbus, for integration tests: on Modbus TCP, on
+RTU frames over TCP (`--framer rtu`, a serial gateway), or on a serial line (`--serial DEV`,
+RTU).
 
 It is an independent peer: the Rust client is checked against somebody else's Modbus
 stack rather than against our own simulator. The register map follows
@@ -18,10 +20,18 @@ With `--clear-command` the board behaves like controllers that clear the command
 the moment they take a command: register 200 reads 0 right after the write, and the write
 is answered with that content (0) instead of an echo of the value written.
 
+Misbehaviour, each on one unit's replies (`--misbehave KIND:UNIT[:COUNT]`, COUNT times,
+default once, after `--misbehave-after` replies to that unit; repeatable):
+
+    late         the answer to a read comes 1.5 s late (past the client's timeout)
+    wrong-tid    the answer carries another transaction id (Modbus TCP only)
+    wrong-unit   the answer names another unit id
+    busy         a command write is refused with exception 6 (server device busy)
+
 Every write is reported on stdout as `WRITE unit=U register=R value=V`, and `READY` is
 printed once the listener accepts connections, so that a test can synchronise on both.
 
-Needs pymodbus 3.16.1 (`pip install pymodbus==3.16.1`).
+Needs pymodbus 3.16.1 (`pip install pymodbus==3.16.1`), and pyserial 3.5 for `--serial`.
 """
 
 from __future__ import annotations
@@ -33,7 +43,8 @@ import sys
 
 try:
     from pymodbus.constants import ExcCodes
-    from pymodbus.server import StartAsyncTcpServer
+    from pymodbus import FramerType
+    from pymodbus.server import ModbusSerialServer, ModbusTcpServer
     from pymodbus.simulator import DataType, SimData, SimDevice
 except ImportError as exc:  # the test reads stderr and tells the user what to install
     print(
@@ -51,12 +62,80 @@ OPEN, CLOSED, PARTLY_OPEN, STOPPED, OPENING, CLOSING = 16, 17, 18, 19, 32, 33
 FC_WRITE_SINGLE_REGISTER = 6
 FC_WRITE_MULTIPLE_REGISTERS = 16
 
+LATE_S = 1.5
+
+
+class Misbehaviour:
+    """What one unit does wrong, how many times, and after how many good replies."""
+
+    def __init__(self, spec: str, after: int) -> None:
+        parts = spec.split(":")
+        if len(parts) not in (2, 3) or parts[0] not in ("late", "wrong-tid", "wrong-unit", "busy"):
+            raise SystemExit(f"--misbehave {spec!r}: expected KIND:UNIT[:COUNT]")
+        self.kind = parts[0]
+        self.unit = int(parts[1])
+        self.left = int(parts[2]) if len(parts) == 3 else 1
+        self.skip = after
+
+    def take(self, kind: str, unit: int) -> bool:
+        """Whether this reply is one to spoil (and counts it)."""
+        if self.kind != kind or self.unit != unit or self.left <= 0:
+            return False
+        if self.skip > 0:
+            self.skip -= 1
+            return False
+        self.left -= 1
+        print(f"MISBEHAVE {kind} unit={unit}", flush=True)
+        return True
+
+
+def crc16(data: bytes) -> bytes:
+    """Modbus RTU's CRC, low byte first."""
+    crc = 0xFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
+    return bytes([crc & 0xFF, crc >> 8])
+
+
+def spoiler(misbehaviours: list[Misbehaviour], rtu: bool):
+    """A pymodbus packet hook that rewrites the replies a misbehaviour picks."""
+
+    def trace(sending: bool, packet: bytes) -> bytes:
+        if not sending or not packet:
+            return packet
+        unit = packet[0] if rtu else packet[6]
+        data = bytearray(packet)
+        for m in misbehaviours:
+            if not rtu and m.take("wrong-tid", unit):
+                data[0] ^= 0x55
+                data[1] ^= 0xAA
+            if m.take("wrong-unit", unit):
+                other = unit + 100 if unit < 100 else unit - 100
+                if rtu:
+                    data[0] = other
+                    data[-2:] = crc16(bytes(data[:-2]))
+                else:
+                    data[6] = other
+        return bytes(data)
+
+    return trace
+
 
 class Gate:
     """One unit's motion: the status, position and counter registers it owns."""
 
-    def __init__(self, unit: int, travel_s: float, counter_start: int, clear_command: bool) -> None:
+    def __init__(
+        self,
+        unit: int,
+        travel_s: float,
+        counter_start: int,
+        clear_command: bool,
+        misbehaviours: list[Misbehaviour],
+    ) -> None:
         self.unit = unit
+        self.misbehaviours = misbehaviours
         self.clear_command = clear_command
         self.travel_s = travel_s
         self.counter_start = counter_start
@@ -85,6 +164,9 @@ class Gate:
         # a single write with what that read-back finds, so clearing the command register
         # there is what makes the answer carry 0.
         if set_values is None:
+            reading = function_code in (3, 4)
+            if reading and any(m.take("late", self.unit) for m in self.misbehaviours):
+                await asyncio.sleep(LATE_S)
             if (
                 self.clear_command
                 and function_code == FC_WRITE_SINGLE_REGISTER
@@ -97,6 +179,8 @@ class Gate:
         for i, value in enumerate(set_values):
             register = address + i
             print(f"WRITE unit={self.unit} register={register} value={int(value)}", flush=True)
+            if register == COMMAND and any(m.take("busy", self.unit) for m in self.misbehaviours):
+                return ExcCodes.DEVICE_BUSY
             if register == COMMAND:
                 refused = self.command(int(value), start_address, registers)
                 if refused is not None:
@@ -166,27 +250,20 @@ def device(gate: Gate, off_map: bool = False) -> SimDevice:
     )
 
 
-async def wait_listening(host: str, port: int, server: asyncio.Task) -> None:
-    """Waits until the port accepts a connection; the server API has no 'listening' signal."""
-    while True:
-        if server.done():
-            # Re-raises the server's own error (address in use, bad device map).
-            server.result()
-            raise RuntimeError("the server stopped before listening")
-        try:
-            _, writer = await asyncio.open_connection(host, port)
-        except OSError:
-            await asyncio.sleep(0.05)
-            continue
-        writer.close()
-        await writer.wait_closed()
-        return
-
-
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--port", type=int, help="TCP port (Modbus TCP or RTU over TCP)")
+    parser.add_argument("--serial", help="serve RTU on this serial device instead of TCP")
+    parser.add_argument("--baud", type=int, default=19200)
+    parser.add_argument("--framer", choices=["socket", "rtu"], default="socket")
+    parser.add_argument("--misbehave", action="append", default=[], metavar="KIND:UNIT[:COUNT]")
+    parser.add_argument(
+        "--misbehave-after",
+        type=int,
+        default=0,
+        help="good replies to the unit before the misbehaviour starts",
+    )
     parser.add_argument("--units", default="1", help="comma-separated unit ids, e.g. 1,2")
     parser.add_argument("--travel-ms", type=int, default=300)
     parser.add_argument("--counter-start", type=int, default=0)
@@ -203,16 +280,31 @@ async def main() -> int:
     )
     args = parser.parse_args()
 
+    if (args.serial is None) == (args.port is None):
+        parser.error("give exactly one of --port and --serial")
+    misbehaviours = [Misbehaviour(m, args.misbehave_after) for m in args.misbehave]
     units = [int(u) for u in args.units.split(",") if u.strip()]
     gates = [
-        Gate(u, args.travel_ms / 1000.0, args.counter_start, args.clear_command) for u in units
+        Gate(u, args.travel_ms / 1000.0, args.counter_start, args.clear_command, misbehaviours)
+        for u in units
     ]
     devices = [device(g, g.unit == args.off_map_unit) for g in gates]
 
-    server = asyncio.create_task(StartAsyncTcpServer(devices, address=(args.host, args.port)))
-    await wait_listening(args.host, args.port, server)
+    rtu = args.serial is not None or args.framer == "rtu"
+    trace = spoiler(misbehaviours, rtu)
+    if args.serial is not None:
+        server = ModbusSerialServer(
+            devices, port=args.serial, baudrate=args.baud, framer=FramerType.RTU, trace_packet=trace
+        )
+    else:
+        framer = FramerType.RTU if rtu else FramerType.SOCKET
+        server = ModbusTcpServer(
+            devices, address=(args.host, args.port), framer=framer, trace_packet=trace
+        )
+    # Returns once the port listens (or the line is open); serving goes on in the background.
+    await server.serve_forever(background=True)
     print("READY", flush=True)
-    await server
+    await server.serving
     return 0
 
 

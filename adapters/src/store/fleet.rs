@@ -15,7 +15,8 @@ use diesel::prelude::*;
 use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
 use gatehouse_actors::ids::{ControllerId, GateId, SiteId, SlugError};
 use gatehouse_actors::store::{
-    ControllerRecord, FleetChange, FleetRecords, GateRecord, SiteRecord,
+    ControllerRecord, FleetChange, FleetRecords, GateRecord, Parity, SerialSettings, SiteRecord,
+    Transport,
 };
 
 use super::error::Error;
@@ -44,6 +45,12 @@ struct ControllerRow {
     inter_frame_delay_ms: Option<i64>,
     poll_interval_ms: Option<i64>,
     timeouts_before_down: Option<i64>,
+    transport: String,
+    serial_device: Option<String>,
+    serial_baud: Option<i64>,
+    serial_parity: Option<String>,
+    serial_data_bits: Option<i64>,
+    serial_stop_bits: Option<i64>,
 }
 
 #[derive(Queryable, Selectable, Insertable, AsChangeset)]
@@ -268,6 +275,12 @@ impl Encoded {
                     timeouts_before_down: opt_to_db(c.timeouts_before_down, || {
                         what("timeouts_before_down")
                     })?,
+                    transport: c.transport.as_str().to_owned(),
+                    serial_device: c.serial.device,
+                    serial_baud: c.serial.baud.map(i64::from),
+                    serial_parity: c.serial.parity.map(|p| p.as_str().to_owned()),
+                    serial_data_bits: c.serial.data_bits.map(i64::from),
+                    serial_stop_bits: c.serial.stop_bits.map(i64::from),
                     profile: c.profile,
                     endpoint: c.endpoint,
                 })
@@ -320,6 +333,21 @@ impl ControllerRow {
             timeouts_before_down: opt_from_db(self.timeouts_before_down, || {
                 what("timeouts_before_down")
             })?,
+            transport: self
+                .transport
+                .parse::<Transport>()
+                .map_err(|e| Error::Other(what(&e)))?,
+            serial: SerialSettings {
+                baud: narrow(self.serial_baud, || what("serial_baud"))?,
+                parity: self
+                    .serial_parity
+                    .map(|p| p.parse::<Parity>())
+                    .transpose()
+                    .map_err(|e| Error::Other(what(&e)))?,
+                data_bits: narrow(self.serial_data_bits, || what("serial_data_bits"))?,
+                stop_bits: narrow(self.serial_stop_bits, || what("serial_stop_bits"))?,
+                device: self.serial_device,
+            },
             profile: self.profile,
             endpoint: self.endpoint,
         })
@@ -367,6 +395,16 @@ fn opt_to_db(v: Option<u64>, what: impl Fn() -> String) -> Result<Option<i64>, E
 /// A BIGINT column back into a u64: a negative value was not written by us.
 pub(super) fn from_db(v: i64, what: impl Fn() -> String) -> Result<u64, Error> {
     u64::try_from(v).map_err(|_| Error::Other(format!("{}: stored value {v} is negative", what())))
+}
+
+/// A BIGINT column back into a smaller integer; a value that does not fit was not written
+/// by us.
+fn narrow<T: TryFrom<i64>>(v: Option<i64>, what: impl Fn() -> String) -> Result<Option<T>, Error> {
+    v.map(|v| {
+        T::try_from(v)
+            .map_err(|_| Error::Other(format!("{}: stored value {v} is out of range", what())))
+    })
+    .transpose()
 }
 
 fn opt_from_db(v: Option<i64>, what: impl Fn() -> String) -> Result<Option<u64>, Error> {

@@ -21,6 +21,12 @@ diesel::table! {
         inter_frame_delay_ms -> Nullable<BigInt>,
         poll_interval_ms -> Nullable<BigInt>,
         timeouts_before_down -> Nullable<BigInt>,
+        transport -> Text,
+        serial_device -> Nullable<Text>,
+        serial_baud -> Nullable<BigInt>,
+        serial_parity -> Nullable<Text>,
+        serial_data_bits -> Nullable<BigInt>,
+        serial_stop_bits -> Nullable<BigInt>,
     }
 }
 

@@ -73,6 +73,11 @@ struct Args {
     #[arg(long, value_name = "MS", default_value_t = DEFAULT_TRAVEL.as_millis() as u64, conflicts_with = "farm")]
     travel_ms: u64,
 
+    /// Quick form: how the controllers frame Modbus on their ports: `tcp` (Modbus TCP) or
+    /// `rtu-over-tcp` (RTU frames, as a serial gateway). Serial lines take a farm file.
+    #[arg(long, value_name = "TRANSPORT", default_value = "tcp", value_parser = ["tcp", "rtu-over-tcp"], conflicts_with = "farm")]
+    transport: String,
+
     /// Quick form: controller names are PREFIX-1, PREFIX-2, ...
     #[arg(
         long,
@@ -139,6 +144,9 @@ fn configure(args: &Args) -> Result<(FarmSpec, Option<Scenario>), String> {
             .map_err(|e| e.to_string())?;
             for c in &mut spec.controllers {
                 c.bind.set_ip(args.bind);
+                if args.transport == "rtu-over-tcp" {
+                    c.wire = gatehouse_sim::SimWire::RtuOverTcp;
+                }
             }
             spec
         }

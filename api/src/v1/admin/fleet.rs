@@ -16,7 +16,8 @@ use gatehouse_actors::access::{GrantScope, UserId};
 use gatehouse_actors::fleet_config::{self, ConfigError};
 use gatehouse_actors::ids::{ControllerId, GateId, SiteId};
 use gatehouse_actors::store::{
-    ControllerRecord, FleetChange, FleetRecords, GateRecord, SiteRecord, StoreError,
+    ControllerRecord, FleetChange, FleetRecords, GateRecord, Parity, SerialSettings, SiteRecord,
+    StoreError, Transport,
 };
 use gatehouse_actors::tree::FleetError;
 use serde::de::DeserializeOwned;
@@ -65,8 +66,29 @@ pub struct ControllerBody {
     pub site: String,
     /// A register profile id (file stem).
     pub profile: String,
-    /// `host:port` of the Modbus TCP endpoint.
-    pub endpoint: String,
+    /// `tcp` (Modbus TCP, the default), `rtu-over-tcp` (RTU frames to a serial gateway) or
+    /// `rtu` (a local serial line).
+    #[schema(value_type = crate::wire::names::TransportName)]
+    pub transport: Transport,
+    /// `host:port`, for the TCP transports.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// The serial device (such as `/dev/ttyUSB0`), for `rtu`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    /// The line's speed, for `rtu` (required there).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baud: Option<u32>,
+    /// For `rtu`; default `even` (the Modbus serial-line default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<crate::wire::names::ParityName>)]
+    pub parity: Option<Parity>,
+    /// For `rtu`: 8 (RTU frames are 8-bit bytes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_bits: Option<u8>,
+    /// For `rtu`: 1 (default) or 2.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop_bits: Option<u8>,
     pub request_timeout_ms: Option<u64>,
     pub inter_frame_delay_ms: Option<u64>,
     pub poll_interval_ms: Option<u64>,
@@ -88,7 +110,25 @@ pub struct ControllerInput {
     #[schema(value_type = String)]
     pub site: SiteId,
     pub profile: String,
+    /// `tcp` (default), `rtu-over-tcp` or `rtu`.
+    #[serde(default)]
+    #[schema(value_type = Option<crate::wire::names::TransportName>)]
+    pub transport: Transport,
+    /// `host:port`, for the TCP transports.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
     pub endpoint: String,
+    /// The serial device (such as `/dev/ttyUSB0`), for `rtu`.
+    pub serial: Option<String>,
+    /// The line's speed, for `rtu` (required there).
+    pub baud: Option<u32>,
+    /// For `rtu`; default `even`.
+    #[schema(value_type = Option<crate::wire::names::ParityName>)]
+    pub parity: Option<Parity>,
+    /// For `rtu`: 8.
+    pub data_bits: Option<u8>,
+    /// For `rtu`: 1 (default) or 2.
+    pub stop_bits: Option<u8>,
     pub request_timeout_ms: Option<u64>,
     pub inter_frame_delay_ms: Option<u64>,
     pub poll_interval_ms: Option<u64>,
@@ -649,7 +689,13 @@ impl Family for ControllerRecord {
             id: self.id.to_string(),
             site: self.site.to_string(),
             profile: self.profile.clone(),
-            endpoint: self.endpoint.clone(),
+            transport: self.transport,
+            endpoint: (!self.endpoint.is_empty()).then(|| self.endpoint.clone()),
+            serial: self.serial.device.clone(),
+            baud: self.serial.baud,
+            parity: self.serial.parity,
+            data_bits: self.serial.data_bits,
+            stop_bits: self.serial.stop_bits,
             request_timeout_ms: self.request_timeout_ms,
             inter_frame_delay_ms: self.inter_frame_delay_ms,
             poll_interval_ms: self.poll_interval_ms,
@@ -679,7 +725,15 @@ impl Family for ControllerRecord {
             id,
             site: input.site.clone(),
             profile: input.profile.clone(),
+            transport: input.transport,
             endpoint: input.endpoint.clone(),
+            serial: SerialSettings {
+                device: input.serial.clone(),
+                baud: input.baud,
+                parity: input.parity,
+                data_bits: input.data_bits,
+                stop_bits: input.stop_bits,
+            },
             request_timeout_ms: input.request_timeout_ms,
             inter_frame_delay_ms: input.inter_frame_delay_ms,
             poll_interval_ms: input.poll_interval_ms,
