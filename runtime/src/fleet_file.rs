@@ -440,6 +440,56 @@ unit = 2
     fn export_reimports_to_the_same_fleet() {
         let f = parse(GOOD).unwrap();
         assert_eq!(parse(&f.to_toml()).unwrap(), f);
+        let serial = parse(&GOOD.replace(
+            "endpoint = \"127.0.0.1:1502\"",
+            "transport = \"rtu\"\nserial = \"/dev/ttyUSB0\"\nbaud = 9600\nstop_bits = 2",
+        ))
+        .unwrap();
+        let text = serial.to_toml();
+        assert!(
+            text.contains("transport = \"rtu\"") && !text.contains("endpoint"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("parity"),
+            "unset keys are not written: {text}"
+        );
+        assert_eq!(parse(&text).unwrap(), serial);
+    }
+
+    #[test]
+    fn each_transport_builds_its_own_link() {
+        let with = |link: &str| {
+            let f = parse(&GOOD.replace("endpoint = \"127.0.0.1:1502\"", link)).unwrap();
+            f.controller_specs(&ProfileSet::builtin().unwrap())
+                .remove(0)
+                .connector
+                .endpoint()
+        };
+        assert_eq!(with("endpoint = \"127.0.0.1:1502\""), "127.0.0.1:1502");
+        assert_eq!(
+            with("transport = \"rtu-over-tcp\"\nendpoint = \"10.0.0.7:4001\""),
+            "rtu+tcp://10.0.0.7:4001"
+        );
+        assert_eq!(
+            with("transport = \"rtu\"\nserial = \"/dev/ttyUSB0\"\nbaud = 9600"),
+            "/dev/ttyUSB0 (9600 8E1)",
+            "the Modbus serial-line defaults: 8 data bits, even parity, one stop bit"
+        );
+        assert_eq!(
+            error_key(&GOOD.replace(
+                "endpoint = \"127.0.0.1:1502\"",
+                "transport = \"rtu\"\nserial = \"/dev/ttyUSB0\""
+            )),
+            "controller[0].baud"
+        );
+        assert_eq!(
+            error_key(&GOOD.replace(
+                "endpoint = \"127.0.0.1:1502\"",
+                "transport = \"rtu\"\nserial = \"/dev/ttyUSB0\"\nbaud = 9600\nparity = \"mark\""
+            )),
+            "controller[0].parity"
+        );
     }
 
     #[test]

@@ -285,7 +285,7 @@ pub fn describe(c: &SimController) -> String {
     format!(
         "{} {} {} units={}",
         c.name(),
-        c.local_addr(),
+        c.place(),
         c.profile().id,
         units.join(",")
     )

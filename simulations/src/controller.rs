@@ -199,6 +199,9 @@ pub(crate) struct Shared {
     name: String,
     profile: Arc<Profile>,
     addr: SocketAddr,
+    /// Where it is reached, as printed: the address, `rtu+tcp://` and the address, or the
+    /// serial device.
+    place: String,
     /// The profile's command coils by address, at most one per command.
     coil_map: Vec<(u16, HwOp)>,
     /// Time zero for `garbage_until`.
@@ -541,10 +544,16 @@ impl SimController {
             })
             .collect();
         let (link, rx) = mpsc::unbounded_channel();
+        let place = match &config.wire {
+            SimWire::Tcp => addr.to_string(),
+            SimWire::RtuOverTcp => format!("rtu+tcp://{addr}"),
+            SimWire::Serial { device, .. } => device.display().to_string(),
+        };
         let shared = Arc::new(Shared {
             name: config.name,
             profile,
             addr,
+            place,
             coil_map,
             epoch: now,
             garbage_until: AtomicU64::new(0),
@@ -574,9 +583,16 @@ impl SimController {
         &self.shared.name
     }
 
-    /// Where the controller listens (the real port when it was asked for port 0).
+    /// Where the controller listens (the real port when it was asked for port 0); for a
+    /// controller on a serial line, the unused address it was configured with.
     pub fn local_addr(&self) -> SocketAddr {
         self.shared.addr
+    }
+
+    /// Where the controller is reached: its address (Modbus TCP), `rtu+tcp://` and its
+    /// address (RTU over TCP), or its serial device.
+    pub fn place(&self) -> &str {
+        &self.shared.place
     }
 
     pub fn profile(&self) -> &Arc<Profile> {

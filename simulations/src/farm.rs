@@ -610,6 +610,37 @@ mod tests {
     }
 
     #[test]
+    fn a_farm_file_chooses_each_controller_s_transport() {
+        let text = GOOD
+            .replace("port = 0", "port = 0\ntransport = \"rtu-over-tcp\"")
+            .replace(
+                "name = \"a-1\"\n        port = 15020",
+                "name = \"a-1\"\n        transport = \"rtu\"\n        serial = \"/dev/ttyS9\"\n        baud = 9600",
+            );
+        let spec = parse(&text).unwrap();
+        assert_eq!(
+            spec.controllers[0].wire,
+            SimWire::Serial {
+                device: "/dev/ttyS9".into(),
+                baud: 9600
+            }
+        );
+        assert_eq!(spec.controllers[1].wire, SimWire::RtuOverTcp);
+        assert_eq!(parse(GOOD).unwrap().controllers[0].wire, SimWire::Tcp);
+
+        let no_port = GOOD.replace("port = 0", "");
+        assert_eq!(key_of(parse(&no_port)), "controller[1].port");
+        let serial_on_tcp = GOOD.replace("port = 0", "port = 0\nserial = \"/dev/ttyS0\"");
+        assert_eq!(key_of(parse(&serial_on_tcp)), "controller[1].serial");
+        let rtu_with_port = GOOD.replace("port = 0", "port = 0\ntransport = \"rtu\"");
+        assert_eq!(key_of(parse(&rtu_with_port)), "controller[1].port");
+        let relative = GOOD.replace("port = 0", "transport = \"rtu\"\nserial = \"ttyS0\"");
+        assert_eq!(key_of(parse(&relative)), "controller[1].serial");
+        let unknown = GOOD.replace("port = 0", "port = 0\ntransport = \"ascii\"");
+        assert_eq!(key_of(parse(&unknown)), "controller[1].transport");
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let dup_name = GOOD.replace("\"b-1\"", "\"a-1\"");
         assert_eq!(key_of(parse(&dup_name)), "controller[1].name");

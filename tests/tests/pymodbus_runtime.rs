@@ -34,10 +34,16 @@ impl Peer {
 
     /// The peer with extra options (`--clear-command`).
     async fn start_with(port: u16, options: &[&str]) -> Peer {
+        Self::spawn(&["--port", &port.to_string()], options).await
+    }
+
+    /// The peer on `place` (`--port P` or `--serial DEV`), with `options`.
+    async fn spawn(place: &[&str], options: &[&str]) -> Peer {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/peers/came_pymodbus.py");
         let mut child = Command::new("python3")
             .arg(script)
-            .args(["--port", &port.to_string(), "--units", "1,2"])
+            .args(place)
+            .args(["--units", "1,2"])
             .args(["--travel-ms", "400"])
             .args(options)
             .stdin(Stdio::null())
@@ -86,6 +92,11 @@ fn fleet(port: u16) -> String {
 }
 
 fn fleet_on(port: u16, profile: &str) -> String {
+    fleet_with(profile, &format!("endpoint = \"127.0.0.1:{port}\""))
+}
+
+/// The two-gate fleet with the controller reached as `link` says (its transport keys).
+fn fleet_with(profile: &str, link: &str) -> String {
     format!(
         r#"
 [[site]]
@@ -96,7 +107,7 @@ name = "Yard"
 id = "came"
 site = "yard"
 profile = "{profile}"
-endpoint = "127.0.0.1:{port}"
+{link}
 
 [[gate]]
 id = "barrier-1"
@@ -353,5 +364,276 @@ async fn a_unit_reporting_values_off_its_map_is_unknown_and_its_neighbour_carrie
     assert_eq!(ack(&mut acks).await, CommandStatus::Accepted);
     assert_eq!(ack(&mut acks).await, CommandStatus::Completed);
     assert_eq!(connects(&runtime), 1, "the link never dropped");
+    runtime.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Opens then closes barrier-1 and checks both commands complete, with the writes the
+/// came-zlb30 profile makes reaching the peer.
+async fn open_and_close(runtime: &Runtime, peer: &mut Peer) {
+    let one = GateId::new("barrier-1").unwrap();
+    wait_state(runtime, &one, GateState::Closed).await;
+    let (_, mut acks) = command(runtime, &one, Action::Open);
+    assert_eq!(peer.write_line().await, "WRITE unit=1 register=200 value=1");
+    assert_eq!(ack(&mut acks).await, CommandStatus::Accepted);
+    assert_eq!(ack(&mut acks).await, CommandStatus::Completed);
+    assert_eq!(
+        runtime.fleet.view(&one).await.unwrap().snapshot.state,
+        GateState::Open
+    );
+    let (_, mut acks) = command(runtime, &one, Action::Close);
+    assert_eq!(peer.write_line().await, "WRITE unit=1 register=201 value=1");
+    assert_eq!(ack(&mut acks).await, CommandStatus::Accepted);
+    assert_eq!(peer.write_line().await, "WRITE unit=1 register=200 value=2");
+    assert_eq!(ack(&mut acks).await, CommandStatus::Completed);
+    wait_state(runtime, &one, GateState::Closed).await;
+}
+
+impl Peer {
+    /// The next `WRITE` line, skipping the misbehaviour reports.
+    async fn write_line(&mut self) -> String {
+        loop {
+            let line = self.line().await;
+            if !line.starts_with("MISBEHAVE") {
+                return line;
+            }
+        }
+    }
+}
+
+/// A pseudo-terminal pair made by socat: the peer opens one end, the runtime the other, as
+/// two devices on one RS-485 line. Killed on drop.
+struct PtyPair {
+    socat: Child,
+    a: std::path::PathBuf,
+    b: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl PtyPair {
+    fn new() -> PtyPair {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("tty-a"), dir.path().join("tty-b"));
+        let socat = Command::new("socat")
+            .arg(format!("pty,raw,echo=0,link={}", a.display()))
+            .arg(format!("pty,raw,echo=0,link={}", b.display()))
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start socat ({e}); .ci/run installs it"));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !(a.exists() && b.exists()) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "socat made no pty pair within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        PtyPair {
+            socat,
+            a,
+            b,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for PtyPair {
+    fn drop(&mut self) {
+        let _ = self.socat.kill();
+        let _ = self.socat.wait();
+    }
+}
+
+/// RTU frames over TCP (an Ethernet to RS-485 gateway): pymodbus's TCP server on its RTU
+/// framer, and the runtime's controller set to `transport = "rtu-over-tcp"`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gate_behind_an_rtu_over_tcp_gateway_is_driven_end_to_end() {
+    let port = free_port();
+    let mut peer = Peer::start_with(port, &["--framer", "rtu"]).await;
+    let profiles = ProfileSet::builtin().unwrap();
+    let link = format!("transport = \"rtu-over-tcp\"\nendpoint = \"127.0.0.1:{port}\"");
+    let file = FleetFile::parse("pymodbus", &fleet_with("came-zlb30", &link), &profiles).unwrap();
+    let runtime = Runtime::start_on(LocalBus::default(), file.controller_specs(&profiles))
+        .await
+        .unwrap();
+    open_and_close(&runtime, &mut peer).await;
+    let two = GateId::new("barrier-2").unwrap();
+    assert_eq!(
+        runtime.fleet.view(&two).await.unwrap().snapshot.state,
+        GateState::Closed
+    );
+    assert_eq!(connects(&runtime), 1, "one connection served it all");
+    runtime.shutdown(Duration::from_secs(5)).await;
+}
+
+/// RTU on a serial line: pymodbus's serial server (RTU framer, pyserial) on one end of a
+/// socat pseudo-terminal pair, the runtime's `transport = "rtu"` controller on the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gate_on_a_serial_line_is_driven_end_to_end() {
+    let pty = PtyPair::new();
+    let device = pty.a.display().to_string();
+    let mut peer = Peer::spawn(&["--serial", &device, "--baud", "19200"], &[]).await;
+    let profiles = ProfileSet::builtin().unwrap();
+    let link = format!(
+        "transport = \"rtu\"\nserial = \"{}\"\nbaud = 19200\nparity = \"none\"",
+        pty.b.display()
+    );
+    let file = FleetFile::parse("pymodbus", &fleet_with("came-zlb30", &link), &profiles).unwrap();
+    let runtime = Runtime::start_on(LocalBus::default(), file.controller_specs(&profiles))
+        .await
+        .unwrap();
+    open_and_close(&runtime, &mut peer).await;
+    assert_eq!(connects(&runtime), 1, "the line was opened once");
+    runtime.shutdown(Duration::from_secs(5)).await;
+}
+
+/// One spoiled reply on barrier-1's link, after it has been polled a few times: the link
+/// counts it as a lost reply (a read is asked again), never as an outage. Both gates stay
+/// online, the link is never reopened, and barrier-1 is then driven as usual.
+async fn one_spoiled_reply_is_a_lost_reply(framer: &str, kind: &str) {
+    let port = free_port();
+    let misbehave = format!("{kind}:1");
+    let mut peer = Peer::start_with(
+        port,
+        &[
+            "--framer",
+            framer,
+            "--misbehave",
+            &misbehave,
+            "--misbehave-after",
+            "3",
+        ],
+    )
+    .await;
+    let profiles = ProfileSet::builtin().unwrap();
+    let transport = if framer == "rtu" {
+        "rtu-over-tcp"
+    } else {
+        "tcp"
+    };
+    let link = format!("transport = \"{transport}\"\nendpoint = \"127.0.0.1:{port}\"");
+    let file = FleetFile::parse("pymodbus", &fleet_with("came-zlb30", &link), &profiles).unwrap();
+    let runtime = Runtime::start_on(LocalBus::default(), file.controller_specs(&profiles))
+        .await
+        .unwrap();
+    assert_eq!(peer.line().await, format!("MISBEHAVE {kind} unit=1"));
+    let (one, two) = (
+        GateId::new("barrier-1").unwrap(),
+        GateId::new("barrier-2").unwrap(),
+    );
+    open_and_close(&runtime, &mut peer).await;
+    for gate in [&one, &two] {
+        assert_eq!(
+            runtime.fleet.view(gate).await.unwrap().snapshot.state,
+            GateState::Closed,
+            "{gate} stayed online"
+        );
+    }
+    assert_eq!(
+        connects(&runtime),
+        1,
+        "{kind} over {framer}: the link was never reopened"
+    );
+    runtime.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_with_a_foreign_transaction_id_is_a_lost_reply() {
+    one_spoiled_reply_is_a_lost_reply("socket", "wrong-tid").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_from_another_unit_is_a_lost_reply_on_tcp_and_on_rtu() {
+    one_spoiled_reply_is_a_lost_reply("socket", "wrong-unit").await;
+    one_spoiled_reply_is_a_lost_reply("rtu", "wrong-unit").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_after_its_timeout_is_never_taken_for_a_later_answer() {
+    one_spoiled_reply_is_a_lost_reply("socket", "late").await;
+    one_spoiled_reply_is_a_lost_reply("rtu", "late").await;
+}
+
+/// A unit that refuses a command with an exception (6, server device busy): that command
+/// fails with `controller_exception`; the gate, its neighbour and the link stay up, and the
+/// next command goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_refused_with_an_exception_fails_alone() {
+    let port = free_port();
+    let mut peer = Peer::start_with(port, &["--misbehave", "busy:1"]).await;
+    let profiles = ProfileSet::builtin().unwrap();
+    let file = FleetFile::parse("pymodbus", &fleet(port), &profiles).unwrap();
+    let runtime = Runtime::start_on(LocalBus::default(), file.controller_specs(&profiles))
+        .await
+        .unwrap();
+    let (one, two) = (
+        GateId::new("barrier-1").unwrap(),
+        GateId::new("barrier-2").unwrap(),
+    );
+    wait_state(&runtime, &one, GateState::Closed).await;
+    wait_state(&runtime, &two, GateState::Closed).await;
+    let (_, mut acks) = command(&runtime, &one, Action::Open);
+    assert_eq!(peer.line().await, "WRITE unit=1 register=200 value=1");
+    assert_eq!(peer.line().await, "MISBEHAVE busy unit=1");
+    assert_eq!(
+        ack(&mut acks).await,
+        CommandStatus::Failed(gatehouse_actors::gate::FailReason::ControllerException)
+    );
+    assert_eq!(
+        runtime.fleet.view(&one).await.unwrap().snapshot.state,
+        GateState::Closed,
+        "the refused gate did not move and is still online"
+    );
+    // The neighbour is driven on the same link, then the refused gate itself.
+    let (_, mut acks) = command(&runtime, &two, Action::Open);
+    assert_eq!(peer.line().await, "WRITE unit=2 register=200 value=1");
+    assert_eq!(ack(&mut acks).await, CommandStatus::Accepted);
+    assert_eq!(ack(&mut acks).await, CommandStatus::Completed);
+    let (_, mut acks) = command(&runtime, &one, Action::Open);
+    assert_eq!(peer.line().await, "WRITE unit=1 register=200 value=1");
+    assert_eq!(ack(&mut acks).await, CommandStatus::Accepted);
+    assert_eq!(ack(&mut acks).await, CommandStatus::Completed);
+    assert_eq!(connects(&runtime), 1, "the link never dropped");
+    runtime.shutdown(Duration::from_secs(5)).await;
+}
+
+/// The controller restarts while a command is in flight (the peer is killed after the
+/// write landed and a fresh one, closed again, listens on the same port): the command gets
+/// exactly one terminal outcome, the link comes back by itself, and the gate follows the
+/// restarted controller and can be driven again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_restarting_mid_command_ends_the_command_once_and_comes_back() {
+    let port = free_port();
+    let mut peer = Peer::start_with(port, &["--travel-ms", "3000"]).await;
+    let profiles = ProfileSet::builtin().unwrap();
+    let file = FleetFile::parse("pymodbus", &fleet(port), &profiles).unwrap();
+    let runtime = Runtime::start_on(LocalBus::default(), file.controller_specs(&profiles))
+        .await
+        .unwrap();
+    let one = GateId::new("barrier-1").unwrap();
+    wait_state(&runtime, &one, GateState::Closed).await;
+    let (_, mut acks) = command(&runtime, &one, Action::Open);
+    assert_eq!(peer.line().await, "WRITE unit=1 register=200 value=1");
+    assert_eq!(ack(&mut acks).await, CommandStatus::Accepted);
+    wait_state(&runtime, &one, GateState::Opening).await;
+    drop(peer);
+    let mut peer = Peer::start_with(port, &[]).await;
+    let terminal = ack(&mut acks).await;
+    assert!(
+        terminal.is_terminal(),
+        "the in-flight command ended: {terminal:?}"
+    );
+    // The restarted controller reports the gate closed (its state was lost with it).
+    wait_state(&runtime, &one, GateState::Closed).await;
+    assert!(connects(&runtime) >= 2, "the link reconnected");
+    let (_, mut next) = command(&runtime, &one, Action::Open);
+    assert_eq!(peer.line().await, "WRITE unit=1 register=200 value=1");
+    assert_eq!(ack(&mut next).await, CommandStatus::Accepted);
+    assert_eq!(ack(&mut next).await, CommandStatus::Completed);
+    // Acks of one gate are sent in order: anything more for the first command would have
+    // arrived before the second one's completion.
+    assert!(
+        acks.try_recv().is_err(),
+        "the interrupted command was told one terminal outcome only"
+    );
     runtime.shutdown(Duration::from_secs(5)).await;
 }

@@ -678,6 +678,69 @@ async fn controllers_and_gates_change_the_running_fleet_and_invalid_ones_are_ref
             .await;
         assert_error(&reply, status, code);
     }
+    // Transports: each takes its own keys, and a key of another is named.
+    for (request, field) in [
+        (
+            json!({ "id": "x-ctl", "site": "south", "profile": "generic", "transport": "rtu",
+                    "serial": "/dev/ttyUSB7" }),
+            "baud",
+        ),
+        (
+            json!({ "id": "x-ctl", "site": "south", "profile": "generic", "transport": "rtu",
+                    "serial": "/dev/ttyUSB7", "baud": 9600, "endpoint": north }),
+            "endpoint",
+        ),
+        (
+            json!({ "id": "x-ctl", "site": "south", "profile": "generic", "endpoint": north,
+                    "parity": "odd" }),
+            "parity",
+        ),
+        (
+            json!({ "id": "x-ctl", "site": "south", "profile": "generic", "transport": "rtu",
+                    "serial": "/dev/ttyUSB7", "baud": 9600, "data_bits": 7 }),
+            "data_bits",
+        ),
+    ] {
+        let reply = rig
+            .post(&admin, "/api/v1/config/controllers", request)
+            .await;
+        let error = assert_error(&reply, 422, "invalid_configuration");
+        assert_eq!(error["details"]["field"], field, "{error}");
+    }
+    assert_error(
+        &rig.post(
+            &admin,
+            "/api/v1/config/controllers",
+            json!({ "id": "x-ctl", "site": "south", "profile": "generic", "transport": "rs232",
+                    "endpoint": north }),
+        )
+        .await,
+        400,
+        "invalid_body",
+    );
+    let serial = rig
+        .post(
+            &admin,
+            "/api/v1/config/controllers",
+            json!({ "id": "bus-ctl", "site": "south", "profile": "generic", "transport": "rtu",
+                    "serial": "/dev/gatehouse-test-no-such-line", "baud": 19200 }),
+        )
+        .await;
+    assert_status(&serial, 201);
+    let stored = rig.get(&admin, "/api/v1/config/controllers/bus-ctl").await;
+    assert_eq!(stored.body["transport"], "rtu");
+    assert_eq!(stored.body["serial"], "/dev/gatehouse-test-no-such-line");
+    assert_eq!(stored.body["baud"], 19200);
+    assert!(
+        stored.body.get("endpoint").is_none() && stored.body.get("parity").is_none(),
+        "unset keys stay unset: {}",
+        stored.body
+    );
+    assert_status(
+        &rig.delete(&admin, "/api/v1/config/controllers/bus-ctl")
+            .await,
+        204,
+    );
     assert_status(
         &rig.post(&admin, "/api/v1/config/controllers", controller.clone())
             .await,
