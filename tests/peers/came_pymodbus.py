@@ -28,7 +28,8 @@ default once, after `--misbehave-after` replies to that unit; repeatable):
     wrong-unit   the answer names another unit id
     busy         a command write is refused with exception 6 (server device busy)
 
-Every write is reported on stdout as `WRITE unit=U register=R value=V`, and `READY` is
+Every write is reported on stdout as `WRITE unit=U register=R value=V`, every arrival at an
+end position as `ARRIVED unit=U at=UNIX_SECONDS`, and `READY` is
 printed once the listener accepts connections, so that a test can synchronise on both.
 
 Needs pymodbus 3.16.1 (`pip install pymodbus==3.16.1`), and pyserial 3.5 for `--serial`.
@@ -40,6 +41,7 @@ import argparse
 import asyncio
 import functools
 import sys
+import time
 
 try:
     from pymodbus.constants import ExcCodes
@@ -227,6 +229,8 @@ class Gate:
         # The same list pymodbus serves from: changing it in place is what a read sees next.
         registers[STATUS - base] = end
         registers[POSITION - base] = position
+        # Wall-clock time of arrival, for the benchmark's "end position -> clients told".
+        print(f"ARRIVED unit={self.unit} at={time.time():.6f}", flush=True)
         if end == OPEN:
             counter = (registers[COUNTER_LO - base] | registers[COUNTER_HI - base] << 16) + 1
             counter &= 0xFFFF_FFFF
@@ -291,7 +295,8 @@ async def main() -> int:
     devices = [device(g, g.unit == args.off_map_unit) for g in gates]
 
     rtu = args.serial is not None or args.framer == "rtu"
-    trace = spoiler(misbehaviours, rtu)
+    # No hook at all unless something is to be spoiled: it sits on every packet's path.
+    trace = spoiler(misbehaviours, rtu) if misbehaviours else None
     if args.serial is not None:
         server = ModbusSerialServer(
             devices, port=args.serial, baudrate=args.baud, framer=FramerType.RTU, trace_packet=trace

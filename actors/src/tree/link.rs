@@ -27,6 +27,16 @@ use crate::telemetry::{Counted, Mail};
 const READS_PER_TURN: usize = 1;
 /// After a write, a gate is polled fast for this long even before it starts moving.
 const HOT_AFTER_WRITE: Duration = Duration::from_secs(3);
+/// A moving gate is read again this soon at the most, so that its arrival at an end
+/// position is reported within about this long on a fast link.
+pub const HOT_POLL_FLOOR: Duration = Duration::from_millis(10);
+/// The share of a link's time that hot reads may take together: the hot interval stretches
+/// with the number of hot gates and the link's transaction time, so that gates at rest on a
+/// slow line (RS-485 at 9600 baud) keep their schedule however many gates move at once. The
+/// profile's `fast_poll_interval_ms` is the slowest a hot gate is ever read.
+const HOT_SHARE: f64 = 0.5;
+/// Weight of the newest read in the link's running mean transaction time.
+const TX_MEAN_WEIGHT: f64 = 0.1;
 
 /// Reconnecting to a controller that refuses connections (the host is up, the service is
 /// not: a controller rebooting) is cheap, and such outages are usually short: try every
@@ -181,7 +191,10 @@ struct Slot {
     /// Added once to the schedule after the first poll of a connection, to spread the gates
     /// of a controller over the interval.
     phase: Duration,
+    /// Polled at the profile's fast rate until then (a command in flight).
     hot_until: Option<Instant>,
+    /// Seen moving: polled as often as the link's budget allows until then.
+    moving_until: Option<Instant>,
     gate: Option<GateRef>,
 }
 
@@ -193,6 +206,8 @@ pub struct LinkState {
     /// are an outage to ride out, not a crash for the supervisor to count).
     unreachable: Option<(Instant, u32)>,
     slots: Vec<Slot>,
+    /// Running mean of a read's round trip on this link, in seconds (0 before the first).
+    tx_mean_s: f64,
     /// When the pending poll timer fires, if one is pending.
     timer: Option<(Instant, PollTimer)>,
 }
@@ -263,6 +278,23 @@ impl LinkState {
 }
 
 impl LinkState {
+    /// How soon a moving gate is read again: as often as the link allows within its budget
+    /// ([`HOT_SHARE`] of the link's time for all moving gates together), never sooner than
+    /// [`HOT_POLL_FLOOR`] and never later than the profile's fast interval. (A gate that was
+    /// just commanded but is not moving yet, waiting out a warning lead say, is read at the
+    /// fast interval: it was read at once after the write, and it has nothing to report
+    /// sooner.)
+    fn hot_gap(&self, now: Instant, fast: Duration) -> Duration {
+        let hot = self
+            .slots
+            .iter()
+            .filter(|s| s.moving_until.is_some_and(|t| t > now))
+            .count()
+            .max(1);
+        let budget = Duration::from_secs_f64(self.tx_mean_s * hot as f64 / HOT_SHARE);
+        budget.clamp(HOT_POLL_FLOOR.min(fast), fast)
+    }
+
     /// Reads gate `i` now, tells its actor, and schedules its next poll: fast while it moves
     /// or was just written to, else on its phase at the profile's rate (`scheduled` is when
     /// this read was due; a late poll does not cause a burst of catch-up polls).
@@ -276,18 +308,27 @@ impl LinkState {
         if let Some(i) = crate::telemetry::get() {
             i.polls.increment(1);
         }
+        let started = Instant::now();
         let reading = self.session()?.read(i).await?;
         let done = Instant::now();
+        let took = done.saturating_duration_since(started).as_secs_f64();
+        self.tx_mean_s = if self.tx_mean_s == 0.0 {
+            took
+        } else {
+            self.tx_mean_s + TX_MEAN_WEIGHT * (took - self.tx_mean_s)
+        };
+        let hot_gap = self.hot_gap(done, fast);
         let slot = &mut self.slots[i];
         let moving = matches!(
             reading,
             Ok(o) if matches!(o.state, HwState::Opening | HwState::Closing)
         );
         if moving {
-            slot.hot_until = Some(done + fast);
+            slot.moving_until = Some(done + fast);
         }
-        let hot = slot.hot_until.is_some_and(|t| t > done);
-        slot.due = if hot {
+        slot.due = if slot.moving_until.is_some_and(|t| t > done) {
+            done + hot_gap
+        } else if slot.hot_until.is_some_and(|t| t > done) {
             done + fast
         } else {
             let mut next = scheduled + base + std::mem::take(&mut slot.phase);
@@ -336,6 +377,7 @@ impl Actor for LinkActor {
                 due: now,
                 phase: Duration::ZERO,
                 hot_until: None,
+                moving_until: None,
                 gate: args.ctx.directory.gate(&g.spec.id),
             })
             .collect();
@@ -344,6 +386,7 @@ impl Actor for LinkActor {
             session: None,
             unreachable: None,
             slots,
+            tx_mean_s: 0.0,
             timer: None,
         })
     }
@@ -498,7 +541,9 @@ impl Actor for LinkActor {
                             slot.hot_until = Some(now + HOT_AFTER_WRITE);
                             // Read after write: the gate is read at once, as the next
                             // transaction, so that motion the controller already shows is
-                            // reported now rather than at the next fast poll.
+                            // reported now rather than at the next poll. (Queuing the read
+                            // behind other commands' writes instead was tried: their
+                            // `accepted` came 10 % sooner and every first motion 60 % later.)
                             state.read_slot(gate, now).await?;
                         }
                     }

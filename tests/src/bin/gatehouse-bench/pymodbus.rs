@@ -5,7 +5,9 @@
 //! confirmed the write), to the first motion the runtime reports (its `opening`/`closing`
 //! event: the read after the write), and to `completed`. Opens and closes are reported apart:
 //! this map has a warning output, which runs for its lead time (3 s) before every remote
-//! close is written, on purpose.
+//! close is written, on purpose. And per arrival: from the peer's gate reaching its end
+//! position (the peer prints the wall-clock time it set the end state) to the runtime
+//! reporting the end state on its bus, which is what the WebSocket sessions relay.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -54,15 +56,22 @@ pub struct PymodbusReport {
     pub first_motion_close_p99_ms: f64,
     pub completed_p50_ms: f64,
     pub completed_p99_ms: f64,
+    /// The peer's gate at its end position → the runtime's end-state event.
+    pub end_told_p50_ms: f64,
+    pub end_told_p99_ms: f64,
     pub travel_ms: u64,
 }
 
-struct Peer(Child);
+struct Peer {
+    child: Child,
+    /// `(unit, wall-clock seconds)` of every arrival at an end position.
+    arrivals: std::sync::mpsc::Receiver<(u8, f64)>,
+}
 
 impl Drop for Peer {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -86,13 +95,25 @@ fn start_peer(port: u16, units: u8, travel_ms: u64) -> anyhow::Result<Peer> {
             }
         }
     });
-    let peer = Peer(child);
+    let (arrived, arrivals) = std::sync::mpsc::channel();
+    let peer = Peer { child, arrivals };
     match rx.recv_timeout(Duration::from_secs(30)) {
         Ok(line) if line == "READY" => {}
         other => bail!("the pymodbus peer did not start: {other:?}"),
     }
-    // Keep draining its output (a WRITE line per write) so that it never blocks.
-    std::thread::spawn(move || while rx.recv().is_ok() {});
+    // Keep draining its output (a WRITE line per write) so that it never blocks, and pass
+    // the arrivals on.
+    std::thread::spawn(move || {
+        while let Ok(line) = rx.recv() {
+            if let Some(rest) = line.strip_prefix("ARRIVED unit=")
+                && let Some((unit, at)) = rest.split_once(" at=")
+                && let (Ok(unit), Ok(at)) = (unit.parse::<u8>(), at.parse::<f64>())
+                && arrived.send((unit, at)).is_err()
+            {
+                return;
+            }
+        }
+    });
     Ok(peer)
 }
 
@@ -105,7 +126,7 @@ pub async fn run(sizes: PymodbusSizes) -> anyhow::Result<PymodbusReport> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
-    let _peer = start_peer(port, units, travel_ms)?;
+    let peer = start_peer(port, units, travel_ms)?;
     let profiles = ProfileSet::builtin()?;
     let mut toml = format!(
         "[[site]]\nid = \"yard\"\nname = \"Yard\"\n\n[[controller]]\nid = \"came\"\n\
@@ -140,6 +161,7 @@ pub async fn run(sizes: PymodbusSizes) -> anyhow::Result<PymodbusReport> {
 
     let (accepted, completed) = (Histogram::default(), Histogram::default());
     let (motion_open, motion_close) = (Histogram::default(), Histogram::default());
+    let end_told = Histogram::default();
     let mut done = 0;
     let per_gate = commands.div_ceil(gates.len());
     // Round by round: one command per gate at once, each from rest.
@@ -162,6 +184,8 @@ pub async fn run(sizes: PymodbusSizes) -> anyhow::Result<PymodbusReport> {
             sent.push((gate.clone(), id, at));
         }
         let mut moved = vec![false; sent.len()];
+        // Wall-clock seconds at which the runtime reported each gate at its end position.
+        let mut told: Vec<Option<f64>> = vec![None; sent.len()];
         let mut finished = 0;
         let round_deadline =
             Instant::now() + Duration::from_millis(travel_ms) * 3 + Duration::from_secs(10);
@@ -186,6 +210,13 @@ pub async fn run(sizes: PymodbusSizes) -> anyhow::Result<PymodbusReport> {
                 }
                 Ok(ev) = events.recv() => {
                     if let EventKind::StateChanged { .. } = ev.kind
+                        && matches!(ev.snapshot.state, GateState::Open | GateState::Closed)
+                        && let Some(i) = sent.iter().position(|(g, _, _)| *g == ev.gate)
+                        && told[i].is_none()
+                    {
+                        told[i] = Some(wall_secs());
+                    }
+                    if let EventKind::StateChanged { .. } = ev.kind
                         && ev.snapshot.state.is_moving()
                         && let Some(i) = sent.iter().position(|(g, _, _)| *g == ev.gate)
                         && !moved[i]
@@ -195,6 +226,20 @@ pub async fn run(sizes: PymodbusSizes) -> anyhow::Result<PymodbusReport> {
                         motion.record(sent[i].2.elapsed());
                     }
                 }
+            }
+        }
+        // This round's arrivals, one per gate commanded (the peer reports each as it sets
+        // the end state; `completed` follows the runtime's reading of it, so all are in).
+        for _ in 0..sent.len() {
+            let (unit, at) = peer
+                .arrivals
+                .recv_timeout(Duration::from_secs(5))
+                .context("an arrival the peer did not report")?;
+            let gate: GateId = format!("g{unit}").parse()?;
+            if let Some(i) = sent.iter().position(|(g, _, _)| *g == gate)
+                && let Some(t) = told[i]
+            {
+                end_told.record(Duration::from_secs_f64((t - at).max(0.0)));
             }
         }
     }
@@ -210,8 +255,17 @@ pub async fn run(sizes: PymodbusSizes) -> anyhow::Result<PymodbusReport> {
         first_motion_close_p99_ms: ms(motion_close.quantile(0.99)),
         completed_p50_ms: ms(completed.quantile(0.5)),
         completed_p99_ms: ms(completed.quantile(0.99)),
+        end_told_p50_ms: ms(end_told.quantile(0.5)),
+        end_told_p99_ms: ms(end_told.quantile(0.99)),
         travel_ms,
     })
+}
+
+/// Seconds since the Unix epoch, as the peer's `time.time()` reports them.
+fn wall_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 pub fn print_text(r: &PymodbusReport) {
@@ -234,5 +288,9 @@ pub fn print_text(r: &PymodbusReport) {
     println!(
         "  command → completed p50 {:.0} ms, p99 {:.0} ms",
         r.completed_p50_ms, r.completed_p99_ms
+    );
+    println!(
+        "  gate at its end position → runtime reports it p50 {:.2} ms, p99 {:.2} ms",
+        r.end_told_p50_ms, r.end_told_p99_ms
     );
 }
