@@ -62,7 +62,12 @@ impl Readiness for Ready {
         checks.push(match &self.eventlog_stats {
             Some(stats) if !stats.is_healthy() => Check::not_ready(
                 "event_log",
-                "commits to the database are failing; outcomes are held back",
+                match stats.last_error() {
+                    Some(e) => {
+                        format!("commits to the database are failing ({e}); outcomes are held back")
+                    }
+                    None => "commits to the database are failing; outcomes are held back".into(),
+                },
             ),
             _ => Check::ready("event_log"),
         });

@@ -57,11 +57,25 @@ pub struct EventLogStats {
     pub transaction_time: Histogram,
     /// False while commits are failing.
     healthy: AtomicBool,
+    /// Why the latest commit failed, while commits are failing.
+    last_error: std::sync::Mutex<Option<String>>,
 }
 
 impl EventLogStats {
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// The latest commit's error while commits are failing (`None` once one succeeds).
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set_error(&self, error: Option<String>) {
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = error;
     }
 }
 
@@ -291,6 +305,7 @@ async fn commit(state: &WriterArgs, batch: Vec<Entry>) {
             }
             Err(e) => {
                 state.stats.failures.fetch_add(1, Ordering::Relaxed);
+                state.stats.set_error(Some(e.to_string()));
                 if let Some(i) = crate::telemetry::get() {
                     i.eventlog_failures.increment(1);
                 }
@@ -308,6 +323,7 @@ async fn commit(state: &WriterArgs, batch: Vec<Entry>) {
         }
     }
     if !state.stats.healthy.swap(true, Ordering::Relaxed) {
+        state.stats.set_error(None);
         tracing::info!("event log commits again");
     }
     let now = tokio::time::Instant::now();

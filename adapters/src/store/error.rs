@@ -107,12 +107,16 @@ impl Error {
 }
 
 /// Messages of errors that diesel files under `Unknown` but that mean "try again": SQLite's
-/// lock contention past `busy_timeout`, and PostgreSQL ending sessions (restart, failover,
-/// `pg_terminate_backend`) or refusing new ones while starting or shutting down.
+/// lock contention past `busy_timeout` and a file system that refuses to grow the database
+/// (disk full, a file size limit: `SQLITE_FULL`, or `SQLITE_IOERR` when a write fails
+/// outright), and PostgreSQL ending sessions (restart, failover, `pg_terminate_backend`) or
+/// refusing new ones while starting or shutting down.
 fn is_transient_message(message: &str) -> bool {
-    const TRANSIENT: [&str; 7] = [
+    const TRANSIENT: [&str; 9] = [
         "database is locked",
         "database table is locked",
+        "database or disk is full",
+        "disk I/O error",
         "terminating connection",
         "the database system is starting up",
         "the database system is shutting down",
@@ -143,6 +147,13 @@ mod tests {
             Box::new("database is locked".to_string()),
         ));
         assert!(locked.into_store().is_transient());
+        for full in ["database or disk is full", "disk I/O error"] {
+            let full = Error::Db(DieselError::DatabaseError(
+                DatabaseErrorKind::Unknown,
+                Box::new(full.to_string()),
+            ));
+            assert!(full.into_store().is_transient());
+        }
         let syntax = Error::Db(DieselError::DatabaseError(
             DatabaseErrorKind::Unknown,
             Box::new("syntax error".to_string()),

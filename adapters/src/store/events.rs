@@ -17,11 +17,11 @@ use gatehouse_actors::gate::{Cause, CommandStatus, EventKind};
 use gatehouse_actors::ids::GateId;
 use gatehouse_actors::store::{FinishedCommand, GateHead, StoredEvent};
 
-use super::Conn;
 use super::access::NewAudit;
 use super::error::Error;
 use super::fleet::{from_db, to_db};
 use super::schema::{audit_log, gate_events};
+use super::{Conn, DbFile};
 
 /// Rows per INSERT statement on SQLite. Each row binds 13 values and SQLite allows 32,766
 /// bound parameters per statement; 500 rows keep well under that.
@@ -136,7 +136,9 @@ fn status_columns(status: CommandStatus) -> (&'static str, Option<&'static str>)
 /// Inserts `rows`, and the command audit records `audits` that came with them, in one
 /// transaction. A row whose `(gate, seq)` is stored already is skipped, so a retried batch is
 /// never stored twice. (An audit record has no natural key; a batch that failed is rolled
-/// back whole, so a retry does not store it twice either.)
+/// back whole, so a retry does not store it twice either.) On SQLite, `file` is checked just
+/// before the commit, which is refused (rolled back) when the path no longer names the file
+/// the store opened: it would commit into a file nobody will read again.
 ///
 /// This is the one query written per backend, for speed:
 /// - SQLite: diesel-async cannot send a multi-row INSERT to SQLite (diesel builds those in
@@ -150,12 +152,14 @@ fn status_columns(status: CommandStatus) -> (&'static str, Option<&'static str>)
 ///   single statement, it is atomic without BEGIN/COMMIT round trips.
 pub(super) async fn append(
     conn: &mut Conn,
+    file: Option<Arc<DbFile>>,
     rows: Vec<NewEvent>,
     audits: Vec<NewAudit>,
 ) -> Result<(), Error> {
     match conn {
         Conn::Sqlite(object) => {
-            object
+            let checked = file.clone();
+            let done = object
                 .spawn_blocking(move |c| {
                     c.immediate_transaction(|c| {
                         for chunk in rows.chunks(ROWS_PER_STATEMENT) {
@@ -168,10 +172,23 @@ pub(super) async fn append(
                             let insert = diesel::insert_into(audit_log::table).values(chunk);
                             diesel::RunQueryDsl::execute(insert, c)?;
                         }
+                        if checked.as_ref().is_some_and(|f| f.check().is_err()) {
+                            return Err(diesel::result::Error::RollbackTransaction);
+                        }
                         Ok(())
                     })
                 })
-                .await?;
+                .await;
+            match (done, file) {
+                (Err(diesel::result::Error::RollbackTransaction), Some(file)) => {
+                    file.check()?;
+                    // Back in place already: the next attempt commits.
+                    return Err(Error::Unavailable(
+                        "the database file changed during a commit".into(),
+                    ));
+                }
+                (done, _) => done?,
+            }
         }
         Conn::Postgres(object) => {
             let c: &mut diesel_async::AsyncPgConnection = &mut *object;

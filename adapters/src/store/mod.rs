@@ -7,6 +7,7 @@
 //! [`Store::migrate`].
 
 use std::fmt;
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -196,6 +197,93 @@ pub struct Store {
     pools: Pools,
     /// The URL without credentials, for messages.
     target: Arc<str>,
+    /// SQLite: the file opened, checked before each event commit and each ping.
+    file: Option<Arc<DbFile>>,
+}
+
+/// The SQLite database file a store opened, by path and identity (device and inode).
+///
+/// SQLite in WAL mode does not notice its file being unlinked, renamed or replaced: every
+/// connection keeps its descriptors and goes on committing into the old inode, which nobody
+/// will ever open again (`SQLITE_READONLY_DBMOVED` covers rollback journals only). Outcomes
+/// told from such commits would be lost, so the store checks the path itself.
+#[derive(Debug)]
+pub(crate) struct DbFile {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl DbFile {
+    fn of(path: &Path) -> Result<DbFile, StoreError> {
+        let meta = std::fs::metadata(path)
+            .map_err(|e| StoreError::Unavailable(format!("cannot read {}: {e}", path.display())))?;
+        Ok(DbFile {
+            path: path.to_path_buf(),
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    }
+
+    /// Fails (transiently: putting the file back ends it) unless the path still names the
+    /// file opened at start.
+    pub(crate) fn check(&self) -> Result<(), Error> {
+        let path = self.path.display();
+        match std::fs::metadata(&self.path) {
+            Ok(m) if m.dev() == self.dev && m.ino() == self.ino => Ok(()),
+            Ok(_) => Err(Error::Unavailable(format!(
+                "the database file {path} was replaced while in use: nothing is committed \
+                 (it would go to the old file); restart gatehouse to open the new one"
+            ))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::Unavailable(format!(
+                "the database file {path} was removed or moved away while in use: nothing \
+                     is committed until it is back; a restart starts a new, empty database"
+            ))),
+            Err(e) => Err(Error::Unavailable(format!(
+                "cannot check the database file {path}: {e}"
+            ))),
+        }
+    }
+}
+
+/// A clearer account of a SQLite file this process may not write than SQLite's own ("attempt
+/// to write a readonly database", "unable to open database file"): which file or directory.
+/// Other errors pass through.
+fn sqlite_open_error(path: &Path, e: StoreError) -> StoreError {
+    let message = e.to_string();
+    if !(message.contains("readonly database") || message.contains("unable to open database")) {
+        return e;
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let (file, dir) = (path.display(), dir.display());
+    let denied = |e: &std::io::Error| {
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
+        )
+    };
+    let what = if !path.exists() {
+        format!("the database file {file} does not exist and cannot be created in {dir}")
+    } else if std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .is_err_and(|e| denied(&e))
+    {
+        format!("the database file {file} is read-only for this process")
+    } else {
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        format!(
+            "the directory {dir} is read-only for this process (SQLite creates {name}-wal \
+             and {name}-shm beside the database)"
+        )
+    };
+    StoreError::Other(format!(
+        "{what}: gatehouse must be able to write the database file and its directory \
+         ({message})"
+    ))
 }
 
 impl fmt::Debug for Store {
@@ -220,10 +308,10 @@ impl Store {
     /// An unreachable database is [`StoreError::Unavailable`]; a malformed URL is
     /// [`StoreError::Other`].
     pub async fn connect(url: &str) -> Result<Store, StoreError> {
-        let store = if let Some(path) = url.strip_prefix("sqlite://") {
-            Store::open_sqlite(path).await?
+        let (mut store, sqlite) = if let Some(path) = url.strip_prefix("sqlite://") {
+            (Store::open_sqlite(path).await?, Some(PathBuf::from(path)))
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Store::open_postgres(url)?
+            (Store::open_postgres(url)?, None)
         } else {
             return Err(StoreError::Other(format!(
                 "unsupported database URL {:?}: expected sqlite://PATH or postgres://...",
@@ -232,7 +320,25 @@ impl Store {
         };
         // Fail now rather than at the first query: a store that cannot reach its database is
         // better reported at boot.
-        drop(store.conn().await.map_err(Error::into_store)?);
+        let mut conn = store.conn().await.map_err(Error::into_store);
+        if let (Some(_), Ok(Conn::Sqlite(c))) = (&sqlite, &mut conn) {
+            // SQLite opens a file it may not write read-only without a word, and a database
+            // already in WAL mode needs no write to connect: write once (rolled back), so
+            // that such a file is refused here, not at the first commit. (Taking the write
+            // lock is not enough: `BEGIN IMMEDIATE` on a read-only database begins a read.)
+            let probe = "BEGIN IMMEDIATE; CREATE TABLE gatehouse_write_probe (x); ROLLBACK;";
+            if let Err(e) = c.batch_execute(probe).await {
+                let _ = c.batch_execute("ROLLBACK;").await;
+                conn = Err(Error::from(e).into_store());
+            }
+        }
+        if let Some(path) = &sqlite {
+            conn = conn.map_err(|e| sqlite_open_error(path, e));
+        }
+        drop(conn?);
+        if let Some(path) = &sqlite {
+            store.file = Some(Arc::new(DbFile::of(path)?));
+        }
         Ok(store)
     }
 
@@ -288,6 +394,8 @@ impl Store {
         Ok(Store {
             pools: Pools::Sqlite(pool),
             target: Arc::from(format!("sqlite://{path}")),
+            // Known once the first connection has created it (`connect`).
+            file: None,
         })
     }
 
@@ -305,6 +413,7 @@ impl Store {
         Ok(Store {
             pools: Pools::Postgres(pool),
             target: Arc::from(redact(url)),
+            file: None,
         })
     }
 
@@ -378,8 +487,12 @@ impl Store {
     }
 
     /// A round trip to the database (`SELECT 1` on a pooled connection), for readiness.
+    /// On SQLite, also that the database file is still the one opened ([`DbFile`]).
     pub async fn ping(&self) -> Result<(), StoreError> {
         async {
+            if let Some(file) = &self.file {
+                file.check()?;
+            }
             let mut conn = self.conn().await?;
             with_conn!(&mut conn, |c| {
                 diesel_async::RunQueryDsl::execute(diesel::sql_query("SELECT 1"), c).await
@@ -469,7 +582,7 @@ impl EventStore for Store {
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(Error::into_store)?;
             let mut conn = self.conn().await.map_err(Error::into_store)?;
-            events::append(&mut conn, rows, audits)
+            events::append(&mut conn, self.file.clone(), rows, audits)
                 .await
                 .map_err(Error::into_store)
         })
