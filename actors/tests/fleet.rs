@@ -605,3 +605,48 @@ async fn each_gate_is_found_by_its_controller_and_belongs_to_one_controller_only
     assert_eq!(rig.fleet.controller_of(&rig.gates[0]).unwrap().id, c1);
     rig.fleet.shutdown(Duration::from_secs(5)).await;
 }
+
+/// The link does not tell a gate at rest the same reading again (that would wake every gate
+/// actor on every poll for nothing), so a gate actor that is restarted must ask for a fresh
+/// reading: killed while its unit reads the same as ever, it is back `closed` at once, not
+/// after the link's periodic refresh (30 s, far past this test's 10 s bound).
+#[tokio::test]
+async fn a_restarted_gate_actor_is_told_the_current_reading_even_though_nothing_changed() {
+    let r = rig(2).await;
+    r.until(0, GateState::Closed).await;
+    let reads = |r: &Rig| {
+        r.script
+            .get(|s| s.log.iter().filter(|l| *l == "read 0").count())
+    };
+    // Several unchanged readings go by first.
+    let before = reads(&r);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while reads(&r) < before + 5 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gate 0 is not polled"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let old = r.fleet.context().directory.gate(&r.gates[0]).unwrap();
+    old.kill();
+    // The supervisor puts a new actor in its place; it starts knowing nothing.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(now) = r.fleet.context().directory.gate(&r.gates[0])
+            && now.get_id() != old.get_id()
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gate 0 was not restarted"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    r.until(0, GateState::Closed).await;
+    // And it is driven as before.
+    let (_, mut acks) = r.command(0, Action::Open);
+    assert_eq!(next(&mut acks).await, CommandStatus::Accepted);
+    assert_eq!(next(&mut acks).await, CommandStatus::Completed);
+}

@@ -310,6 +310,16 @@ impl Actor for GateActor {
         args.ctx
             .directory
             .insert_gate(args.slot.spec.id.clone(), myself.clone());
+        // A restarted gate starts from nothing: its link tells it what the unit reads now,
+        // even if nothing changed since it told the actor before (which it otherwise skips).
+        if let Some(link) = args.ctx.directory.link(&args.slot.controller) {
+            let _ = link.send_message(
+                LinkMsg::Reread {
+                    gate: args.slot.index,
+                }
+                .into(),
+            );
+        }
         let mut machine = GateMachine::new(args.slot.spec.config);
         let restore = &args.slot.restore;
         if let Some(cycles) = restore.cycles {

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use super::FleetContext;
 use super::controller::ControllerSpec;
 use super::gate::{GateMsg, GateRef};
-use crate::gate::{HwOp, HwState, WriteResult, WriteTag};
+use crate::gate::{HwOp, HwState, Observation, WriteResult, WriteTag};
 use crate::ports::{ConnectFailure, LinkError, LinkSession, WriteRefused};
 use crate::stats::Histogram;
 use crate::telemetry::{Counted, Mail};
@@ -35,6 +35,11 @@ pub const HOT_POLL_FLOOR: Duration = Duration::from_millis(10);
 /// slow line (RS-485 at 9600 baud) keep their schedule however many gates move at once. The
 /// profile's `fast_poll_interval_ms` is the slowest a hot gate is ever read.
 const HOT_SHARE: f64 = 0.5;
+/// A gate at rest whose reading has not changed is not told it again, which spares a gate
+/// actor's wake-up per poll (most of a fleet, most of the time), except at least this often;
+/// any change, motion, a command in flight, an exception and a new connection are told at
+/// once, and a restarted gate actor asks for a fresh reading (`LinkMsg::Reread`).
+const QUIET_REFRESH: Duration = Duration::from_secs(30);
 /// Weight of the newest read in the link's running mean transaction time.
 const TX_MEAN_WEIGHT: f64 = 0.1;
 
@@ -172,6 +177,9 @@ pub enum LinkMsg {
     },
     /// Internal: a pulse has run its length.
     Release { gate: usize, op: HwOp },
+    /// A gate actor (re)started: read it at once and tell it, even if its reading has not
+    /// changed since the link last told its predecessor.
+    Reread { gate: usize },
 }
 
 /// A scheduled `Poll` to the link itself.
@@ -195,6 +203,9 @@ struct Slot {
     hot_until: Option<Instant>,
     /// Seen moving: polled as often as the link's budget allows until then.
     moving_until: Option<Instant>,
+    /// The observation last told to the gate actor, and when: an identical reading of a
+    /// gate at rest is not told again (see [`QUIET_REFRESH`]).
+    told: Option<(Observation, Instant)>,
     gate: Option<GateRef>,
 }
 
@@ -255,13 +266,27 @@ impl LinkState {
 
     async fn poll_due(&mut self, myself: &LinkRef) -> Result<(), LinkError> {
         let now = Instant::now();
-        let mut due: Vec<usize> = (0..self.slots.len())
-            .filter(|&i| self.slots[i].due <= now)
-            .collect();
-        due.sort_by_key(|&i| self.slots[i].due);
-        let more = due.len() > READS_PER_TURN;
-        due.truncate(READS_PER_TURN);
-        for i in due {
+        // The earliest due slots, without allocating: this runs once per read.
+        let mut due = [usize::MAX; READS_PER_TURN];
+        let mut waiting = 0usize;
+        for (i, slot) in self.slots.iter().enumerate() {
+            if slot.due > now {
+                continue;
+            }
+            waiting += 1;
+            let mut at = i;
+            for d in due.iter_mut() {
+                if *d == usize::MAX {
+                    *d = at;
+                    break;
+                }
+                if self.slots[at].due < self.slots[*d].due {
+                    std::mem::swap(d, &mut at);
+                }
+            }
+        }
+        let more = waiting > READS_PER_TURN;
+        for i in due.into_iter().filter(|&i| i != usize::MAX) {
             let scheduled = self.slots[i].due;
             self.args
                 .stats
@@ -337,9 +362,22 @@ impl LinkState {
             }
             next
         };
+        let busy =
+            slot.moving_until.is_some_and(|t| t > done) || slot.hot_until.is_some_and(|t| t > done);
         match reading {
-            Ok(obs) => self.tell(i, GateMsg::Observed(obs)),
-            Err(exception) => self.tell(i, GateMsg::UnitFailed(exception.0)),
+            Ok(obs) => {
+                let unchanged = slot
+                    .told
+                    .is_some_and(|(last, at)| last == obs && done < at + QUIET_REFRESH);
+                if busy || !unchanged {
+                    slot.told = Some((obs, done));
+                    self.tell(i, GateMsg::Observed(obs));
+                }
+            }
+            Err(exception) => {
+                slot.told = None;
+                self.tell(i, GateMsg::UnitFailed(exception.0));
+            }
         }
         Ok(())
     }
@@ -378,6 +416,7 @@ impl Actor for LinkActor {
                 phase: Duration::ZERO,
                 hot_until: None,
                 moving_until: None,
+                told: None,
                 gate: args.ctx.directory.gate(&g.spec.id),
             })
             .collect();
@@ -498,6 +537,7 @@ impl Actor for LinkActor {
                 let interval = state.args.spec.poll_interval;
                 for (i, slot) in state.slots.iter_mut().enumerate() {
                     slot.due = now;
+                    slot.told = None;
                     slot.phase = interval * i as u32 / n;
                 }
                 tracing::info!(controller = %state.args.spec.id, endpoint = %state.args.spec.connector.endpoint(), "link up");
@@ -566,6 +606,13 @@ impl Actor for LinkActor {
                         });
                         return Err(e.into());
                     }
+                }
+            }
+            LinkMsg::Reread { gate } => {
+                if let Some(slot) = state.slots.get_mut(gate) {
+                    slot.told = None;
+                    slot.gate = None;
+                    slot.due = Instant::now();
                 }
             }
             LinkMsg::Release { gate, op } => {
