@@ -40,6 +40,11 @@ const HOT_SHARE: f64 = 0.5;
 /// any change, motion, a command in flight, an exception and a new connection are told at
 /// once, and a restarted gate actor asks for a fresh reading (`LinkMsg::Reread`).
 const QUIET_REFRESH: Duration = Duration::from_secs(30);
+/// At most this many reads a second of moving gates per link, whatever its speed: on a fast
+/// link (loopback, a LAN) the time share alone would let a hundred moving gates take ten
+/// thousand reads a second, which costs the process CPU rather than the link time. A few
+/// gates moving at once still get [`HOT_POLL_FLOOR`].
+const HOT_READS_PER_SECOND: f64 = 250.0;
 /// Weight of the newest read in the link's running mean transaction time.
 const TX_MEAN_WEIGHT: f64 = 0.1;
 
@@ -304,7 +309,8 @@ impl LinkState {
 
 impl LinkState {
     /// How soon a moving gate is read again: as often as the link allows within its budget
-    /// ([`HOT_SHARE`] of the link's time for all moving gates together), never sooner than
+    /// ([`HOT_SHARE`] of the link's time and [`HOT_READS_PER_SECOND`] for all moving gates
+    /// together), never sooner than
     /// [`HOT_POLL_FLOOR`] and never later than the profile's fast interval. (A gate that was
     /// just commanded but is not moving yet, waiting out a warning lead say, is read at the
     /// fast interval: it was read at once after the write, and it has nothing to report
@@ -316,7 +322,9 @@ impl LinkState {
             .filter(|s| s.moving_until.is_some_and(|t| t > now))
             .count()
             .max(1);
-        let budget = Duration::from_secs_f64(self.tx_mean_s * hot as f64 / HOT_SHARE);
+        let by_time = self.tx_mean_s * hot as f64 / HOT_SHARE;
+        let by_rate = hot as f64 / HOT_READS_PER_SECOND;
+        let budget = Duration::from_secs_f64(by_time.max(by_rate));
         budget.clamp(HOT_POLL_FLOOR.min(fast), fast)
     }
 
