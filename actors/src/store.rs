@@ -130,12 +130,6 @@ pub struct SerialSettings {
     pub stop_bits: Option<u8>,
 }
 
-impl SerialSettings {
-    pub fn is_empty(&self) -> bool {
-        *self == SerialSettings::default()
-    }
-}
-
 /// A serial line with every setting decided.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SerialLine {
@@ -195,15 +189,6 @@ impl ControllerRecord {
                 .stop_bits
                 .unwrap_or(SerialLine::DEFAULT_STOP_BITS),
         })
-    }
-
-    /// Where the controller is, for logs and the actor tree: the endpoint, or the device.
-    pub fn address(&self) -> String {
-        match self.transport {
-            Transport::Tcp => self.endpoint.clone(),
-            Transport::RtuOverTcp => format!("rtu+tcp://{}", self.endpoint),
-            Transport::Rtu => self.serial.device.clone().unwrap_or_default(),
-        }
     }
 }
 

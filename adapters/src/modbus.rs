@@ -212,10 +212,6 @@ impl ModbusConnector {
         self.timing
     }
 
-    pub fn wire(&self) -> &Wire {
-        &self.wire
-    }
-
     fn connect_failed(&self, kind: ConnectFailure, reason: String) -> LinkError {
         LinkError::Connect {
             endpoint: self.wire.to_string(),

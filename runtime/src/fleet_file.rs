@@ -50,7 +50,7 @@ pub struct ControllerEntry {
     /// A profile id: a file stem in `config/profiles/` or the configured profiles directory.
     pub profile: String,
     /// `tcp` (the default), `rtu-over-tcp` or `rtu`.
-    #[serde(default, skip_serializing_if = "is_tcp")]
+    #[serde(default, skip_serializing_if = "is_default_transport")]
     pub transport: Transport,
     /// `host:port`, for the TCP transports.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -94,8 +94,8 @@ pub struct GateEntry {
     pub left_open_alert_after_s: Option<u64>,
 }
 
-fn is_tcp(t: &Transport) -> bool {
-    *t == Transport::Tcp
+fn is_default_transport(t: &Transport) -> bool {
+    *t == Transport::default()
 }
 
 fn default_travel_timeout_s() -> u64 {

@@ -28,8 +28,9 @@ default once, after `--misbehave-after` replies to that unit; repeatable):
     wrong-unit   the answer names another unit id
     busy         a command write is refused with exception 6 (server device busy)
 
-Every write is reported on stdout as `WRITE unit=U register=R value=V`, every arrival at an
-end position as `ARRIVED unit=U at=UNIX_SECONDS`, and `READY` is
+Every write is reported on stdout as `WRITE unit=U register=R value=V`, with
+`--report-arrivals` every arrival at an end position as `ARRIVED unit=U at=UNIX_SECONDS`, and
+`READY` is
 printed once the listener accepts connections, so that a test can synchronise on both.
 
 Needs pymodbus 3.16.1 (`pip install pymodbus==3.16.1`), and pyserial 3.5 for `--serial`.
@@ -135,8 +136,10 @@ class Gate:
         counter_start: int,
         clear_command: bool,
         misbehaviours: list[Misbehaviour],
+        report_arrivals: bool = False,
     ) -> None:
         self.unit = unit
+        self.report_arrivals = report_arrivals
         self.misbehaviours = misbehaviours
         self.clear_command = clear_command
         self.travel_s = travel_s
@@ -230,7 +233,8 @@ class Gate:
         registers[STATUS - base] = end
         registers[POSITION - base] = position
         # Wall-clock time of arrival, for the benchmark's "end position -> clients told".
-        print(f"ARRIVED unit={self.unit} at={time.time():.6f}", flush=True)
+        if self.report_arrivals:
+            print(f"ARRIVED unit={self.unit} at={time.time():.6f}", flush=True)
         if end == OPEN:
             counter = (registers[COUNTER_LO - base] | registers[COUNTER_HI - base] << 16) + 1
             counter &= 0xFFFF_FFFF
@@ -263,6 +267,11 @@ async def main() -> int:
     parser.add_argument("--framer", choices=["socket", "rtu"], default="socket")
     parser.add_argument("--misbehave", action="append", default=[], metavar="KIND:UNIT[:COUNT]")
     parser.add_argument(
+        "--report-arrivals",
+        action="store_true",
+        help="print ARRIVED unit=U at=UNIX_SECONDS as each gate reaches an end position",
+    )
+    parser.add_argument(
         "--misbehave-after",
         type=int,
         default=0,
@@ -289,7 +298,14 @@ async def main() -> int:
     misbehaviours = [Misbehaviour(m, args.misbehave_after) for m in args.misbehave]
     units = [int(u) for u in args.units.split(",") if u.strip()]
     gates = [
-        Gate(u, args.travel_ms / 1000.0, args.counter_start, args.clear_command, misbehaviours)
+        Gate(
+            u,
+            args.travel_ms / 1000.0,
+            args.counter_start,
+            args.clear_command,
+            misbehaviours,
+            args.report_arrivals,
+        )
         for u in units
     ]
     devices = [device(g, g.unit == args.off_map_unit) for g in gates]

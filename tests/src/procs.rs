@@ -452,3 +452,47 @@ pub fn add_user(dir: &Path, config: &Path, name: &str, role: &str, password: &st
         add.transcript()
     );
 }
+
+/// A pseudo-terminal pair made by socat: two ends of one serial line, such as a controller
+/// (or the simulator) on `a` and Gatehouse on `b`. Killed on drop. Needs `socat` (`.ci/run`
+/// installs it).
+pub struct PtyPair {
+    socat: Child,
+    pub a: PathBuf,
+    pub b: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl PtyPair {
+    pub fn spawn() -> PtyPair {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let (a, b) = (dir.path().join("tty-a"), dir.path().join("tty-b"));
+        let socat = Command::new("socat")
+            .arg(format!("pty,raw,echo=0,link={}", a.display()))
+            .arg(format!("pty,raw,echo=0,link={}", b.display()))
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start socat ({e}); .ci/run installs it"));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !(a.exists() && b.exists()) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "socat made no pty pair within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        PtyPair {
+            socat,
+            a,
+            b,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for PtyPair {
+    fn drop(&mut self) {
+        let _ = self.socat.kill();
+        let _ = self.socat.wait();
+    }
+}

@@ -15,28 +15,13 @@ use gatehouse_adapters::store::Store;
 use gatehouse_runtime::Runtime;
 use gatehouse_runtime::fleet_file::FleetFile;
 use gatehouse_sim::{ControllerSpec as SimControllerSpec, Farm, FarmSpec};
+use gatehouse_tests::drive::wait_state;
 
 fn id<T: std::str::FromStr>(s: &str) -> T
 where
     T::Err: std::fmt::Debug,
 {
     s.parse().expect("a valid slug")
-}
-
-async fn wait_state(runtime: &Runtime, gate: &GateId, state: GateState) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(view) = runtime.fleet.view(gate).await
-            && view.snapshot.state == state
-        {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{gate} never reached {state:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 fn actor_of(runtime: &Runtime, gate: &GateId) -> Option<ractor::ActorId> {

@@ -12,8 +12,7 @@ use std::time::Duration;
 
 use gatehouse_actors::gate::{CommandStatus, EventKind};
 use gatehouse_actors::ids::GateId;
-use gatehouse_actors::store::EventStore;
-use gatehouse_adapters::store::Store;
+use gatehouse_tests::drive::stored_events;
 use gatehouse_tests::http::Http;
 use gatehouse_tests::procs::{Proc, Simulator, Stream, add_user, bin};
 use gatehouse_tests::wsclient::WsClient;
@@ -107,30 +106,6 @@ async fn ws_client(addr: std::net::SocketAddr, token: String, gates: Vec<GateId>
     }
 }
 
-/// Every stored event, by gate, in seq order.
-async fn stored(db: &Path) -> HashMap<GateId, Vec<gatehouse_actors::gate::GateEvent>> {
-    let store = Store::connect(&format!("sqlite://{}", db.display()))
-        .await
-        .expect("the database opens after the kill");
-    let mut by_gate: HashMap<GateId, Vec<_>> = HashMap::new();
-    let mut after = 0;
-    loop {
-        let page = store.after(after, 1_000).await.expect("reads");
-        let Some(last) = page.last() else { break };
-        after = last.id;
-        for e in page {
-            by_gate
-                .entry(e.event.gate.clone())
-                .or_default()
-                .push(e.event);
-        }
-    }
-    for events in by_gate.values_mut() {
-        events.sort_by_key(|e| e.seq);
-    }
-    by_gate
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outcomes_told_to_rest_and_websocket_clients_survive_kill_9_exactly_once() {
     let dir = tempfile::tempdir().expect("a temp dir");
@@ -194,7 +169,7 @@ async fn outcomes_told_to_rest_and_websocket_clients_survive_kill_9_exactly_once
 
     // Every told outcome is stored exactly once, as completed; every gate is gap-free.
     let db = dir.path().join("data/gatehouse.db");
-    let events = stored(&db).await;
+    let events = stored_events(&db).await;
     let mut finished: HashMap<Uuid, Vec<CommandStatus>> = HashMap::new();
     for (gate, list) in &events {
         let seqs: Vec<u64> = list.iter().map(|e| e.seq).collect();
@@ -243,7 +218,7 @@ async fn outcomes_told_to_rest_and_websocket_clients_survive_kill_9_exactly_once
     );
     server.signal("TERM");
     assert!(server.wait_exit(Duration::from_secs(30)).success());
-    let events = stored(&db).await;
+    let events = stored_events(&db).await;
     for (gate, list) in &events {
         let seqs: Vec<u64> = list.iter().map(|e| e.seq).collect();
         assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "{gate}");

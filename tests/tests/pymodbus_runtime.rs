@@ -10,12 +10,13 @@ use std::time::Duration;
 
 use gatehouse_actors::gate::GateEvent;
 use gatehouse_actors::gate::{Action, Cause, CommandStatus, EventKind, GateState};
-use gatehouse_actors::ids::{CommandId, GateId};
+use gatehouse_actors::ids::GateId;
 use gatehouse_actors::tree::bus::LocalBus;
-use gatehouse_actors::tree::gate::{Ack, AckSink};
 use gatehouse_adapters::profile::ProfileSet;
 use gatehouse_runtime::Runtime;
 use gatehouse_runtime::fleet_file::FleetFile;
+use gatehouse_tests::drive::{ack, command, wait_state};
+use gatehouse_tests::procs::PtyPair;
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::timeout;
 
@@ -64,15 +65,11 @@ impl Peer {
         peer
     }
 
-    /// The next line, skipping the arrival reports (`ARRIVED`), which are for the benchmark.
     async fn line(&mut self) -> String {
-        loop {
-            match timeout(Duration::from_secs(20), self.lines.recv()).await {
-                Ok(Some(line)) if line.starts_with("ARRIVED") => continue,
-                Ok(Some(line)) => return line,
-                Ok(None) => panic!("the pymodbus peer exited; {INSTALL_HINT}"),
-                Err(_) => panic!("no line from the pymodbus peer within 20 s"),
-            }
+        match timeout(Duration::from_secs(20), self.lines.recv()).await {
+            Ok(Some(line)) => line,
+            Ok(None) => panic!("the pymodbus peer exited; {INSTALL_HINT}"),
+            Err(_) => panic!("no line from the pymodbus peer within 20 s"),
         }
     }
 }
@@ -97,6 +94,14 @@ fn fleet(port: u16) -> String {
 
 fn fleet_on(port: u16, profile: &str) -> String {
     fleet_with(profile, &format!("endpoint = \"127.0.0.1:{port}\""))
+}
+
+/// The runtime on `fleet` (a fleet file's text), with a local bus.
+async fn runtime_for(fleet: &str, profiles: &ProfileSet) -> Runtime {
+    let file = FleetFile::parse("pymodbus", fleet, profiles).expect("a valid fleet");
+    Runtime::start_on(LocalBus::default(), file.controller_specs(profiles))
+        .await
+        .expect("the runtime starts")
 }
 
 /// The two-gate fleet with the controller reached as `link` says (its transport keys).
@@ -128,39 +133,6 @@ travel_timeout_s = 10
     )
 }
 
-async fn wait_state(runtime: &Runtime, gate: &GateId, state: GateState) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let view = runtime.fleet.view(gate).await.expect("gate exists");
-        if view.snapshot.state == state {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{gate} stayed {:?}, wanted {state:?}",
-            view.snapshot.state
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn command(
-    runtime: &Runtime,
-    gate: &GateId,
-    action: Action,
-) -> (CommandId, mpsc::UnboundedReceiver<Ack>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let sink: AckSink = Arc::new(move |_: &GateId, ack| {
-        let _ = tx.send(ack);
-    });
-    let id = CommandId::random();
-    runtime
-        .fleet
-        .command(gate, id, action, Some(sink))
-        .expect("gate exists");
-    (id, rx)
-}
-
 /// How many times the runtime's links have connected.
 fn connects(runtime: &Runtime) -> u64 {
     runtime
@@ -170,14 +142,6 @@ fn connects(runtime: &Runtime) -> u64 {
         .iter()
         .map(|(_, s)| s.connects.load(std::sync::atomic::Ordering::Relaxed))
         .sum()
-}
-
-async fn ack(rx: &mut mpsc::UnboundedReceiver<Ack>) -> CommandStatus {
-    timeout(Duration::from_secs(20), rx.recv())
-        .await
-        .expect("an ack within 20 s")
-        .expect("ack channel open")
-        .status
 }
 
 /// The state changes of `gate` seen so far, with their causes.
@@ -258,12 +222,10 @@ async fn the_runtime_drives_a_came_board_served_by_pymodbus() {
         runtime.fleet.view(&two).await.unwrap().snapshot.state,
         GateState::Closed
     );
-    while let Ok(line) = peer.lines.try_recv() {
-        assert!(
-            line.starts_with("ARRIVED"),
-            "no other write reached the controller: {line}"
-        );
-    }
+    assert!(
+        peer.lines.try_recv().is_err(),
+        "no other write reached the controller"
+    );
     runtime.shutdown(Duration::from_secs(5)).await;
 }
 
@@ -292,10 +254,7 @@ async fn a_board_that_clears_its_command_register_is_driven_through_its_profile(
     );
 
     // The default profile: the answer names register 200, which confirms the write.
-    let file = FleetFile::parse("pymodbus", &fleet(port), &profiles).unwrap();
-    let runtime = Runtime::start_on(LocalBus::default(), file.controller_specs(&profiles))
-        .await
-        .unwrap();
+    let runtime = runtime_for(&fleet(port), &profiles).await;
     wait_state(&runtime, &one, GateState::Closed).await;
     for (action, end, value) in [
         (Action::Open, GateState::Open, 1),
@@ -317,10 +276,7 @@ async fn a_board_that_clears_its_command_register_is_driven_through_its_profile(
 
     // A profile that wants an exact echo: the write is not confirmed, and only that command
     // fails; the link stays up and both gates stay online.
-    let file = FleetFile::parse("pymodbus", &fleet_on(port, "came-exact"), &profiles).unwrap();
-    let runtime = Runtime::start_on(LocalBus::default(), file.controller_specs(&profiles))
-        .await
-        .unwrap();
+    let runtime = runtime_for(&fleet_on(port, "came-exact"), &profiles).await;
     wait_state(&runtime, &one, GateState::Closed).await;
     let before = connects(&runtime);
     let (_, mut acks) = command(&runtime, &one, Action::Open);
@@ -347,10 +303,7 @@ async fn a_unit_reporting_values_off_its_map_is_unknown_and_its_neighbour_carrie
     let port = free_port();
     let mut peer = Peer::start_with(port, &["--off-map-unit", "2"]).await;
     let profiles = ProfileSet::builtin().unwrap();
-    let file = FleetFile::parse("pymodbus", &fleet(port), &profiles).unwrap();
-    let runtime = Runtime::start_on(LocalBus::default(), file.controller_specs(&profiles))
-        .await
-        .unwrap();
+    let runtime = runtime_for(&fleet(port), &profiles).await;
     let (one, two) = (
         GateId::new("barrier-1").unwrap(),
         GateId::new("barrier-2").unwrap(),
@@ -406,49 +359,6 @@ impl Peer {
     }
 }
 
-/// A pseudo-terminal pair made by socat: the peer opens one end, the runtime the other, as
-/// two devices on one RS-485 line. Killed on drop.
-struct PtyPair {
-    socat: Child,
-    a: std::path::PathBuf,
-    b: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl PtyPair {
-    fn new() -> PtyPair {
-        let dir = tempfile::tempdir().unwrap();
-        let (a, b) = (dir.path().join("tty-a"), dir.path().join("tty-b"));
-        let socat = Command::new("socat")
-            .arg(format!("pty,raw,echo=0,link={}", a.display()))
-            .arg(format!("pty,raw,echo=0,link={}", b.display()))
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start socat ({e}); .ci/run installs it"));
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while !(a.exists() && b.exists()) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "socat made no pty pair within 10 s"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        PtyPair {
-            socat,
-            a,
-            b,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for PtyPair {
-    fn drop(&mut self) {
-        let _ = self.socat.kill();
-        let _ = self.socat.wait();
-    }
-}
-
 /// RTU frames over TCP (an Ethernet to RS-485 gateway): pymodbus's TCP server on its RTU
 /// framer, and the runtime's controller set to `transport = "rtu-over-tcp"`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -457,10 +367,7 @@ async fn a_gate_behind_an_rtu_over_tcp_gateway_is_driven_end_to_end() {
     let mut peer = Peer::start_with(port, &["--framer", "rtu"]).await;
     let profiles = ProfileSet::builtin().unwrap();
     let link = format!("transport = \"rtu-over-tcp\"\nendpoint = \"127.0.0.1:{port}\"");
-    let file = FleetFile::parse("pymodbus", &fleet_with("came-zlb30", &link), &profiles).unwrap();
-    let runtime = Runtime::start_on(LocalBus::default(), file.controller_specs(&profiles))
-        .await
-        .unwrap();
+    let runtime = runtime_for(&fleet_with("came-zlb30", &link), &profiles).await;
     open_and_close(&runtime, &mut peer).await;
     let two = GateId::new("barrier-2").unwrap();
     assert_eq!(
@@ -475,7 +382,7 @@ async fn a_gate_behind_an_rtu_over_tcp_gateway_is_driven_end_to_end() {
 /// socat pseudo-terminal pair, the runtime's `transport = "rtu"` controller on the other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gate_on_a_serial_line_is_driven_end_to_end() {
-    let pty = PtyPair::new();
+    let pty = PtyPair::spawn();
     let device = pty.a.display().to_string();
     let mut peer = Peer::spawn(&["--serial", &device, "--baud", "19200"], &[]).await;
     let profiles = ProfileSet::builtin().unwrap();
@@ -483,10 +390,7 @@ async fn a_gate_on_a_serial_line_is_driven_end_to_end() {
         "transport = \"rtu\"\nserial = \"{}\"\nbaud = 19200\nparity = \"none\"",
         pty.b.display()
     );
-    let file = FleetFile::parse("pymodbus", &fleet_with("came-zlb30", &link), &profiles).unwrap();
-    let runtime = Runtime::start_on(LocalBus::default(), file.controller_specs(&profiles))
-        .await
-        .unwrap();
+    let runtime = runtime_for(&fleet_with("came-zlb30", &link), &profiles).await;
     open_and_close(&runtime, &mut peer).await;
     assert_eq!(connects(&runtime), 1, "the line was opened once");
     runtime.shutdown(Duration::from_secs(5)).await;
@@ -517,10 +421,7 @@ async fn one_spoiled_reply_is_a_lost_reply(framer: &str, kind: &str) {
         "tcp"
     };
     let link = format!("transport = \"{transport}\"\nendpoint = \"127.0.0.1:{port}\"");
-    let file = FleetFile::parse("pymodbus", &fleet_with("came-zlb30", &link), &profiles).unwrap();
-    let runtime = Runtime::start_on(LocalBus::default(), file.controller_specs(&profiles))
-        .await
-        .unwrap();
+    let runtime = runtime_for(&fleet_with("came-zlb30", &link), &profiles).await;
     assert_eq!(peer.line().await, format!("MISBEHAVE {kind} unit=1"));
     let (one, two) = (
         GateId::new("barrier-1").unwrap(),
@@ -567,10 +468,7 @@ async fn a_command_refused_with_an_exception_fails_alone() {
     let port = free_port();
     let mut peer = Peer::start_with(port, &["--misbehave", "busy:1"]).await;
     let profiles = ProfileSet::builtin().unwrap();
-    let file = FleetFile::parse("pymodbus", &fleet(port), &profiles).unwrap();
-    let runtime = Runtime::start_on(LocalBus::default(), file.controller_specs(&profiles))
-        .await
-        .unwrap();
+    let runtime = runtime_for(&fleet(port), &profiles).await;
     let (one, two) = (
         GateId::new("barrier-1").unwrap(),
         GateId::new("barrier-2").unwrap(),
@@ -611,10 +509,7 @@ async fn a_controller_restarting_mid_command_ends_the_command_once_and_comes_bac
     let port = free_port();
     let mut peer = Peer::start_with(port, &["--travel-ms", "3000"]).await;
     let profiles = ProfileSet::builtin().unwrap();
-    let file = FleetFile::parse("pymodbus", &fleet(port), &profiles).unwrap();
-    let runtime = Runtime::start_on(LocalBus::default(), file.controller_specs(&profiles))
-        .await
-        .unwrap();
+    let runtime = runtime_for(&fleet(port), &profiles).await;
     let one = GateId::new("barrier-1").unwrap();
     wait_state(&runtime, &one, GateState::Closed).await;
     let (_, mut acks) = command(&runtime, &one, Action::Open);

@@ -7,113 +7,21 @@
 //!
 //! Needs `socat` (`.ci/run` installs it).
 
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
 use gatehouse_actors::gate::{Action, CommandStatus, GateState};
-use gatehouse_actors::ids::{CommandId, GateId};
+use gatehouse_actors::ids::GateId;
 use gatehouse_actors::tree::bus::LocalBus;
-use gatehouse_actors::tree::gate::{Ack, AckSink};
 use gatehouse_adapters::profile::ProfileSet;
 use gatehouse_runtime::Runtime;
 use gatehouse_runtime::fleet_file::FleetFile;
 use gatehouse_sim::{ControllerSpec, Farm, FarmSpec, Fault};
-use tokio::sync::mpsc;
-use tokio::time::{Instant, timeout};
-
-const WAIT: Duration = Duration::from_secs(30);
-
-/// A socat pseudo-terminal pair; killed on drop.
-struct PtyPair {
-    socat: Child,
-    sim_end: std::path::PathBuf,
-    runtime_end: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl PtyPair {
-    fn new() -> PtyPair {
-        let dir = tempfile::tempdir().unwrap();
-        let sim_end = dir.path().join("sim");
-        let runtime_end = dir.path().join("gatehouse");
-        let socat = Command::new("socat")
-            .arg(format!("pty,raw,echo=0,link={}", sim_end.display()))
-            .arg(format!("pty,raw,echo=0,link={}", runtime_end.display()))
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start socat ({e}); .ci/run installs it"));
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while !(sim_end.exists() && runtime_end.exists()) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "socat made no pty pair within 10 s"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        PtyPair {
-            socat,
-            sim_end,
-            runtime_end,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for PtyPair {
-    fn drop(&mut self) {
-        let _ = self.socat.kill();
-        let _ = self.socat.wait();
-    }
-}
-
-async fn wait_state(runtime: &Runtime, gate: &GateId, state: GateState) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let now = runtime
-            .fleet
-            .view(gate)
-            .await
-            .expect("gate exists")
-            .snapshot
-            .state;
-        if now == state {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{gate} stayed {now:?}, wanted {state:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Sends `action` and returns the acks up to the terminal one.
-async fn drive(runtime: &Runtime, gate: &GateId, action: Action) -> Vec<CommandStatus> {
-    let (tx, mut rx) = mpsc::unbounded_channel::<Ack>();
-    let sink: AckSink = Arc::new(move |_: &GateId, ack| {
-        let _ = tx.send(ack);
-    });
-    runtime
-        .fleet
-        .command(gate, CommandId::random(), action, Some(sink))
-        .expect("gate exists");
-    let mut seen = Vec::new();
-    loop {
-        let ack = timeout(WAIT, rx.recv())
-            .await
-            .expect("an ack in time")
-            .expect("ack channel open");
-        seen.push(ack.status);
-        if ack.status.is_terminal() {
-            return seen;
-        }
-    }
-}
+use gatehouse_tests::drive::{drive, wait_state};
+use gatehouse_tests::procs::PtyPair;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_simulator_over_rtu_gateway_and_serial_line_is_driven_and_recovers() {
-    let pty = PtyPair::new();
+    let pty = PtyPair::spawn();
     let profiles = ProfileSet::builtin().unwrap();
     let farm = Farm::start(FarmSpec {
         controllers: vec![
@@ -121,7 +29,7 @@ async fn the_simulator_over_rtu_gateway_and_serial_line_is_driven_and_recovers()
                 .with_rtu_over_tcp()
                 .with_travel(Duration::from_millis(300)),
             ControllerSpec::new("bus", "generic", [5, 6])
-                .on_serial(&pty.sim_end, 19_200)
+                .on_serial(&pty.a, 19_200)
                 .with_travel(Duration::from_millis(300)),
         ],
         profiles: profiles.clone(),
@@ -176,7 +84,7 @@ controller = "bus"
 unit = 6
 "#,
         gateway.local_addr(),
-        pty.runtime_end.display()
+        pty.b.display()
     );
     let file = FleetFile::parse("fleet.toml", &fleet, &profiles).expect("a valid fleet");
     let runtime = Runtime::start_on(LocalBus::default(), file.controller_specs(&profiles))

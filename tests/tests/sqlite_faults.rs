@@ -48,6 +48,7 @@ use gatehouse_adapters::store::Store;
 use gatehouse_runtime::Runtime;
 use gatehouse_runtime::fleet_file::FleetFile;
 use gatehouse_sim::{ControllerSpec as SimControllerSpec, Farm, FarmSpec};
+use gatehouse_tests::drive::stored_events;
 use gatehouse_tests::http::{Http, Reply};
 use gatehouse_tests::procs::{Proc, Simulator, Stream, add_user, bin};
 use reqwest::Method;
@@ -356,35 +357,10 @@ async fn keep_commanding(
     }
 }
 
-/// Every stored event of the database at `db`, by gate, in seq order.
-async fn stored(db: &Path) -> HashMap<String, Vec<gatehouse_actors::gate::GateEvent>> {
-    let store = Store::connect(&format!("sqlite://{}", db.display()))
-        .await
-        .expect("the database opens");
-    let mut by_gate: HashMap<String, Vec<_>> = HashMap::new();
-    let mut after = 0;
-    loop {
-        let page = store.after(after, 1_000).await.expect("reads");
-        let Some(last) = page.last() else { break };
-        after = last.id;
-        for e in page {
-            by_gate
-                .entry(e.event.gate.to_string())
-                .or_default()
-                .push(e.event);
-        }
-    }
-    store.close();
-    for events in by_gate.values_mut() {
-        events.sort_by_key(|e| e.seq);
-    }
-    by_gate
-}
-
 /// Every gate's stored events run 1..=n, and every outcome in `told` is stored exactly once
 /// with the status told; also each of `untold` (accepted, never told) exactly once.
 async fn assert_all_stored_once(db: &Path, told: &[(Uuid, String, String)], untold: &[Uuid]) {
-    let events = stored(db).await;
+    let events = stored_events(db).await;
     let mut finished: HashMap<Uuid, Vec<String>> = HashMap::new();
     for (gate, list) in &events {
         let seqs: Vec<u64> = list.iter().map(|e| e.seq).collect();

@@ -82,6 +82,7 @@ fn start_peer(port: u16, units: u8, travel_ms: u64) -> anyhow::Result<Peer> {
         .arg(script)
         .args(["--port", &port.to_string(), "--units", &list.join(",")])
         .args(["--travel-ms", &travel_ms.to_string()])
+        .arg("--report-arrivals")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .spawn()
