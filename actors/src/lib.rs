@@ -8,6 +8,7 @@ pub mod clock;
 pub mod fleet_config;
 pub mod gate;
 pub mod ids;
+pub mod maintenance;
 pub mod ports;
 pub mod stats;
 pub mod store;

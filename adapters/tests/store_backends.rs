@@ -316,6 +316,18 @@ fn every_kind() -> Vec<Arc<GateEvent>> {
         (EventKind::Unlocked, Cause::Command(CommandId::random())),
         (EventKind::HeldOpen, Cause::Local),
         (EventKind::Released, Cause::System),
+        (
+            EventKind::MaintenanceDue {
+                plan: uuid::Uuid::new_v4(),
+            },
+            Cause::System,
+        ),
+        (
+            EventKind::MaintenanceOverdue {
+                plan: uuid::Uuid::new_v4(),
+            },
+            Cause::System,
+        ),
     ];
     let statuses = [
         CommandStatus::Completed,

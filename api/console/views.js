@@ -278,6 +278,10 @@ export function describeEvent(ev) {
       return 'held open';
     case 'released':
       return 'released';
+    case 'maintenance_due':
+      return 'maintenance due';
+    case 'maintenance_overdue':
+      return 'maintenance overdue';
     default:
       return ev.kind;
   }
@@ -287,6 +291,7 @@ function eventTone(ev) {
   if (ev.kind === 'command_finished') return ev.status === 'completed' ? 'ok' : 'bad';
   if (ev.kind === 'state_changed') return stateTone(ev.state);
   if (ev.kind === 'obstruction' && ev.obstructed) return 'bad';
+  if (ev.kind === 'maintenance_overdue') return 'bad';
   return 'unknown';
 }
 

@@ -20,6 +20,7 @@ pub struct App {
     pub fleet: Fleet,
     pub access: Arc<dyn AccessStore>,
     pub events: Arc<dyn EventStore>,
+    pub maintenance: Arc<dyn gatehouse_actors::maintenance::MaintenanceStore>,
     pub keys: Arc<TokenKeys>,
     pub passwords: Passwords,
     /// Announce here every committed change to users, grants and API keys.

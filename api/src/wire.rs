@@ -82,6 +82,14 @@ pub fn event(event: &GateEvent) -> Map<String, Value> {
         EventKind::Unlocked => "unlocked",
         EventKind::HeldOpen => "held_open",
         EventKind::Released => "released",
+        EventKind::MaintenanceDue { plan } => {
+            out.insert("plan".into(), plan.to_string().into());
+            "maintenance_due"
+        }
+        EventKind::MaintenanceOverdue { plan } => {
+            out.insert("plan".into(), plan.to_string().into());
+            "maintenance_overdue"
+        }
         EventKind::CommandFinished {
             command,
             action,
@@ -231,5 +239,15 @@ pub mod names {
         None,
         Even,
         Odd,
+    }
+
+    /// Where a gate stands against a maintenance plan.
+    #[derive(ToSchema)]
+    #[schema(rename_all = "lowercase")]
+    #[allow(dead_code)]
+    pub enum LevelName {
+        Ok,
+        Due,
+        Overdue,
     }
 }

@@ -17,6 +17,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use gatehouse_actors::clock::wall_ms;
@@ -26,6 +27,7 @@ use gatehouse_actors::store::{EventStore, FleetChange, FleetRecords, FleetStore}
 use gatehouse_actors::tree::bus::{EventSink, LocalBus};
 use gatehouse_actors::tree::eventlog;
 use gatehouse_actors::tree::root::RootChildren;
+use gatehouse_actors::tree::scheduler::{self, SchedulerArgs};
 use gatehouse_actors::tree::{ControllerSpec, Directory, Fleet, FleetContext};
 use gatehouse_adapters::profile::ProfileSet;
 use gatehouse_adapters::store::{Store, redact};
@@ -117,6 +119,33 @@ pub async fn import(
     Ok(plan)
 }
 
+/// How the tree is set up beyond what the store holds.
+#[derive(Debug, Clone, Copy)]
+pub struct TreeOptions {
+    /// Entries the event log queues before gates wait for it.
+    pub eventlog_queue: usize,
+    /// Time between the scheduler's maintenance rounds.
+    pub maintenance_check: Duration,
+}
+
+impl Default for TreeOptions {
+    fn default() -> Self {
+        TreeOptions {
+            eventlog_queue: eventlog::QUEUE_CAPACITY,
+            maintenance_check: Duration::from_secs(60),
+        }
+    }
+}
+
+impl TreeOptions {
+    pub fn of(config: &Config) -> TreeOptions {
+        TreeOptions {
+            eventlog_queue: config.eventlog.queue,
+            maintenance_check: Duration::from_secs(config.maintenance.check_interval_s),
+        }
+    }
+}
+
 impl Runtime {
     /// Boots from the store, without the WebSocket layer (tools, tests and benchmarks that
     /// serve no API). See [`Runtime::boot_tree`].
@@ -126,20 +155,19 @@ impl Runtime {
         seed: Option<&FleetFile>,
         bus: LocalBus,
     ) -> anyhow::Result<Runtime> {
-        Self::boot_tree(store, profiles, seed, bus, None, eventlog::QUEUE_CAPACITY).await
+        Self::boot_tree(store, profiles, seed, bus, None, TreeOptions::default()).await
     }
 
     /// Boots from the store. On a first boot (an empty store) `seed` is imported first; after
     /// that the store is the truth and a fleet file is for `gatehouse fleet import`. With
-    /// `sessions`, the WebSocket layer's hub and session supervisor join the tree. The event
-    /// log's queue holds `eventlog_queue` entries before gates wait for it.
+    /// `sessions`, the WebSocket layer's hub and session supervisor join the tree.
     pub async fn boot_tree(
         store: Arc<Store>,
         profiles: ProfileSet,
         seed: Option<&FleetFile>,
         bus: LocalBus,
         sessions: Option<SessionTree>,
-        eventlog_queue: usize,
+        options: TreeOptions,
     ) -> anyhow::Result<Runtime> {
         let records = load_or_seed(&store, &profiles, seed).await?;
         if let Err(e) = fleet_config::validate(&records, &profiles) {
@@ -152,8 +180,12 @@ impl Runtime {
         let sink: Arc<dyn EventSink> = Arc::new(bus.clone());
         let directory = Arc::new(Directory::default());
         let events: Arc<dyn EventStore> = store.clone();
-        let (log, writer) =
-            eventlog::channel(events, directory.clone(), sink.clone(), eventlog_queue);
+        let (log, writer) = eventlog::channel(
+            events,
+            directory.clone(),
+            sink.clone(),
+            options.eventlog_queue,
+        );
         let ctx = FleetContext::with_log(sink, directory, Some(log));
         let (fleet, fleet_spec) = Fleet::new(ctx);
         let fleets: Arc<dyn FleetStore> = store.clone();
@@ -162,11 +194,17 @@ impl Runtime {
             Some(tree) => (Some(tree.hub), Some(tree.sessions)),
             None => (None, None),
         };
+        let scheduler = scheduler::child_spec(SchedulerArgs {
+            store: store.clone(),
+            fleet: fleet.clone(),
+            every: options.maintenance_check,
+        });
         let children = RootChildren {
             eventlog: Some(eventlog::child_spec(writer)),
             hub,
             fleet: fleet_spec,
             sessions,
+            scheduler: Some(scheduler),
         };
         Runtime::assemble(fleet, bus, children, specs).await
     }

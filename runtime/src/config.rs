@@ -36,6 +36,25 @@ pub struct Config {
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub eventlog: EventLogConfig,
+    #[serde(default)]
+    pub maintenance: MaintenanceConfig,
+}
+
+/// Maintenance plans (the scheduler).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MaintenanceConfig {
+    /// Seconds between two assessments of every gate against its plans (how late a due or
+    /// overdue event may be raised after a gate crosses its margin).
+    pub check_interval_s: u64,
+}
+
+impl Default for MaintenanceConfig {
+    fn default() -> Self {
+        Self {
+            check_interval_s: 60,
+        }
+    }
 }
 
 /// The event log (group-committed appends of gate events and audit records).
@@ -438,6 +457,12 @@ impl Config {
             return Err(err(
                 "metrics.token",
                 "must be at least 16 printable characters without spaces",
+            ));
+        }
+        if !(1..=86_400).contains(&self.maintenance.check_interval_s) {
+            return Err(err(
+                "maintenance.check_interval_s",
+                "must be between 1 and 86400",
             ));
         }
         if !(16..=1_048_576).contains(&self.eventlog.queue) {

@@ -207,7 +207,7 @@ pub async fn run(config: Config, options: DemoOptions) -> anyhow::Result<()> {
         None,
         bus,
         Some(tree),
-        config.eventlog.queue,
+        crate::boot::TreeOptions::of(&config),
     )
     .await?;
 

@@ -160,7 +160,8 @@ pub fn app(
     Ok(App {
         fleet: runtime.fleet.clone(),
         access: store.clone(),
-        events: store,
+        events: store.clone(),
+        maintenance: store,
         keys: Arc::new(keys),
         passwords,
         changes,

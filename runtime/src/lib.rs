@@ -15,6 +15,8 @@ pub mod watch;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::boot::TreeOptions;
+
 use anyhow::Context;
 use gatehouse_actors::supervision::SupervisorMsg;
 use gatehouse_actors::tree::bus::LocalBus;
@@ -85,6 +87,7 @@ impl Runtime {
             hub: None,
             fleet: spec,
             sessions: None,
+            scheduler: None,
         };
         Self::assemble(fleet, bus, children, controllers).await
     }
@@ -161,7 +164,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         seed.as_ref(),
         bus,
         Some(tree),
-        config.eventlog.queue,
+        TreeOptions::of(&config),
     )
     .await?;
     if runtime.fleet.controllers().is_empty() {

@@ -96,6 +96,8 @@ pub fn describe(ev: &GateEvent) -> String {
         EventKind::Unlocked => "unlocked".into(),
         EventKind::HeldOpen => "held open".into(),
         EventKind::Released => "released".into(),
+        EventKind::MaintenanceDue { plan } => format!("maintenance due (plan {plan})"),
+        EventKind::MaintenanceOverdue { plan } => format!("maintenance overdue (plan {plan})"),
         EventKind::CommandFinished { action, status, .. } => {
             format!("{}: {}", action.as_str(), status_text(status))
         }

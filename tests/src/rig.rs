@@ -103,6 +103,7 @@ unit = 1
             ws,
             wait_closed: true,
             bus_capacity,
+            maintenance_check: crate::stack::TEST_MAINTENANCE_CHECK,
         })
         .await
         .expect("the stack starts");

@@ -45,7 +45,12 @@ pub struct StackSpec {
     /// How far a bus subscriber may fall behind (default: the runtime's); a tiny bus makes
     /// the session hub lose events, to test that sessions recover them.
     pub bus_capacity: Option<usize>,
+    /// Time between the scheduler's maintenance rounds.
+    pub maintenance_check: std::time::Duration,
 }
+
+/// The scheduler's round in test stacks: short, so that due events come quickly.
+pub const TEST_MAINTENANCE_CHECK: std::time::Duration = std::time::Duration::from_millis(200);
 
 pub struct Stack {
     pub runtime: Runtime,
@@ -114,7 +119,10 @@ impl Stack {
             Some(&fleet),
             bus,
             Some(tree),
-            gatehouse_actors::tree::eventlog::QUEUE_CAPACITY,
+            gatehouse_runtime::boot::TreeOptions {
+                maintenance_check: spec.maintenance_check,
+                ..Default::default()
+            },
         )
         .await?;
         if spec.wait_closed {
@@ -130,6 +138,7 @@ impl Stack {
             fleet: runtime.fleet.clone(),
             access,
             events,
+            maintenance: store.clone(),
             keys: keys.clone(),
             passwords,
             changes,

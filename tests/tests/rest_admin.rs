@@ -69,6 +69,7 @@ impl Rig {
             ws: WsConfig::default(),
             wait_closed: true,
             bus_capacity: None,
+            maintenance_check: gatehouse_tests::stack::TEST_MAINTENANCE_CHECK,
         };
         Rig(RestRig::start(farm, spec, WAIT).await)
     }

@@ -98,6 +98,7 @@ impl Rig {
             ws: WsConfig::default(),
             wait_closed: true,
             bus_capacity: None,
+            maintenance_check: gatehouse_tests::stack::TEST_MAINTENANCE_CHECK,
         };
         let rig = RestRig::start(farm, spec, WAIT).await;
 

@@ -135,7 +135,10 @@ async fn a_database_locked_by_another_process_holds_outcomes_back_and_loses_noth
         Some(&file),
         LocalBus::default(),
         None,
-        QUEUE,
+        gatehouse_runtime::boot::TreeOptions {
+            eventlog_queue: QUEUE,
+            ..Default::default()
+        },
     )
     .await
     .expect("boots");

@@ -360,6 +360,15 @@ pub enum EventKind {
     Unlocked,
     HeldOpen,
     Released,
+    /// A maintenance plan of this gate is within its warning margin (raised once per
+    /// service interval, by the scheduler).
+    MaintenanceDue {
+        plan: uuid::Uuid,
+    },
+    /// A maintenance plan of this gate is past its limit.
+    MaintenanceOverdue {
+        plan: uuid::Uuid,
+    },
     /// A command reached its terminal status.
     CommandFinished {
         command: CommandId,

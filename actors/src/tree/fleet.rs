@@ -210,6 +210,7 @@ impl Fleet {
             hub: None,
             fleet: spec,
             sessions: None,
+            scheduler: None,
         })
         .await
         .map_err(|_| FleetError::Down)?;

@@ -18,7 +18,7 @@ use super::controller::GateSlot;
 use super::link::LinkMsg;
 use crate::gate::GateEvent;
 use crate::gate::{
-    Action, Admission, CommandStatus, Effect, EventKind, GateMachine, GateSnapshot, Input,
+    Action, Admission, Cause, CommandStatus, Effect, EventKind, GateMachine, GateSnapshot, Input,
     Observation, RejectReason, WriteResult, WriteTag,
 };
 use crate::ids::{CommandId, GateId};
@@ -59,6 +59,9 @@ pub enum GateMsg {
         seq: u64,
     },
     Snapshot(RpcReplyPort<GateView>),
+    /// Raise an event that no command or reading caused (the scheduler's maintenance
+    /// levels) on this gate's stream, with cause `system`.
+    Announce(EventKind),
 }
 
 /// A gate as read from its actor.
@@ -426,6 +429,16 @@ impl Actor for GateActor {
                 state.run(&myself, Input::Tick).await;
             }
             GateMsg::Committed { seq } => state.committed(seq),
+            GateMsg::Announce(kind) => {
+                let mut effects = std::mem::take(&mut state.effects);
+                effects.push(Effect::Event {
+                    kind,
+                    cause: Cause::System,
+                });
+                state.apply(&myself, &mut effects);
+                state.effects = effects;
+                state.flush().await;
+            }
             GateMsg::Snapshot(reply) => {
                 let seq = state.slot.seq.load(Ordering::Relaxed);
                 let _ = reply.send(GateView {

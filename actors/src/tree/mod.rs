@@ -7,7 +7,8 @@
 //! - [`fleet`]: the fleet supervisor and [`Fleet`], the handle on it;
 //! - [`controller`]: one controller subtree (its specs and supervision constants);
 //! - [`gate`], [`link`]: the leaf actors, each with the messages it accepts;
-//! - [`directory`]: where a gate's or link's running actor is.
+//! - [`directory`]: where a gate's or link's running actor is;
+//! - [`scheduler`]: maintenance plans against the gates' cycles and dates.
 
 pub mod bus;
 pub mod controller;
@@ -18,6 +19,7 @@ pub mod gate;
 pub mod inspect;
 pub mod link;
 pub mod root;
+pub mod scheduler;
 
 pub use controller::{ControllerFactory, ControllerSpec, GateSlot, GateSpec, Restore};
 pub use directory::Directory;

@@ -58,6 +58,8 @@ pub struct RootChildren {
     pub hub: Option<ChildSpec>,
     pub fleet: ChildSpec,
     pub sessions: Option<ChildSpec>,
+    /// Maintenance plans (needs a store).
+    pub scheduler: Option<ChildSpec>,
 }
 
 /// A running tree.
@@ -76,8 +78,9 @@ impl Root {
             hub,
             fleet,
             sessions,
+            scheduler,
         } = children;
-        let children = [eventlog, hub, Some(fleet), sessions]
+        let children = [eventlog, hub, Some(fleet), sessions, scheduler]
             .into_iter()
             .flatten()
             .collect();

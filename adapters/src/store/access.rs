@@ -33,17 +33,6 @@ use super::schema::{
     api_keys, audit_log, gates, grants, refresh_token_families, refresh_tokens, sites, users,
 };
 
-/// Refuses with `Rejected($message)` unless `$query`, a select of one text id, finds a row.
-/// A macro rather than a function: it runs inside a dispatch body, once per backend, and a
-/// generic function would have to spell out diesel's query trait bounds for both.
-macro_rules! require {
-    ($c:expr, $query:expr, $message:expr) => {
-        if $query.first::<String>($c).await.optional()?.is_none() {
-            return Err(Error::Rejected($message));
-        }
-    };
-}
-
 /// Inserts an unused token into a family (a macro for the reason given at [`require!`]).
 macro_rules! insert_token {
     ($c:expr, id: $id:expr, family: $family:expr, hash: $hash:expr, now: $now:expr) => {
@@ -695,7 +684,7 @@ async fn audit_after(
 
 // ---- helpers -------------------------------------------------------------------------------
 
-fn uuid_from_db(raw: &str, kind: &str) -> Result<Uuid, Error> {
+pub(super) fn uuid_from_db(raw: &str, kind: &str) -> Result<Uuid, Error> {
     Uuid::parse_str(raw)
         .map_err(|e| Error::Other(format!("stored {kind} id {raw:?} is not a UUID: {e}")))
 }

@@ -118,6 +118,8 @@ fn kind_name(kind: &EventKind) -> &'static str {
         EventKind::Unlocked => "unlocked",
         EventKind::HeldOpen => "held_open",
         EventKind::Released => "released",
+        EventKind::MaintenanceDue { .. } => "maintenance_due",
+        EventKind::MaintenanceOverdue { .. } => "maintenance_overdue",
         EventKind::CommandFinished { .. } => COMMAND_FINISHED,
     }
 }
@@ -459,6 +461,12 @@ mod tests {
             EventKind::Unlocked,
             EventKind::HeldOpen,
             EventKind::Released,
+            EventKind::MaintenanceDue {
+                plan: uuid::Uuid::new_v4(),
+            },
+            EventKind::MaintenanceOverdue {
+                plan: uuid::Uuid::new_v4(),
+            },
             EventKind::CommandFinished {
                 command: CommandId::random(),
                 action: Action::Open,

@@ -128,10 +128,22 @@ fn defer_foreign_keys<C: Dialect>(_: &C) -> &'static str {
     C::DEFER_FOREIGN_KEYS
 }
 
+/// Refuses with `Rejected($message)` unless `$query`, a select of one text id, finds a row.
+/// A macro rather than a function: it runs inside a dispatch body, once per backend, and a
+/// generic function would have to spell out diesel's query trait bounds for both.
+macro_rules! require {
+    ($c:expr, $query:expr, $message:expr) => {
+        if $query.first::<String>($c).await.optional()?.is_none() {
+            return Err(Error::Rejected($message));
+        }
+    };
+}
+
 mod access;
 mod error;
 mod events;
 mod fleet;
+mod maintenance;
 mod schema;
 
 /// The SQLite schema history, compiled in.

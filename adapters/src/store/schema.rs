@@ -1,7 +1,7 @@
 //! diesel's view of the tables the store queries, written by hand to match both migration
 //! folders (`migrations/sqlite`, `migrations/postgres`). The SQL types are the ones both
 //! dialects agree on: PostgreSQL checks them strictly, SQLite reads whatever it stored.
-//! Tables that no query uses yet (roles, maintenance) are not declared here.
+//! Tables that no query uses yet (roles) are not declared here.
 
 diesel::table! {
     sites (id) {
@@ -123,5 +123,50 @@ diesel::table! {
         target -> Nullable<Text>,
         source_ip -> Nullable<Text>,
         details -> Text,
+    }
+}
+
+diesel::table! {
+    maintenance_plans (id) {
+        id -> Text,
+        gate_id -> Nullable<Text>,
+        site_id -> Nullable<Text>,
+        title -> Text,
+        every_cycles -> Nullable<BigInt>,
+        every_days -> Nullable<BigInt>,
+        warn_cycles -> BigInt,
+        warn_days -> BigInt,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    maintenance_progress (plan_id, gate_id) {
+        plan_id -> Text,
+        gate_id -> Text,
+        since_ms -> BigInt,
+        since_cycles -> Nullable<BigInt>,
+        announced -> Text,
+    }
+}
+
+diesel::table! {
+    maintenance_records (id) {
+        id -> Text,
+        gate_id -> Text,
+        site_id -> Text,
+        plan_id -> Nullable<Text>,
+        status -> Text,
+        opened_at -> BigInt,
+        opened_by -> Text,
+        lockout -> Bool,
+        completed_at -> Nullable<BigInt>,
+        completed_by -> Nullable<Text>,
+        cycles_at -> Nullable<BigInt>,
+        summary -> Text,
+        parts -> Text,
+        notes -> Text,
+        attachments -> Text,
     }
 }

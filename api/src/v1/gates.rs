@@ -187,7 +187,7 @@ async fn get(params: PathParams, app: App, bearer: Option<String>) -> Outcome {
     json::reply(StatusCode::OK, &body(view, &site, &controller, name))
 }
 
-fn status_body(
+pub(crate) fn status_body(
     id: CommandId,
     gate: &GateId,
     action: Action,

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod auth;
 pub mod gates;
+pub mod maintenance;
 
 use crate::app::App;
 use crate::routing::Route;
@@ -15,5 +16,6 @@ pub fn routes(app: &App) -> Vec<Route> {
     routes.extend(gates::routes(app));
     routes.extend(crate::ws::routes(app));
     routes.extend(admin::routes(app));
+    routes.extend(maintenance::routes(app));
     routes
 }

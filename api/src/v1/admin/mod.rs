@@ -53,7 +53,7 @@ async fn admin(app: &App, bearer: Option<String>) -> Result<Caller, ApiError> {
 
 /// Records an admin change. The change is already committed; a failure to record it is
 /// logged rather than turned into an error for a change that happened.
-async fn audit(
+pub(crate) async fn audit(
     app: &App,
     caller: &Caller,
     ip: IpAddr,
@@ -75,7 +75,7 @@ async fn audit(
 }
 
 /// 422: well-formed, but not acceptable.
-fn unprocessable(
+pub(crate) fn unprocessable(
     code: &'static str,
     message: impl Into<std::borrow::Cow<'static, str>>,
 ) -> ApiError {
@@ -83,7 +83,7 @@ fn unprocessable(
 }
 
 /// 204.
-fn no_content() -> Result<Response, ApiError> {
+pub(crate) fn no_content() -> Result<Response, ApiError> {
     Ok(warp::Reply::into_response(warp::reply::with_status(
         warp::reply(),
         StatusCode::NO_CONTENT,

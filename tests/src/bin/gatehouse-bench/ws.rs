@@ -259,6 +259,7 @@ pub async fn run(sizes: WsSizes) -> anyhow::Result<WsReport> {
         ws: WsConfig::default(),
         wait_closed: false,
         bus_capacity: None,
+        maintenance_check: std::time::Duration::from_secs(60),
     })
     .await?;
     let mut ids: Vec<GateId> = stack
