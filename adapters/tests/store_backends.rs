@@ -15,6 +15,10 @@ use gatehouse_actors::gate::{
     RejectReason,
 };
 use gatehouse_actors::ids::{CommandId, ControllerId, GateId, SiteId};
+use gatehouse_actors::maintenance::{
+    Level, MaintenanceStore, Plan, PlanDraft, PlanScope, Progress, Record, RecordQuery,
+    RecordStatus, Work,
+};
 use gatehouse_actors::store::{
     ControllerRecord, EventStore, FleetChange, FleetRecords, FleetStore, GateHead, GateRecord,
     SiteRecord, StoreError,
@@ -160,6 +164,11 @@ on_both_backends!(
     retried_batch_is_not_stored_twice,
     gate_and_seq_are_unique,
     finished_commands_filter_by_time,
+    maintenance_plans_round_trip,
+    maintenance_progress_starts_once_and_levels_only_rise,
+    completing_a_record_restarts_its_plan_once,
+    maintenance_records_page_newest_first,
+    removing_a_gate_takes_its_plans_and_keeps_its_records,
 );
 
 // ---- fixtures -------------------------------------------------------------------------------
@@ -942,4 +951,298 @@ mod throughput {
         )
         .await;
     }
+}
+
+// ---- maintenance ----------------------------------------------------------------------------
+
+fn plan(scope: PlanScope, title: &str, every_cycles: Option<u64>, at_ms: u64) -> Plan {
+    Plan::new(
+        uuid::Uuid::new_v4(),
+        PlanDraft {
+            scope,
+            title: title.into(),
+            every_cycles,
+            every_days: Some(365),
+            warn_cycles: 0,
+            warn_days: 30,
+        },
+        at_ms,
+    )
+}
+
+fn g(id: &str) -> GateId {
+    GateId::new(id).unwrap()
+}
+
+fn open_record(gate: &str, plan: Option<uuid::Uuid>, at_ms: u64) -> Record {
+    Record {
+        id: uuid::Uuid::new_v4(),
+        gate: g(gate),
+        site: SiteId::new("north").unwrap(),
+        plan,
+        status: RecordStatus::Open,
+        opened_at_ms: at_ms,
+        opened_by: "user:tech".into(),
+        lockout: true,
+        completed_at_ms: None,
+        completed_by: None,
+        cycles_at: None,
+        work: Work::default(),
+    }
+}
+
+fn completed(mut r: Record, at_ms: u64, cycles: Option<u64>) -> Record {
+    r.status = RecordStatus::Completed;
+    r.completed_at_ms = Some(at_ms);
+    r.completed_by = Some("user:tech".into());
+    r.cycles_at = cycles;
+    r.work = Work {
+        summary: "springs replaced".into(),
+        parts: vec!["spring 2x".into(), "roller".into()],
+        notes: "line one\nline two".into(),
+    };
+    r
+}
+
+async fn maintenance_plans_round_trip(ctx: Ctx) {
+    let store = ctx.store;
+    store.apply(upserts(&sample_fleet())).await.unwrap();
+    let by_gate = plan(PlanScope::Gate(g("g1")), "springs", Some(20_000), 1_000);
+    let by_site = plan(
+        PlanScope::Site(SiteId::new("north").unwrap()),
+        "inspection",
+        None,
+        2_000,
+    );
+    store.put_plan(by_gate.clone()).await.unwrap();
+    store.put_plan(by_site.clone()).await.unwrap();
+    assert_eq!(
+        store.plans().await.unwrap(),
+        vec![by_gate.clone(), by_site.clone()]
+    );
+
+    // Replaced in place: same id, new fields.
+    let revised = by_gate.revised(
+        PlanDraft {
+            scope: by_gate.scope.clone(),
+            title: "springs and rollers".into(),
+            every_cycles: Some(15_000),
+            every_days: None,
+            warn_cycles: 500,
+            warn_days: 0,
+        },
+        3_000,
+    );
+    store.put_plan(revised.clone()).await.unwrap();
+    assert_eq!(
+        store.plans().await.unwrap(),
+        vec![revised.clone(), by_site.clone()]
+    );
+
+    // A plan for a gate or site that does not exist is refused, naming it.
+    let nowhere = plan(PlanScope::Gate(g("missing")), "x", Some(1), 4_000);
+    rejected(store.put_plan(nowhere).await, "unknown gate missing");
+    let nowhere = plan(
+        PlanScope::Site(SiteId::new("east").unwrap()),
+        "x",
+        Some(1),
+        4_000,
+    );
+    rejected(store.put_plan(nowhere).await, "unknown site east");
+
+    assert!(store.delete_plan(by_site.id).await.unwrap());
+    assert!(!store.delete_plan(by_site.id).await.unwrap());
+    assert_eq!(store.plans().await.unwrap(), vec![revised]);
+}
+
+async fn maintenance_progress_starts_once_and_levels_only_rise(ctx: Ctx) {
+    let store = ctx.store;
+    store.apply(upserts(&sample_fleet())).await.unwrap();
+    let p = plan(PlanScope::Gate(g("g1")), "springs", Some(100), 0);
+    store.put_plan(p.clone()).await.unwrap();
+    let first = Progress {
+        plan: p.id,
+        gate: g("g1"),
+        since_ms: 10,
+        since_cycles: None,
+        announced: Level::Ok,
+    };
+    store.start_progress(first.clone()).await.unwrap();
+    // A second start (another round that raced) does not move the start.
+    store
+        .start_progress(Progress {
+            since_ms: 99,
+            since_cycles: Some(7),
+            ..first.clone()
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.progress().await.unwrap(), vec![first.clone()]);
+
+    // The first counter reported fills in; a later one does not replace it.
+    store.first_cycles(p.id, g("g1"), 500).await.unwrap();
+    store.first_cycles(p.id, g("g1"), 900).await.unwrap();
+    let now = store.progress().await.unwrap();
+    assert_eq!(now[0].since_cycles, Some(500));
+
+    store
+        .announced(p.id, g("g1"), Level::Overdue)
+        .await
+        .unwrap();
+    store.announced(p.id, g("g1"), Level::Due).await.unwrap();
+    assert_eq!(store.progress().await.unwrap()[0].announced, Level::Overdue);
+}
+
+async fn completing_a_record_restarts_its_plan_once(ctx: Ctx) {
+    let store = ctx.store;
+    store.apply(upserts(&sample_fleet())).await.unwrap();
+    let p = plan(PlanScope::Gate(g("g1")), "springs", Some(100), 0);
+    store.put_plan(p.clone()).await.unwrap();
+    store
+        .start_progress(Progress {
+            plan: p.id,
+            gate: g("g1"),
+            since_ms: 10,
+            since_cycles: Some(0),
+            announced: Level::Ok,
+        })
+        .await
+        .unwrap();
+    store
+        .announced(p.id, g("g1"), Level::Overdue)
+        .await
+        .unwrap();
+
+    let open = open_record("g1", Some(p.id), 1_000);
+    store.insert_record(open.clone()).await.unwrap();
+    assert_eq!(store.record(open.id).await.unwrap(), Some(open.clone()));
+    // Opening restarts nothing.
+    assert_eq!(store.progress().await.unwrap()[0].since_ms, 10);
+
+    let done = completed(open.clone(), 5_000, Some(140));
+    store.complete_record(done.clone()).await.unwrap();
+    assert_eq!(store.record(open.id).await.unwrap(), Some(done.clone()));
+    assert_eq!(
+        store.progress().await.unwrap(),
+        vec![Progress {
+            plan: p.id,
+            gate: g("g1"),
+            since_ms: 5_000,
+            since_cycles: Some(140),
+            announced: Level::Ok,
+        }]
+    );
+    // A second completion (another technician's, a retried request) is refused and changes
+    // nothing.
+    let again = completed(open.clone(), 9_000, Some(150));
+    rejected(store.complete_record(again).await, "is not open");
+    assert_eq!(store.record(open.id).await.unwrap(), Some(done));
+    assert_eq!(store.progress().await.unwrap()[0].since_ms, 5_000);
+
+    // A record of work already done, inserted completed, restarts its plan too.
+    let direct = completed(open_record("g1", Some(p.id), 20_000), 20_000, Some(300));
+    store.insert_record(direct).await.unwrap();
+    assert_eq!(store.progress().await.unwrap()[0].since_cycles, Some(300));
+    // A record naming a plan that does not exist is refused.
+    let stray = open_record("g1", Some(uuid::Uuid::new_v4()), 30_000);
+    rejected(store.insert_record(stray).await, "unknown plan");
+}
+
+async fn maintenance_records_page_newest_first(ctx: Ctx) {
+    let store = ctx.store;
+    store.apply(upserts(&sample_fleet())).await.unwrap();
+    // Two records share an opening time: the id orders them.
+    let mut all = Vec::new();
+    for (i, at) in [100u64, 200, 200, 300, 400].into_iter().enumerate() {
+        let mut r = open_record(if i % 2 == 0 { "g1" } else { "g2" }, None, at);
+        if i == 4 {
+            r = completed(r, 500, None);
+        }
+        store.insert_record(r.clone()).await.unwrap();
+        all.push(r);
+    }
+    let mut expected = all.clone();
+    expected.sort_by(|a, b| (b.opened_at_ms, b.id).cmp(&(a.opened_at_ms, a.id)));
+    let page = |before: Option<uuid::Uuid>| RecordQuery {
+        before,
+        limit: 2,
+        ..RecordQuery::default()
+    };
+    let mut seen = Vec::new();
+    let mut before = None;
+    loop {
+        let got = store.records(page(before)).await.unwrap();
+        if got.is_empty() {
+            break;
+        }
+        before = got.last().map(|r| r.id);
+        seen.extend(got);
+    }
+    assert_eq!(
+        seen, expected,
+        "every record once, newest first, across pages"
+    );
+
+    let only_g1 = store
+        .records(RecordQuery {
+            gate: Some(g("g1")),
+            limit: 10,
+            ..RecordQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(only_g1.len(), 3);
+    assert!(only_g1.iter().all(|r| r.gate == g("g1")));
+    let open = store
+        .records(RecordQuery {
+            status: Some(RecordStatus::Open),
+            limit: 10,
+            ..RecordQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(open.len(), 4);
+    let elsewhere = store
+        .records(RecordQuery {
+            site: Some(SiteId::new("south").unwrap()),
+            limit: 10,
+            ..RecordQuery::default()
+        })
+        .await
+        .unwrap();
+    assert!(elsewhere.is_empty());
+    let unknown_cursor = store.records(page(Some(uuid::Uuid::new_v4()))).await;
+    assert!(matches!(unknown_cursor, Err(StoreError::Rejected(_))));
+}
+
+async fn removing_a_gate_takes_its_plans_and_keeps_its_records(ctx: Ctx) {
+    let store = ctx.store;
+    store.apply(upserts(&sample_fleet())).await.unwrap();
+    let p = plan(PlanScope::Gate(g("g3")), "springs", Some(100), 0);
+    store.put_plan(p.clone()).await.unwrap();
+    store
+        .start_progress(Progress {
+            plan: p.id,
+            gate: g("g3"),
+            since_ms: 0,
+            since_cycles: Some(0),
+            announced: Level::Ok,
+        })
+        .await
+        .unwrap();
+    let r = completed(open_record("g3", Some(p.id), 100), 200, Some(10));
+    store.insert_record(r.clone()).await.unwrap();
+    store
+        .apply(vec![FleetChange::RemoveGate(g("g3"))])
+        .await
+        .unwrap();
+    assert!(store.plans().await.unwrap().is_empty());
+    assert!(store.progress().await.unwrap().is_empty());
+    let kept = store
+        .record(r.id)
+        .await
+        .unwrap()
+        .expect("the record outlives its gate");
+    assert_eq!(kept.gate, g("g3"));
+    assert_eq!(kept.plan, None, "its plan went with the gate");
 }

@@ -452,6 +452,41 @@ fn plan_store_error(e: StoreError) -> ApiError {
     }
 }
 
+/// Starts the count of every gate a new plan applies to, from its counter now, so that the
+/// count starts with the plan rather than at the scheduler's next round (which starts it for
+/// gates that join later, and for any start that fails here).
+async fn start_counts(app: &App, plan: &Plan) {
+    let plans = match app.maintenance.plans().await {
+        Ok(plans) => plans,
+        Err(_) => return,
+    };
+    let now = wall_ms();
+    for (gate, site) in gate_sites(app) {
+        if !effective_plans(&plans, &gate, &site)
+            .iter()
+            .any(|p| p.id == plan.id)
+        {
+            continue;
+        }
+        let cycles = app
+            .fleet
+            .view(&gate)
+            .await
+            .ok()
+            .and_then(|v| v.snapshot.cycles);
+        let start = Progress {
+            plan: plan.id,
+            gate: gate.clone(),
+            since_ms: now,
+            since_cycles: cycles,
+            announced: gatehouse_actors::maintenance::Level::Ok,
+        };
+        if let Err(error) = app.maintenance.start_progress(start).await {
+            tracing::warn!(%gate, plan = %plan.id, %error, "the count starts at the next round");
+        }
+    }
+}
+
 #[utoipa::path(
     get,
     path = "/api/v1/maintenance/plans",
@@ -557,6 +592,7 @@ async fn create_plan(app: App, bearer: Option<String>, ip: IpAddr, request: Crea
         .put_plan(plan.clone())
         .await
         .map_err(plan_store_error)?;
+    start_counts(&app, &plan).await;
     let body = plan_body(&plan);
     audit(
         &app,
