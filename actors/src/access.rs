@@ -253,6 +253,8 @@ pub struct UserRecord {
     pub role: Role,
     pub created_at_ms: u64,
     pub disabled: bool,
+    /// Where notifications reach this user (checked by `notify::validate_address`).
+    pub email: Option<String>,
 }
 
 /// An API key as stored: only a hash of the secret.

@@ -9,6 +9,7 @@ pub mod fleet_config;
 pub mod gate;
 pub mod ids;
 pub mod maintenance;
+pub mod notify;
 pub mod ports;
 pub mod stats;
 pub mod store;

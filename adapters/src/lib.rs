@@ -3,6 +3,7 @@
 //! that knows Modbus frames or SQL.
 
 pub mod late_replies;
+pub mod mail;
 pub mod modbus;
 pub mod profile;
 pub mod quiet_line;

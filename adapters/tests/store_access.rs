@@ -145,6 +145,7 @@ fn person(username: &str, role: Role) -> UserRecord {
         role,
         created_at_ms: 1_700_000_000_000,
         disabled: false,
+        email: None,
     }
 }
 

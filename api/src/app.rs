@@ -21,6 +21,9 @@ pub struct App {
     pub access: Arc<dyn AccessStore>,
     pub events: Arc<dyn EventStore>,
     pub maintenance: Arc<dyn gatehouse_actors::maintenance::MaintenanceStore>,
+    pub notify: Arc<dyn gatehouse_actors::notify::NotifyStore>,
+    /// Alerts raised by the API (login lockouts) for the notifier.
+    pub alerts: gatehouse_actors::tree::notifier::Alerts,
     pub keys: Arc<TokenKeys>,
     pub passwords: Passwords,
     /// Announce here every committed change to users, grants and API keys.

@@ -191,7 +191,9 @@ impl Failures {
         }
     }
 
-    fn fail(&mut self, policy: LockoutPolicy, now: Duration) {
+    /// Counts a failure; true when it is the one that locks (the first lock of a run of
+    /// failures, which is worth telling someone about; later ones only lengthen it).
+    fn fail(&mut self, policy: LockoutPolicy, now: Duration) -> bool {
         if now >= self.forget_at {
             self.count = 0;
         }
@@ -203,6 +205,7 @@ impl Failures {
             let lock = policy.base.saturating_mul(1 << doublings).min(policy.max);
             self.locked_until = now + lock;
         }
+        self.count == policy.free.saturating_add(1)
     }
 }
 
@@ -383,17 +386,21 @@ impl RateLimits {
     }
 
     /// Records a failed login (wrong password, unknown or disabled account).
-    pub fn login_failed(&self, account: &str, address: IpAddr) {
+    /// Counts a failed login; answers which of the account and the address this failure
+    /// just locked out (each once per run of failures).
+    pub fn login_failed(&self, account: &str, address: IpAddr) -> (bool, bool) {
         let now = self.clock.now();
         let (account_policy, address_policy) =
             (self.limits.login_account, self.limits.login_address);
-        self.accounts
+        let account = self
+            .accounts
             .with(&account_key(account), now, Failures::fresh(), |f| {
                 f.fail(account_policy, now)
             });
-        self.addresses.with(&address, now, Failures::fresh(), |f| {
+        let address = self.addresses.with(&address, now, Failures::fresh(), |f| {
             f.fail(address_policy, now)
         });
+        (account, address)
     }
 
     /// Records a successful login: the account's failures are forgotten (the address's are

@@ -241,6 +241,20 @@ pub mod names {
         Odd,
     }
 
+    /// What a notification rule listens for.
+    #[derive(ToSchema)]
+    #[schema(rename_all = "snake_case")]
+    #[allow(dead_code)]
+    pub enum TriggerName {
+        Fault,
+        Obstruction,
+        LeftOpen,
+        LinkDown,
+        MaintenanceDue,
+        MaintenanceOverdue,
+        LoginLockout,
+    }
+
     /// Where a gate stands against a maintenance plan.
     #[derive(ToSchema)]
     #[schema(rename_all = "lowercase")]

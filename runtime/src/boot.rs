@@ -23,12 +23,15 @@ use anyhow::Context;
 use gatehouse_actors::clock::wall_ms;
 use gatehouse_actors::fleet_config;
 use gatehouse_actors::gate::machine::COMMAND_MEMORY_MS;
+use gatehouse_actors::notify::Mailer;
 use gatehouse_actors::store::{EventStore, FleetChange, FleetRecords, FleetStore};
 use gatehouse_actors::tree::bus::{EventSink, LocalBus};
 use gatehouse_actors::tree::eventlog;
+use gatehouse_actors::tree::notifier::{self, Alerts, MailHealth, NotifierArgs};
 use gatehouse_actors::tree::root::RootChildren;
 use gatehouse_actors::tree::scheduler::{self, SchedulerArgs};
 use gatehouse_actors::tree::{ControllerSpec, Directory, Fleet, FleetContext};
+use gatehouse_adapters::mail::{FileMailer, SmtpMailer};
 use gatehouse_adapters::profile::ProfileSet;
 use gatehouse_adapters::store::{Store, redact};
 use gatehouse_api::ws::SessionTree;
@@ -120,12 +123,14 @@ pub async fn import(
 }
 
 /// How the tree is set up beyond what the store holds.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub struct TreeOptions {
     /// Entries the event log queues before gates wait for it.
     pub eventlog_queue: usize,
     /// Time between the scheduler's maintenance rounds.
     pub maintenance_check: Duration,
+    /// Notifications (none: no notifier, for tools and tests that send no mail).
+    pub notify: Option<NotifySetup>,
 }
 
 impl Default for TreeOptions {
@@ -133,16 +138,44 @@ impl Default for TreeOptions {
         TreeOptions {
             eventlog_queue: eventlog::QUEUE_CAPACITY,
             maintenance_check: Duration::from_secs(60),
+            notify: None,
         }
     }
 }
 
 impl TreeOptions {
-    pub fn of(config: &Config) -> TreeOptions {
-        TreeOptions {
+    pub fn of(config: &Config) -> anyhow::Result<TreeOptions> {
+        Ok(TreeOptions {
             eventlog_queue: config.eventlog.queue,
             maintenance_check: Duration::from_secs(config.maintenance.check_interval_s),
-        }
+            notify: Some(NotifySetup::of(config)?),
+        })
+    }
+}
+
+/// How the notifier sends mail.
+#[derive(Clone)]
+pub struct NotifySetup {
+    pub mailer: Arc<dyn Mailer>,
+    pub public_url: Option<String>,
+    pub dedupe_window: Duration,
+    pub first_retry: Duration,
+}
+
+impl NotifySetup {
+    /// `[mail]`: SMTP when `smtp_url` is set, else `.eml` files in `<data dir>/outbox/`.
+    pub fn of(config: &Config) -> anyhow::Result<NotifySetup> {
+        let m = &config.mail;
+        let mailer: Arc<dyn Mailer> = match &m.smtp_url {
+            Some(url) => Arc::new(SmtpMailer::new(url, &m.from, m.ca_file.as_deref())?),
+            None => Arc::new(FileMailer::new(&config.data.dir.join("outbox"), &m.from)?),
+        };
+        Ok(NotifySetup {
+            mailer,
+            public_url: config.http.public_url.clone(),
+            dedupe_window: Duration::from_secs(m.dedupe_window_s),
+            first_retry: Duration::from_secs(m.first_retry_s),
+        })
     }
 }
 
@@ -199,14 +232,37 @@ impl Runtime {
             fleet: fleet.clone(),
             every: options.maintenance_check,
         });
+        let health = Arc::new(MailHealth::default());
+        let (notifier, alerts) = match options.notify {
+            Some(setup) => {
+                let subscribe = bus.clone();
+                let (spec, alerts) = notifier::child_spec(NotifierArgs {
+                    store: store.clone(),
+                    access: store.clone(),
+                    mailer: setup.mailer,
+                    fleet: fleet.clone(),
+                    bus: Arc::new(move || subscribe.subscribe()),
+                    public_url: setup.public_url,
+                    dedupe_window: setup.dedupe_window,
+                    first_retry: setup.first_retry,
+                    health: health.clone(),
+                });
+                (Some(spec), alerts)
+            }
+            None => (None, Alerts::default()),
+        };
         let children = RootChildren {
             eventlog: Some(eventlog::child_spec(writer)),
             hub,
             fleet: fleet_spec,
             sessions,
             scheduler: Some(scheduler),
+            notifier,
         };
-        Runtime::assemble(fleet, bus, children, specs).await
+        let mut runtime = Runtime::assemble(fleet, bus, children, specs).await?;
+        runtime.alerts = alerts;
+        runtime.mail = health;
+        Ok(runtime)
     }
 }
 

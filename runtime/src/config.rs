@@ -38,6 +38,38 @@ pub struct Config {
     pub eventlog: EventLogConfig,
     #[serde(default)]
     pub maintenance: MaintenanceConfig,
+    #[serde(default)]
+    pub mail: MailConfig,
+}
+
+/// Email (notifications). Without `smtp_url`, messages are written as `.eml` files to
+/// `<data dir>/outbox/`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MailConfig {
+    /// `smtps://user:pass@host:465` (implicit TLS) or `smtp://user:pass@host:587` (STARTTLS,
+    /// required); `smtp://host:25?tls=none` only for a relay on this host.
+    pub smtp_url: Option<String>,
+    /// The sender.
+    pub from: String,
+    /// Extra trust roots (PEM) for the SMTP server's certificate.
+    pub ca_file: Option<PathBuf>,
+    /// One message per alert subject and recipient within this window.
+    pub dedupe_window_s: u64,
+    /// The first retry after a transient failure, doubling up to 30 minutes.
+    pub first_retry_s: u64,
+}
+
+impl Default for MailConfig {
+    fn default() -> Self {
+        Self {
+            smtp_url: None,
+            from: "Gatehouse <gatehouse@localhost.localdomain>".into(),
+            ca_file: None,
+            dedupe_window_s: 900,
+            first_retry_s: 30,
+        }
+    }
 }
 
 /// Maintenance plans (the scheduler).
@@ -123,6 +155,9 @@ pub struct HttpConfig {
     /// (for working on the page). Relative paths are relative to the working directory.
     #[serde(default)]
     pub console_dir: Option<PathBuf>,
+    /// The base of links in emails (`https://gates.example.org`); none: emails carry no links.
+    #[serde(default)]
+    pub public_url: Option<String>,
 }
 
 fn default_listen() -> std::net::SocketAddr {
@@ -136,6 +171,7 @@ impl Default for HttpConfig {
             cors_origins: Vec::new(),
             trusted_proxies: Vec::new(),
             console_dir: None,
+            public_url: None,
         }
     }
 }
@@ -416,6 +452,11 @@ impl Config {
         {
             config.auth.jwt_key_file = Some(base.join(key));
         }
+        if let (Some(ca), Some(base)) = (&config.mail.ca_file, file.and_then(Path::parent))
+            && ca.is_relative()
+        {
+            config.mail.ca_file = Some(base.join(ca));
+        }
         config.validate(&file_name)?;
         Ok(config)
     }
@@ -458,6 +499,23 @@ impl Config {
                 "metrics.token",
                 "must be at least 16 printable characters without spaces",
             ));
+        }
+        if let Some(url) = &self.http.public_url
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            return Err(err(
+                "http.public_url",
+                "must start with https:// (or http://)",
+            ));
+        }
+        if !(1..=86_400).contains(&self.mail.dedupe_window_s) {
+            return Err(err("mail.dedupe_window_s", "must be between 1 and 86400"));
+        }
+        if !(1..=3_600).contains(&self.mail.first_retry_s) {
+            return Err(err("mail.first_retry_s", "must be between 1 and 3600"));
+        }
+        if let Err(why) = gatehouse_adapters::mail::parse_from(&self.mail.from) {
+            return Err(err("mail.from", &why.why));
         }
         if !(1..=86_400).contains(&self.maintenance.check_interval_s) {
             return Err(err(

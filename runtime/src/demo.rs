@@ -49,6 +49,8 @@ const LAYOUT: [(&str, &str, &str, u8, u64); 3] = [
 
 /// The demo's admin account; its password is new on every run.
 pub const DEMO_USER: &str = "demo";
+/// The demo user's address: its notifications land in `data/outbox/` as `.eml` files.
+pub const DEMO_EMAIL: &str = "demo@gatehouse.invalid";
 
 /// Creates the demo admin, or gives it a new password, and returns the password.
 async fn demo_login(store: &Store, passwords: &Passwords) -> anyhow::Result<String> {
@@ -60,6 +62,7 @@ async fn demo_login(store: &Store, passwords: &Passwords) -> anyhow::Result<Stri
             user.password_hash = hash;
             user.disabled = false;
             user.role = Role::Admin;
+            user.email = Some(DEMO_EMAIL.to_string());
             store.update_user(user.clone()).await?;
             store.revoke_user_families(user.id, now).await?;
         }
@@ -72,6 +75,7 @@ async fn demo_login(store: &Store, passwords: &Passwords) -> anyhow::Result<Stri
                     role: Role::Admin,
                     created_at_ms: now,
                     disabled: false,
+                    email: Some(DEMO_EMAIL.to_string()),
                 })
                 .await?
         }
@@ -207,7 +211,7 @@ pub async fn run(config: Config, options: DemoOptions) -> anyhow::Result<()> {
         None,
         bus,
         Some(tree),
-        crate::boot::TreeOptions::of(&config),
+        crate::boot::TreeOptions::of(&config)?,
     )
     .await?;
 

@@ -39,12 +39,13 @@ const BACKLOG_NOT_READY: f64 = 0.9;
 type Ping = Arc<Mutex<Option<Result<(), String>>>>;
 
 /// What `/readyz` reads: the database (pinged in the background, so that the probe itself
-/// never waits on it), the event log's commits and backlog, and the links.
+/// never waits on it), the event log's commits and backlog, the links, and mail delivery.
 struct Ready {
     eventlog: Option<EventLog>,
     eventlog_stats: Option<Arc<EventLogStats>>,
     ping: Ping,
     fleet: Fleet,
+    mail: Arc<gatehouse_actors::tree::notifier::MailHealth>,
 }
 
 impl Readiness for Ready {
@@ -108,6 +109,13 @@ impl Readiness for Ready {
                 format!("{summary}; down: {}{tail}", down.join(", ")),
             )
         });
+        // Mail is optional: failing delivery degrades, it never takes the node out.
+        let mail = self.mail.state();
+        let detail = format!("{}; {} waiting", mail.target, mail.pending);
+        checks.push(match mail.failing {
+            Some(why) => Check::degraded("mail", format!("{detail}; last attempt: {why}")),
+            None => Check::ready("mail").with_detail(detail),
+        });
         checks
     }
 }
@@ -161,7 +169,9 @@ pub fn app(
         fleet: runtime.fleet.clone(),
         access: store.clone(),
         events: store.clone(),
-        maintenance: store,
+        maintenance: store.clone(),
+        notify: store,
+        alerts: runtime.alerts.clone(),
         keys: Arc::new(keys),
         passwords,
         changes,
@@ -203,6 +213,7 @@ pub async fn start(
                 .as_ref()
                 .map(|l| l.stats().clone()),
             ping: ping.clone(),
+            mail: runtime.mail.clone(),
             fleet: runtime.fleet.clone(),
         }),
         app: Some(app),

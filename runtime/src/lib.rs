@@ -40,6 +40,10 @@ pub struct Runtime {
     /// Resolves when the root has stopped (after shutdown, or an escalation that reached
     /// the top).
     stopped: ractor::concurrency::JoinHandle<()>,
+    /// Alerts raised outside the tree (login lockouts) reach the notifier through this.
+    pub alerts: gatehouse_actors::tree::notifier::Alerts,
+    /// The notifier's view of mail delivery (readiness).
+    pub mail: Arc<gatehouse_actors::tree::notifier::MailHealth>,
 }
 
 impl Runtime {
@@ -66,6 +70,8 @@ impl Runtime {
             bus,
             root: supervisor,
             stopped,
+            alerts: Default::default(),
+            mail: Default::default(),
         };
         if let Err(e) = runtime.fleet.add_controllers(controllers).await {
             root::stop(&runtime.root, "tree", Duration::from_secs(10)).await;
@@ -88,6 +94,7 @@ impl Runtime {
             fleet: spec,
             sessions: None,
             scheduler: None,
+            notifier: None,
         };
         Self::assemble(fleet, bus, children, controllers).await
     }
@@ -164,7 +171,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         seed.as_ref(),
         bus,
         Some(tree),
-        TreeOptions::of(&config),
+        TreeOptions::of(&config)?,
     )
     .await?;
     if runtime.fleet.controllers().is_empty() {

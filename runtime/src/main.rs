@@ -84,6 +84,9 @@ enum UserCommand {
         /// Read the password from one line of standard input.
         #[arg(long)]
         password_stdin: bool,
+        /// Where notifications reach the user.
+        #[arg(long)]
+        email: Option<String>,
         #[arg(long)]
         config: Option<PathBuf>,
     },
@@ -184,6 +187,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     role,
                     admin,
                     password_stdin,
+                    email,
                     config,
                 },
         } => {
@@ -200,7 +204,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 users::PasswordSource::Interactive
             };
-            let added = users::add(&store, &name, role, source).await?;
+            let added = users::add(&store, &name, role, source, email.as_deref()).await?;
             println!("created user {name} ({role}), id {}", added.id);
             if let Some(password) = added.generated {
                 println!("password: {password}");

@@ -38,8 +38,14 @@ pub async fn add(
     username: &str,
     role: Role,
     source: PasswordSource,
+    email: Option<&str>,
 ) -> anyhow::Result<Added> {
     check_username(username)?;
+    let email = email.map(str::trim);
+    if let Some(address) = email {
+        gatehouse_actors::notify::validate_address(address)
+            .map_err(|why| anyhow::anyhow!("--email {address:?}: {why}"))?;
+    }
     if store.user_by_name(username.to_string()).await?.is_some() {
         bail!("a user named {username:?} already exists");
     }
@@ -74,6 +80,7 @@ pub async fn add(
             role,
             created_at_ms: now,
             disabled: false,
+            email: email.map(str::to_owned),
         })
         .await?;
     store

@@ -104,6 +104,7 @@ impl Stack {
                     role,
                     created_at_ms: now_ms(),
                     disabled: false,
+                    email: Some(format!("{name}@stack.test")),
                 })
                 .await?;
             users.insert(name, (id, role));
@@ -139,6 +140,8 @@ impl Stack {
             access,
             events,
             maintenance: store.clone(),
+            notify: store.clone(),
+            alerts: runtime.alerts.clone(),
             keys: keys.clone(),
             passwords,
             changes,

@@ -211,6 +211,7 @@ impl Fleet {
             fleet: spec,
             sessions: None,
             scheduler: None,
+            notifier: None,
         })
         .await
         .map_err(|_| FleetError::Down)?;

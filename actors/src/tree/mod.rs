@@ -8,7 +8,8 @@
 //! - [`controller`]: one controller subtree (its specs and supervision constants);
 //! - [`gate`], [`link`]: the leaf actors, each with the messages it accepts;
 //! - [`directory`]: where a gate's or link's running actor is;
-//! - [`scheduler`]: maintenance plans against the gates' cycles and dates.
+//! - [`scheduler`]: maintenance plans against the gates' cycles and dates;
+//! - [`notifier`]: rules, the mail outbox and its delivery.
 
 pub mod bus;
 pub mod controller;
@@ -18,6 +19,7 @@ pub mod fleet;
 pub mod gate;
 pub mod inspect;
 pub mod link;
+pub mod notifier;
 pub mod root;
 pub mod scheduler;
 

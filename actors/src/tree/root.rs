@@ -60,6 +60,8 @@ pub struct RootChildren {
     pub sessions: Option<ChildSpec>,
     /// Maintenance plans (needs a store).
     pub scheduler: Option<ChildSpec>,
+    /// Notifications (needs a store).
+    pub notifier: Option<ChildSpec>,
 }
 
 /// A running tree.
@@ -79,8 +81,9 @@ impl Root {
             fleet,
             sessions,
             scheduler,
+            notifier,
         } = children;
-        let children = [eventlog, hub, Some(fleet), sessions, scheduler]
+        let children = [eventlog, hub, Some(fleet), sessions, scheduler, notifier]
             .into_iter()
             .flatten()
             .collect();

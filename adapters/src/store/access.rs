@@ -50,6 +50,7 @@ macro_rules! insert_token {
 
 #[derive(Queryable, Selectable, Insertable)]
 #[diesel(table_name = users)]
+#[diesel(treat_none_as_default_value = false)]
 struct UserRow {
     id: String,
     username: String,
@@ -57,6 +58,7 @@ struct UserRow {
     role: String,
     created_at: i64,
     disabled: bool,
+    email: Option<String>,
 }
 
 // `treat_none_as_default_value = false`: a key without a site is written as NULL explicitly,
@@ -187,6 +189,7 @@ async fn update_user(store: &Store, user: UserRecord) -> Result<(), Error> {
                 users::role.eq(&row.role),
                 users::password_hash.eq(&row.password_hash),
                 users::disabled.eq(row.disabled),
+                users::email.eq(&row.email),
             ))
             .execute(c)
             .await
@@ -218,6 +221,7 @@ impl UserRow {
             username: user.username,
             password_hash: user.password_hash,
             disabled: user.disabled,
+            email: user.email,
         })
     }
 
@@ -230,6 +234,7 @@ impl UserRow {
             username: self.username,
             password_hash: self.password_hash,
             disabled: self.disabled,
+            email: self.email,
         })
     }
 }

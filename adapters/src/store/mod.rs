@@ -144,6 +144,7 @@ mod error;
 mod events;
 mod fleet;
 mod maintenance;
+mod notify;
 mod schema;
 
 /// The SQLite schema history, compiled in.

@@ -69,6 +69,7 @@ diesel::table! {
         role -> Text,
         created_at -> BigInt,
         disabled -> Bool,
+        email -> Nullable<Text>,
     }
 }
 
@@ -168,5 +169,34 @@ diesel::table! {
         parts -> Text,
         notes -> Text,
         attachments -> Text,
+    }
+}
+
+diesel::table! {
+    notification_rules (id) {
+        id -> Text,
+        trigger_kind -> Text,
+        site_id -> Nullable<Text>,
+        after_s -> BigInt,
+        user_ids -> Text,
+        roles -> Text,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    mail_outbox (id) {
+        id -> Text,
+        dedupe_key -> Text,
+        recipient -> Text,
+        subject -> Text,
+        body_text -> Text,
+        body_html -> Text,
+        created_at -> BigInt,
+        status -> Text,
+        attempts -> BigInt,
+        next_attempt_at -> BigInt,
+        sent_at -> Nullable<BigInt>,
+        last_error -> Nullable<Text>,
     }
 }

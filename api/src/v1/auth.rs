@@ -123,7 +123,11 @@ async fn login(app: App, ip: IpAddr, body: LoginRequest) -> Outcome {
     let user = match user {
         Some(u) if ok && !u.disabled => u,
         _ => {
-            app.limits.login_failed(&body.username, ip);
+            let (account, address) = app.limits.login_failed(&body.username, ip);
+            if account || address {
+                app.alerts
+                    .raise(lockout_alert(&body.username, ip, account, address));
+            }
             return Err(invalid_credentials());
         }
     };
@@ -273,4 +277,47 @@ pub fn routes(app: &App) -> Vec<Route> {
         }),
         Route::new::<__path_me, _>(move |_p| d.caller().then(me)),
     ]
+}
+
+/// A login lockout, for the notifier: the account (as typed: it may not exist) and the
+/// address, keyed by whichever was locked so that a sustained attack sends one message per
+/// dedupe window.
+fn lockout_alert(
+    username: &str,
+    ip: IpAddr,
+    account: bool,
+    address: bool,
+) -> gatehouse_actors::notify::Alert {
+    // As typed by a stranger: shown, but bounded and on one line.
+    let shown: String = username
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(64)
+        .collect();
+    let (subject, key) = if account {
+        (format!("account {shown:?}"), format!("account:{shown}"))
+    } else {
+        (format!("address {ip}"), format!("address:{ip}"))
+    };
+    gatehouse_actors::notify::Alert {
+        trigger: gatehouse_actors::notify::Trigger::LoginLockout,
+        site: None,
+        subject,
+        key,
+        at_ms: wall_ms(),
+        facts: vec![
+            ("Account".to_owned(), shown),
+            ("From".to_owned(), ip.to_string()),
+            (
+                "Locked".to_owned(),
+                match (account, address) {
+                    (true, true) => "the account and the address",
+                    (true, false) => "the account",
+                    _ => "the address",
+                }
+                .to_owned(),
+            ),
+        ],
+        path: None,
+    }
 }

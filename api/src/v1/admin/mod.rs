@@ -12,6 +12,7 @@ pub mod audit;
 pub mod fleet;
 pub mod grants;
 pub mod keys;
+pub mod notifications;
 pub mod system;
 pub mod users;
 
@@ -35,19 +36,24 @@ pub fn routes(app: &App) -> Vec<Route> {
     routes.extend(keys::routes(app));
     routes.extend(fleet::routes(app));
     routes.extend(audit::routes(app));
+    routes.extend(notifications::routes(app));
     routes.extend(system::routes(app));
     routes
 }
 
 /// The caller, if it may do `op` (which is not about one gate, so no time of the week).
-async fn allowed(app: &App, bearer: Option<String>, op: Operation) -> Result<Caller, ApiError> {
+pub(crate) async fn allowed(
+    app: &App,
+    bearer: Option<String>,
+    op: Operation,
+) -> Result<Caller, ApiError> {
     let caller = app.authenticate(bearer).await?;
     authorize(&caller.principal, op, None, LocalTime::IRRELEVANT).map_err(forbidden)?;
     Ok(caller)
 }
 
 /// The caller, if an admin.
-async fn admin(app: &App, bearer: Option<String>) -> Result<Caller, ApiError> {
+pub(crate) async fn admin(app: &App, bearer: Option<String>) -> Result<Caller, ApiError> {
     allowed(app, bearer, Operation::Administer).await
 }
 

@@ -53,6 +53,8 @@ pub struct UserBody {
     pub disabled: bool,
     /// Unix milliseconds.
     pub created_at_ms: u64,
+    /// Where notifications reach the user, if anywhere.
+    pub email: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -69,6 +71,9 @@ pub struct CreateUser {
     pub role: String,
     /// 10 to 256 characters.
     pub password: String,
+    /// Where notifications reach the user.
+    #[schema(example = "ops@example.org")]
+    pub email: Option<String>,
 }
 
 /// Only the fields present change; at least one must be.
@@ -80,6 +85,18 @@ pub struct UpdateUser {
     pub disabled: Option<bool>,
     /// A new password (a reset): ends every session of the user.
     pub password: Option<String>,
+    /// A new address for notifications; the empty string removes it.
+    pub email: Option<String>,
+}
+
+/// `raw` as an address to store (trimmed), or the error naming the field.
+fn email(raw: &str) -> Result<String, ApiError> {
+    let raw = raw.trim();
+    gatehouse_actors::notify::validate_address(raw).map_err(|why| {
+        unprocessable("invalid_email", format!("email: {why}"))
+            .with_details(json!({ "field": "email" }))
+    })?;
+    Ok(raw.to_owned())
 }
 
 fn body(u: &UserRecord) -> UserBody {
@@ -89,6 +106,7 @@ fn body(u: &UserRecord) -> UserBody {
         role: u.role,
         disabled: u.disabled,
         created_at_ms: u.created_at_ms,
+        email: u.email.clone(),
     }
 }
 
@@ -221,6 +239,7 @@ async fn create(app: App, bearer: Option<String>, ip: IpAddr, request: CreateUse
         unprocessable("invalid_username", why).with_details(json!({ "field": "username" }))
     })?;
     let role = parse_role(&request.role)?;
+    let address = request.email.as_deref().map(email).transpose()?;
     let taken = || {
         ApiError::conflict("username_taken", "a user with this name exists")
             .with_details(json!({ "username": request.username }))
@@ -241,6 +260,7 @@ async fn create(app: App, bearer: Option<String>, ip: IpAddr, request: CreateUse
         role,
         created_at_ms: wall_ms(),
         disabled: false,
+        email: address,
     };
     app.access
         .create_user(user.clone())
@@ -287,10 +307,14 @@ async fn update(
 ) -> Outcome {
     let caller = admin(&app, bearer).await?;
     let before = find_user(&app, user_param(&params)?).await?;
-    if request.role.is_none() && request.disabled.is_none() && request.password.is_none() {
+    if request.role.is_none()
+        && request.disabled.is_none()
+        && request.password.is_none()
+        && request.email.is_none()
+    {
         return Err(unprocessable(
             "empty_update",
-            "name at least one of role, disabled, password",
+            "name at least one of role, disabled, password, email",
         ));
     }
     let mut after = before.clone();
@@ -309,6 +333,16 @@ async fn update(
     {
         after.disabled = disabled;
         changes.insert("disabled".into(), json!(disabled));
+    }
+    if let Some(raw) = &request.email {
+        after.email = if raw.trim().is_empty() {
+            None
+        } else {
+            Some(email(raw)?)
+        };
+        if after.email != before.email {
+            changes.insert("email".into(), json!(after.email));
+        }
     }
     if let Some(password) = &request.password {
         after.password_hash = hash(&app, password).await?;
