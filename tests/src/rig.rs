@@ -33,6 +33,19 @@ impl Rig {
     }
 
     pub async fn start_on(ws: WsConfig, bus_capacity: Option<usize>) -> Rig {
+        Self::start_full(ws, bus_capacity, None).await
+    }
+
+    /// With a notifier that sends mail as `notify` says.
+    pub async fn start_notifying(notify: gatehouse_runtime::boot::NotifySetup) -> Rig {
+        Self::start_full(WsConfig::default(), None, Some(notify)).await
+    }
+
+    async fn start_full(
+        ws: WsConfig,
+        bus_capacity: Option<usize>,
+        notify: Option<gatehouse_runtime::boot::NotifySetup>,
+    ) -> Rig {
         let profiles = gatehouse_adapters::profile::ProfileSet::builtin().unwrap();
         let farm = Farm::start(FarmSpec {
             controllers: vec![
@@ -104,6 +117,7 @@ unit = 1
             wait_closed: true,
             bus_capacity,
             maintenance_check: crate::stack::TEST_MAINTENANCE_CHECK,
+            notify,
         })
         .await
         .expect("the stack starts");

@@ -47,6 +47,8 @@ pub struct StackSpec {
     pub bus_capacity: Option<usize>,
     /// Time between the scheduler's maintenance rounds.
     pub maintenance_check: std::time::Duration,
+    /// Notifications (none: no notifier).
+    pub notify: Option<gatehouse_runtime::boot::NotifySetup>,
 }
 
 /// The scheduler's round in test stacks: short, so that due events come quickly.
@@ -122,6 +124,7 @@ impl Stack {
             Some(tree),
             gatehouse_runtime::boot::TreeOptions {
                 maintenance_check: spec.maintenance_check,
+                notify: spec.notify.clone(),
                 ..Default::default()
             },
         )

@@ -70,6 +70,7 @@ impl Rig {
             wait_closed: true,
             bus_capacity: None,
             maintenance_check: gatehouse_tests::stack::TEST_MAINTENANCE_CHECK,
+            notify: None,
         };
         Rig(RestRig::start(farm, spec, WAIT).await)
     }

@@ -260,6 +260,7 @@ pub async fn run(sizes: WsSizes) -> anyhow::Result<WsReport> {
         wait_closed: false,
         bus_capacity: None,
         maintenance_check: std::time::Duration::from_secs(60),
+        notify: None,
     })
     .await?;
     let mut ids: Vec<GateId> = stack
