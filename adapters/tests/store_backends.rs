@@ -19,6 +19,9 @@ use gatehouse_actors::maintenance::{
     Level, MaintenanceStore, Plan, PlanDraft, PlanScope, Progress, Record, RecordQuery,
     RecordStatus, Work,
 };
+use gatehouse_actors::notify::{
+    Mail, MailQuery, MailStatus, NotifyStore, Rendered, Rule, RuleDraft, Trigger,
+};
 use gatehouse_actors::store::{
     ControllerRecord, EventStore, FleetChange, FleetRecords, FleetStore, GateHead, GateRecord,
     SiteRecord, StoreError,
@@ -169,6 +172,8 @@ on_both_backends!(
     completing_a_record_restarts_its_plan_once,
     maintenance_records_page_newest_first,
     removing_a_gate_takes_its_plans_and_keeps_its_records,
+    notification_rules_round_trip,
+    the_outbox_dedupes_within_its_window_and_keeps_what_it_was_told,
 );
 
 // ---- fixtures -------------------------------------------------------------------------------
@@ -1245,4 +1250,164 @@ async fn removing_a_gate_takes_its_plans_and_keeps_its_records(ctx: Ctx) {
         .expect("the record outlives its gate");
     assert_eq!(kept.gate, g("g3"));
     assert_eq!(kept.plan, None, "its plan went with the gate");
+}
+
+// ---- notifications --------------------------------------------------------------------------
+
+async fn notification_rules_round_trip(ctx: Ctx) {
+    use gatehouse_actors::access::{AccessStore, Role, UserId, UserRecord};
+    let store = ctx.store;
+    store.apply(upserts(&sample_fleet())).await.unwrap();
+    let user = UserRecord {
+        id: UserId(uuid::Uuid::new_v4()),
+        username: "oncall".into(),
+        password_hash: "x".into(),
+        role: Role::Operator,
+        created_at_ms: 1,
+        disabled: false,
+        email: Some("oncall@example.org".into()),
+    };
+    store.create_user(user.clone()).await.unwrap();
+    assert_eq!(
+        store.user(user.id).await.unwrap().unwrap().email.as_deref(),
+        Some("oncall@example.org")
+    );
+    let rule = Rule::new(
+        uuid::Uuid::new_v4(),
+        RuleDraft {
+            trigger: Trigger::Obstruction,
+            site: Some(SiteId::new("north").unwrap()),
+            after_s: 120,
+            users: vec![user.id],
+            roles: vec![Role::Admin, Role::Operator],
+        },
+        5,
+    );
+    store.put_rule(rule.clone()).await.unwrap();
+    let everywhere = Rule::new(
+        uuid::Uuid::new_v4(),
+        RuleDraft {
+            trigger: Trigger::LoginLockout,
+            site: None,
+            after_s: 0,
+            users: vec![],
+            roles: vec![Role::Admin],
+        },
+        6,
+    );
+    store.put_rule(everywhere.clone()).await.unwrap();
+    assert_eq!(store.rules().await.unwrap(), vec![rule.clone(), everywhere]);
+    let stranger = Rule::new(
+        uuid::Uuid::new_v4(),
+        RuleDraft {
+            users: vec![UserId(uuid::Uuid::new_v4())],
+            ..RuleDraft {
+                trigger: Trigger::Fault,
+                site: None,
+                after_s: 0,
+                users: vec![],
+                roles: vec![],
+            }
+        },
+        7,
+    );
+    rejected(store.put_rule(stranger).await, "unknown user");
+    assert!(store.delete_rule(rule.id).await.unwrap());
+    assert!(!store.delete_rule(rule.id).await.unwrap());
+}
+
+async fn the_outbox_dedupes_within_its_window_and_keeps_what_it_was_told(ctx: Ctx) {
+    let store = ctx.store;
+    let rendered = Rendered {
+        subject: "[Gatehouse] Gate fault: gate g1".into(),
+        text: "text".into(),
+        html: "<p>html</p>".into(),
+    };
+    let mail = |to: &str, at: u64| Mail::new("fault:gate:g1".into(), to, &rendered, at);
+    // Two recipients queued; within the window the same key and recipient is not queued
+    // again, another recipient is, and after the window it is again.
+    let queued = store
+        .enqueue(
+            vec![mail("a@example.org", 1_000), mail("b@example.org", 1_000)],
+            60_000,
+            1_000,
+        )
+        .await
+        .unwrap();
+    assert_eq!(queued, 2);
+    let queued = store
+        .enqueue(
+            vec![mail("a@example.org", 30_000), mail("c@example.org", 30_000)],
+            60_000,
+            30_000,
+        )
+        .await
+        .unwrap();
+    assert_eq!(queued, 1, "a@ was told 29 s ago");
+    let queued = store
+        .enqueue(vec![mail("a@example.org", 61_001)], 60_000, 61_001)
+        .await
+        .unwrap();
+    assert_eq!(queued, 1, "the window has passed");
+    assert_eq!(store.pending().await.unwrap(), 4);
+
+    // Due oldest first; an attempt's outcome is kept.
+    let due = store.due(30_000, 10).await.unwrap();
+    assert_eq!(due.len(), 3);
+    assert!(due.iter().all(|m| m.next_attempt_at_ms <= 30_000));
+    let mut failed_once = due[0].clone();
+    failed_once.attempts = 1;
+    failed_once.next_attempt_at_ms = 90_000;
+    failed_once.last_error = Some("connection refused".into());
+    store.attempted(failed_once.clone()).await.unwrap();
+    let mut sent = due[1].clone();
+    sent.attempts = 1;
+    sent.status = MailStatus::Sent;
+    sent.sent_at_ms = Some(31_000);
+    store.attempted(sent.clone()).await.unwrap();
+    assert_eq!(
+        store.due(60_000, 10).await.unwrap().len(),
+        1,
+        "one retried later, one sent"
+    );
+    assert_eq!(
+        store.due(90_000, 10).await.unwrap().len(),
+        3,
+        "and the retry, and the one queued after the window"
+    );
+    assert_eq!(store.pending().await.unwrap(), 3);
+
+    let all = store
+        .mails(MailQuery {
+            limit: 10,
+            ..MailQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 4);
+    assert!(
+        all.windows(2)
+            .all(|w| w[0].created_at_ms >= w[1].created_at_ms),
+        "newest first"
+    );
+    let kept = all.iter().find(|m| m.id == failed_once.id).unwrap();
+    assert_eq!(kept, &failed_once);
+    let sent_only = store
+        .mails(MailQuery {
+            status: Some(MailStatus::Sent),
+            limit: 10,
+            ..MailQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(sent_only, vec![sent]);
+    let page = store
+        .mails(MailQuery {
+            before: Some(all[1].id),
+            limit: 10,
+            ..MailQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page, all[2..].to_vec());
 }

@@ -571,14 +571,18 @@ mod tests {
         let (clock, limits) = rig(Limits::default());
         for _ in 0..5 {
             assert_eq!(limits.login_allowed("alice", ADDR), Ok(()));
-            limits.login_failed("alice", ADDR);
+            assert_eq!(limits.login_failed("alice", ADDR), (false, false));
         }
         assert_eq!(
             limits.login_allowed("alice", ADDR),
             Ok(()),
             "five failures are free"
         );
-        limits.login_failed("alice", ADDR);
+        assert_eq!(
+            limits.login_failed("alice", ADDR),
+            (true, false),
+            "the sixth locks the account, and says so once"
+        );
         assert_eq!(
             limits.login_allowed("Alice", OTHER_ADDR),
             Err(Duration::from_secs(30)),
@@ -587,7 +591,11 @@ mod tests {
         assert_eq!(limits.login_allowed("bob", ADDR), Ok(()), "others are not");
         clock.advance(Duration::from_secs(30));
         assert_eq!(limits.login_allowed("alice", ADDR), Ok(()));
-        limits.login_failed("alice", ADDR);
+        assert_eq!(
+            limits.login_failed("alice", ADDR),
+            (false, false),
+            "a longer lock of the same run is not news"
+        );
         assert_eq!(
             limits.login_allowed("alice", ADDR),
             Err(Duration::from_secs(60))

@@ -180,6 +180,51 @@ fn fleet_toml(ports: &[u16]) -> String {
     s
 }
 
+/// The scheduler's round in the demo.
+const DEMO_MAINTENANCE_CHECK: Duration = Duration::from_secs(2);
+
+/// On a first run: a service plan for the demo site that a gate crosses after its first
+/// cycle (due) and second (overdue), and rules that email the demo admin about maintenance
+/// and faults, so that the file outbox (`data/outbox/`) shows what the notifier sends.
+async fn demo_notifications(store: &Store) -> anyhow::Result<()> {
+    use gatehouse_actors::maintenance::{MaintenanceStore, Plan, PlanDraft, PlanScope};
+    use gatehouse_actors::notify::{NotifyStore, Rule, RuleDraft, Trigger};
+    let site = gatehouse_actors::ids::SiteId::new("demo").map_err(anyhow::Error::msg)?;
+    let now = wall_ms();
+    if store.plans().await?.is_empty() {
+        let draft = PlanDraft {
+            scope: PlanScope::Site(site),
+            title: "Demo service (every 2 cycles)".into(),
+            every_cycles: Some(2),
+            every_days: None,
+            warn_cycles: 1,
+            warn_days: 0,
+        };
+        store
+            .put_plan(Plan::new(uuid::Uuid::new_v4(), draft, now))
+            .await?;
+    }
+    if store.rules().await?.is_empty() {
+        for trigger in [
+            Trigger::MaintenanceDue,
+            Trigger::MaintenanceOverdue,
+            Trigger::Fault,
+        ] {
+            let draft = RuleDraft {
+                trigger,
+                site: None,
+                after_s: 0,
+                users: vec![],
+                roles: vec![Role::Admin],
+            };
+            store
+                .put_rule(Rule::new(uuid::Uuid::new_v4(), draft, now))
+                .await?;
+        }
+    }
+    Ok(())
+}
+
 /// Runs the demo until Ctrl-C (or `run_for`).
 pub async fn run(config: Config, options: DemoOptions) -> anyhow::Result<()> {
     let mut signals = crate::ShutdownSignal::listen();
@@ -211,9 +256,14 @@ pub async fn run(config: Config, options: DemoOptions) -> anyhow::Result<()> {
         None,
         bus,
         Some(tree),
-        crate::boot::TreeOptions::of(&config)?,
+        crate::boot::TreeOptions {
+            // Quick rounds, so that a gate crossing the demo plan is seen within seconds.
+            maintenance_check: DEMO_MAINTENANCE_CHECK,
+            ..crate::boot::TreeOptions::of(&config)?
+        },
     )
     .await?;
+    demo_notifications(&store).await?;
 
     // The API, and a login to try it with (a fresh password every run).
     let passwords = Passwords::owasp()?;
@@ -307,6 +357,13 @@ fn banner(farm: &Farm, fleet_path: &Path, fleet: &FleetFile, config: &Config, pr
     println!(
         "Database: {} ({history})",
         gatehouse_adapters::store::redact(&config.database.url)
+    );
+    println!(
+        "Mail:     {} (maintenance due/overdue and faults, to {DEMO_EMAIL})",
+        match &config.mail.smtp_url {
+            Some(_) => "through the configured SMTP server".to_string(),
+            None => format!(".eml files in {}", config.data.dir.join("outbox").display()),
+        }
     );
     println!("Gate events print below as they are committed.");
     println!("Residents open and close gates every few seconds; a chaos scenario injects faults.");

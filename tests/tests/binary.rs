@@ -277,7 +277,7 @@ fn printed_online(out: &[String], gate: &str) -> bool {
 #[test]
 fn demo_runs_three_simulated_controllers_and_stops_cleanly() {
     let dir = tempfile::tempdir().expect("a temp dir");
-    let (out, transcript) = demo(dir.path(), 8);
+    let (out, transcript) = demo(dir.path(), 12);
 
     // The banner lists the three simulated controllers, one per shipped profile.
     let banner: Vec<Vec<&str>> = out
@@ -323,6 +323,25 @@ fn demo_runs_three_simulated_controllers_and_stops_cleanly() {
         out.iter()
             .any(|l| l.contains("closed -> opening") && l.contains("[command ")),
         "no gate opened on command: {transcript}"
+    );
+    // The demo's service plan: a gate that completed a cycle is due, on its event stream
+    // and in the file outbox, addressed to the demo admin.
+    assert!(
+        out.iter().any(|l| l.contains("maintenance due")),
+        "no maintenance_due event: {transcript}"
+    );
+    let mails: Vec<String> = std::fs::read_dir(dir.path().join("data/outbox"))
+        .map(|d| {
+            d.filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        mails
+            .iter()
+            .any(|m| m.contains("Maintenance due") && m.contains("To: demo@gatehouse.invalid")),
+        "no maintenance email in data/outbox ({} files): {transcript}",
+        mails.len()
     );
     assert!(
         out.iter().any(|l| l == "time up: stopping the demo"),
