@@ -4,6 +4,7 @@
 //! `gatehouse-adapters`.
 
 pub mod access;
+pub mod blob;
 pub mod clock;
 pub mod fleet_config;
 pub mod gate;
