@@ -12,6 +12,7 @@ pub mod ids;
 pub mod maintenance;
 pub mod notify;
 pub mod ports;
+pub mod report;
 pub mod stats;
 pub mod store;
 pub mod supervision;

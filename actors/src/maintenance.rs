@@ -386,6 +386,51 @@ pub struct Record {
     /// The gate's cycle counter at completion, if known.
     pub cycles_at: Option<u64>,
     pub work: Work,
+    /// Photos and documents, oldest first.
+    pub attachments: Vec<Attachment>,
+}
+
+/// Attachments per record, at most.
+pub const MAX_ATTACHMENTS: usize = 20;
+/// What an attachment may be: photos, PDFs, plain text.
+pub const ATTACHMENT_TYPES: [&str; 5] = [
+    "image/jpeg",
+    "image/png",
+    "image/webp",
+    "application/pdf",
+    "text/plain",
+];
+
+/// A file attached to a maintenance record (its body is in the blob store under `key`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    pub id: Uuid,
+    /// As uploaded (shown, and used for the download's file name).
+    pub name: String,
+    pub content_type: String,
+    pub size: u64,
+    pub key: String,
+    pub at_ms: u64,
+    pub by: String,
+}
+
+/// A file name as given, checked: 1 to 120 characters of letters, digits, `.`, `_`, `-`,
+/// not starting with a dot.
+pub fn check_file_name(name: &str) -> Result<(), Invalid> {
+    let ok = !name.is_empty()
+        && name.len() <= 120
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            "name",
+            "1 to 120 letters, digits, '.', '_' or '-', not starting with '.'",
+        ))
+    }
 }
 
 /// Which records to list: newest first, `limit` of them, older than `before` (a record id
@@ -436,6 +481,13 @@ pub trait MaintenanceStore: Send + Sync + 'static {
     /// Completes an open record and restarts its plan's progress, in one transaction;
     /// `Rejected` when the record is not open any more (another completion won).
     fn complete_record(&self, record: Record) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// Adds an attachment to a record; `Rejected` when the record is gone or holds
+    /// [`MAX_ATTACHMENTS`] already.
+    fn add_attachment(
+        &self,
+        record: Uuid,
+        attachment: Attachment,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
 }
 
 #[cfg(test)]

@@ -993,6 +993,7 @@ fn open_record(gate: &str, plan: Option<uuid::Uuid>, at_ms: u64) -> Record {
         completed_by: None,
         cycles_at: None,
         work: Work::default(),
+        attachments: Vec::new(),
     }
 }
 

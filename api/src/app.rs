@@ -24,6 +24,12 @@ pub struct App {
     pub notify: Arc<dyn gatehouse_actors::notify::NotifyStore>,
     /// Alerts raised by the API (login lockouts) for the notifier.
     pub alerts: gatehouse_actors::tree::notifier::Alerts,
+    pub reports: Arc<dyn gatehouse_actors::report::ReportStore>,
+    /// Reports and attachments (none: the API answers that files are not kept here).
+    pub blobs: Option<Arc<dyn gatehouse_actors::blob::BlobStore>>,
+    pub scheduler: gatehouse_actors::tree::scheduler::SchedulerHandle,
+    /// The largest maintenance attachment, in bytes.
+    pub max_attachment: u64,
     pub keys: Arc<TokenKeys>,
     pub passwords: Passwords,
     /// Announce here every committed change to users, grants and API keys.

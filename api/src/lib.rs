@@ -27,6 +27,7 @@ pub mod commands;
 pub mod console;
 mod cors;
 pub mod error;
+pub mod files;
 pub mod health;
 pub mod json;
 pub mod metrics;

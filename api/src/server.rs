@@ -91,6 +91,9 @@ pub struct ApiConfig {
     pub trusted_proxies: Vec<IpAddr>,
     pub header_read_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// Routes (by template) whose bodies may be larger than `max_body_bytes`, and their cap:
+    /// uploads, which their handlers stream to storage.
+    pub large_bodies: Vec<(String, usize)>,
 }
 
 impl Default for ApiConfig {
@@ -102,6 +105,7 @@ impl Default for ApiConfig {
             trusted_proxies: Vec::new(),
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            large_bodies: Vec::new(),
         }
     }
 }
@@ -207,6 +211,7 @@ where
             .map(IpAddr::to_canonical)
             .collect(),
         max_body_bytes: config.max_body_bytes,
+        large_bodies: config.large_bodies.clone(),
         index: routes.index(),
     });
     let app = warp::service(routes.filter());
@@ -239,7 +244,80 @@ struct Shared {
     cors: CorsPolicy,
     trusted_proxies: Vec<IpAddr>,
     max_body_bytes: usize,
+    large_bodies: Vec<(String, usize)>,
     index: Arc<RouteIndex>,
+}
+
+impl Shared {
+    /// The body cap of the route `template` names.
+    fn body_cap(&self, template: Option<&str>) -> usize {
+        template
+            .and_then(|t| self.large_bodies.iter().find(|(l, _)| l == t))
+            .map_or(self.max_body_bytes, |(_, cap)| *cap)
+    }
+}
+
+/// What the server sends: warp's answers, or a body streamed from a reader (a download).
+pub type ServerBody = http_body_util::combinators::UnsyncBoxBody<
+    bytes::Bytes,
+    Box<dyn std::error::Error + Send + Sync>,
+>;
+
+/// A download: a handler answers with an empty warp body and this extension, and the
+/// server streams the reader as the body (warp 0.4 has no public streaming body).
+/// (Extensions must be `Clone`: a clone shares the one reader, taken once.)
+#[derive(Clone)]
+pub struct Streamed(pub Arc<std::sync::Mutex<Option<gatehouse_actors::blob::BlobReader>>>);
+
+/// An answer that streams `reader` with these headers.
+pub fn streamed(
+    reader: gatehouse_actors::blob::BlobReader,
+    content_type: &str,
+    size: u64,
+    file_name: &str,
+) -> Response {
+    let mut response = Response::new(bytes::Bytes::new().into());
+    let headers = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(content_type) {
+        headers.insert(warp::http::header::CONTENT_TYPE, v);
+    }
+    headers.insert(CONTENT_LENGTH, HeaderValue::from(size));
+    // The name is ours (`[A-Za-z0-9._-]`), so it needs no quoting rules beyond the quotes.
+    let safe: String = file_name
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        .collect();
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{safe}\"")) {
+        headers.insert(warp::http::header::CONTENT_DISPOSITION, v);
+    }
+    response
+        .extensions_mut()
+        .insert(Streamed(Arc::new(std::sync::Mutex::new(Some(reader)))));
+    response
+}
+
+fn into_server_body(response: Response) -> warp::http::Response<ServerBody> {
+    use http_body_util::BodyExt;
+    let (mut parts, body) = response.into_parts();
+    let reader = parts
+        .extensions
+        .remove::<Streamed>()
+        .and_then(|s| s.0.lock().ok().and_then(|mut r| r.take()));
+    let body = match reader {
+        Some(reader) => {
+            let frames =
+                futures::StreamExt::map(tokio_util::io::ReaderStream::new(reader), |chunk| {
+                    chunk
+                        .map(hyper::body::Frame::data)
+                        .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+                });
+            http_body_util::StreamBody::new(frames).boxed_unsync()
+        }
+        None => body
+            .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+            .boxed_unsync(),
+    };
+    warp::http::Response::from_parts(parts, body)
 }
 
 async fn accept_loop<A, S>(
@@ -332,9 +410,10 @@ where
         + 'static,
     A::Future: Send + 'static,
 {
-    type Response = Response;
+    type Response = warp::http::Response<ServerBody>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+    type Future =
+        Pin<Box<dyn Future<Output = Result<warp::http::Response<ServerBody>, Infallible>> + Send>>;
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
         let started = Instant::now();
@@ -358,26 +437,24 @@ where
                 .allowed_methods(request.uri().path())
                 .map(|methods| CorsPolicy::preflight(origin, &methods)),
             _ => None,
-        }
-        .or_else(|| {
-            declared_length(request.headers())
-                .filter(|length| *length > shared.max_body_bytes as u64)
-                .map(|_| too_large(shared.max_body_bytes).to_response(&request_id))
-        });
-
+        };
         // Labelled by the route's template, never the raw path, so that the series stay a
         // closed set whatever clients send.
-        let route = shared
-            .index
-            .template_of(request.uri().path())
-            .map_or_else(|| "unmatched".to_string(), |t| t.to_string());
+        let template = shared.index.template_of(request.uri().path());
+        let cap = shared.body_cap(template.as_deref());
+        let early = early.or_else(|| {
+            declared_length(request.headers())
+                .filter(|length| *length > cap as u64)
+                .map(|_| too_large(cap).to_response(&request_id))
+        });
+        let route = template.map_or_else(|| "unmatched".to_string(), |t| t.to_string());
         let method = method_label(request.method());
         let (mut parts, body) = request.into_parts();
         parts.extensions.insert(request_id.clone());
         parts.extensions.insert(ClientIp(client));
-        parts.extensions.insert(BodyLimit(shared.max_body_bytes));
+        parts.extensions.insert(BodyLimit(cap));
         // A chunked body has no declared length: the cap applies as it streams in.
-        let request = Request::from_parts(parts, Limited::new(body, shared.max_body_bytes));
+        let request = Request::from_parts(parts, Limited::new(body, cap));
         let mut app = self.app.clone();
 
         Box::pin(
@@ -414,7 +491,7 @@ where
                 } else {
                     tracing::debug!(status = status.as_u16(), elapsed_ms, "answered");
                 }
-                Ok(response)
+                Ok(into_server_body(response))
             }
             .instrument(span),
         )

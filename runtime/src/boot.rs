@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use gatehouse_actors::blob::BlobStore;
 use gatehouse_actors::clock::wall_ms;
 use gatehouse_actors::fleet_config;
 use gatehouse_actors::gate::machine::COMMAND_MEMORY_MS;
@@ -28,9 +29,11 @@ use gatehouse_actors::store::{EventStore, FleetChange, FleetRecords, FleetStore}
 use gatehouse_actors::tree::bus::{EventSink, LocalBus};
 use gatehouse_actors::tree::eventlog;
 use gatehouse_actors::tree::notifier::{self, Alerts, MailHealth, NotifierArgs};
+use gatehouse_actors::tree::reports::ReportJobs;
 use gatehouse_actors::tree::root::RootChildren;
 use gatehouse_actors::tree::scheduler::{self, SchedulerArgs};
 use gatehouse_actors::tree::{ControllerSpec, Directory, Fleet, FleetContext};
+use gatehouse_adapters::blob::local::LocalBlobs;
 use gatehouse_adapters::mail::{FileMailer, SmtpMailer};
 use gatehouse_adapters::profile::ProfileSet;
 use gatehouse_adapters::store::{Store, redact};
@@ -131,6 +134,10 @@ pub struct TreeOptions {
     pub maintenance_check: Duration,
     /// Notifications (none: no notifier, for tools and tests that send no mail).
     pub notify: Option<NotifySetup>,
+    /// Files (none: no reports).
+    pub blobs: Option<Arc<dyn BlobStore>>,
+    /// Queue each site's previous month at the start of a month.
+    pub monthly_reports: bool,
 }
 
 impl Default for TreeOptions {
@@ -139,6 +146,8 @@ impl Default for TreeOptions {
             eventlog_queue: eventlog::QUEUE_CAPACITY,
             maintenance_check: Duration::from_secs(60),
             notify: None,
+            blobs: None,
+            monthly_reports: false,
         }
     }
 }
@@ -149,8 +158,22 @@ impl TreeOptions {
             eventlog_queue: config.eventlog.queue,
             maintenance_check: Duration::from_secs(config.maintenance.check_interval_s),
             notify: Some(NotifySetup::of(config)?),
+            blobs: Some(blob_store(config)?),
+            monthly_reports: config.reports.monthly,
         })
     }
+}
+
+/// The blob store `[storage]` names: S3 when a bucket is set, else `<data dir>/blobs/`.
+pub fn blob_store(config: &Config) -> anyhow::Result<Arc<dyn BlobStore>> {
+    let s = &config.storage;
+    if s.s3_bucket.is_some() {
+        anyhow::bail!("storage.s3_bucket: S3 storage is not available in this build");
+    }
+    let dir = config.data.dir.join("blobs");
+    let local =
+        LocalBlobs::new(&dir).with_context(|| format!("data.dir: creating {}", dir.display()))?;
+    Ok(Arc::new(local))
 }
 
 /// How the notifier sends mail.
@@ -227,10 +250,19 @@ impl Runtime {
             Some(tree) => (Some(tree.hub), Some(tree.sessions)),
             None => (None, None),
         };
-        let scheduler = scheduler::child_spec(SchedulerArgs {
+        let reports = options.blobs.clone().map(|blobs| ReportJobs {
+            reports: store.clone(),
+            events: store.clone(),
+            access: store.clone(),
+            maintenance: store.clone(),
+            blobs,
+            monthly: options.monthly_reports,
+        });
+        let (scheduler, scheduler_handle) = scheduler::child_spec(SchedulerArgs {
             store: store.clone(),
             fleet: fleet.clone(),
             every: options.maintenance_check,
+            reports,
         });
         let health = Arc::new(MailHealth::default());
         let (notifier, alerts) = match options.notify {
@@ -262,6 +294,8 @@ impl Runtime {
         let mut runtime = Runtime::assemble(fleet, bus, children, specs).await?;
         runtime.alerts = alerts;
         runtime.mail = health;
+        runtime.scheduler = scheduler_handle;
+        runtime.blobs = options.blobs;
         Ok(runtime)
     }
 }

@@ -40,6 +40,57 @@ pub struct Config {
     pub maintenance: MaintenanceConfig,
     #[serde(default)]
     pub mail: MailConfig,
+    #[serde(default)]
+    pub storage: StorageConfig,
+    #[serde(default)]
+    pub reports: ReportsConfig,
+}
+
+/// Where files go (reports, maintenance attachments): S3 when `s3_bucket` is set, else
+/// `<data dir>/blobs/`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// A custom endpoint (MinIO, s3s, Ceph): `https://s3.example.org`; none: AWS.
+    pub s3_endpoint: Option<String>,
+    pub s3_bucket: Option<String>,
+    pub s3_region: String,
+    /// Path-style addressing (`endpoint/bucket/key`) instead of virtual hosts.
+    pub s3_path_style: bool,
+    /// Credentials; none: `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`.
+    pub s3_access_key: Option<String>,
+    pub s3_secret_key: Option<String>,
+    /// The largest maintenance attachment, in MiB.
+    pub max_attachment_mb: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            s3_endpoint: None,
+            s3_bucket: None,
+            s3_region: "us-east-1".into(),
+            s3_path_style: false,
+            s3_access_key: None,
+            s3_secret_key: None,
+            max_attachment_mb: 25,
+        }
+    }
+}
+
+/// Reports.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReportsConfig {
+    /// At the start of each month, queue each site's previous month (events as CSV,
+    /// maintenance as PDF).
+    pub monthly: bool,
+}
+
+impl Default for ReportsConfig {
+    fn default() -> Self {
+        Self { monthly: true }
+    }
 }
 
 /// Email (notifications). Without `smtp_url`, messages are written as `.eml` files to
@@ -507,6 +558,15 @@ impl Config {
                 "http.public_url",
                 "must start with https:// (or http://)",
             ));
+        }
+        if !(1..=10_240).contains(&self.storage.max_attachment_mb) {
+            return Err(err(
+                "storage.max_attachment_mb",
+                "must be between 1 and 10240",
+            ));
+        }
+        if self.storage.s3_bucket.as_deref().is_some_and(str::is_empty) {
+            return Err(err("storage.s3_bucket", "must not be empty"));
         }
         if !(1..=86_400).contains(&self.mail.dedupe_window_s) {
             return Err(err("mail.dedupe_window_s", "must be between 1 and 86400"));

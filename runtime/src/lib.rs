@@ -44,6 +44,10 @@ pub struct Runtime {
     pub alerts: gatehouse_actors::tree::notifier::Alerts,
     /// The notifier's view of mail delivery (readiness).
     pub mail: Arc<gatehouse_actors::tree::notifier::MailHealth>,
+    /// Wakes the scheduler (reports requested).
+    pub scheduler: gatehouse_actors::tree::scheduler::SchedulerHandle,
+    /// Where files go, when the runtime has a store for them.
+    pub blobs: Option<Arc<dyn gatehouse_actors::blob::BlobStore>>,
 }
 
 impl Runtime {
@@ -72,6 +76,8 @@ impl Runtime {
             stopped,
             alerts: Default::default(),
             mail: Default::default(),
+            scheduler: Default::default(),
+            blobs: None,
         };
         if let Err(e) = runtime.fleet.add_controllers(controllers).await {
             root::stop(&runtime.root, "tree", Duration::from_secs(10)).await;

@@ -125,6 +125,9 @@ impl Stack {
             gatehouse_runtime::boot::TreeOptions {
                 maintenance_check: spec.maintenance_check,
                 notify: spec.notify.clone(),
+                blobs: Some(std::sync::Arc::new(
+                    gatehouse_adapters::blob::local::LocalBlobs::new(&dir.path().join("blobs"))?,
+                )),
                 ..Default::default()
             },
         )
@@ -145,6 +148,10 @@ impl Stack {
             maintenance: store.clone(),
             notify: store.clone(),
             alerts: runtime.alerts.clone(),
+            reports: store.clone(),
+            blobs: runtime.blobs.clone(),
+            scheduler: runtime.scheduler.clone(),
+            max_attachment: 4 * 1024 * 1024,
             keys: keys.clone(),
             passwords,
             changes,

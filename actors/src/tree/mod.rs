@@ -20,6 +20,7 @@ pub mod gate;
 pub mod inspect;
 pub mod link;
 pub mod notifier;
+pub mod reports;
 pub mod root;
 pub mod scheduler;
 

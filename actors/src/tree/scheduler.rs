@@ -12,6 +12,8 @@
 //!   twice; a gate whose actor is not running (restarting) is left for the next round;
 //! - a store that is away costs a round, never the scheduler: it logs and tries again next
 //!   time (permanent child of the root, restarted like the others if it does crash).
+//!
+//! It also runs the report jobs (`reports.rs`): at each round and when woken by the API.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,9 +25,10 @@ use crate::gate::EventKind;
 use crate::ids::{GateId, SiteId};
 use crate::maintenance::{Level, MaintenanceStore, Progress, assess, effective_plans};
 use crate::store::StoreError;
-use crate::supervision::{ChildSpec, Restart};
+use crate::supervision::{ChildSpec, Current, Restart};
 use crate::tree::Fleet;
 use crate::tree::gate::GateMsg;
+use crate::tree::reports::ReportJobs;
 
 /// How long one gate's snapshot may take before the round goes on without its counter.
 const VIEW_TIMEOUT: Duration = Duration::from_secs(2);
@@ -36,13 +39,36 @@ pub struct SchedulerArgs {
     pub fleet: Fleet,
     /// Time between rounds.
     pub every: Duration,
+    /// Report jobs (none: no reports, for tools and tests without a blob store).
+    pub reports: Option<ReportJobs>,
 }
 
-/// The scheduler's child spec: permanent; its arguments hold nothing a restart would lose.
-pub fn child_spec(args: SchedulerArgs) -> ChildSpec {
-    ChildSpec::actor("scheduler", Restart::Permanent, None, move || {
-        (Scheduler, args.clone())
-    })
+/// Reaches whichever scheduler runs: the API wakes it when a report is requested, so that
+/// the report starts now rather than at the next round.
+#[derive(Clone, Default)]
+pub struct SchedulerHandle {
+    current: Current<SchedulerMsg>,
+}
+
+impl SchedulerHandle {
+    pub fn wake_reports(&self) {
+        if let Some(s) = self.current.get() {
+            let _ = s.send_message(SchedulerMsg::Reports);
+        }
+    }
+}
+
+/// The scheduler's child spec (permanent; its arguments hold nothing a restart would lose)
+/// and the handle that reaches it.
+pub fn child_spec(args: SchedulerArgs) -> (ChildSpec, SchedulerHandle) {
+    let handle = SchedulerHandle::default();
+    let spec = ChildSpec::tracked(
+        "scheduler",
+        Restart::Permanent,
+        handle.current.clone(),
+        move || (Scheduler, args.clone()),
+    );
+    (spec, handle)
 }
 
 pub struct Scheduler;
@@ -50,6 +76,8 @@ pub struct Scheduler;
 pub enum SchedulerMsg {
     /// Internal: assess the fleet now (then again after `every`).
     Round,
+    /// Run the queued reports now.
+    Reports,
 }
 
 impl Actor for Scheduler {
@@ -62,6 +90,14 @@ impl Actor for Scheduler {
         myself: ActorRef<SchedulerMsg>,
         args: SchedulerArgs,
     ) -> Result<SchedulerArgs, ActorProcessingErr> {
+        if let Some(jobs) = &args.reports {
+            // What a stopped process left half done starts again.
+            match jobs.reports.requeue_running().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(reports = n, "interrupted reports queued again"),
+                Err(error) => tracing::warn!(%error, "interrupted reports not requeued"),
+            }
+        }
         myself.send_message(SchedulerMsg::Round)?;
         Ok(args)
     }
@@ -77,7 +113,16 @@ impl Actor for Scheduler {
                 if let Err(error) = round(state).await {
                     tracing::warn!(%error, "maintenance round skipped; trying again next round");
                 }
+                if let Some(jobs) = &state.reports {
+                    jobs.schedule_monthly(&state.fleet).await;
+                    jobs.run_queued(&state.fleet).await;
+                }
                 myself.send_after(state.every, || SchedulerMsg::Round);
+            }
+            SchedulerMsg::Reports => {
+                if let Some(jobs) = &state.reports {
+                    jobs.run_queued(&state.fleet).await;
+                }
             }
         }
         Ok(())

@@ -11,7 +11,8 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use gatehouse_actors::ids::{GateId, SiteId};
 use gatehouse_actors::maintenance::{
-    Level, MaintenanceStore, Plan, PlanScope, Progress, Record, RecordQuery, RecordStatus, Work,
+    Attachment, Level, MAX_ATTACHMENTS, MaintenanceStore, Plan, PlanScope, Progress, Record,
+    RecordQuery, RecordStatus, Work,
 };
 use gatehouse_actors::ports::BoxFuture;
 use gatehouse_actors::store::StoreError;
@@ -68,6 +69,7 @@ struct RecordRow {
     summary: String,
     parts: String,
     notes: String,
+    attachments: String,
 }
 
 // ---- plans ---------------------------------------------------------------------------------
@@ -469,6 +471,37 @@ async fn complete_record(store: &Store, record: Record) -> Result<(), Error> {
     })
 }
 
+async fn add_attachment(store: &Store, record: Uuid, attachment: Attachment) -> Result<(), Error> {
+    let id = record.to_string();
+    let mut conn = store.conn().await?;
+    write_tx!(&mut conn, |c| {
+        let current: Option<String> = maintenance_records::table
+            .find(&id)
+            .select(maintenance_records::attachments)
+            .first(c)
+            .await
+            .optional()?;
+        let Some(current) = current else {
+            return Err(Error::Rejected(format!("no maintenance record {id}")));
+        };
+        let mut list: Vec<Attachment> = serde_json::from_str(&current)
+            .map_err(|e| Error::Other(format!("maintenance record {id}: attachments: {e}")))?;
+        if list.len() >= MAX_ATTACHMENTS {
+            return Err(Error::Rejected(format!(
+                "maintenance record {id} holds {MAX_ATTACHMENTS} attachments already"
+            )));
+        }
+        list.push(attachment.clone());
+        let text = serde_json::to_string(&list)
+            .map_err(|e| Error::Other(format!("maintenance record {id}: attachments: {e}")))?;
+        diesel::update(maintenance_records::table.find(&id))
+            .set(maintenance_records::attachments.eq(text))
+            .execute(c)
+            .await?;
+        Ok::<_, Error>(())
+    })
+}
+
 impl RecordRow {
     fn encode(r: &Record) -> Result<RecordRow, Error> {
         let what = |field: &str| format!("maintenance record {}: {field}", r.id);
@@ -494,6 +527,8 @@ impl RecordRow {
             parts: serde_json::to_string(&r.work.parts)
                 .map_err(|e| Error::Other(format!("{}: {e}", what("parts"))))?,
             notes: r.work.notes.clone(),
+            attachments: serde_json::to_string(&r.attachments)
+                .map_err(|e| Error::Other(format!("{}: {e}", what("attachments"))))?,
         })
     }
 
@@ -528,6 +563,8 @@ impl RecordRow {
                     .map_err(|e| Error::Other(format!("{}: {e}", what("parts"))))?,
                 notes: self.notes,
             },
+            attachments: serde_json::from_str(&self.attachments)
+                .map_err(|e| Error::Other(format!("{}: {e}", what("attachments"))))?,
             opened_by: self.opened_by,
             completed_by: self.completed_by,
         })
@@ -597,5 +634,17 @@ impl MaintenanceStore for Store {
 
     fn complete_record(&self, r: Record) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move { complete_record(self, r).await.map_err(Error::into_store) })
+    }
+
+    fn add_attachment(
+        &self,
+        record: Uuid,
+        attachment: Attachment,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            add_attachment(self, record, attachment)
+                .await
+                .map_err(Error::into_store)
+        })
     }
 }

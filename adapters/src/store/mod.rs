@@ -145,6 +145,7 @@ mod events;
 mod fleet;
 mod maintenance;
 mod notify;
+mod reports;
 mod schema;
 
 /// The SQLite schema history, compiled in.

@@ -200,3 +200,23 @@ diesel::table! {
         last_error -> Nullable<Text>,
     }
 }
+
+diesel::table! {
+    reports (id) {
+        id -> Text,
+        kind -> Text,
+        site_id -> Nullable<Text>,
+        from_ms -> BigInt,
+        to_ms -> BigInt,
+        format -> Text,
+        status -> Text,
+        progress -> BigInt,
+        row_count -> BigInt,
+        blob_key -> Nullable<Text>,
+        size -> Nullable<BigInt>,
+        error -> Nullable<Text>,
+        requested_by -> Text,
+        created_at -> BigInt,
+        finished_at -> Nullable<BigInt>,
+    }
+}

@@ -192,7 +192,31 @@ pub struct RecordBody {
     pub summary: String,
     pub parts: Vec<String>,
     pub notes: String,
+    pub attachments: Vec<AttachmentBody>,
 }
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AttachmentBody {
+    pub id: String,
+    pub name: String,
+    pub content_type: String,
+    pub size: u64,
+    pub at_ms: u64,
+    pub by: String,
+    /// This API's path to download it.
+    pub download: String,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct UploadQuery {
+    /// The file's name (letters, digits, `.`, `_`, `-`; at most 120).
+    pub name: String,
+}
+
+/// The path of the attachment upload route (its body cap is the attachment limit).
+pub const ATTACHMENTS_TEMPLATE: &str = "/api/v1/maintenance/records/{record}/attachments";
 
 /// A record, with the outcome of the lockout or unlock command it sent, if it sent one.
 #[derive(Debug, Serialize, ToSchema)]
@@ -294,6 +318,19 @@ fn record_body(r: &Record) -> RecordBody {
         summary: r.work.summary.clone(),
         parts: r.work.parts.clone(),
         notes: r.work.notes.clone(),
+        attachments: r
+            .attachments
+            .iter()
+            .map(|a| AttachmentBody {
+                id: a.id.to_string(),
+                name: a.name.clone(),
+                content_type: a.content_type.clone(),
+                size: a.size,
+                at_ms: a.at_ms,
+                by: a.by.clone(),
+                download: format!("/api/v1/maintenance/records/{}/attachments/{}", r.id, a.id),
+            })
+            .collect(),
     }
 }
 
@@ -1048,6 +1085,7 @@ async fn open_record(app: App, bearer: Option<String>, ip: IpAddr, request: Open
         completed_by: request.completed.then(|| caller.actor.clone()),
         cycles_at: cycles,
         work,
+        attachments: Vec::new(),
     };
     // The lockout first: a record that says the gate is locked out while it is not would
     // send someone to work on a live gate.
@@ -1188,6 +1226,175 @@ async fn complete_record(
     )
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/maintenance/records/{record}/attachments",
+    tag = "maintenance",
+    operation_id = "attach_to_maintenance_record",
+    params(("record" = String, Path, description = "Record id (UUID)"), UploadQuery),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The file: image/jpeg, image/png, image/webp, application/pdf or text/plain, as its Content-Type says; streamed to storage"),
+    responses(
+        (status = 201, description = "Attached", body = AttachmentBody),
+        (status = 400, description = "No name, or a bad one"),
+        (status = 403, description = "Not an admin or operator"),
+        (status = 404, description = "No such record"),
+        (status = 413, description = "Larger than the configured limit"),
+        (status = 415, description = "A content type that is not accepted"),
+        (status = 422, description = "The record holds the most attachments already"),
+        (status = 503, description = "The file store is unavailable; retry"),
+    ),
+    security(("bearer" = [])),
+)]
+async fn attach(
+    params: PathParams,
+    app: App,
+    bearer: Option<String>,
+    ip: IpAddr,
+    content_type: Option<String>,
+    query: UploadQuery,
+    body: crate::files::Upload,
+) -> Outcome {
+    let caller = app.authenticate(bearer).await?;
+    let record = find_record(&app, params.get("record")?).await?;
+    may_at(&caller, Operation::Maintain, Some(&record.site))?;
+    gatehouse_actors::maintenance::check_file_name(&query.name)
+        .map_err(|e| bad_query("name", format!("name: {}", e.why)))?;
+    let content_type = content_type
+        .as_deref()
+        .and_then(|t| t.split(';').next())
+        .map(|t| t.trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    if !gatehouse_actors::maintenance::ATTACHMENT_TYPES.contains(&content_type.as_str()) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!(
+                "attachments are {}",
+                gatehouse_actors::maintenance::ATTACHMENT_TYPES.join(", ")
+            ),
+        )
+        .with_details(json!({ "content_type": content_type })));
+    }
+    if record.attachments.len() >= gatehouse_actors::maintenance::MAX_ATTACHMENTS {
+        return Err(unprocessable(
+            "too_many_attachments",
+            format!(
+                "a record holds at most {} attachments",
+                gatehouse_actors::maintenance::MAX_ATTACHMENTS
+            ),
+        ));
+    }
+    let blobs = app.blobs.clone().ok_or_else(|| {
+        ApiError::service_unavailable(
+            "storage_unavailable",
+            "this node keeps no files (no blob store configured)",
+        )
+    })?;
+    let id = uuid::Uuid::new_v4();
+    let key = format!(
+        "attachments/{}/{}-{}",
+        record.id.simple(),
+        id.simple(),
+        query.name
+    );
+    let size = blobs
+        .put(&key, &content_type, body.into_reader(), app.max_attachment)
+        .await
+        .map_err(crate::files::blob_error)?;
+    let attachment = gatehouse_actors::maintenance::Attachment {
+        id,
+        name: query.name.clone(),
+        content_type,
+        size,
+        key: key.clone(),
+        at_ms: wall_ms(),
+        by: caller.actor.clone(),
+    };
+    if let Err(e) = app
+        .maintenance
+        .add_attachment(record.id, attachment.clone())
+        .await
+    {
+        // Not recorded: the file must not linger unreferenced.
+        let _ = blobs.delete(&key).await;
+        return Err(match e {
+            StoreError::Rejected(why) => unprocessable("too_many_attachments", why),
+            other => store_error(other),
+        });
+    }
+    audit(
+        &app,
+        &caller,
+        ip,
+        "maintenance.record.attach",
+        format!("gate:{}", record.gate),
+        json!({ "record": record.id.to_string(), "attachment": id.to_string(),
+                "name": &attachment.name, "size": size }),
+    )
+    .await;
+    let mut with = record;
+    with.attachments.push(attachment);
+    let body = record_body(&with);
+    let created = body
+        .attachments
+        .into_iter()
+        .find(|a| a.id == id.to_string())
+        .ok_or_else(|| ApiError::internal("the attachment just added is missing"))?;
+    json::reply(StatusCode::CREATED, &created)
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/maintenance/records/{record}/attachments/{attachment}",
+    tag = "maintenance",
+    operation_id = "download_maintenance_attachment",
+    params(
+        ("record" = String, Path, description = "Record id (UUID)"),
+        ("attachment" = String, Path, description = "Attachment id (UUID)"),
+    ),
+    responses(
+        (status = 200, description = "The file, streamed", content_type = "application/octet-stream"),
+        (status = 303, description = "A presigned link to the file in the bucket (S3)"),
+        (status = 403, description = "Not allowed"),
+        (status = 404, description = "No such record or attachment"),
+        (status = 503, description = "The file store is unavailable; retry"),
+    ),
+    security(("bearer" = [])),
+)]
+async fn attachment(params: PathParams, app: App, bearer: Option<String>) -> Outcome {
+    let caller = app.authenticate(bearer).await?;
+    let record = find_record(&app, params.get("record")?).await?;
+    may_at(&caller, Operation::ReadMaintenance, Some(&record.site))?;
+    let raw = params.get("attachment")?;
+    let unknown = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_attachment",
+            format!("no attachment {raw} on this record"),
+        )
+        .with_details(json!({ "attachment": raw }))
+    };
+    let found = record
+        .attachments
+        .iter()
+        .find(|a| a.id.to_string() == raw)
+        .ok_or_else(unknown)?;
+    let blobs = app.blobs.as_ref().ok_or_else(|| {
+        ApiError::service_unavailable(
+            "storage_unavailable",
+            "this node keeps no files (no blob store configured)",
+        )
+    })?;
+    crate::files::download(
+        blobs.as_ref(),
+        &found.key,
+        &found.name,
+        gatehouse_actors::blob::PRESIGN_TTL,
+    )
+    .await
+    .map_err(|e| e.unwrap_or_else(unknown))
+}
+
 pub fn routes(app: &App) -> Vec<Route> {
     let a = app.clone();
     vec![
@@ -1245,6 +1452,21 @@ pub fn routes(app: &App) -> Vec<Route> {
                     .and(json::body::<OpenRecord>())
                     .then(open_record)
             }
+        }),
+        Route::new::<__path_attach, _>({
+            let a = a.clone();
+            move |p| {
+                p.and(a.caller())
+                    .and(client_ip())
+                    .and(warp::header::optional::<String>("content-type"))
+                    .and(warp::query::<UploadQuery>())
+                    .and(crate::files::upload())
+                    .then(attach)
+            }
+        }),
+        Route::new::<__path_attachment, _>({
+            let a = a.clone();
+            move |p| p.and(a.caller()).then(attachment)
         }),
         Route::new::<__path_complete_record, _>(move |p| {
             p.and(a.caller())

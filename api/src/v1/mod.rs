@@ -6,6 +6,7 @@ pub mod admin;
 pub mod auth;
 pub mod gates;
 pub mod maintenance;
+pub mod reports;
 
 use crate::app::App;
 use crate::routing::Route;
@@ -17,5 +18,6 @@ pub fn routes(app: &App) -> Vec<Route> {
     routes.extend(crate::ws::routes(app));
     routes.extend(admin::routes(app));
     routes.extend(maintenance::routes(app));
+    routes.extend(reports::routes(app));
     routes
 }

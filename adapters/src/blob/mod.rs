@@ -1,0 +1,3 @@
+//! The blob port's implementations: a local directory (the default) and S3.
+
+pub mod local;

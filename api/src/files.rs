@@ -1,0 +1,98 @@
+//! Files through the API (reports, maintenance attachments): a download answers with a
+//! presigned link (303) where the blob store makes them, else streams the body; an upload
+//! streams the request body into the blob store under its size cap. Either way a file is
+//! never held whole in memory here.
+
+use std::time::Duration;
+
+use gatehouse_actors::blob::{BlobError, BlobStore};
+use warp::http::StatusCode;
+use warp::http::header::{CACHE_CONTROL, HeaderValue, LOCATION};
+use warp::reply::Response;
+
+use crate::ApiError;
+
+/// A blob store error in the one error shape.
+pub fn blob_error(e: BlobError) -> ApiError {
+    match e {
+        BlobError::TooLarge(limit) => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the file is larger than {limit} bytes"),
+        )
+        .with_details(serde_json::json!({ "limit": limit })),
+        e if e.is_transient() => ApiError::service_unavailable(
+            "storage_unavailable",
+            format!("the file store is unavailable; retry ({e})"),
+        )
+        .with_header(
+            warp::http::header::RETRY_AFTER,
+            HeaderValue::from_static("5"),
+        ),
+        e => ApiError::internal(e),
+    }
+}
+
+/// The blob under `key` as a download named `file_name`; `Err(None)` when it is gone.
+pub async fn download(
+    blobs: &dyn BlobStore,
+    key: &str,
+    file_name: &str,
+    ttl: Duration,
+) -> Result<Response, Option<ApiError>> {
+    if let Some(url) = blobs
+        .presign_get(key, ttl)
+        .await
+        .map_err(|e| Some(blob_error(e)))?
+    {
+        let mut response = Response::new(bytes::Bytes::new().into());
+        *response.status_mut() = StatusCode::SEE_OTHER;
+        let location = HeaderValue::from_str(&url)
+            .map_err(|e| Some(ApiError::internal(format_args!("presigned URL: {e}"))))?;
+        response.headers_mut().insert(LOCATION, location);
+        response
+            .headers_mut()
+            .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        return Ok(response);
+    }
+    let Some((meta, reader)) = blobs.get(key).await.map_err(|e| Some(blob_error(e)))? else {
+        return Err(None);
+    };
+    Ok(crate::server::streamed(
+        reader,
+        &meta.content_type,
+        meta.size,
+        file_name,
+    ))
+}
+
+/// A request body being uploaded, read as it arrives.
+pub struct Upload(gatehouse_actors::blob::BlobReader);
+
+impl Upload {
+    pub fn into_reader(self) -> gatehouse_actors::blob::BlobReader {
+        self.0
+    }
+}
+
+/// The request body as an [`Upload`] (the server's per-route cap applies as it streams in).
+pub fn upload()
+-> impl warp::Filter<Extract = (Upload,), Error = warp::Rejection> + Clone + Send + Sync + 'static {
+    use warp::Filter;
+    warp::body::stream().map(to_upload)
+}
+
+fn to_upload<S, B>(stream: S) -> Upload
+where
+    S: futures::Stream<Item = Result<B, warp::Error>> + Send + 'static,
+    B: bytes::Buf,
+{
+    use futures::StreamExt;
+    let chunks = stream.map(|chunk| match chunk {
+        Ok(mut buf) => Ok(buf.copy_to_bytes(buf.remaining())),
+        Err(e) => Err(std::io::Error::other(e)),
+    });
+    Upload(Box::pin(tokio_util::io::StreamReader::new(Box::pin(
+        chunks,
+    ))))
+}
