@@ -2,6 +2,7 @@
 //! register profiles that drive it, and the SQL store (SQLite and PostgreSQL). The only crate
 //! that knows Modbus frames or SQL.
 
+pub mod blob;
 pub mod late_replies;
 pub mod mail;
 pub mod modbus;
