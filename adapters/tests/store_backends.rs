@@ -1168,7 +1168,7 @@ async fn maintenance_records_page_newest_first(ctx: Ctx) {
         all.push(r);
     }
     let mut expected = all.clone();
-    expected.sort_by(|a, b| (b.opened_at_ms, b.id).cmp(&(a.opened_at_ms, a.id)));
+    expected.sort_by_key(|r| std::cmp::Reverse((r.opened_at_ms, r.id)));
     let page = |before: Option<uuid::Uuid>| RecordQuery {
         before,
         limit: 2,

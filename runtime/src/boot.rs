@@ -34,6 +34,7 @@ use gatehouse_actors::tree::root::RootChildren;
 use gatehouse_actors::tree::scheduler::{self, SchedulerArgs};
 use gatehouse_actors::tree::{ControllerSpec, Directory, Fleet, FleetContext};
 use gatehouse_adapters::blob::local::LocalBlobs;
+use gatehouse_adapters::blob::s3::{S3Blobs, S3Settings};
 use gatehouse_adapters::mail::{FileMailer, SmtpMailer};
 use gatehouse_adapters::profile::ProfileSet;
 use gatehouse_adapters::store::{Store, redact};
@@ -167,8 +168,16 @@ impl TreeOptions {
 /// The blob store `[storage]` names: S3 when a bucket is set, else `<data dir>/blobs/`.
 pub fn blob_store(config: &Config) -> anyhow::Result<Arc<dyn BlobStore>> {
     let s = &config.storage;
-    if s.s3_bucket.is_some() {
-        anyhow::bail!("storage.s3_bucket: S3 storage is not available in this build");
+    if let Some(bucket) = &s.s3_bucket {
+        let blobs = S3Blobs::new(S3Settings {
+            endpoint: s.s3_endpoint.clone(),
+            bucket: bucket.clone(),
+            region: s.s3_region.clone(),
+            path_style: s.s3_path_style,
+            access_key: s.s3_access_key.clone(),
+            secret_key: s.s3_secret_key.clone(),
+        })?;
+        return Ok(Arc::new(blobs));
     }
     let dir = config.data.dir.join("blobs");
     let local =

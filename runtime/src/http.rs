@@ -231,6 +231,12 @@ pub async fn start(
         listen: config.http.listen,
         cors_origins: config.http.cors_origins.clone(),
         trusted_proxies: config.http.trusted_proxies.clone(),
+        large_bodies: vec![(
+            gatehouse_api::v1::maintenance::ATTACHMENTS_TEMPLATE.to_owned(),
+            gatehouse_api::v1::maintenance::upload_cap(
+                config.storage.max_attachment_mb * 1024 * 1024,
+            ),
+        )],
         ..ApiConfig::default()
     };
     match gatehouse_api::serve(api.clone(), table, shutdown.clone()).await {

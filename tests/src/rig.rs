@@ -33,18 +33,26 @@ impl Rig {
     }
 
     pub async fn start_on(ws: WsConfig, bus_capacity: Option<usize>) -> Rig {
-        Self::start_full(ws, bus_capacity, None).await
+        Self::start_full(ws, bus_capacity, None, None).await
+    }
+
+    /// With its files in `blobs`, and each site's previous month queued as reports.
+    pub async fn start_reporting(
+        blobs: std::sync::Arc<dyn gatehouse_actors::blob::BlobStore>,
+    ) -> Rig {
+        Self::start_full(WsConfig::default(), None, None, Some(blobs)).await
     }
 
     /// With a notifier that sends mail as `notify` says.
     pub async fn start_notifying(notify: gatehouse_runtime::boot::NotifySetup) -> Rig {
-        Self::start_full(WsConfig::default(), None, Some(notify)).await
+        Self::start_full(WsConfig::default(), None, Some(notify), None).await
     }
 
     async fn start_full(
         ws: WsConfig,
         bus_capacity: Option<usize>,
         notify: Option<gatehouse_runtime::boot::NotifySetup>,
+        blobs: Option<std::sync::Arc<dyn gatehouse_actors::blob::BlobStore>>,
     ) -> Rig {
         let profiles = gatehouse_adapters::profile::ProfileSet::builtin().unwrap();
         let farm = Farm::start(FarmSpec {
@@ -118,6 +126,8 @@ unit = 1
             bus_capacity,
             maintenance_check: crate::stack::TEST_MAINTENANCE_CHECK,
             notify,
+            monthly_reports: blobs.is_some(),
+            blobs,
         })
         .await
         .expect("the stack starts");

@@ -49,6 +49,10 @@ pub struct StackSpec {
     pub maintenance_check: std::time::Duration,
     /// Notifications (none: no notifier).
     pub notify: Option<gatehouse_runtime::boot::NotifySetup>,
+    /// Where files go (none: a directory in the stack's temporary one).
+    pub blobs: Option<Arc<dyn gatehouse_actors::blob::BlobStore>>,
+    /// Queue each site's previous month.
+    pub monthly_reports: bool,
 }
 
 /// The scheduler's round in test stacks: short, so that due events come quickly.
@@ -125,9 +129,13 @@ impl Stack {
             gatehouse_runtime::boot::TreeOptions {
                 maintenance_check: spec.maintenance_check,
                 notify: spec.notify.clone(),
-                blobs: Some(std::sync::Arc::new(
-                    gatehouse_adapters::blob::local::LocalBlobs::new(&dir.path().join("blobs"))?,
-                )),
+                blobs: Some(match &spec.blobs {
+                    Some(b) => b.clone(),
+                    None => Arc::new(gatehouse_adapters::blob::local::LocalBlobs::new(
+                        &dir.path().join("blobs"),
+                    )?),
+                }),
+                monthly_reports: spec.monthly_reports,
                 ..Default::default()
             },
         )
@@ -174,6 +182,10 @@ impl Stack {
             .collect();
         let (stop, stopped) = oneshot::channel::<()>();
         let config = ApiConfig {
+            large_bodies: vec![(
+                gatehouse_api::v1::maintenance::ATTACHMENTS_TEMPLATE.to_owned(),
+                gatehouse_api::v1::maintenance::upload_cap(4 * 1024 * 1024),
+            )],
             listen: ([127, 0, 0, 1], 0).into(),
             ..ApiConfig::default()
         };

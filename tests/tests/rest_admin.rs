@@ -71,6 +71,8 @@ impl Rig {
             bus_capacity: None,
             maintenance_check: gatehouse_tests::stack::TEST_MAINTENANCE_CHECK,
             notify: None,
+            blobs: None,
+            monthly_reports: false,
         };
         Rig(RestRig::start(farm, spec, WAIT).await)
     }

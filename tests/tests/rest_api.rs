@@ -100,6 +100,8 @@ impl Rig {
             bus_capacity: None,
             maintenance_check: gatehouse_tests::stack::TEST_MAINTENANCE_CHECK,
             notify: None,
+            blobs: None,
+            monthly_reports: false,
         };
         let rig = RestRig::start(farm, spec, WAIT).await;
 

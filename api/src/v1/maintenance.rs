@@ -218,6 +218,13 @@ pub struct UploadQuery {
 /// The path of the attachment upload route (its body cap is the attachment limit).
 pub const ATTACHMENTS_TEMPLATE: &str = "/api/v1/maintenance/records/{record}/attachments";
 
+/// The server's body cap for the upload route: a little above the attachment limit, so that
+/// a file just over the limit is refused by the store's count (413, nothing kept) rather
+/// than cut off mid-stream by the server.
+pub fn upload_cap(max_attachment: u64) -> usize {
+    usize::try_from(max_attachment.saturating_add(64 * 1024)).unwrap_or(usize::MAX)
+}
+
 /// A record, with the outcome of the lockout or unlock command it sent, if it sent one.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RecordChange {

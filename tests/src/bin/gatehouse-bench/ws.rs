@@ -261,6 +261,8 @@ pub async fn run(sizes: WsSizes) -> anyhow::Result<WsReport> {
         bus_capacity: None,
         maintenance_check: std::time::Duration::from_secs(60),
         notify: None,
+        blobs: None,
+        monthly_reports: false,
     })
     .await?;
     let mut ids: Vec<GateId> = stack

@@ -7,150 +7,19 @@
 //! `.ci/run` installs it). Without it the tests are skipped with a notice, except under CI
 //! (`CI` set), where they fail.
 
-use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
 use std::pin::Pin;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use gatehouse_actors::blob::{BlobError, BlobReader, BlobStore, PRESIGN_TTL};
 use gatehouse_adapters::blob::s3::{S3Blobs, S3Settings};
-use tempfile::TempDir;
-use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
+use gatehouse_tests::s3::{BUCKET, S3sFs};
 
-const INSTALL_HINT: &str = "s3s-fs 0.14.1 is required: install it with `cargo install --locked \
-                            s3s-fs --version 0.14.1 --features binary` (.ci/run does)";
-/// Bounds the server's start.
-const START_WITHIN: Duration = Duration::from_secs(30);
 /// Bounds each test, so that a hang fails instead of stalling CI.
 const TEST_LIMIT: Duration = Duration::from_secs(180);
-const BUCKET: &str = "gatehouse-blobs";
-const ACCESS_KEY: &str = "gatehouse-test-access";
-const SECRET_KEY: &str = "gatehouse-test-secret-5b1e";
 /// Bigger than one multipart chunk, so the upload goes in parts.
 const BIG: u64 = 12 * 1024 * 1024;
-
-/// An s3s-fs process, killed when dropped so that a failing assertion does not leak it.
-struct S3sFs {
-    child: Child,
-    endpoint: String,
-    root: TempDir,
-}
-
-impl S3sFs {
-    /// A running server with an empty bucket, or none when s3s-fs is missing outside CI.
-    fn start() -> Option<S3sFs> {
-        match Command::new("s3s-fs").arg("--version").output() {
-            Ok(out) if out.status.success() => {
-                let version = String::from_utf8_lossy(&out.stdout);
-                assert!(
-                    version.trim().ends_with(" 0.14.1"),
-                    "s3s-fs reports {:?}; {INSTALL_HINT}",
-                    version.trim()
-                );
-            }
-            _ => {
-                assert!(std::env::var_os("CI").is_none(), "{INSTALL_HINT}");
-                eprintln!("skipped: {INSTALL_HINT}");
-                return None;
-            }
-        }
-        let root = tempfile::tempdir().unwrap();
-        // A bucket is a directory under the root.
-        std::fs::create_dir(root.path().join(BUCKET)).unwrap();
-        let mut child = Command::new("s3s-fs")
-            .args(["--host", "127.0.0.1", "--port", "0"])
-            .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
-            .arg(root.path())
-            .env("RUST_LOG", "s3s_fs=info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start s3s-fs ({e}); {INSTALL_HINT}"));
-        // It binds port 0 and logs the address it got; the pipe is drained to the end so that
-        // the server never blocks on it.
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                if let Some(at) = line.find("server is running at http://") {
-                    let addr = line[at + "server is running at http://".len()..]
-                        .split_whitespace()
-                        .next()
-                        .unwrap_or_default()
-                        .to_owned();
-                    let _ = tx.send(addr);
-                }
-            }
-        });
-        let mut server = S3sFs {
-            child,
-            endpoint: String::new(),
-            root,
-        };
-        let addr: SocketAddr = rx
-            .recv_timeout(START_WITHIN)
-            .unwrap_or_else(|_| panic!("s3s-fs did not report its address within {START_WITHIN:?}"))
-            .parse()
-            .expect("s3s-fs logged an address");
-        let deadline = Instant::now() + START_WITHIN;
-        while TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "s3s-fs at {addr} does not accept connections"
-            );
-            assert!(server.child.try_wait().unwrap().is_none(), "s3s-fs exited");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        server.endpoint = format!("http://{addr}");
-        Some(server)
-    }
-
-    fn settings(&self) -> S3Settings {
-        S3Settings {
-            endpoint: Some(self.endpoint.clone()),
-            bucket: BUCKET.into(),
-            region: "us-east-1".into(),
-            path_style: true,
-            access_key: Some(ACCESS_KEY.into()),
-            secret_key: Some(SECRET_KEY.into()),
-        }
-    }
-
-    fn blobs(&self) -> S3Blobs {
-        S3Blobs::new(self.settings()).unwrap()
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Incomplete multipart uploads s3s-fs 0.14.1 keeps in its root (`.upload-<id>.json`,
-    /// `.upload_id-<id>.part-<n>`).
-    fn pending_uploads(&self) -> Vec<String> {
-        files_named_like(self.root.path(), ".upload")
-    }
-}
-
-impl Drop for S3sFs {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn files_named_like(dir: &Path, start: &str) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|name| name.starts_with(start))
-        .collect()
-}
+use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 
 /// The byte at `offset` of every generated body: position-dependent, so a part stored out of
 /// order or twice does not compare equal.
@@ -236,10 +105,7 @@ async fn blobs_stream_in_and_out_list_in_key_order_and_presign() {
             blobs.describe(),
             format!("s3://{BUCKET} at {}", server.endpoint)
         );
-        assert!(
-            BIG > s3::bucket::CHUNK_SIZE as u64,
-            "the big body must go in parts"
-        );
+        // BIG (12 MiB) is more than rust-s3 0.38's 8 MiB part: the upload goes in parts.
 
         let big = blobs
             .put(
