@@ -650,3 +650,89 @@ async fn a_restarted_gate_actor_is_told_the_current_reading_even_though_nothing_
     assert_eq!(next(&mut acks).await, CommandStatus::Accepted);
     assert_eq!(next(&mut acks).await, CommandStatus::Completed);
 }
+
+/// The link's counters: (reads, poll messages that read, writes the controller saw).
+fn counts(r: &Rig) -> (u64, u64, usize) {
+    let stats = r.fleet.context().link_stats();
+    let (_, st) = &stats[0];
+    (
+        st.polls.load(Ordering::Relaxed),
+        st.poll_rounds.load(Ordering::Relaxed),
+        r.script.get(|s| s.writes.len()),
+    )
+}
+
+/// Waits (bounded, on the paused clock) until the link has read `reads` more times.
+async fn reads_go_by(r: &Rig, reads: u64) {
+    let (from, _, _) = counts(r);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while counts(r).0 < from + reads {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the link stopped polling"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Polling a fleet at rest costs a wake (a message, a timer) per poll message: gates at rest
+/// are read in bursts of `link::BURST`, the gates of a controller falling due in groups of
+/// that size. While a gate is busy (moving, or just written to) every poll message reads one
+/// gate, so that a write queued behind it waits for one read at the most; once the gate is
+/// at rest again, bursts are full again (how a gate goes back to its group's schedule is
+/// `link::rest_due`'s unit tests). (On tokio's paused clock, reads take no time, so bursts
+/// are never cut short by `BURST_TIME`.)
+#[tokio::test(start_paused = true)]
+async fn gates_at_rest_are_polled_in_bursts_and_one_read_a_message_while_a_gate_is_busy() {
+    use gatehouse_actors::tree::link::{BURST, BURST_TIME};
+    let r = rig(16).await;
+    for i in 0..16 {
+        r.until(i, GateState::Closed).await;
+    }
+    // Past the first round after connecting (every gate at once).
+    reads_go_by(&r, 32).await;
+    let ratio = |(p0, r0, _): (u64, u64, usize), (p1, r1, _): (u64, u64, usize)| {
+        (p1 - p0) as f64 / (r1 - r0).max(1) as f64
+    };
+
+    let before = counts(&r);
+    reads_go_by(&r, 160).await;
+    let at_rest = ratio(before, counts(&r));
+    assert!(
+        at_rest >= BURST as f64 * 0.9,
+        "at rest, {at_rest:.2} reads per poll message (bursts of {BURST})"
+    );
+
+    // A write makes its gate hot (fast polling, `HOT_AFTER_WRITE`: 3 s).
+    let (_, mut acks) = r.command(3, Action::Open);
+    assert_eq!(next(&mut acks).await, CommandStatus::Accepted);
+    let written = tokio::time::Instant::now();
+    let before = counts(&r);
+    reads_go_by(&r, 100).await;
+    let after = counts(&r);
+    assert!(
+        written.elapsed() < Duration::from_secs(3) - BURST_TIME,
+        "still within the hot window"
+    );
+    // Every read but the ones after writes came in a poll message of its own.
+    assert_eq!(
+        after.0 - before.0,
+        (after.1 - before.1) + (after.2 - before.2) as u64,
+        "one read per poll message while a gate is hot: {before:?} -> {after:?}"
+    );
+    assert!(after.0 - before.0 >= 100);
+
+    // After the hot window, bursts are full again.
+    while written.elapsed() < Duration::from_secs(4) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    reads_go_by(&r, 32).await;
+    let before = counts(&r);
+    reads_go_by(&r, 160).await;
+    let again = ratio(before, counts(&r));
+    assert!(
+        again >= BURST as f64 * 0.9,
+        "after the gate came to rest, {again:.2} reads per poll message"
+    );
+    assert_eq!(r.script.get(|s| s.writes.clone()), vec![(3, HwOp::Open)]);
+}

@@ -44,6 +44,25 @@ const QUIET_REFRESH: Duration = Duration::from_secs(30);
 const HOT_READS_PER_SECOND: f64 = 250.0;
 /// Weight of the newest read in the link's running mean transaction time.
 const TX_MEAN_WEIGHT: f64 = 0.1;
+/// Gates at rest are polled in bursts of up to this many reads back to back in one message:
+/// each message costs a thread wake (and each timer a task), and waking threads is most of
+/// what polling a fleet at rest costs on a fast link. The gates of a controller are spread
+/// over the interval in groups of this size that fall due together. Bursts pay only if the
+/// bursts of many links overlap (see [`LINK_SPREAD`]): one link's reads are sequential round
+/// trips, each a wake of its own unless other links' replies arrive meanwhile. Measured at
+/// 10,000 gates on 100 links, bursts whose links fell due at random made 1.9× the context
+/// switches and 10 % more CPU than one read per message; aligned, half the CPU.
+pub const BURST: usize = 8;
+/// A burst stops once it has taken this long, so that a write queued behind it waits no
+/// longer than this (on a slow line, where one read takes longer, a burst is one read).
+pub const BURST_TIME: Duration = Duration::from_millis(5);
+/// A burst may take a gate at rest this much before it falls due (a fiftieth of the poll
+/// interval, at most this), so that gates whose schedules almost coincide share a wake.
+pub const BURST_AHEAD_MAX: Duration = Duration::from_millis(10);
+/// The bursts of different links fall due together (their round trips overlap, and one
+/// thread wake serves many replies), in this many lanes between a link's groups, so that
+/// not every link of the process bursts at the same instant (poll jitter).
+pub const LINK_SPREAD: usize = 4;
 
 /// Reconnecting to a controller that refuses connections (the host is up, the service is
 /// not: a controller rebooting) is cheap, and such outages are usually short: try every
@@ -99,7 +118,10 @@ pub type PulseLedger = Arc<Mutex<Vec<(usize, HwOp)>>>;
 pub struct LinkStats {
     /// How late each poll started against its schedule.
     pub poll_jitter: Histogram,
+    /// Reads, of every kind (polls and reads after writes).
     pub polls: std::sync::atomic::AtomicU64,
+    /// Poll messages that read at least one gate: `polls` ÷ this is the mean burst.
+    pub poll_rounds: std::sync::atomic::AtomicU64,
     pub connects: std::sync::atomic::AtomicU64,
     /// Where the link is now, for the live tree and the metrics.
     status: Mutex<LinkStatus>,
@@ -198,8 +220,9 @@ pub struct LinkArgs {
 
 struct Slot {
     due: Instant,
-    /// Added once to the schedule after the first poll of a connection, to spread the gates
-    /// of a controller over the interval.
+    /// Where this gate's polls at rest fall in the interval, from the connection's start:
+    /// the gates of a controller are spread over the interval in groups of [`BURST`] that
+    /// fall due together (see [`rest_due`]).
     phase: Duration,
     /// Polled at the profile's fast rate until then (a command in flight).
     hot_until: Option<Instant>,
@@ -223,6 +246,14 @@ pub struct LinkState {
     tx_mean_s: f64,
     /// When the pending poll timer fires, if one is pending.
     timer: Option<(Instant, PollTimer)>,
+    /// A `Poll` the link sent itself is waiting in its mailbox: no timer is armed meanwhile
+    /// (handling it schedules the next).
+    poll_queued: bool,
+    /// When the current connection started: the origin of every slot's `phase`.
+    epoch: Instant,
+    /// Until then some gate of this link is moving or was just written to, and reads go one
+    /// per message (see [`LinkState::poll_due`]).
+    busy_until: Option<Instant>,
 }
 
 impl LinkState {
@@ -249,7 +280,12 @@ impl LinkState {
         }
     }
 
+    /// Arranges the next `Poll`: at once, as a message to itself, if a gate is due already;
+    /// else a timer at the earliest due time. Never both, and never a second of either.
     fn schedule(&mut self, myself: &LinkRef) {
+        if self.session.is_none() || self.poll_queued {
+            return;
+        }
         let Some(next) = self.slots.iter().map(|s| s.due).min() else {
             return;
         };
@@ -261,42 +297,84 @@ impl LinkState {
         if let Some((_, h)) = self.timer.take() {
             h.abort();
         }
-        let delay = next.saturating_duration_since(Instant::now());
-        let handle = myself.send_after(delay, || LinkMsg::Poll.into());
+        let now = Instant::now();
+        if next <= now {
+            // A self message costs no timer task.
+            if myself.send_message(LinkMsg::Poll.into()).is_ok() {
+                self.poll_queued = true;
+            }
+            return;
+        }
+        let handle = myself.send_after(next - now, || LinkMsg::Poll.into());
         self.timer = Some((next, handle));
     }
 
-    async fn poll_due(&mut self, myself: &LinkRef) -> Result<(), LinkError> {
-        // One read per poll message, so that a queued write waits for at most one read (it
-        // keeps the command latency tail short: p99 1.5 ms against 2.3 ms with four reads a
-        // message, at 10,000 gates). The earliest due slot is picked without allocating: this
-        // runs once per read.
-        let now = Instant::now();
-        let mut earliest: Option<usize> = None;
-        let mut waiting = 0usize;
-        for (i, slot) in self.slots.iter().enumerate() {
-            if slot.due <= now {
-                waiting += 1;
-                if earliest.is_none_or(|e| slot.due < self.slots[e].due) {
+    fn busy(&self, now: Instant) -> bool {
+        self.busy_until.is_some_and(|t| t > now)
+    }
+
+    /// Reads the earliest due gate; then, while no gate of the link is moving or was just
+    /// written to, up to [`BURST`] − 1 more gates due by now (or within the look-ahead),
+    /// earliest first, for at most [`BURST_TIME`]. While a gate is busy it is one read per
+    /// message, so that a queued write (commands come in bunches) waits for at most one read
+    /// (the command latency tail: p99 1.5 ms against 2.3 ms with four reads a message, at
+    /// 10,000 gates). Due slots are picked by a plain scan, which allocates nothing.
+    async fn poll_due(&mut self) -> Result<(), LinkError> {
+        let started = Instant::now();
+        let ahead = (self.args.spec.poll_interval / 50).min(BURST_AHEAD_MAX);
+        let mut reads = 0usize;
+        loop {
+            let now = Instant::now();
+            let limit = if reads == 0 { now } else { now + ahead };
+            let mut earliest: Option<usize> = None;
+            for (i, slot) in self.slots.iter().enumerate() {
+                if slot.due <= limit && earliest.is_none_or(|e| slot.due < self.slots[e].due) {
                     earliest = Some(i);
                 }
             }
+            let Some(i) = earliest else {
+                break;
+            };
+            let scheduled = self.slots[i].due;
+            self.args
+                .stats
+                .poll_jitter
+                .record(now.saturating_duration_since(scheduled));
+            self.read_slot(i, scheduled).await?;
+            reads += 1;
+            if reads >= BURST || self.busy(Instant::now()) || started.elapsed() >= BURST_TIME {
+                break;
+            }
         }
-        let Some(i) = earliest else {
-            return Ok(());
-        };
-        let scheduled = self.slots[i].due;
-        self.args
-            .stats
-            .poll_jitter
-            .record(Instant::now().saturating_duration_since(scheduled));
-        self.read_slot(i, scheduled).await?;
-        if waiting > 1 {
-            // Let queued writes in before the rest of the due reads.
-            let _ = myself.send_message(LinkMsg::Poll.into());
+        if reads > 0 {
+            self.args
+                .stats
+                .poll_rounds
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         Ok(())
     }
+}
+
+/// When a gate at rest is next due: the first point of its grid (`anchor` + k × `base`, the
+/// connection's start plus the gate's phase) at least half an interval after `scheduled`
+/// (when this read was due) and after `done` (when it ended). On schedule that is
+/// `scheduled + base`; a late read does not cause catch-up reads; and a gate off its grid
+/// (after a fast episode, a reread, a connection) goes back to it, to its burst group.
+pub fn rest_due(anchor: Instant, base: Duration, scheduled: Instant, done: Instant) -> Instant {
+    let base = base.max(Duration::from_millis(1));
+    let from = (scheduled + base / 2).max(done);
+    let step = base.as_nanos();
+    let at = |k: u128, forward: bool| {
+        let off = Duration::from_nanos((k * step).min(u64::MAX as u128) as u64);
+        if forward { anchor + off } else { anchor - off }
+    };
+    let next = if from <= anchor {
+        at((anchor - from).as_nanos() / step, false)
+    } else {
+        at((from - anchor).as_nanos().div_ceil(step), true)
+    };
+    if next <= done { next + base } else { next }
 }
 
 impl LinkState {
@@ -322,7 +400,7 @@ impl LinkState {
 
     /// Reads gate `i` now, tells its actor, and schedules its next poll: fast while it moves
     /// or was just written to, else on its phase at the profile's rate (`scheduled` is when
-    /// this read was due; a late poll does not cause a burst of catch-up polls).
+    /// this read was due; see [`rest_due`]).
     async fn read_slot(&mut self, i: usize, scheduled: Instant) -> Result<(), LinkError> {
         let base = self.args.spec.poll_interval;
         let fast = self.args.spec.fast_poll_interval;
@@ -348,23 +426,21 @@ impl LinkState {
         );
         if moving {
             self.slots[i].moving_until = Some(done + fast);
+            self.busy_until = self.busy_until.max(Some(done + fast));
         }
         // Only a moving gate needs the hot interval (it counts the link's moving gates).
         let hot_gap = self.slots[i]
             .moving_until
             .is_some_and(|t| t > done)
             .then(|| self.hot_gap(done, fast));
+        let epoch = self.epoch;
         let slot = &mut self.slots[i];
         slot.due = if let Some(gap) = hot_gap {
             done + gap
         } else if slot.hot_until.is_some_and(|t| t > done) {
             done + fast
         } else {
-            let mut next = scheduled + base + std::mem::take(&mut slot.phase);
-            if next <= done {
-                next = done + base;
-            }
-            next
+            rest_due(epoch + slot.phase, base, scheduled, done)
         };
         let busy =
             slot.moving_until.is_some_and(|t| t > done) || slot.hot_until.is_some_and(|t| t > done);
@@ -431,6 +507,9 @@ impl Actor for LinkActor {
             slots,
             tx_mean_s: 0.0,
             timer: None,
+            poll_queued: false,
+            epoch: now,
+            busy_until: None,
         })
     }
 
@@ -535,18 +614,36 @@ impl Actor for LinkActor {
                     .insert_link(state.args.spec.id.clone(), myself.clone());
                 // Every gate is read at once, to reconcile quickly after a restart; after that
                 // the gates of a controller are spread over the interval so that they do not
-                // all land in the same millisecond, every interval, forever.
+                // all land in the same millisecond, every interval, forever: in groups of
+                // `BURST`, each group read in one burst.
                 let now = Instant::now();
-                let n = state.slots.len().max(1) as u32;
+                let groups = state.slots.len().div_ceil(BURST).max(1) as u32;
                 let interval = state.args.spec.poll_interval;
+                // Every link's grid starts on a wall-clock multiple of its interval, so that
+                // the bursts of different links fall due together and their round trips
+                // overlap (one thread wake for many replies); links are dealt over
+                // `LINK_SPREAD` offsets between their groups, so that not all of them burst
+                // at once.
+                let since = crate::clock::wall_ms() % (interval.as_millis().max(1) as u64);
+                let lane = {
+                    use std::hash::{Hash, Hasher};
+                    let mut h = std::hash::DefaultHasher::new();
+                    state.args.spec.id.hash(&mut h);
+                    (h.finish() % LINK_SPREAD as u64) as u32
+                };
+                let offset = interval * lane / (groups * LINK_SPREAD as u32);
+                state.epoch = now.checked_sub(Duration::from_millis(since)).unwrap_or(now) + offset;
                 for (i, slot) in state.slots.iter_mut().enumerate() {
                     slot.due = now;
                     slot.told = None;
-                    slot.phase = interval * i as u32 / n;
+                    slot.phase = interval * (i / BURST) as u32 / groups;
                 }
                 tracing::info!(controller = %state.args.spec.id, endpoint = %state.args.spec.connector.endpoint(), "link up");
             }
             LinkMsg::Poll => {
+                // Either the timer fired or the link sent it itself; a fired timer whose
+                // message overtook a queued one is no loss (it finds nothing due, or reads).
+                state.poll_queued = false;
                 if state
                     .timer
                     .as_ref()
@@ -555,7 +652,7 @@ impl Actor for LinkActor {
                     state.timer = None;
                 }
                 if state.session.is_some() {
-                    state.poll_due(&myself).await?;
+                    state.poll_due().await?;
                 }
             }
             LinkMsg::Write {
@@ -583,6 +680,7 @@ impl Actor for LinkActor {
                         if let Some(slot) = state.slots.get_mut(gate) {
                             let now = Instant::now();
                             slot.hot_until = Some(now + HOT_AFTER_WRITE);
+                            state.busy_until = state.busy_until.max(Some(now + HOT_AFTER_WRITE));
                             // Read after write: the gate is read at once, as the next
                             // transaction, so that motion the controller already shows is
                             // reported now rather than at the next poll. (Queuing the read
@@ -683,5 +781,55 @@ mod tests {
             reconnect_delay(ConnectFailure::Other, S(0), 1, 0.0),
             SILENT_RECONNECT_FIRST
         );
+    }
+
+    const MS: fn(u64) -> Duration = Duration::from_millis;
+
+    #[test]
+    fn a_gate_at_rest_read_on_time_is_next_due_one_interval_later() {
+        let epoch = Instant::now();
+        let anchor = epoch + MS(250);
+        for k in [0, 1, 7] {
+            let scheduled = anchor + S(1) * k;
+            for took in [MS(0), MS(3), MS(400)] {
+                assert_eq!(
+                    rest_due(anchor, S(1), scheduled, scheduled + took),
+                    scheduled + S(1),
+                    "read {k} took {took:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_late_read_is_not_caught_up_but_next_due_on_the_gates_grid() {
+        let anchor = Instant::now() + MS(250);
+        // Read 2.7 intervals late: the missed polls are skipped, not made up in a burst.
+        let done = anchor + MS(2_700);
+        let next = rest_due(anchor, S(1), anchor, done);
+        assert_eq!(next, anchor + S(3));
+        // Late by exactly whole intervals: still strictly after the read.
+        let done = anchor + S(2);
+        assert_eq!(rest_due(anchor, S(1), anchor, done), anchor + S(3));
+    }
+
+    #[test]
+    fn a_gate_off_its_grid_goes_back_to_it_within_half_to_one_and_a_half_intervals() {
+        let epoch = Instant::now();
+        let anchor = epoch + MS(250);
+        // After a fast episode, a reread, a connection: due off the grid, at any offset,
+        // on either side of the anchor.
+        for off in (0..40).map(|i| MS(i * 97)) {
+            let scheduled = epoch + off;
+            let next = rest_due(anchor, S(1), scheduled, scheduled);
+            let gap = next - scheduled;
+            assert!(gap >= MS(500) && gap < MS(1_500), "{off:?}: {gap:?}");
+            let on_grid = if next >= anchor {
+                (next - anchor).as_nanos() % S(1).as_nanos()
+            } else {
+                (anchor - next).as_nanos() % S(1).as_nanos()
+            };
+            assert_eq!(on_grid, 0, "{off:?}: {next:?} is off the grid");
+        }
     }
 }

@@ -147,6 +147,8 @@ struct ScrapeFigures {
 struct PollFigures {
     seconds: f64,
     polls_per_second: f64,
+    /// Reads per poll message (the links' mean burst).
+    reads_per_round: f64,
     jitter_p50_ms: f64,
     jitter_p99_ms: f64,
     jitter_max_ms: f64,
@@ -398,6 +400,13 @@ async fn all(sizes: Sizes) -> anyhow::Result<Report> {
         .iter()
         .map(|(_, st)| st.polls.load(std::sync::atomic::Ordering::Relaxed))
         .sum();
+    let rounds = || -> u64 {
+        stats
+            .iter()
+            .map(|(_, st)| st.poll_rounds.load(std::sync::atomic::Ordering::Relaxed))
+            .sum()
+    };
+    let rounds_before = rounds();
     let (cpu0, t0) = (cpu_time(), Instant::now());
     tokio::time::sleep(Duration::from_secs(s.poll_seconds)).await;
     let (cpu1, t1) = (cpu_time(), Instant::now());
@@ -406,6 +415,7 @@ async fn all(sizes: Sizes) -> anyhow::Result<Report> {
         .iter()
         .map(|(_, st)| st.polls.load(std::sync::atomic::Ordering::Relaxed))
         .sum();
+    let rounds_after = rounds();
     // The same polling with metrics off and on, in alternating windows, for what
     // instrumentation costs at rest (the CPU figure above is with metrics on, as deployed).
     let mut cpu_by_metrics = [Duration::ZERO; 2];
@@ -438,6 +448,8 @@ async fn all(sizes: Sizes) -> anyhow::Result<Report> {
     let poll = PollFigures {
         seconds: wall,
         polls_per_second: (polls_after - polls_before) as f64 / wall,
+        reads_per_round: (polls_after - polls_before) as f64
+            / (rounds_after - rounds_before).max(1) as f64,
         jitter_p50_ms: ms(p50),
         jitter_p99_ms: ms(p99),
         jitter_max_ms: ms(max),
@@ -611,8 +623,13 @@ fn print_text(r: &Report) {
         r.controllers
     );
     println!(
-        "  poll      {:.0} polls/s over {:.1} s; jitter p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        p.polls_per_second, p.seconds, p.jitter_p50_ms, p.jitter_p99_ms, p.jitter_max_ms
+        "  poll      {:.0} polls/s over {:.1} s ({:.1} reads a wake); jitter p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        p.polls_per_second,
+        p.seconds,
+        p.reads_per_round,
+        p.jitter_p50_ms,
+        p.jitter_p99_ms,
+        p.jitter_max_ms
     );
     println!(
         "            runtime CPU {:.1} %; RSS {:.1} MiB, {:.2} KiB per gate; all online {:.0} ms after boot",
