@@ -324,7 +324,10 @@ pub async fn run(config: Config, options: DemoOptions) -> anyhow::Result<()> {
     let _ = stop_http.send(());
     let _ = server.await;
     runtime.shutdown(config.shutdown.timeout()).await;
+    // Aborting only asks: the printer may be mid-line on another thread. Waiting for it to
+    // end keeps its last lines before the farewell.
     printer.abort();
+    let _ = printer.await;
     farm.shutdown().await;
     println!("demo stopped cleanly");
     Ok(())

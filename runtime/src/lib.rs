@@ -223,6 +223,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
     }
     watcher.abort();
+    let _ = watcher.await;
     result
 }
 
