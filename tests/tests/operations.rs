@@ -55,7 +55,11 @@ async fn only_admins_and_operators_read_the_tree_and_it_holds_every_node() {
         .iter()
         .filter_map(|c| c["id"].as_str())
         .collect();
-    assert_eq!(top, ["eventlog", "hub", "fleet", "sessions"], "{t}");
+    assert_eq!(
+        top,
+        ["eventlog", "hub", "fleet", "sessions", "scheduler"],
+        "{t}"
+    );
     let north = node(&t, &["fleet", "controller:north-ctl"]).expect("north's subtree");
     let ids: Vec<&str> = north["children"]
         .as_array()

@@ -122,12 +122,19 @@ async fn users_are_created_read_updated_and_deleted_and_bad_requests_say_why() {
             .unwrap()
             .keys()
             .collect::<BTreeSet<_>>(),
-        ["created_at_ms", "disabled", "id", "role", "username"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect::<BTreeSet<_>>()
-            .iter()
-            .collect(),
+        [
+            "created_at_ms",
+            "disabled",
+            "email",
+            "id",
+            "role",
+            "username"
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect::<BTreeSet<_>>()
+        .iter()
+        .collect(),
         "no password hash on the wire: {created:?}"
     );
     let id = created.body["id"].as_str().unwrap().to_owned();

@@ -1360,7 +1360,7 @@ async fn attach(
         ("attachment" = String, Path, description = "Attachment id (UUID)"),
     ),
     responses(
-        (status = 200, description = "The file, streamed", content_type = "application/octet-stream"),
+        (status = 200, description = "The file, streamed, as uploaded", content((Vec<u8> = "image/jpeg"), (Vec<u8> = "image/png"), (Vec<u8> = "image/webp"), (Vec<u8> = "application/pdf"), (Vec<u8> = "text/plain"))),
         (status = 303, description = "A presigned link to the file in the bucket (S3)"),
         (status = 403, description = "Not allowed"),
         (status = 404, description = "No such record or attachment"),

@@ -269,7 +269,7 @@ async fn get(params: PathParams, app: App, bearer: Option<String>) -> Outcome {
     operation_id = "download_report",
     params(("report" = String, Path, description = "Report id (UUID)")),
     responses(
-        (status = 200, description = "The file (CSV or PDF), streamed", content_type = "application/octet-stream"),
+        (status = 200, description = "The file (CSV or PDF), streamed", content((Vec<u8> = "text/csv"), (Vec<u8> = "application/pdf"))),
         (status = 303, description = "A presigned link to the file in the bucket (S3), valid 15 minutes"),
         (status = 403, description = "Not an admin"),
         (status = 404, description = "No such report, or its file is gone"),
