@@ -12,6 +12,14 @@ use warp::reply::Response;
 
 use crate::ApiError;
 
+/// 503: this node has no blob store.
+pub fn no_store() -> ApiError {
+    ApiError::service_unavailable(
+        "storage_unavailable",
+        "this node keeps no files (no blob store configured)",
+    )
+}
+
 /// A blob store error in the one error shape.
 pub fn blob_error(e: BlobError) -> ApiError {
     match e {

@@ -32,6 +32,7 @@ pub mod health;
 pub mod json;
 pub mod metrics;
 pub mod openapi;
+pub mod paging;
 pub mod policy;
 pub mod principal;
 pub mod ratelimit;

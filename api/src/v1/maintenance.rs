@@ -373,9 +373,7 @@ fn unknown_record(raw: &str) -> ApiError {
     .with_details(json!({ "record": raw }))
 }
 
-fn bad_query(field: &'static str, message: String) -> ApiError {
-    ApiError::bad_request("invalid_query", message).with_details(json!({ "field": field }))
-}
+use crate::paging::{Page, invalid_query as bad_query};
 
 // ---- who may --------------------------------------------------------------------------------
 
@@ -951,18 +949,12 @@ async fn list_records(query: RecordsQuery, app: App, bearer: Option<String>) -> 
             })
         })
         .transpose()?;
-    let limit = query.limit.unwrap_or(DEFAULT_RECORDS);
-    if !(1..=MAX_RECORDS).contains(&limit) {
-        return Err(bad_query("limit", format!("limit is 1 to {MAX_RECORDS}")));
-    }
-    let before = query
-        .before
-        .as_deref()
-        .map(|raw| {
-            raw.parse::<uuid::Uuid>()
-                .map_err(|_| bad_query("before", format!("{raw:?} is not a record id")))
-        })
-        .transpose()?;
+    let page = Page::of(
+        query.limit,
+        query.before.as_deref(),
+        DEFAULT_RECORDS,
+        MAX_RECORDS,
+    )?;
     // Records outlive gates: a gate that is gone is still a valid filter for admins.
     let (gate, site) = match query.gate.as_deref().map(parse_gate).transpose()? {
         Some(g) if policy::locate(&app, &g).is_none() => {
@@ -983,21 +975,16 @@ async fn list_records(query: RecordsQuery, app: App, bearer: Option<String>) -> 
             gate,
             site,
             status,
-            before,
-            limit: limit + 1,
+            before: page.before,
+            limit: page.fetch(),
         })
         .await
         .map_err(|e| match e {
             StoreError::Rejected(why) => bad_query("before", why),
             other => store_error(other),
         })?;
-    let more = records.len() > limit;
-    let records: Vec<RecordBody> = records.iter().take(limit).map(record_body).collect();
-    let next = if more {
-        records.last().map(|r| r.id.clone())
-    } else {
-        None
-    };
+    let (records, next) = page.split(records, |r| r.id.to_string());
+    let records = records.iter().map(record_body).collect();
     json::reply(StatusCode::OK, &RecordPage { records, next })
 }
 
@@ -1291,12 +1278,7 @@ async fn attach(
             ),
         ));
     }
-    let blobs = app.blobs.clone().ok_or_else(|| {
-        ApiError::service_unavailable(
-            "storage_unavailable",
-            "this node keeps no files (no blob store configured)",
-        )
-    })?;
+    let blobs = app.blobs.clone().ok_or_else(crate::files::no_store)?;
     let id = uuid::Uuid::new_v4();
     let key = format!(
         "attachments/{}/{}-{}",
@@ -1386,12 +1368,7 @@ async fn attachment(params: PathParams, app: App, bearer: Option<String>) -> Out
         .iter()
         .find(|a| a.id.to_string() == raw)
         .ok_or_else(unknown)?;
-    let blobs = app.blobs.as_ref().ok_or_else(|| {
-        ApiError::service_unavailable(
-            "storage_unavailable",
-            "this node keeps no files (no blob store configured)",
-        )
-    })?;
+    let blobs = app.blobs.as_ref().ok_or_else(crate::files::no_store)?;
     crate::files::download(
         blobs.as_ref(),
         &found.key,

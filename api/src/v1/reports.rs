@@ -123,12 +123,8 @@ async fn find(app: &App, raw: &str) -> Result<Report, ApiError> {
         .ok_or_else(|| unknown_report(raw))
 }
 
-fn no_files() -> ApiError {
-    ApiError::service_unavailable(
-        "storage_unavailable",
-        "this node keeps no files (no blob store configured)",
-    )
-}
+use crate::files::no_store as no_files;
+use crate::paging::{Page, invalid_query};
 
 #[utoipa::path(
     post,
@@ -210,36 +206,22 @@ async fn create(app: App, bearer: Option<String>, ip: IpAddr, request: CreateRep
 )]
 async fn list(query: ReportsQuery, app: App, bearer: Option<String>) -> Outcome {
     admin(&app, bearer).await?;
-    let bad = |field: &'static str, message: String| {
-        ApiError::bad_request("invalid_query", message).with_details(json!({ "field": field }))
-    };
-    let limit = query.limit.unwrap_or(DEFAULT_REPORTS);
-    if !(1..=MAX_REPORTS).contains(&limit) {
-        return Err(bad("limit", format!("limit is 1 to {MAX_REPORTS}")));
-    }
-    let before = query
-        .before
-        .as_deref()
-        .map(|raw| {
-            raw.parse::<uuid::Uuid>()
-                .map_err(|_| bad("before", format!("{raw:?} is not a report id")))
-        })
-        .transpose()?;
+    let page = Page::of(
+        query.limit,
+        query.before.as_deref(),
+        DEFAULT_REPORTS,
+        MAX_REPORTS,
+    )?;
     let reports = app
         .reports
-        .reports(before, limit + 1)
+        .reports(page.before, page.fetch())
         .await
         .map_err(|e| match e {
-            StoreError::Rejected(why) => bad("before", why),
+            StoreError::Rejected(why) => invalid_query("before", why),
             other => store_error(other),
         })?;
-    let more = reports.len() > limit;
-    let reports: Vec<ReportBody> = reports.iter().take(limit).map(body).collect();
-    let next = if more {
-        reports.last().map(|r| r.id.clone())
-    } else {
-        None
-    };
+    let (reports, next) = page.split(reports, |r| r.id.to_string());
+    let reports = reports.iter().map(body).collect();
     json::reply(StatusCode::OK, &ReportPage { reports, next })
 }
 

@@ -127,9 +127,7 @@ fn mail_body(m: &Mail) -> MailBody {
     }
 }
 
-fn bad_query(field: &'static str, message: String) -> ApiError {
-    ApiError::bad_request("invalid_query", message).with_details(json!({ "field": field }))
-}
+use crate::paging::{Page, invalid_query as bad_query};
 
 #[utoipa::path(
     get,
@@ -289,37 +287,26 @@ async fn outbox(query: MailsQuery, app: App, bearer: Option<String>) -> Outcome 
             })
         })
         .transpose()?;
-    let limit = query.limit.unwrap_or(DEFAULT_MAILS);
-    if !(1..=MAX_MAILS).contains(&limit) {
-        return Err(bad_query("limit", format!("limit is 1 to {MAX_MAILS}")));
-    }
-    let before = query
-        .before
-        .as_deref()
-        .map(|raw| {
-            raw.parse::<uuid::Uuid>()
-                .map_err(|_| bad_query("before", format!("{raw:?} is not a message id")))
-        })
-        .transpose()?;
+    let page = Page::of(
+        query.limit,
+        query.before.as_deref(),
+        DEFAULT_MAILS,
+        MAX_MAILS,
+    )?;
     let mails = app
         .notify
         .mails(MailQuery {
             status,
-            before,
-            limit: limit + 1,
+            before: page.before,
+            limit: page.fetch(),
         })
         .await
         .map_err(|e| match e {
             StoreError::Rejected(why) => bad_query("before", why),
             other => store_error(other),
         })?;
-    let more = mails.len() > limit;
-    let messages: Vec<MailBody> = mails.iter().take(limit).map(mail_body).collect();
-    let next = if more {
-        messages.last().map(|m| m.id.clone())
-    } else {
-        None
-    };
+    let (mails, next) = page.split(mails, |m| m.id.to_string());
+    let messages = mails.iter().map(mail_body).collect();
     json::reply(StatusCode::OK, &MailPage { messages, next })
 }
 
