@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::access::{Role, UserId, UserRecord};
+use crate::clock::utc;
 use crate::ids::SiteId;
 use crate::ports::BoxFuture;
 use crate::store::StoreError;
@@ -277,14 +278,6 @@ fn escape_html(s: &str) -> String {
         }
     }
     out
-}
-
-/// The wall-clock time as UTC text (`2026-12-07 10:54:46 UTC`).
-pub fn utc(at_ms: u64) -> String {
-    match jiff::Timestamp::from_millisecond(at_ms as i64) {
-        Ok(t) => t.strftime("%Y-%m-%d %H:%M:%S UTC").to_string(),
-        Err(_) => format!("{at_ms} ms"),
-    }
 }
 
 /// The message for `alert`; links start at `public_url` (none configured: no link).

@@ -114,9 +114,7 @@ impl ReportSpec {
         format!(
             "gatehouse-{}-{site}-{}-{}.{}",
             self.kind.as_str(),
-            crate::notify::utc(self.from_ms)
-                .get(..10)
-                .unwrap_or("start"),
+            crate::clock::utc(self.from_ms).get(..10).unwrap_or("start"),
             &id.simple().to_string()[..8],
             self.format.as_str()
         )

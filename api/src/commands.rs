@@ -20,9 +20,9 @@ use std::time::Duration;
 
 use gatehouse_actors::access::{AuditRecord, Denial, Operation};
 use gatehouse_actors::clock::wall_ms;
-use gatehouse_actors::gate::Action;
+use gatehouse_actors::gate::{Action, CommandStatus, RejectReason};
 use gatehouse_actors::ids::{CommandId, GateId};
-use gatehouse_actors::tree::gate::AckSink;
+use gatehouse_actors::tree::gate::{Ack, AckSink};
 
 use crate::ApiError;
 use crate::app::App;
@@ -127,6 +127,37 @@ pub fn submit(app: &App, command: Command<'_>, acks: AckSink) -> Result<Submitte
         },
     );
     Ok(Submitted::Sent)
+}
+
+/// Submits `command` (as [`submit`]) with acks collected here, and waits up to `limit` for
+/// its first status, or with `terminal` for its terminal one; answers the last heard (none
+/// when nothing came in time). For REST, whose answer is one status; the submission itself
+/// happens before the first `.await`, so ordering is as for [`submit`].
+pub async fn submit_and_wait(
+    app: &App,
+    command: Command<'_>,
+    limit: Duration,
+    terminal: bool,
+) -> Result<Option<CommandStatus>, Refusal> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Ack>();
+    let sink: AckSink = std::sync::Arc::new(move |_: &GateId, ack| {
+        let _ = tx.send(ack);
+    });
+    if submit(app, command, sink)? == Submitted::IdConflict {
+        // The id names another command lately (another gate or action): never a second.
+        return Ok(Some(CommandStatus::Rejected(RejectReason::IdConflict)));
+    }
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut last = None;
+    // Until the terminal status (or the first one); a gate that went away or the bound
+    // running out ends it with what is known.
+    while let Ok(Some(ack)) = tokio::time::timeout_at(deadline, rx.recv()).await {
+        last = Some(ack.status);
+        if ack.status.is_terminal() || !terminal {
+            break;
+        }
+    }
+    Ok(last)
 }
 
 /// Queues a command's audit record on the event log. A fleet without one (tools and tests

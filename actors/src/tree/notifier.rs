@@ -138,6 +138,9 @@ pub struct NotifierState {
     episodes: HashMap<(Trigger, String), Episode>,
     /// No delivery before this (wall ms): set by a transient failure.
     paused_until: u64,
+    /// The outbox changed since the pending messages were last counted (for `MailHealth`):
+    /// the count is a query, not worth making every round of an idle notifier.
+    recount: bool,
 }
 
 impl Actor for Notifier {
@@ -176,6 +179,7 @@ impl Actor for Notifier {
             follower,
             episodes: HashMap::new(),
             paused_until: 0,
+            recount: true,
         })
     }
 
@@ -201,6 +205,7 @@ impl Actor for Notifier {
                 state.links();
                 state.persisting().await;
                 state.deliver().await;
+                state.count_pending().await;
                 myself.send_after(ROUND, || NotifierMsg::Round);
             }
         }
@@ -440,6 +445,7 @@ impl NotifierState {
         let window = self.args.dedupe_window.as_millis() as u64;
         match self.args.store.enqueue(mails, window, now).await {
             Ok(queued) => {
+                self.recount |= queued > 0;
                 tracing::info!(
                     trigger = alert.trigger.as_str(),
                     subject = %alert.subject,
@@ -468,6 +474,7 @@ impl NotifierState {
                 return;
             }
         };
+        self.recount |= !due.is_empty();
         for mut mail in due {
             mail.attempts = mail.attempts.saturating_add(1);
             let result = self.args.mailer.send(&mail).await;
@@ -512,8 +519,15 @@ impl NotifierState {
                 break;
             }
         }
-        if let Ok(pending) = self.args.store.pending().await {
+    }
+
+    /// Counts the waiting messages for `MailHealth`, when the outbox changed.
+    async fn count_pending(&mut self) {
+        if self.recount
+            && let Ok(pending) = self.args.store.pending().await
+        {
             self.args.health.set(|s| s.pending = pending);
+            self.recount = false;
         }
     }
 }

@@ -13,11 +13,10 @@ use std::sync::Arc;
 
 use crate::access::AccessStore;
 use crate::blob::{BlobError, BlobStore};
-use crate::clock::wall_ms;
+use crate::clock::{utc, wall_ms};
 use crate::gate::{CommandStatus, EventKind};
 use crate::ids::{GateId, SiteId};
 use crate::maintenance::{MaintenanceStore, RecordQuery};
-use crate::notify::utc;
 use crate::report::{
     MAX_CSV_ROWS, MAX_PDF_ROWS, Report, ReportFormat, ReportKind, ReportSpec, ReportStatus,
     ReportStore, Table, csv, pdf,

@@ -3,20 +3,19 @@
 //! gate's event history by sequence.
 
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use gatehouse_actors::access::Operation;
-use gatehouse_actors::gate::{Action, CommandStatus, RejectReason};
+use gatehouse_actors::gate::{Action, CommandStatus};
 use gatehouse_actors::ids::{CommandId, ControllerId, GateId, SiteId};
-use gatehouse_actors::tree::gate::{Ack, AckSink, GateView};
+use gatehouse_actors::tree::gate::GateView;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use warp::Filter;
 use warp::http::StatusCode;
 
 use crate::app::App;
-use crate::commands::{self, Submitted, Via};
+use crate::commands::{self, Via};
 use crate::policy::{self, Location, unknown_gate};
 use crate::principal::store_error;
 use crate::routing::{Outcome, PathParams, Route};
@@ -239,10 +238,6 @@ async fn command(
     })?;
     let id = CommandId(request.id);
     let wait = query.wait.unwrap_or(false);
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Ack>();
-    let sink: AckSink = Arc::new(move |_: &GateId, ack| {
-        let _ = tx.send(ack);
-    });
     let command = commands::Command {
         caller: &caller,
         gate: &gate,
@@ -251,32 +246,10 @@ async fn command(
         ip,
         via: Via::Rest,
     };
-    match commands::submit(&app, command, sink) {
-        Ok(Submitted::Sent) => {}
-        Ok(Submitted::IdConflict) => {
-            // The id names another command lately (another gate or action): never a second.
-            let status = Some(CommandStatus::Rejected(RejectReason::IdConflict));
-            let code = if wait {
-                StatusCode::OK
-            } else {
-                StatusCode::ACCEPTED
-            };
-            return json::reply(code, &status_body(id, &gate, action, status));
-        }
-        Err(refusal) => return Err(refusal.error(gate.as_str())),
-    }
-
     let limit = if wait { MAX_WAIT } else { FIRST_STATUS_WAIT };
-    let deadline = tokio::time::Instant::now() + limit;
-    let mut last = None;
-    // Until the terminal status (with wait) or the first one; a gate that went away or the
-    // bound running out ends it with what is known.
-    while let Ok(Some(ack)) = tokio::time::timeout_at(deadline, rx.recv()).await {
-        last = Some(ack.status);
-        if ack.status.is_terminal() || !wait {
-            break;
-        }
-    }
+    let last = commands::submit_and_wait(&app, command, limit, wait)
+        .await
+        .map_err(|refusal| refusal.error(gate.as_str()))?;
     let code = if last.is_some_and(CommandStatus::is_terminal) && wait {
         StatusCode::OK
     } else {

@@ -12,7 +12,6 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use gatehouse_actors::access::{Denial, LocalTime, Operation, authorize};
@@ -24,7 +23,6 @@ use gatehouse_actors::maintenance::{
     RecordQuery, RecordStatus, Work, assess, effective_plans,
 };
 use gatehouse_actors::store::StoreError;
-use gatehouse_actors::tree::gate::{Ack, AckSink};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
@@ -34,7 +32,7 @@ use warp::http::StatusCode;
 use super::admin::{audit, no_content, unprocessable};
 use super::gates::{CommandBody, status_body};
 use crate::app::App;
-use crate::commands::{self, Submitted, Via};
+use crate::commands::{self, Via};
 use crate::policy::{self, forbidden, unknown_gate};
 use crate::principal::{Caller, store_error};
 use crate::routing::{Outcome, PathParams, Route};
@@ -497,11 +495,9 @@ fn plan_store_error(e: StoreError) -> ApiError {
 /// Starts the count of every gate a new plan applies to, from its counter now, so that the
 /// count starts with the plan rather than at the scheduler's next round (which starts it for
 /// gates that join later, and for any start that fails here).
-async fn start_counts(app: &App, plan: &Plan) {
-    let plans = match app.maintenance.plans().await {
-        Ok(plans) => plans,
-        Err(_) => return,
-    };
+/// `plans` are the plans stored before `plan` was added.
+async fn start_counts(app: &App, mut plans: Vec<Plan>, plan: &Plan) {
+    plans.push(plan.clone());
     let now = wall_ms();
     for (gate, site) in gate_sites(app) {
         if !effective_plans(&plans, &gate, &site)
@@ -634,7 +630,7 @@ async fn create_plan(app: App, bearer: Option<String>, ip: IpAddr, request: Crea
         .put_plan(plan.clone())
         .await
         .map_err(plan_store_error)?;
-    start_counts(&app, &plan).await;
+    start_counts(&app, plans, &plan).await;
     let body = plan_body(&plan);
     audit(
         &app,
@@ -891,33 +887,17 @@ async fn command(
     ip: IpAddr,
 ) -> Result<CommandBody, ApiError> {
     let id = uuid::Uuid::new_v4();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Ack>();
-    let sink: AckSink = Arc::new(move |_: &GateId, ack| {
-        let _ = tx.send(ack);
-    });
-    let sent = commands::submit(
-        app,
-        commands::Command {
-            caller,
-            gate,
-            action,
-            id,
-            ip,
-            via: Via::Rest,
-        },
-        sink,
-    )
-    .map_err(|refusal| refusal.error(gate.as_str()))?;
-    let mut last = None;
-    if sent == Submitted::Sent {
-        let deadline = tokio::time::Instant::now() + LOCK_WAIT;
-        while let Ok(Some(ack)) = tokio::time::timeout_at(deadline, rx.recv()).await {
-            last = Some(ack.status);
-            if ack.status.is_terminal() {
-                break;
-            }
-        }
-    }
+    let command = commands::Command {
+        caller,
+        gate,
+        action,
+        id,
+        ip,
+        via: Via::Rest,
+    };
+    let last = commands::submit_and_wait(app, command, LOCK_WAIT, true)
+        .await
+        .map_err(|refusal| refusal.error(gate.as_str()))?;
     Ok(status_body(CommandId(id), gate, action, last))
 }
 
