@@ -17,7 +17,9 @@ use gatehouse_adapters::mail::SmtpMailer;
 use gatehouse_runtime::boot::NotifySetup;
 use gatehouse_sim::Fault;
 use gatehouse_tests::http::{Http, assert_status};
-use gatehouse_tests::procs::{Proc, Simulator, Stream, bin, workspace_root};
+use gatehouse_tests::procs::{
+    Proc, Simulator, Stream, add_user_with_email, serve_api, workspace_root,
+};
 use gatehouse_tests::rig::{Rig, WAIT};
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -574,34 +576,10 @@ async fn invitations_and_password_resets_arrive_by_mail_and_work_once() {
     rig.stop().await;
 }
 
-/// `gatehouse user add NAME --role ROLE --email EMAIL --password-stdin`.
+/// A user whose password is `<name>-password-1`, with an address.
 fn add_user(dir: &Path, config: &Path, name: &str, role: &str, email: &str) {
-    let mut add = Proc::spawn_with_input(
-        "gatehouse user add",
-        Command::new(bin("gatehouse"))
-            .args(["user", "add", name, "--role", role, "--email", email])
-            .args(["--password-stdin", "--config"])
-            .arg(config)
-            .current_dir(dir),
-        &format!("{name}-password-1\n"),
-    );
-    let status = add.finish(WAIT);
-    assert!(status.success(), "{}", add.transcript());
-}
-
-fn serve(dir: &Path, config: &Path) -> (Proc, String) {
-    let mut serve = Proc::spawn(
-        "gatehouse serve",
-        Command::new(bin("gatehouse"))
-            .args(["serve", "--config"])
-            .arg(config)
-            .current_dir(dir),
-    );
-    let line = serve.wait_for(Stream::Err, "API on http://", 1);
-    let start = line.find("http://").unwrap();
-    let url = &line[start..];
-    let base = url[..url.find("/api/v1").unwrap()].to_owned();
-    (serve, base)
+    let password = format!("{name}-password-1");
+    add_user_with_email(dir, config, name, role, &password, Some(email));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -631,8 +609,8 @@ async fn mail_waits_out_an_smtp_outage_and_a_killed_runtime_and_is_delivered_onc
         "oncall@example.test",
     );
 
-    let (mut first, base) = serve(dir.path(), &config);
-    let http = Http::new(addr_of(&base), WAIT);
+    let (mut first, addr) = serve_api(dir.path(), &config);
+    let http = Http::new(addr, WAIT);
     let admin = {
         let reply = http.login("chief", "chief-password-1").await;
         reply.body["access_token"].as_str().unwrap().to_owned()
@@ -678,14 +656,14 @@ async fn mail_waits_out_an_smtp_outage_and_a_killed_runtime_and_is_delivered_onc
     first.signal("KILL");
     first.wait_exit(WAIT);
     let sink = smtp_sink(port, &[]);
-    let (mut second, base) = serve(dir.path(), &config);
+    let (mut second, addr) = serve_api(dir.path(), &config);
     received(
         &sink,
         &["RECEIVED", "to=oncall@example.test", "Gate fault"],
         1,
     )
     .await;
-    let http = Http::new(addr_of(&base), WAIT);
+    let http = Http::new(addr, WAIT);
     let admin = http.login("chief", "chief-password-1").await.body["access_token"]
         .as_str()
         .unwrap()
@@ -722,11 +700,4 @@ async fn mail_waits_out_an_smtp_outage_and_a_killed_runtime_and_is_delivered_onc
     );
     second.signal("TERM");
     second.wait_exit(WAIT);
-}
-
-/// `http://127.0.0.1:PORT` as the socket address `Http` wants.
-fn addr_of(base: &str) -> std::net::SocketAddr {
-    base.trim_start_matches("http://")
-        .parse()
-        .unwrap_or_else(|e| panic!("{base}: {e}"))
 }
