@@ -98,6 +98,10 @@ slug_id!(
     /// A gate: one gate actor, one unit id on its controller.
     GateId
 );
+slug_id!(
+    /// A node of a cluster (`[cluster] node_id`): one `gatehouse serve` process.
+    NodeId
+);
 
 /// A command's client-chosen id; the idempotency key.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

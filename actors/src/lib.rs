@@ -6,6 +6,7 @@
 pub mod access;
 pub mod blob;
 pub mod clock;
+pub mod cluster;
 pub mod fleet_config;
 pub mod gate;
 pub mod ids;

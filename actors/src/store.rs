@@ -357,6 +357,23 @@ pub trait EventStore: Send + Sync + 'static {
         events: Vec<Arc<GateEvent>>,
         audits: Vec<AuditRecord>,
     ) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// [`EventStore::append_batch`] under a [`Fence`](crate::cluster::Fence): events of
+    /// controllers whose lease is no longer the fence's node and epoch are refused, the
+    /// others and the audit records are written in one transaction. Answers the refused
+    /// controllers (their subtrees must stop). Stores that have no leases refuse it.
+    fn append_fenced(
+        &self,
+        events: Vec<Arc<GateEvent>>,
+        audits: Vec<AuditRecord>,
+        fence: crate::cluster::Fence,
+    ) -> BoxFuture<'_, Result<Vec<ControllerId>, StoreError>> {
+        let _ = (events, audits, fence);
+        Box::pin(async {
+            Err(StoreError::Rejected(
+                "this store has no leases to fence writes with".into(),
+            ))
+        })
+    }
     /// [`EventStore::append_batch`] without audit records.
     fn append(&self, events: Vec<Arc<GateEvent>>) -> BoxFuture<'_, Result<(), StoreError>> {
         self.append_batch(events, Vec::new())

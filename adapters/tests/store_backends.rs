@@ -1412,3 +1412,311 @@ async fn the_outbox_dedupes_within_its_window_and_keeps_what_it_was_told(ctx: Ct
         .unwrap();
     assert_eq!(page, all[2..].to_vec());
 }
+
+// ---- cluster leases (PostgreSQL) -----------------------------------------------------------
+
+mod leases {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    use gatehouse_actors::cluster::{Fence, LeaseStore};
+    use gatehouse_actors::gate::{Cause, EventKind, GateState};
+    use gatehouse_actors::ids::{ControllerId, NodeId};
+    use gatehouse_actors::store::{EventStore, FleetStore, StoreError};
+    use gatehouse_adapters::store::{Backend, Store};
+
+    use super::{Ctx, event, run, sample_fleet, upserts};
+
+    fn n(name: &str) -> NodeId {
+        NodeId::new(name).unwrap()
+    }
+
+    fn c(name: &str) -> ControllerId {
+        ControllerId::new(name).unwrap()
+    }
+
+    async fn fleet(store: &Store) {
+        store.apply(upserts(&sample_fleet())).await.unwrap();
+    }
+
+    /// Waits (bounded) until `controller`'s lease has expired by the database's clock.
+    async fn expired(store: &Store, controller: &ControllerId) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let leases = store.leases().await.unwrap();
+            let lease = leases.iter().find(|l| &l.controller == controller).unwrap();
+            if lease.left_ms == 0 {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{lease:?}");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
+    async fn one_holder_and_growing_epochs(ctx: Ctx) {
+        let store = ctx.store;
+        fleet(&store).await;
+        let live = store.heartbeat(n("n1"), 5_000, false).await.unwrap();
+        assert_eq!(live.len(), 1);
+        let live = store.heartbeat(n("n2"), 5_000, true).await.unwrap();
+        assert_eq!(
+            live.iter()
+                .map(|i| (i.node.as_str(), i.draining))
+                .collect::<Vec<_>>(),
+            [("n1", false), ("n2", true)]
+        );
+
+        let e1 = store
+            .acquire(n("n1"), c("c1"), 5_000)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(store.acquire(n("n2"), c("c1"), 5_000).await.unwrap(), None);
+        assert_eq!(
+            store.acquire(n("n1"), c("c1"), 5_000).await.unwrap(),
+            None,
+            "held already"
+        );
+        // Only the holder, with its epoch, renews.
+        assert!(
+            store
+                .renew(n("n2"), vec![(c("c1"), e1)], 5_000)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            store
+                .renew(n("n1"), vec![(c("c1"), e1 + 1)], 5_000)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            store
+                .renew(n("n1"), vec![(c("c1"), e1)], 5_000)
+                .await
+                .unwrap(),
+            [c("c1")]
+        );
+
+        // Released: another node takes it at once, with a greater epoch.
+        store.release(n("n2"), vec![c("c1")]).await.unwrap();
+        assert_eq!(
+            store.acquire(n("n2"), c("c1"), 5_000).await.unwrap(),
+            None,
+            "not n2's to release"
+        );
+        store.release(n("n1"), vec![c("c1")]).await.unwrap();
+        let e2 = store
+            .acquire(n("n2"), c("c1"), 5_000)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(e2 > e1, "{e2} > {e1}");
+        assert!(
+            store
+                .renew(n("n1"), vec![(c("c1"), e1)], 5_000)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+
+        // Expired: never renewed, free to anyone, with a greater epoch again.
+        let e3 = store.acquire(n("n1"), c("c2"), 1).await.unwrap().unwrap();
+        assert!(e3 > e2);
+        expired(&store, &c("c2")).await;
+        assert!(
+            store
+                .renew(n("n1"), vec![(c("c2"), e3)], 5_000)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let e4 = store
+            .acquire(n("n2"), c("c2"), 5_000)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(e4 > e3);
+        let leases = store.leases().await.unwrap();
+        let by: HashMap<&str, (&str, u64)> = leases
+            .iter()
+            .map(|l| (l.controller.as_str(), (l.node.as_str(), l.epoch)))
+            .collect();
+        assert_eq!(by["c1"], ("n2", e2));
+        assert_eq!(by["c2"], ("n2", e4));
+
+        let unknown = store.acquire(n("n1"), c("nowhere"), 5_000).await;
+        assert!(
+            matches!(&unknown, Err(StoreError::Rejected(m)) if m.contains("nowhere")),
+            "{unknown:?}"
+        );
+    }
+
+    async fn racing_nodes_never_both_win(ctx: Ctx) {
+        let store = ctx.store;
+        fleet(&store).await;
+        for round in 0..10 {
+            let start = Arc::new(tokio::sync::Barrier::new(4));
+            let racers: Vec<_> = (0..4)
+                .map(|i| {
+                    let (store, start) = (store.clone(), start.clone());
+                    tokio::spawn(async move {
+                        start.wait().await;
+                        let node = n(&format!("racer{i}"));
+                        store
+                            .acquire(node.clone(), c("c1"), 60_000)
+                            .await
+                            .unwrap()
+                            .map(|e| (node, e))
+                    })
+                })
+                .collect();
+            let mut winners = Vec::new();
+            for racer in racers {
+                winners.extend(racer.await.unwrap());
+            }
+            assert_eq!(winners.len(), 1, "round {round}: {winners:?}");
+            let (node, _) = &winners[0];
+            store.release(node.clone(), vec![c("c1")]).await.unwrap();
+        }
+    }
+
+    async fn writes_under_an_older_epoch_are_refused(ctx: Ctx) {
+        let store = ctx.store;
+        fleet(&store).await;
+        let moved = |gate: &str, seq| {
+            event(
+                gate,
+                seq,
+                1_000 + seq,
+                EventKind::StateChanged {
+                    from: GateState::Closed,
+                },
+                Cause::System,
+            )
+        };
+        let e1 = store
+            .acquire(n("n1"), c("c1"), 60_000)
+            .await
+            .unwrap()
+            .unwrap();
+        let fence = |node: &str, epoch| Fence {
+            node: n(node),
+            held: HashMap::from([(c("c1"), epoch)]),
+        };
+        let refused = store
+            .append_fenced(vec![moved("g1", 1)], Vec::new(), fence("n1", e1))
+            .await
+            .unwrap();
+        assert!(refused.is_empty());
+
+        // n1 is paused; its lease moves to n2; n1 wakes up and writes under its old epoch.
+        store.release(n("n1"), vec![c("c1")]).await.unwrap();
+        let e2 = store
+            .acquire(n("n2"), c("c1"), 60_000)
+            .await
+            .unwrap()
+            .unwrap();
+        let refused = store
+            .append_fenced(
+                vec![moved("g1", 2), moved("g2", 1)],
+                Vec::new(),
+                fence("n1", e1),
+            )
+            .await
+            .unwrap();
+        assert_eq!(refused, [c("c1")]);
+        // Nor may n2 write with n1's epoch, nor n1 with n2's.
+        assert_eq!(
+            store
+                .append_fenced(vec![moved("g1", 2)], Vec::new(), fence("n2", e1))
+                .await
+                .unwrap(),
+            [c("c1")]
+        );
+        assert_eq!(
+            store
+                .append_fenced(vec![moved("g1", 2)], Vec::new(), fence("n1", e2))
+                .await
+                .unwrap(),
+            [c("c1")]
+        );
+        // A controller the fence does not name at all is refused too.
+        let mut stranger = moved("g3", 1);
+        Arc::make_mut(&mut stranger).controller = c("c2");
+        assert_eq!(
+            store
+                .append_fenced(vec![stranger], Vec::new(), fence("n2", e2))
+                .await
+                .unwrap(),
+            [c("c2")]
+        );
+        let refused = store
+            .append_fenced(vec![moved("g1", 2)], Vec::new(), fence("n2", e2))
+            .await
+            .unwrap();
+        assert!(refused.is_empty());
+        let g1 = store
+            .since(gatehouse_actors::ids::GateId::new("g1").unwrap(), 0, 10)
+            .await
+            .unwrap();
+        assert_eq!(g1.iter().map(|e| e.event.seq).collect::<Vec<_>>(), [1, 2]);
+        let g2 = store
+            .since(gatehouse_actors::ids::GateId::new("g2").unwrap(), 0, 10)
+            .await
+            .unwrap();
+        assert!(g2.is_empty(), "nothing of the stale writer: {g2:?}");
+    }
+
+    async fn sqlite_has_no_cluster(ctx: Ctx) {
+        let store = ctx.store;
+        fleet(&store).await;
+        for result in [
+            store.heartbeat(n("n1"), 5_000, false).await.map(|_| ()),
+            store.acquire(n("n1"), c("c1"), 5_000).await.map(|_| ()),
+            store
+                .append_fenced(
+                    Vec::new(),
+                    Vec::new(),
+                    Fence {
+                        node: n("n1"),
+                        held: HashMap::new(),
+                    },
+                )
+                .await
+                .map(|_| ()),
+        ] {
+            assert!(
+                matches!(&result, Err(StoreError::Rejected(m)) if m.contains("PostgreSQL")),
+                "{result:?}"
+            );
+        }
+    }
+
+    macro_rules! on_postgres {
+        ($($name:ident),* $(,)?) => {
+            $(
+                #[tokio::test(flavor = "multi_thread")]
+                async fn $name() {
+                    run(Backend::Postgres, super::$name).await;
+                }
+            )*
+        };
+    }
+
+    mod postgres {
+        use super::{Backend, run};
+        on_postgres!(
+            one_holder_and_growing_epochs,
+            racing_nodes_never_both_win,
+            writes_under_an_older_epoch_are_refused,
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn sqlite_refuses_leases_and_fenced_writes() {
+        run(Backend::Sqlite, sqlite_has_no_cluster).await;
+    }
+}

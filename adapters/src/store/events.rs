@@ -216,6 +216,71 @@ pub(super) async fn append(
     Ok(())
 }
 
+/// [`append`] under a fence (PostgreSQL only): in one transaction, reads and share-locks the
+/// leases the fence names that are still its node's with its epochs, writes the events of
+/// those controllers and every audit record, and answers the controllers refused. The share
+/// lock makes a concurrent takeover (an update of the lease row) wait for this commit, so the
+/// new holder starts after the last event written under the old epoch; an event written
+/// after the takeover is refused.
+pub(super) async fn append_fenced(
+    conn: &mut Conn,
+    rows: Vec<NewEvent>,
+    audits: Vec<NewAudit>,
+    fence: gatehouse_actors::cluster::Fence,
+) -> Result<Vec<String>, Error> {
+    let Conn::Postgres(object) = conn else {
+        return Err(Error::Rejected(
+            "fenced writes need PostgreSQL ([cluster])".into(),
+        ));
+    };
+    let c: &mut diesel_async::AsyncPgConnection = &mut *object;
+    let (controllers, epochs): (Vec<String>, Vec<i64>) = fence
+        .held
+        .iter()
+        .map(|(c, e)| (c.to_string(), *e as i64))
+        .unzip();
+    let node = fence.node.to_string();
+    let refused = diesel_async::AsyncConnection::transaction(c, async move |c| {
+        let valid: Vec<FencedRow> = diesel::sql_query(
+            "SELECT l.controller_id FROM controller_leases l \
+             JOIN UNNEST($2::text[], $3::bigint[]) AS h(controller_id, epoch) \
+               ON l.controller_id = h.controller_id AND l.epoch = h.epoch \
+             WHERE l.node_id = $1 FOR SHARE OF l",
+        )
+        .bind::<Text, _>(&node)
+        .bind::<Array<Text>, _>(&controllers)
+        .bind::<Array<BigInt>, _>(&epochs)
+        .load(c)
+        .await?;
+        let valid: std::collections::HashSet<String> =
+            valid.into_iter().map(|r| r.controller_id).collect();
+        let (kept, dropped): (Vec<NewEvent>, Vec<NewEvent>) = rows
+            .into_iter()
+            .partition(|r| valid.contains(&r.controller));
+        if !kept.is_empty() {
+            pg_insert_events(c, kept).await?;
+        }
+        for chunk in audits.chunks(AUDIT_ROWS_PER_STATEMENT) {
+            diesel::insert_into(audit_log::table)
+                .values(chunk)
+                .execute(c)
+                .await?;
+        }
+        let mut refused: Vec<String> = dropped.into_iter().map(|r| r.controller).collect();
+        refused.sort();
+        refused.dedup();
+        Ok::<_, diesel::result::Error>(refused)
+    })
+    .await?;
+    Ok(refused)
+}
+
+#[derive(QueryableByName)]
+struct FencedRow {
+    #[diesel(sql_type = Text)]
+    controller_id: String,
+}
+
 /// Audit rows per INSERT: 6 parameters each, well under SQLite's 32,766 and PostgreSQL's
 /// 65,535 bind parameters.
 const AUDIT_ROWS_PER_STATEMENT: usize = 1_000;

@@ -30,7 +30,7 @@ use gatehouse_actors::store::{
 
 use gatehouse_actors::access::AuditRecord;
 use gatehouse_actors::gate::GateEvent;
-use gatehouse_actors::ids::GateId;
+use gatehouse_actors::ids::{ControllerId, GateId};
 
 use self::error::Error;
 
@@ -140,6 +140,7 @@ macro_rules! require {
 }
 
 mod access;
+mod cluster;
 mod error;
 mod events;
 mod fleet;
@@ -599,6 +600,33 @@ impl EventStore for Store {
             events::append(&mut conn, self.file.clone(), rows, audits)
                 .await
                 .map_err(Error::into_store)
+        })
+    }
+
+    fn append_fenced(
+        &self,
+        events: Vec<Arc<GateEvent>>,
+        audits: Vec<AuditRecord>,
+        fence: gatehouse_actors::cluster::Fence,
+    ) -> BoxFuture<'_, Result<Vec<ControllerId>, StoreError>> {
+        Box::pin(async move {
+            let rows = events::encode(&events).map_err(Error::into_store)?;
+            let audits = audits
+                .into_iter()
+                .map(access::audit_row)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(Error::into_store)?;
+            let mut conn = self.conn().await.map_err(Error::into_store)?;
+            let refused = events::append_fenced(&mut conn, rows, audits, fence)
+                .await
+                .map_err(Error::into_store)?;
+            refused
+                .iter()
+                .map(|c| {
+                    ControllerId::new(c)
+                        .map_err(|e| StoreError::Other(format!("stored controller id {c:?}: {e}")))
+                })
+                .collect()
         })
     }
 
