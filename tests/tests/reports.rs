@@ -33,6 +33,18 @@ async fn report(http: &Http, token: &str, request: Value) -> Value {
     .await
 }
 
+/// GETs a presigned link as anyone would: no credentials, no proxy.
+async fn presigned(link: &str) -> reqwest::Response {
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(link)
+        .send()
+        .await
+        .unwrap()
+}
+
 /// GETs `path` as raw bytes (not JSON), with its headers.
 async fn raw_get(
     http: &Http,
@@ -428,14 +440,7 @@ async fn monthly_reports_land_in_the_bucket_and_download_through_presigned_links
         link.starts_with(&s3.endpoint) && link.contains("X-Amz-Signature="),
         "{link}"
     );
-    let fetched = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap()
-        .get(&link)
-        .send()
-        .await
-        .unwrap();
+    let fetched = presigned(&link).await;
     assert_eq!(fetched.status().as_u16(), 200);
     let body = fetched.bytes().await.unwrap();
     assert!(body.starts_with(b"%PDF-"));
@@ -557,14 +562,7 @@ async fn a_report_waits_out_an_s3_outage_and_a_killed_runtime_and_lands_once_s3_
     let (status, headers, _) = raw_get(&http, &admin, done["download"].as_str().unwrap()).await;
     assert_eq!(status, 303, "a presigned link to the bucket");
     let link = headers["location"].to_str().unwrap().to_owned();
-    let fetched = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap()
-        .get(&link)
-        .send()
-        .await
-        .unwrap();
+    let fetched = presigned(&link).await;
     assert_eq!(fetched.status().as_u16(), 200);
     let csv = fetched.text().await.unwrap();
     assert!(

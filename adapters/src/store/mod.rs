@@ -578,6 +578,20 @@ impl FleetStore for Store {
     }
 }
 
+/// A batch's events and audit records as rows.
+fn encode_batch(
+    events: &[Arc<GateEvent>],
+    audits: Vec<AuditRecord>,
+) -> Result<(Vec<events::NewEvent>, Vec<access::NewAudit>), StoreError> {
+    let rows = events::encode(events).map_err(Error::into_store)?;
+    let audits = audits
+        .into_iter()
+        .map(access::audit_row)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(Error::into_store)?;
+    Ok((rows, audits))
+}
+
 impl EventStore for Store {
     fn append_batch(
         &self,
@@ -590,12 +604,7 @@ impl EventStore for Store {
             }
             // Encoding happens before a connection is taken, so the write lock is held only
             // for the inserts.
-            let rows = events::encode(&events).map_err(Error::into_store)?;
-            let audits = audits
-                .into_iter()
-                .map(access::audit_row)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(Error::into_store)?;
+            let (rows, audits) = encode_batch(&events, audits)?;
             let mut conn = self.conn().await.map_err(Error::into_store)?;
             events::append(&mut conn, self.file.clone(), rows, audits)
                 .await
@@ -610,12 +619,7 @@ impl EventStore for Store {
         fence: gatehouse_actors::cluster::Fence,
     ) -> BoxFuture<'_, Result<Vec<ControllerId>, StoreError>> {
         Box::pin(async move {
-            let rows = events::encode(&events).map_err(Error::into_store)?;
-            let audits = audits
-                .into_iter()
-                .map(access::audit_row)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(Error::into_store)?;
+            let (rows, audits) = encode_batch(&events, audits)?;
             let mut conn = self.conn().await.map_err(Error::into_store)?;
             let refused = events::append_fenced(&mut conn, rows, audits, fence)
                 .await
