@@ -8,6 +8,10 @@
 //! the database's clock, seen as "milliseconds left", so that nodes with skewed clocks agree.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::ids::{ControllerId, NodeId};
 use crate::ports::BoxFuture;
@@ -46,6 +50,122 @@ pub struct Held {
 pub struct Fence {
     pub node: NodeId,
     pub held: HashMap<ControllerId, u64>,
+}
+
+/// What this node holds, shared by the lease keeper (which changes it), the event log writer
+/// (which fences its commits with it) and the links (which write to a controller only while
+/// its lease is provably this node's). It outlives restarts of the keeper.
+#[derive(Debug)]
+pub struct Ownership {
+    node: NodeId,
+    ttl: Duration,
+    state: Mutex<OwnershipState>,
+}
+
+#[derive(Debug, Default)]
+struct OwnershipState {
+    /// Epoch, and the instant after which the lease may have expired (counted from before
+    /// the request that took or renewed it).
+    held: HashMap<ControllerId, (u64, Instant)>,
+    /// Refused by the store since the keeper last looked: their subtrees must stop.
+    lost: Vec<ControllerId>,
+}
+
+impl Ownership {
+    pub fn new(node: NodeId, ttl: Duration) -> Ownership {
+        Ownership {
+            node,
+            ttl,
+            state: Mutex::default(),
+        }
+    }
+
+    pub fn node(&self) -> &NodeId {
+        &self.node
+    }
+
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, OwnershipState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records a lease taken or renewed by a request sent at `asked`.
+    pub fn hold(&self, controller: ControllerId, epoch: u64, asked: Instant) {
+        self.lock()
+            .held
+            .insert(controller, (epoch, asked + self.ttl));
+    }
+
+    /// Forgets a lease (given back, lost or expired).
+    pub fn forget(&self, controller: &ControllerId) {
+        self.lock().held.remove(controller);
+    }
+
+    /// The leases held, with their epochs.
+    pub fn held(&self) -> Vec<(ControllerId, u64)> {
+        let mut v: Vec<_> = self
+            .lock()
+            .held
+            .iter()
+            .map(|(c, (e, _))| (c.clone(), *e))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The leases whose time is up at `now` less `margin`: the keeper stops their subtrees
+    /// (before the database's expiry, since the local deadline counts from before the
+    /// request).
+    pub fn expiring(&self, now: Instant, margin: Duration) -> Vec<ControllerId> {
+        self.lock()
+            .held
+            .iter()
+            .filter(|(_, (_, until))| now + margin >= *until)
+            .map(|(c, _)| c.clone())
+            .collect()
+    }
+
+    /// Whether this node may write to `controller` now: it holds the lease and its time is
+    /// not up. A node woken from a pause longer than its TTL finds every deadline past.
+    pub fn may_write(&self, controller: &ControllerId) -> bool {
+        self.lock()
+            .held
+            .get(controller)
+            .is_some_and(|(_, until)| Instant::now() < *until)
+    }
+
+    /// What the event log proves when it commits.
+    pub fn fence(&self) -> Fence {
+        Fence {
+            node: self.node.clone(),
+            held: self
+                .lock()
+                .held
+                .iter()
+                .map(|(c, (e, _))| (c.clone(), *e))
+                .collect(),
+        }
+    }
+
+    /// The store refused writes for `controllers`: they are no longer held, and the keeper
+    /// stops their subtrees at its next look.
+    pub fn refused(&self, controllers: &[ControllerId]) {
+        let mut state = self.lock();
+        for c in controllers {
+            state.held.remove(c);
+            if !state.lost.contains(c) {
+                state.lost.push(c.clone());
+            }
+        }
+    }
+
+    /// Takes the controllers refused since the last call.
+    pub fn take_lost(&self) -> Vec<ControllerId> {
+        std::mem::take(&mut self.lock().lost)
+    }
 }
 
 /// Leases and node liveness, in the shared database.

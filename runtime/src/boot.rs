@@ -15,19 +15,22 @@
 //! └── sessions         permanent   from the API's SessionTree (if any); temporary sessions
 //! ```
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use gatehouse_actors::blob::BlobStore;
 use gatehouse_actors::clock::wall_ms;
+use gatehouse_actors::cluster::Ownership;
 use gatehouse_actors::fleet_config;
-use gatehouse_actors::gate::machine::COMMAND_MEMORY_MS;
+use gatehouse_actors::ids::NodeId;
 use gatehouse_actors::notify::Mailer;
 use gatehouse_actors::store::{EventStore, FleetChange, FleetRecords, FleetStore};
 use gatehouse_actors::tree::bus::{EventSink, LocalBus};
+use gatehouse_actors::tree::controller::restore_gates;
 use gatehouse_actors::tree::eventlog;
+use gatehouse_actors::tree::keeper::{self, KeeperArgs};
 use gatehouse_actors::tree::notifier::{self, Alerts, MailHealth, NotifierArgs};
 use gatehouse_actors::tree::reports::ReportJobs;
 use gatehouse_actors::tree::root::RootChildren;
@@ -139,6 +142,15 @@ pub struct TreeOptions {
     pub blobs: Option<Arc<dyn BlobStore>>,
     /// Queue each site's previous month at the start of a month.
     pub monthly_reports: bool,
+    /// A node of a cluster: controllers are driven by lease (none: all of them, alone).
+    pub cluster: Option<ClusterSetup>,
+}
+
+/// This node's place in a cluster (`[cluster]`).
+#[derive(Clone)]
+pub struct ClusterSetup {
+    pub node: NodeId,
+    pub lease_ttl: Duration,
 }
 
 impl Default for TreeOptions {
@@ -149,6 +161,7 @@ impl Default for TreeOptions {
             notify: None,
             blobs: None,
             monthly_reports: false,
+            cluster: None,
         }
     }
 }
@@ -161,6 +174,14 @@ impl TreeOptions {
             notify: Some(NotifySetup::of(config)?),
             blobs: Some(blob_store(config)?),
             monthly_reports: config.reports.monthly,
+            cluster: match &config.cluster {
+                Some(c) => Some(ClusterSetup {
+                    node: NodeId::new(&c.node_id)
+                        .map_err(|e| anyhow::anyhow!("cluster.node_id: {e}"))?,
+                    lease_ttl: Duration::from_millis(c.lease_ttl_ms),
+                }),
+                None => None,
+            },
         })
     }
 }
@@ -240,7 +261,23 @@ impl Runtime {
             // rest down), and the next configuration change must fix it.
             tracing::warn!("the stored fleet breaks a configuration rule: {e}");
         }
-        let specs = restore_controllers(&store, &records, &profiles).await?;
+        // In a cluster the lease keeper starts the controllers this node takes, each restored
+        // when taken; alone, all of them start now.
+        let ownership = match &options.cluster {
+            Some(c) => {
+                anyhow::ensure!(
+                    store.backend() == gatehouse_adapters::store::Backend::Postgres,
+                    "[cluster] needs PostgreSQL: the nodes share its leases"
+                );
+                tracing::info!(node = %c.node, ttl = ?c.lease_ttl, "a node of a cluster: controllers are driven by lease");
+                Some(Arc::new(Ownership::new(c.node.clone(), c.lease_ttl)))
+            }
+            None => None,
+        };
+        let specs = match &ownership {
+            Some(_) => Vec::new(),
+            None => restore_controllers(&store, &records, &profiles).await?,
+        };
 
         let sink: Arc<dyn EventSink> = Arc::new(bus.clone());
         let directory = Arc::new(Directory::default());
@@ -251,7 +288,11 @@ impl Runtime {
             sink.clone(),
             options.eventlog_queue,
         );
-        let ctx = FleetContext::with_log(sink, directory, Some(log));
+        let writer = match &ownership {
+            Some(o) => writer.fenced(o.clone()),
+            None => writer,
+        };
+        let ctx = FleetContext::clustered(sink, directory, Some(log), ownership.clone());
         let (fleet, fleet_spec) = Fleet::new(ctx);
         let fleets: Arc<dyn FleetStore> = store.clone();
         let fleet = fleet.configurable(fleets, Arc::new(Catalog { profiles }), records);
@@ -292,10 +333,19 @@ impl Runtime {
             }
             None => (None, Alerts::default()),
         };
+        let keeper = ownership.map(|ownership| {
+            keeper::child_spec(KeeperArgs {
+                ownership,
+                leases: store.clone(),
+                events: store.clone(),
+                fleet: fleet.clone(),
+            })
+        });
         let children = RootChildren {
             eventlog: Some(eventlog::child_spec(writer)),
             hub,
             fleet: fleet_spec,
+            keeper,
             sessions,
             scheduler: Some(scheduler),
             notifier,
@@ -337,32 +387,15 @@ async fn restore_controllers(
     records: &FleetRecords,
     profiles: &ProfileSet,
 ) -> anyhow::Result<Vec<ControllerSpec>> {
-    let heads: HashMap<_, _> = store.heads().await?.into_iter().collect();
-    let since = wall_ms().saturating_sub(COMMAND_MEMORY_MS);
-    let mut finished: HashMap<_, Vec<_>> = HashMap::new();
-    for f in store.finished_commands(since).await? {
-        finished
-            .entry(f.gate.clone())
-            .or_default()
-            .push((f.id, f.action, f.status));
-    }
     let mut specs = Vec::new();
     for c in &records.controllers {
         // One misconfigured controller (a profile file gone) must not keep the rest down.
         match build_controller(records, &c.id, profiles) {
-            Ok(mut spec) => {
-                for g in &mut spec.gates {
-                    if let Some(head) = heads.get(&g.spec.id) {
-                        g.seq.store(head.seq, std::sync::atomic::Ordering::Relaxed);
-                        g.restore.cycles = head.cycles;
-                    }
-                    g.restore.finished = finished.remove(&g.spec.id).unwrap_or_default();
-                }
-                specs.push(spec);
-            }
+            Ok(spec) => specs.push(spec),
             Err(e) => tracing::error!(controller = %c.id, "not started: {e}"),
         }
     }
+    restore_gates(&mut specs, store, wall_ms()).await?;
     tracing::info!(
         controllers = specs.len(),
         gates = specs.iter().map(|s| s.gates.len()).sum::<usize>(),

@@ -44,6 +44,34 @@ pub struct Config {
     pub storage: StorageConfig,
     #[serde(default)]
     pub reports: ReportsConfig,
+    /// Several nodes on one PostgreSQL (absent: this node runs alone).
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `[cluster]`: this node is one of several on one PostgreSQL database; each controller is
+/// driven by the node holding its lease.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// This node's name among the others: a slug, unique in the cluster.
+    pub node_id: String,
+    /// The Redis that carries the live bus between nodes (`redis://host:port`). Accepted and
+    /// checked; the cross-node bus that uses it is not built yet (ARCHITECTURE.md).
+    #[serde(default)]
+    pub redis_url: Option<String>,
+    /// How long a lease lasts without renewal: a dead node's controllers are driven again by
+    /// the others within about this long. Renewed every tenth of it.
+    #[serde(default = "default_lease_ttl_ms")]
+    pub lease_ttl_ms: u64,
+    /// The local address controller connections start from (so that controllers and
+    /// firewalls can tell the nodes apart).
+    #[serde(default)]
+    pub bind: Option<std::net::IpAddr>,
+}
+
+fn default_lease_ttl_ms() -> u64 {
+    5_000
 }
 
 /// Where files go (reports, maintenance attachments): S3 when `s3_bucket` is set, else
@@ -591,6 +619,33 @@ impl Config {
                 "metrics.per_controller_limit",
                 "must be between 1 and 100000",
             ));
+        }
+        if let Some(cluster) = &self.cluster {
+            if let Err(e) = gatehouse_actors::ids::NodeId::new(&cluster.node_id) {
+                return Err(err("cluster.node_id", &e.to_string()));
+            }
+            if !(1_000..=60_000).contains(&cluster.lease_ttl_ms) {
+                return Err(err(
+                    "cluster.lease_ttl_ms",
+                    "must be between 1000 and 60000",
+                ));
+            }
+            if !(self.database.url.starts_with("postgres://")
+                || self.database.url.starts_with("postgresql://"))
+            {
+                return Err(err(
+                    "cluster",
+                    "needs PostgreSQL (database.url = \"postgres://...\"): the nodes share its leases",
+                ));
+            }
+            if let Some(url) = &cluster.redis_url
+                && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+            {
+                return Err(err(
+                    "cluster.redis_url",
+                    "must start with redis:// or rediss://",
+                ));
+            }
         }
         if !(100..=300_000).contains(&self.shutdown.timeout_ms) {
             return Err(err("shutdown.timeout_ms", "must be between 100 and 300000"));

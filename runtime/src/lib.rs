@@ -98,6 +98,7 @@ impl Runtime {
             eventlog: None,
             hub: None,
             fleet: spec,
+            keeper: None,
             sessions: None,
             scheduler: None,
             notifier: None,
@@ -180,7 +181,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         TreeOptions::of(&config)?,
     )
     .await?;
-    if runtime.fleet.controllers().is_empty() {
+    if runtime.fleet.configured().await.is_empty() {
         tracing::warn!(
             "no controllers configured: import a fleet with `gatehouse fleet import FILE`"
         );

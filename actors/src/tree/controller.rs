@@ -87,6 +87,36 @@ pub struct Restore {
     pub finished: Vec<(CommandId, Action, crate::gate::CommandStatus)>,
 }
 
+/// Sets each gate of `specs` to resume from the store: its sequence, its cycle total and the
+/// outcomes of its commands finished within the idempotency window. At boot for every
+/// controller, and in a cluster for a controller this node takes over (the previous holder
+/// wrote after this node booted).
+pub async fn restore_gates(
+    specs: &mut [ControllerSpec],
+    events: &dyn crate::store::EventStore,
+    now_ms: u64,
+) -> Result<(), crate::store::StoreError> {
+    let heads: std::collections::HashMap<_, _> = events.heads().await?.into_iter().collect();
+    let since = now_ms.saturating_sub(crate::gate::machine::COMMAND_MEMORY_MS);
+    let mut finished: std::collections::HashMap<_, Vec<_>> = std::collections::HashMap::new();
+    for f in events.finished_commands(since).await? {
+        finished
+            .entry(f.gate.clone())
+            .or_default()
+            .push((f.id, f.action, f.status));
+    }
+    for spec in specs {
+        for g in &mut spec.gates {
+            if let Some(head) = heads.get(&g.spec.id) {
+                g.seq.store(head.seq, std::sync::atomic::Ordering::Relaxed);
+                g.restore.cycles = head.cycles;
+            }
+            g.restore.finished = finished.remove(&g.spec.id).unwrap_or_default();
+        }
+    }
+    Ok(())
+}
+
 impl ControllerSpec {
     /// Binds `gates` to this controller in order.
     pub fn new(

@@ -161,6 +161,17 @@ pub struct WriterArgs {
     directory: Arc<Directory>,
     /// Committed events are published here, in commit order.
     bus: Arc<dyn EventSink>,
+    /// In a cluster: the leases every commit proves (events of controllers no longer held
+    /// are refused by the store, never published, and their subtrees stop).
+    fence: Option<Arc<crate::cluster::Ownership>>,
+}
+
+impl WriterArgs {
+    /// Commits fenced by `ownership`'s leases.
+    pub fn fenced(mut self, ownership: Arc<crate::cluster::Ownership>) -> WriterArgs {
+        self.fence = Some(ownership);
+        self
+    }
 }
 
 /// Creates the queue of `capacity` entries ([`QUEUE_CAPACITY`] unless configured): the handle
@@ -185,6 +196,7 @@ pub fn channel(
             stats,
             directory,
             bus,
+            fence: None,
         },
     )
 }
@@ -290,12 +302,32 @@ async fn commit(state: &WriterArgs, batch: Vec<Entry>) {
     let mut delay = RETRY_FIRST;
     loop {
         let started = tokio::time::Instant::now();
-        match state
-            .store
-            .append_batch(events.clone(), audits.clone())
-            .await
-        {
-            Ok(()) => {
+        let appended = match &state.fence {
+            None => state
+                .store
+                .append_batch(events.clone(), audits.clone())
+                .await
+                .map(|()| Vec::new()),
+            Some(ownership) => {
+                state
+                    .store
+                    .append_fenced(events.clone(), audits.clone(), ownership.fence())
+                    .await
+            }
+        };
+        match appended {
+            Ok(refused) => {
+                if let (Some(ownership), false) = (&state.fence, refused.is_empty()) {
+                    // Another node holds these now: what this one saw of them is not history.
+                    let before = events.len();
+                    events.retain(|e| !refused.contains(&e.controller));
+                    tracing::warn!(
+                        controllers = ?refused,
+                        dropped = before - events.len(),
+                        "events refused by the lease fence; stopping those controllers"
+                    );
+                    ownership.refused(&refused);
+                }
                 state.stats.transaction_time.record(started.elapsed());
                 if let Some(i) = crate::telemetry::get() {
                     i.eventlog_commit.record(started.elapsed().as_secs_f64());

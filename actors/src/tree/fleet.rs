@@ -62,6 +62,9 @@ pub struct FleetContext {
     epoch: Instant,
     /// Per-controller link figures.
     pub(crate) stats: RwLock<HashMap<ControllerId, Arc<LinkStats>>>,
+    /// In a cluster: the leases this node holds; a link writes to its controller only while
+    /// the lease is provably this node's.
+    pub ownership: Option<Arc<crate::cluster::Ownership>>,
 }
 
 impl FleetContext {
@@ -77,12 +80,23 @@ impl FleetContext {
         directory: Arc<Directory>,
         eventlog: Option<EventLog>,
     ) -> Arc<Self> {
+        Self::clustered(bus, directory, eventlog, None)
+    }
+
+    /// [`with_log`](Self::with_log), for a node of a cluster whose leases are `ownership`.
+    pub fn clustered(
+        bus: Arc<dyn EventSink>,
+        directory: Arc<Directory>,
+        eventlog: Option<EventLog>,
+        ownership: Option<Arc<crate::cluster::Ownership>>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             directory,
             eventlog,
             bus,
             epoch: Instant::now(),
             stats: RwLock::new(HashMap::new()),
+            ownership,
         })
     }
 
@@ -209,6 +223,7 @@ impl Fleet {
             eventlog: writer.map(super::eventlog::child_spec),
             hub: None,
             fleet: spec,
+            keeper: None,
             sessions: None,
             scheduler: None,
             notifier: None,
@@ -285,9 +300,14 @@ impl Fleet {
         next.apply(&changes).map_err(FleetError::Invalid)?;
         cfg.factory.validate(&next)?;
         let touched = records.touched_controllers(&changes);
+        // In a cluster only the controllers this node drives restart here; the lease keeper
+        // hands out the new ones.
+        let running: std::collections::HashSet<ControllerId> =
+            self.controllers().iter().map(|c| c.id.clone()).collect();
+        let ours = |id: &ControllerId| self.ctx.ownership.is_none() || running.contains(id);
         let mut specs = Vec::new();
         for id in &touched {
-            if next.controllers.iter().any(|c| &c.id == id) {
+            if next.controllers.iter().any(|c| &c.id == id) && ours(id) {
                 specs.push(cfg.factory.build(&next, id).map_err(FleetError::Invalid)?);
             }
         }
@@ -314,6 +334,31 @@ impl Fleet {
             self.add_controller(spec).await?;
         }
         Ok(())
+    }
+
+    /// Controller `id`'s subtree as configured now (its gates not yet restored).
+    pub async fn build(&self, id: &ControllerId) -> Result<ControllerSpec, FleetError> {
+        let cfg = self
+            .configuration
+            .as_ref()
+            .ok_or(FleetError::NotConfigurable)?;
+        let records = cfg.records.lock().await;
+        cfg.factory.build(&records, id).map_err(FleetError::Invalid)
+    }
+
+    /// The configured controllers' ids (driven here or not), in order.
+    pub async fn configured(&self) -> Vec<ControllerId> {
+        match &self.configuration {
+            Some(cfg) => cfg
+                .records
+                .lock()
+                .await
+                .controllers
+                .iter()
+                .map(|c| c.id.clone())
+                .collect(),
+            None => self.controllers().iter().map(|c| c.id.clone()).collect(),
+        }
     }
 
     pub fn context(&self) -> &Arc<FleetContext> {

@@ -664,7 +664,13 @@ impl Actor for LinkActor {
                 let send = |result| {
                     let _ = reply.send_message(GateMsg::WriteResult { tag, result }.into());
                 };
-                let Some(session) = state.session.as_mut() else {
+                // In a cluster, nothing is written without a lease this node can prove (a
+                // node woken from a long pause finds its deadline past).
+                let leased = match &state.args.ctx.ownership {
+                    Some(o) => o.may_write(&state.args.spec.id),
+                    None => true,
+                };
+                let Some(session) = state.session.as_mut().filter(|_| leased) else {
                     send(WriteResult::Offline);
                     return Ok(());
                 };

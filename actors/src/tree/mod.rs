@@ -18,6 +18,7 @@ pub mod eventlog;
 pub mod fleet;
 pub mod gate;
 pub mod inspect;
+pub mod keeper;
 pub mod link;
 pub mod notifier;
 pub mod reports;

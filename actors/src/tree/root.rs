@@ -57,6 +57,9 @@ pub struct RootChildren {
     pub eventlog: Option<ChildSpec>,
     pub hub: Option<ChildSpec>,
     pub fleet: ChildSpec,
+    /// In a cluster: which controllers this node drives (after the fleet, so that it stops
+    /// first and hands its controllers over while the fleet and the event log still run).
+    pub keeper: Option<ChildSpec>,
     pub sessions: Option<ChildSpec>,
     /// Maintenance plans (needs a store).
     pub scheduler: Option<ChildSpec>,
@@ -79,14 +82,23 @@ impl Root {
             eventlog,
             hub,
             fleet,
+            keeper,
             sessions,
             scheduler,
             notifier,
         } = children;
-        let children = [eventlog, hub, Some(fleet), sessions, scheduler, notifier]
-            .into_iter()
-            .flatten()
-            .collect();
+        let children = [
+            eventlog,
+            hub,
+            Some(fleet),
+            keeper,
+            sessions,
+            scheduler,
+            notifier,
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
         let args = SupervisorArgs {
             spec: SupervisorSpec {
                 strategy: Strategy::OneForOne,
