@@ -176,6 +176,9 @@ pub struct ModbusConnector {
     wire: Wire,
     gates: Arc<[UnitProfile]>,
     timing: LinkTiming,
+    /// The local address TCP connections start from (`[cluster] bind`); none: the system's
+    /// choice.
+    local: Option<std::net::IpAddr>,
 }
 
 impl ModbusConnector {
@@ -189,7 +192,15 @@ impl ModbusConnector {
             wire,
             gates: gates.into(),
             timing,
+            local: None,
         }
+    }
+
+    /// TCP connections start from `local` (an address of this host), so that controllers and
+    /// firewalls can tell the nodes of a cluster apart.
+    pub fn bound_to(mut self, local: Option<std::net::IpAddr>) -> Self {
+        self.local = local;
+        self
     }
 
     /// A Modbus TCP connector to `endpoint` (`host:port`).
@@ -220,13 +231,40 @@ impl ModbusConnector {
         }
     }
 
+    /// Connects to `endpoint`, from [`local`](Self::bound_to) when set.
+    async fn dial(&self, endpoint: &str) -> io::Result<TcpStream> {
+        let Some(local) = self.local else {
+            return TcpStream::connect(endpoint).await;
+        };
+        let mut last = None;
+        for remote in tokio::net::lookup_host(endpoint).await? {
+            if remote.is_ipv4() != local.is_ipv4() {
+                continue;
+            }
+            let socket = if remote.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()?
+            } else {
+                tokio::net::TcpSocket::new_v6()?
+            };
+            socket.bind(std::net::SocketAddr::new(local, 0))?;
+            match socket.connect(remote).await {
+                Ok(stream) => return Ok(stream),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::AddrNotAvailable,
+                format!("{endpoint} has no address of the family of {local}"),
+            )
+        }))
+    }
+
     /// A TCP connection to `endpoint`: no Nagle (requests are tiny and one at a time), and
     /// keepalive, so that a half-open connection is found while nothing is asked.
     async fn tcp_stream(&self, endpoint: &str) -> Result<TcpStream, LinkError> {
         let stream =
-            match tokio::time::timeout(self.timing.connect_timeout, TcpStream::connect(endpoint))
-                .await
-            {
+            match tokio::time::timeout(self.timing.connect_timeout, self.dial(endpoint)).await {
                 Err(_) => {
                     return Err(self.connect_failed(
                         ConnectFailure::Timeout,
@@ -851,6 +889,22 @@ mod tests {
     /// A session to one gate, unit 1, on `profile`.
     async fn one_gate(addr: SocketAddr, profile: Arc<Profile>, t: LinkTiming) -> ModbusSession {
         session(addr, vec![UnitProfile { unit: 1, profile }], t).await
+    }
+
+    #[tokio::test]
+    async fn connections_start_from_the_bound_address() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = listener.local_addr().unwrap().to_string();
+        let local: std::net::IpAddr = "127.0.0.23".parse().unwrap();
+        let connector =
+            ModbusConnector::tcp(&endpoint, Vec::new(), timing(500, 0)).bound_to(Some(local));
+        let (dialed, accepted) = tokio::join!(connector.tcp_stream(&endpoint), listener.accept());
+        dialed.unwrap();
+        assert_eq!(accepted.unwrap().1.ip(), local);
+        // An address of the other family cannot reach an IPv4 endpoint: a failed connect.
+        let v6 = ModbusConnector::tcp(&endpoint, Vec::new(), timing(500, 0))
+            .bound_to(Some("::1".parse().unwrap()));
+        assert!(v6.tcp_stream(&endpoint).await.is_err());
     }
 
     #[tokio::test]

@@ -151,6 +151,8 @@ pub struct TreeOptions {
 pub struct ClusterSetup {
     pub node: NodeId,
     pub lease_ttl: Duration,
+    /// Where controller connections start from.
+    pub bind: Option<std::net::IpAddr>,
 }
 
 impl Default for TreeOptions {
@@ -179,6 +181,7 @@ impl TreeOptions {
                     node: NodeId::new(&c.node_id)
                         .map_err(|e| anyhow::anyhow!("cluster.node_id: {e}"))?,
                     lease_ttl: Duration::from_millis(c.lease_ttl_ms),
+                    bind: c.bind,
                 }),
                 None => None,
             },
@@ -295,7 +298,14 @@ impl Runtime {
         let ctx = FleetContext::clustered(sink, directory, Some(log), ownership.clone());
         let (fleet, fleet_spec) = Fleet::new(ctx);
         let fleets: Arc<dyn FleetStore> = store.clone();
-        let fleet = fleet.configurable(fleets, Arc::new(Catalog { profiles }), records);
+        let fleet = fleet.configurable(
+            fleets,
+            Arc::new(Catalog {
+                profiles,
+                bind: options.cluster.as_ref().and_then(|c| c.bind),
+            }),
+            records,
+        );
         let (hub, sessions) = match sessions {
             Some(tree) => (Some(tree.hub), Some(tree.sessions)),
             None => (None, None),
@@ -390,7 +400,7 @@ async fn restore_controllers(
     let mut specs = Vec::new();
     for c in &records.controllers {
         // One misconfigured controller (a profile file gone) must not keep the rest down.
-        match build_controller(records, &c.id, profiles) {
+        match build_controller(records, &c.id, profiles, None) {
             Ok(spec) => specs.push(spec),
             Err(e) => tracing::error!(controller = %c.id, "not started: {e}"),
         }

@@ -823,6 +823,45 @@ mod tests {
     }
 
     #[test]
+    fn a_cluster_needs_a_node_id_postgresql_and_a_sane_ttl() {
+        let pg = "[database]\nurl = \"postgres://db.internal/gatehouse\"\n";
+        let (_d, path) = write(&format!(
+            "{pg}[cluster]\nnode_id = \"n1\"\nbind = \"10.0.0.5\"\nredis_url = \"redis://r:6379\"\n"
+        ));
+        let config = Config::load(Some(&path), env(&[])).unwrap();
+        let cluster = config.cluster.unwrap();
+        assert_eq!(cluster.lease_ttl_ms, 5_000);
+        assert_eq!(cluster.bind, Some("10.0.0.5".parse().unwrap()));
+        assert!(
+            Config::load(None, env(&[])).unwrap().cluster.is_none(),
+            "alone by default"
+        );
+
+        for (text, key) in [
+            (
+                format!("{pg}[cluster]\nnode_id = \"Node 1\"\n"),
+                "cluster.node_id",
+            ),
+            (
+                format!("{pg}[cluster]\nnode_id = \"n1\"\nlease_ttl_ms = 100\n"),
+                "cluster.lease_ttl_ms",
+            ),
+            (
+                format!("{pg}[cluster]\nnode_id = \"n1\"\nredis_url = \"http://r\"\n"),
+                "cluster.redis_url",
+            ),
+            ("[cluster]\nnode_id = \"n1\"\n".to_owned(), "cluster"),
+        ] {
+            let (_d, path) = write(&text);
+            let e = Config::load(Some(&path), env(&[])).unwrap_err();
+            assert_eq!(e.key, key, "{text}: {e}");
+        }
+        let (_d, path) = write(&format!("{pg}[cluster]\nbind = \"10.0.0.5\"\n"));
+        let e = Config::load(Some(&path), env(&[])).unwrap_err();
+        assert!(e.message.contains("node_id"), "{e}");
+    }
+
+    #[test]
     fn kubernetes_service_link_variables_are_not_configuration() {
         let config = Config::load(
             None,

@@ -154,7 +154,7 @@ impl FleetFile {
         records
             .controllers
             .iter()
-            .filter_map(|c| build_controller(&records, &c.id, profiles).ok())
+            .filter_map(|c| build_controller(&records, &c.id, profiles, None).ok())
             .collect()
     }
 
@@ -289,6 +289,8 @@ fn file_key(e: ConfigError) -> (String, String) {
 /// implementation of the actors' [`ControllerFactory`] port.
 pub struct Catalog {
     pub profiles: ProfileSet,
+    /// Where controller connections start from (`[cluster] bind`).
+    pub bind: Option<std::net::IpAddr>,
 }
 
 impl ControllerFactory for Catalog {
@@ -297,7 +299,7 @@ impl ControllerFactory for Catalog {
     }
 
     fn build(&self, fleet: &FleetRecords, id: &ControllerId) -> Result<ControllerSpec, String> {
-        build_controller(fleet, id, &self.profiles)
+        build_controller(fleet, id, &self.profiles, self.bind)
     }
 }
 
@@ -306,6 +308,7 @@ pub fn build_controller(
     records: &FleetRecords,
     id: &ControllerId,
     profiles: &ProfileSet,
+    bind: Option<std::net::IpAddr>,
 ) -> Result<ControllerSpec, String> {
     let c = records
         .controllers
@@ -345,7 +348,7 @@ pub fn build_controller(
                 .ok_or_else(|| format!("controller {id}: transport rtu without a serial line"))?,
         ),
     };
-    let connector = ModbusConnector::from_profiles(wire, bindings, overrides);
+    let connector = ModbusConnector::from_profiles(wire, bindings, overrides).bound_to(bind);
     let capabilities = profile.capabilities();
     let request_timeout = c
         .request_timeout_ms

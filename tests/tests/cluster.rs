@@ -26,6 +26,8 @@ const TTL: Duration = Duration::from_millis(2_000);
 const WAIT: Duration = Duration::from_secs(60);
 const NODES: [&str; 3] = ["n1", "n2", "n3"];
 
+/// Node `n<i>`'s configuration: its own data directory, and its own loopback address for
+/// controller connections (127.0.0.1<i>).
 fn config(dir: &Path, node: &str, database: &str) -> std::path::PathBuf {
     let data = dir.join(node);
     std::fs::create_dir_all(&data).unwrap();
@@ -34,9 +36,11 @@ fn config(dir: &Path, node: &str, database: &str) -> std::path::PathBuf {
         &path,
         format!(
             "[http]\nlisten = \"127.0.0.1:0\"\n\n[database]\nurl = {database:?}\n\n\
-             [data]\ndir = {:?}\n\n[cluster]\nnode_id = {node:?}\nlease_ttl_ms = {}\n",
+             [data]\ndir = {:?}\n\n[cluster]\nnode_id = {node:?}\nlease_ttl_ms = {}\n\
+             bind = \"127.0.0.1{}\"\n",
             data.display().to_string(),
-            TTL.as_millis()
+            TTL.as_millis(),
+            node.trim_start_matches('n'),
         ),
     )
     .unwrap();
