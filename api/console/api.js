@@ -79,6 +79,8 @@ export class Api {
     this.refreshTimer = null;
     /** The refresh in flight: refresh tokens rotate, so two at once would spend one twice. */
     this.refreshing = null;
+    /** Actor (`user:<id>`) → username, for records and reports that name who did what. */
+    this.names = new Map();
   }
 
   get signedIn() {
@@ -165,6 +167,7 @@ export class Api {
 
   /** Forgets the tokens (memory only) and the refresh timer. */
   clear() {
+    this.names.clear();
     this.access = null;
     this.refreshToken = null;
     this.user = null;
@@ -351,6 +354,33 @@ export class Api {
 
   sites() {
     return this.call('GET', '/api/v1/config/sites');
+  }
+
+  // --- Names ------------------------------------------------------------------------------
+
+  /**
+   * Learns the usernames behind actors. The API names actors by id (`user:<uuid>`,
+   * `key:<uuid>`); only admins may list users, so for everyone else only their own name is
+   * known.
+   */
+  async learnNames() {
+    if (this.user) this.names.set(`user:${this.user.id}`, this.user.username);
+    if (!this.user || this.user.role !== 'admin' || this.names.size > 1) return;
+    try {
+      const body = await this.call('GET', '/api/v1/users');
+      for (const u of (body && body.users) || []) this.names.set(`user:${u.id}`, u.username);
+    } catch {
+      // Ids are shown instead.
+    }
+  }
+
+  /** A person's name for an actor, or a short form of its id (`user 3a5edd66`). */
+  actorName(actor) {
+    if (!actor) return '?';
+    const known = this.names.get(actor);
+    if (known) return known;
+    const m = /^(user|key):([0-9a-f]{8})/.exec(actor);
+    return m ? `${m[1] === 'key' ? 'API key' : 'user'} ${m[2]}` : actor;
   }
 
   /** A command over REST, held until its outcome (the WebSocket's fallback). */

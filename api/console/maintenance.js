@@ -110,6 +110,7 @@ export class MaintenancePage {
     $('mrec-readonly').hidden = this.staff;
     $('mplan-new-box').hidden = !this.staff;
     this.openLabel();
+    await this.api.learnNames();
     await this.refresh();
   }
 
@@ -342,7 +343,11 @@ export class MaintenancePage {
       return;
     }
     if (generation !== this.generation || gate !== this.gate) return;
-    const items = ((body && body.records) || []).map((r) => this.recordItem(r));
+    // A record whose completion form is open keeps its item (and what was typed into it).
+    const editing = new Map([...list.querySelectorAll('[data-testid="record"][data-status="open"]')]
+      .filter((li) => li.querySelector('[data-testid="complete-form"]:not([hidden])'))
+      .map((li) => [li.dataset.record, li]));
+    const items = ((body && body.records) || []).map((r) => (r.status === 'open' && editing.get(r.id)) || this.recordItem(r));
     if (more) list.append(...items);
     else list.replaceChildren(...items);
     if (!more && items.length === 0) {
@@ -433,9 +438,9 @@ export class MaintenancePage {
         class: `chip ${open ? 'chip-moving' : 'chip-quiet'}`,
         text: open ? 'gate locked out' : 'was locked out',
       }) : null);
-    const meta = [`opened ${dateTime(r.opened_at_ms)} by ${r.opened_by}`];
+    const meta = [`opened ${dateTime(r.opened_at_ms)} by ${this.api.actorName(r.opened_by)}`];
     if (r.completed_at_ms) {
-      meta.push(`completed ${dateTime(r.completed_at_ms)} by ${r.completed_by || '?'}`);
+      meta.push(`completed ${dateTime(r.completed_at_ms)} by ${this.api.actorName(r.completed_by)}`);
       if (r.cycles_at !== null && r.cycles_at !== undefined) meta.push(`at ${plural(r.cycles_at, 'cycle')}`);
     }
     const item = el('li', { class: 'record', 'data-testid': 'record', 'data-record': r.id, 'data-status': r.status },

@@ -71,6 +71,7 @@ export class ReportsPage {
       $('report-to').value = localInput(to);
       $('report-from').value = localInput(to - DEFAULT_SPAN_MS);
     }
+    await this.api.learnNames();
     await Promise.all([this.loadSites(), this.load(false)]);
   }
 
@@ -174,7 +175,7 @@ export class ReportsPage {
       }
     }
     return el('tr', { 'data-testid': 'report-row', 'data-report': r.id, 'data-status': r.status },
-      el('td', { class: 'nowrap' }, dateTime(r.created_at_ms), el('span', { class: 'cell-sub', text: r.requested_by })),
+      el('td', { class: 'nowrap' }, dateTime(r.created_at_ms), el('span', { class: 'cell-sub', text: this.api.actorName(r.requested_by) })),
       el('td', {}, `${KINDS[r.kind] || r.kind} · ${r.format.toUpperCase()}`,
         el('span', { class: 'cell-sub', text: r.site ? `site ${r.site}` : 'whole fleet' })),
       el('td', { class: 'nowrap' }, dateTime(r.from_ms), el('span', { class: 'cell-sub', text: `to ${dateTime(r.to_ms)}` })),
@@ -232,12 +233,14 @@ export class ReportsPage {
     const button = $('report-form').querySelector('button[type=submit]');
     button.disabled = true;
     result.textContent = '';
+    delete result.dataset.report;
     const generation = this.generation;
     try {
       const r = await this.api.requestReport(spec);
       if (generation !== this.generation) return;
       result.textContent = 'Requested; it is generated in the background.';
       result.dataset.tone = 'ok';
+      result.dataset.report = r.id;
       this.put(r, null, true);
       $('reports-empty').hidden = true;
       this.schedulePoll();

@@ -29,7 +29,10 @@ const FILES: &[(&str, &[u8])] = &[
     ("live.js", include_bytes!("../console/live.js")),
     ("views.js", include_bytes!("../console/views.js")),
     ("account.js", include_bytes!("../console/account.js")),
-    ("maintenance.js", include_bytes!("../console/maintenance.js")),
+    (
+        "maintenance.js",
+        include_bytes!("../console/maintenance.js"),
+    ),
     ("reports.js", include_bytes!("../console/reports.js")),
     ("style.css", include_bytes!("../console/style.css")),
 ];

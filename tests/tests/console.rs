@@ -116,8 +116,7 @@ fn serve_config(dir: &Path, endpoint: &str) -> PathBuf {
 }
 
 #[test]
-fn the_console_commands_a_gate_keeps_maintenance_and_reports_and_lands_emailed_links_in_chromium()
-{
+fn the_console_commands_a_gate_keeps_maintenance_and_reports_and_lands_emailed_links_in_chromium() {
     let missing = missing_prerequisites();
     if !missing.is_empty() {
         let message = format!(
