@@ -257,6 +257,17 @@ pub struct UserRecord {
     pub email: Option<String>,
 }
 
+/// The password hash of a user who has not chosen a password yet (invited): no PHC string,
+/// so nothing verifies against it.
+pub const NO_PASSWORD: &str = "!";
+
+impl UserRecord {
+    /// Whether the user has a password (an invited user has none until the link is used).
+    pub fn password_set(&self) -> bool {
+        self.password_hash != NO_PASSWORD
+    }
+}
+
 /// An API key as stored: only a hash of the secret.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiKeyRecord {
@@ -292,6 +303,62 @@ pub struct AuditRecord {
     pub source_ip: Option<String>,
     /// JSON object.
     pub details: String,
+}
+
+/// What an emailed account link is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LinkPurpose {
+    /// A new user chooses a first password.
+    Invitation,
+    /// A user who forgot the password chooses a new one.
+    PasswordReset,
+}
+
+impl LinkPurpose {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkPurpose::Invitation => "invitation",
+            LinkPurpose::PasswordReset => "password_reset",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<LinkPurpose> {
+        match s {
+            "invitation" => Some(LinkPurpose::Invitation),
+            "password_reset" => Some(LinkPurpose::PasswordReset),
+            _ => None,
+        }
+    }
+
+    /// How long a link stays good: an invitation waits for someone to read the mail; a reset
+    /// link is a password in transit and lives an hour.
+    pub fn lifetime_ms(self) -> u64 {
+        match self {
+            LinkPurpose::Invitation => 7 * 24 * 3600 * 1000,
+            LinkPurpose::PasswordReset => 3600 * 1000,
+        }
+    }
+}
+
+/// An emailed one-time link that lets its holder set a user's password. Only a digest of its
+/// secret is stored, like refresh tokens and API keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountLink {
+    pub id: uuid::Uuid,
+    pub user: UserId,
+    pub purpose: LinkPurpose,
+    pub digest: String,
+    pub created_at_ms: u64,
+    pub expires_at_ms: u64,
+    /// Used, or replaced by a newer link of the same purpose.
+    pub used_at_ms: Option<u64>,
+}
+
+impl AccountLink {
+    /// Whether the link can still be used at `now_ms`.
+    pub fn usable(&self, now_ms: u64) -> bool {
+        self.used_at_ms.is_none() && now_ms < self.expires_at_ms
+    }
 }
 
 /// Users, credentials, grants and the audit log.
@@ -355,6 +422,26 @@ pub trait AccessStore: Send + Sync + 'static {
     fn create_grant(&self, grant: Grant, now_ms: u64) -> BoxFuture<'_, Result<(), StoreError>>;
     fn grants_of(&self, user: UserId) -> BoxFuture<'_, Result<Vec<Grant>, StoreError>>;
     fn delete_grant(&self, id: uuid::Uuid) -> BoxFuture<'_, Result<bool, StoreError>>;
+
+    /// Stores a new account link; the user's earlier unused links of the same purpose stop
+    /// working in the same transaction (only the newest mail works). `Rejected` when the user
+    /// does not exist.
+    fn issue_link(&self, link: AccountLink) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// The link with this digest and its user, whatever its state.
+    fn link(
+        &self,
+        digest: String,
+    ) -> BoxFuture<'_, Result<Option<(AccountLink, UserRecord)>, StoreError>>;
+    /// Uses the link with this digest if it is usable at `now_ms` and its user is enabled: in
+    /// one transaction, marks it used, sets the user's password hash and ends every session of
+    /// the user. Answers the user as it now is, or `None` (unknown, used, replaced, expired,
+    /// or the user is disabled); two concurrent uses cannot both succeed.
+    fn redeem_link(
+        &self,
+        digest: String,
+        password_hash: String,
+        now_ms: u64,
+    ) -> BoxFuture<'_, Result<Option<UserRecord>, StoreError>>;
 
     fn audit(&self, record: AuditRecord) -> BoxFuture<'_, Result<(), StoreError>>;
     /// Audit records with id `> after`, oldest first, at most `limit`; with their ids.

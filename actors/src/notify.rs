@@ -13,7 +13,7 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::access::{Role, UserId, UserRecord};
+use crate::access::{LinkPurpose, Role, UserId, UserRecord};
 use crate::clock::utc;
 use crate::ids::SiteId;
 use crate::ports::BoxFuture;
@@ -329,6 +329,62 @@ pub fn render(alert: &Alert, public_url: Option<&str>) -> Rendered {
     );
     Rendered {
         subject,
+        text,
+        html,
+    }
+}
+
+/// The path under the public URL where the console takes a link of `purpose` with `token`:
+/// the secret rides in the fragment, which browsers never send to a server (nor to proxies'
+/// logs, nor in a `Referer`).
+pub fn link_path(purpose: LinkPurpose, token: &str) -> String {
+    let name = match purpose {
+        LinkPurpose::Invitation => "invitation",
+        LinkPurpose::PasswordReset => "password-reset",
+    };
+    format!("/console#{name}={token}")
+}
+
+/// The mail carrying an account link (`url`, absolute) for `username`, good until
+/// `expires_at_ms`.
+pub fn render_link(
+    purpose: LinkPurpose,
+    username: &str,
+    url: &str,
+    expires_at_ms: u64,
+) -> Rendered {
+    let (subject, lead, button, why) = match purpose {
+        LinkPurpose::Invitation => (
+            "[Gatehouse] You are invited",
+            format!(
+                "An administrator made you a Gatehouse account, {username:?}. Choose your password to start:"
+            ),
+            "Choose a password",
+            "Sent by Gatehouse because an administrator invited you. If this is unexpected, ignore it: nothing happens until the link is used.",
+        ),
+        LinkPurpose::PasswordReset => (
+            "[Gatehouse] Reset your password",
+            format!(
+                "Someone asked to reset the password of the Gatehouse account {username:?}. To choose a new one:"
+            ),
+            "Choose a new password",
+            "Sent by Gatehouse because a password reset was asked for. If it was not you, ignore it: your password stays as it is.",
+        ),
+    };
+    let until = utc(expires_at_ms);
+    let text = format!("{lead}\n\n{url}\n\nThe link works once, until {until}.\n\n-- \n{why}\n");
+    let html = format!(
+        "<!doctype html><html><body style=\"font-family:sans-serif\">\n<p>{}</p>\n\
+         <p><a href=\"{}\">{}</a></p>\n<p>The link works once, until {}.</p>\n\
+         <p style=\"color:#666\">{}</p>\n</body></html>\n",
+        escape_html(&lead),
+        escape_html(url),
+        escape_html(button),
+        escape_html(&until),
+        escape_html(why)
+    );
+    Rendered {
+        subject: subject.to_owned(),
         text,
         html,
     }

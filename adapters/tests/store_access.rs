@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 use gatehouse_actors::access::{
-    AccessStore, ApiKeyRecord, AuditRecord, Grant, GrantScope, RefreshUse, Role, UserId,
-    UserRecord, WeeklyWindow,
+    AccessStore, AccountLink, ApiKeyRecord, AuditRecord, Grant, GrantScope, LinkPurpose,
+    RefreshUse, Role, UserId, UserRecord, WeeklyWindow,
 };
 use gatehouse_actors::ids::{ControllerId, GateId, SiteId};
 use gatehouse_actors::store::{
@@ -129,6 +129,8 @@ each_backend!(
     refresh_rotates_and_reuse_revokes_the_family,
     concurrent_uses_of_one_token_rotate_once,
     revoking_a_users_families,
+    account_links_work_once_until_they_expire_or_are_replaced,
+    concurrent_uses_of_one_link_set_one_password,
     api_key_lifecycle,
     grants_round_trip_and_die_with_their_user,
     grants_to_unknown_things_are_rejected,
@@ -370,6 +372,160 @@ async fn revoking_a_users_families(store: Store) {
         store.use_refresh("b2".into(), 16).await.unwrap(),
         RefreshUse::Rotated { user, .. } if user == ben
     ));
+}
+
+// ---- account links --------------------------------------------------------------------------
+
+fn link(user: UserId, purpose: LinkPurpose, digest: &str, at_ms: u64) -> AccountLink {
+    AccountLink {
+        id: Uuid::new_v4(),
+        user,
+        purpose,
+        digest: digest.into(),
+        created_at_ms: at_ms,
+        expires_at_ms: at_ms + 1000,
+        used_at_ms: None,
+    }
+}
+
+async fn account_links_work_once_until_they_expire_or_are_replaced(store: Store) {
+    let dora = add_person(&store, "dora", Role::Resident).await;
+    let family = store
+        .start_family(dora.id, "d-session".into(), 1)
+        .await
+        .unwrap();
+
+    // Read back as written, with its user.
+    let first = link(dora.id, LinkPurpose::PasswordReset, "reset-1", 100);
+    store.issue_link(first.clone()).await.unwrap();
+    let (read, user) = store.link("reset-1".into()).await.unwrap().unwrap();
+    assert_eq!((read, user.username.as_str()), (first.clone(), "dora"));
+    assert!(store.link("nothing".into()).await.unwrap().is_none());
+
+    // A newer reset link replaces it; an invitation of the same user does not.
+    let invite = link(dora.id, LinkPurpose::Invitation, "invite-1", 150);
+    store.issue_link(invite).await.unwrap();
+    store
+        .issue_link(link(dora.id, LinkPurpose::PasswordReset, "reset-2", 200))
+        .await
+        .unwrap();
+    let (replaced, _) = store.link("reset-1".into()).await.unwrap().unwrap();
+    assert_eq!(replaced.used_at_ms, Some(200));
+    assert!(!replaced.usable(201));
+    let (kept, _) = store.link("invite-1".into()).await.unwrap().unwrap();
+    assert!(kept.usable(201), "{kept:?}");
+    assert_eq!(
+        store
+            .redeem_link("reset-1".into(), "$argon2id$old".into(), 210)
+            .await
+            .unwrap(),
+        None,
+        "a replaced link"
+    );
+
+    // Past its expiry (created 200, good for 1000 ms): refused, and nothing changes.
+    assert_eq!(
+        store
+            .redeem_link("reset-2".into(), "$argon2id$late".into(), 1200)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store.user(dora.id).await.unwrap().unwrap().password_hash,
+        dora.password_hash
+    );
+    assert!(matches!(
+        store.use_refresh("d-session".into(), 1201).await.unwrap(),
+        RefreshUse::Rotated { .. }
+    ));
+    store
+        .add_refresh(family, "d-session-2".into(), 1201)
+        .await
+        .unwrap();
+
+    // In time: the password is set, the sessions end, and the link is spent.
+    let redeemed = store
+        .redeem_link("invite-1".into(), "$argon2id$new".into(), 1100)
+        .await
+        .unwrap()
+        .expect("a usable link");
+    assert_eq!(redeemed.password_hash, "$argon2id$new");
+    assert_eq!(
+        store.user(dora.id).await.unwrap().unwrap().password_hash,
+        "$argon2id$new"
+    );
+    assert_eq!(
+        store.use_refresh("d-session-2".into(), 1101).await.unwrap(),
+        RefreshUse::Invalid,
+        "sessions of the old password"
+    );
+    assert_eq!(
+        store
+            .redeem_link("invite-1".into(), "$argon2id$again".into(), 1102)
+            .await
+            .unwrap(),
+        None,
+        "used once"
+    );
+
+    // A disabled user's link does nothing; a deleted user's link is gone with the user.
+    store
+        .issue_link(link(dora.id, LinkPurpose::PasswordReset, "reset-3", 2000))
+        .await
+        .unwrap();
+    let mut off = store.user(dora.id).await.unwrap().unwrap();
+    off.disabled = true;
+    store.update_user(off).await.unwrap();
+    assert_eq!(
+        store
+            .redeem_link("reset-3".into(), "$argon2id$x".into(), 2001)
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(store.delete_user(dora.id).await.unwrap());
+    assert!(store.link("reset-3".into()).await.unwrap().is_none());
+    assert_rejected(
+        store
+            .issue_link(link(dora.id, LinkPurpose::Invitation, "orphan", 3000))
+            .await,
+        "unknown user",
+    );
+}
+
+async fn concurrent_uses_of_one_link_set_one_password(store: Store) {
+    let eve = add_person(&store, "eve", Role::Viewer).await.id;
+    for round in 0..8 {
+        let digest = format!("link-{round}");
+        store
+            .issue_link(link(eve, LinkPurpose::PasswordReset, &digest, 10 * round))
+            .await
+            .unwrap();
+        let start = Arc::new(tokio::sync::Barrier::new(2));
+        let racers: Vec<_> = (0..2)
+            .map(|racer| {
+                let (store, digest, start) = (store.clone(), digest.clone(), start.clone());
+                tokio::spawn(async move {
+                    start.wait().await;
+                    store
+                        .redeem_link(digest, format!("$argon2id${round}-{racer}"), 10 * round + 1)
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        let mut winners = Vec::new();
+        for racer in racers {
+            winners.extend(racer.await.unwrap());
+        }
+        assert_eq!(winners.len(), 1, "round {round}: {winners:?}");
+        assert_eq!(
+            store.user(eve).await.unwrap().unwrap().password_hash,
+            winners[0].password_hash,
+            "round {round}"
+        );
+    }
 }
 
 // ---- API keys -------------------------------------------------------------------------------

@@ -30,6 +30,8 @@ pub struct App {
     pub scheduler: gatehouse_actors::tree::scheduler::SchedulerHandle,
     /// The largest maintenance attachment, in bytes.
     pub max_attachment: u64,
+    /// `[http] public_url`: the base of links in emails (none: no account links are mailed).
+    pub public_url: Option<String>,
     pub keys: Arc<TokenKeys>,
     pub passwords: Passwords,
     /// Announce here every committed change to users, grants and API keys.

@@ -93,6 +93,11 @@ pub struct Limits {
     pub command: Quota,
     pub login_account: LockoutPolicy,
     pub login_address: LockoutPolicy,
+    /// Password-reset mails asked for one account (as typed): a person asks again after a
+    /// few minutes, a script filling someone's mailbox is held back.
+    pub link_account: Quota,
+    /// Password-reset mails asked from one address, whatever the account.
+    pub link_address: Quota,
     /// Keys per table, at most.
     pub max_keys: usize,
 }
@@ -118,6 +123,14 @@ impl Default for Limits {
                 base: Duration::from_secs(30),
                 max: Duration::from_secs(15 * 60),
                 forget: Duration::from_secs(60 * 60),
+            },
+            link_account: Quota {
+                burst: 3,
+                period: Duration::from_secs(10 * 60),
+            },
+            link_address: Quota {
+                burst: 10,
+                period: Duration::from_secs(60),
             },
             // ~100 bytes per key: a few MiB at most per table.
             max_keys: 20_000,
@@ -264,6 +277,9 @@ pub struct RateLimits {
     accounts: Table<String, Failures>,
     /// Per client address.
     addresses: Table<IpAddr, Failures>,
+    /// Password-reset requests per account as typed, and per address.
+    link_accounts: Table<String, Gcra>,
+    link_addresses: Table<IpAddr, Gcra>,
     /// The command ids admitted lately, by gate.
     admitted: Mutex<RecentIds>,
 }
@@ -322,6 +338,8 @@ impl RateLimits {
             commands: Table::new(limits.max_keys),
             accounts: Table::new(limits.max_keys),
             addresses: Table::new(limits.max_keys),
+            link_accounts: Table::new(limits.max_keys),
+            link_addresses: Table::new(limits.max_keys),
             admitted: Mutex::default(),
         }
     }
@@ -401,6 +419,22 @@ impl RateLimits {
             f.fail(address_policy, now)
         });
         (account, address)
+    }
+
+    /// Takes one password-reset request for `account` (as typed, existing or not) from
+    /// `address`, or says how long until one would be taken. The address is charged first, so
+    /// that one client cycling through names is stopped by its own quota.
+    pub fn link_request(&self, account: &str, address: IpAddr) -> Result<(), Duration> {
+        let now = self.clock.now();
+        let (by_account, by_address) = (self.limits.link_account, self.limits.link_address);
+        self.link_addresses
+            .with(&address, now, Gcra { tat: now }, |g| {
+                g.admit(by_address, now)
+            })?;
+        self.link_accounts
+            .with(&account_key(account), now, Gcra { tat: now }, |g| {
+                g.admit(by_account, now)
+            })
     }
 
     /// Records a successful login: the account's failures are forgotten (the address's are

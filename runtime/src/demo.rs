@@ -226,7 +226,12 @@ async fn demo_notifications(store: &Store) -> anyhow::Result<()> {
 }
 
 /// Runs the demo until Ctrl-C (or `run_for`).
-pub async fn run(config: Config, options: DemoOptions) -> anyhow::Result<()> {
+pub async fn run(mut config: Config, options: DemoOptions) -> anyhow::Result<()> {
+    // Emailed links (invitations, password resets) point at this console unless told
+    // otherwise.
+    if config.http.public_url.is_none() && config.http.listen.port() != 0 {
+        config.http.public_url = Some(format!("http://{}", config.http.listen));
+    }
     let mut signals = crate::ShutdownSignal::listen();
     let metrics = crate::metrics::install(&config.metrics)?;
     let profiles = load_profiles(&config)?;

@@ -46,11 +46,13 @@ struct Ready {
     ping: Ping,
     fleet: Fleet,
     mail: Arc<gatehouse_actors::tree::notifier::MailHealth>,
+    /// The blob store (where it is, and its last ping), if files are kept.
+    blobs: Option<(String, Ping)>,
 }
 
 impl Readiness for Ready {
     fn checks(&self) -> Vec<Check> {
-        let mut checks = Vec::with_capacity(4);
+        let mut checks = Vec::with_capacity(6);
         checks.push(
             match &*self.ping.lock().unwrap_or_else(|e| e.into_inner()) {
                 None => Check::ready("database").with_detail("not pinged yet"),
@@ -116,6 +118,18 @@ impl Readiness for Ready {
             Some(why) => Check::degraded("mail", format!("{detail}; last attempt: {why}")),
             None => Check::ready("mail").with_detail(detail),
         });
+        // Reports wait and uploads are refused while the blob store is away: degraded, as
+        // for mail; nothing already stored is lost.
+        if let Some((target, ping)) = &self.blobs {
+            checks.push(match &*ping.lock().unwrap_or_else(|e| e.into_inner()) {
+                None => Check::ready("blob_store").with_detail(format!("{target}; not pinged yet")),
+                Some(Ok(())) => Check::ready("blob_store").with_detail(target.clone()),
+                Some(Err(e)) => Check::degraded(
+                    "blob_store",
+                    format!("{target} does not answer: {e}; reports wait, uploads are refused"),
+                ),
+            });
+        }
         checks
     }
 }
@@ -127,6 +141,24 @@ fn ping_database(store: Arc<Store>, ping: Ping) {
         move || {
             let store = store.clone();
             async move { store.ping().await.map_err(|e| e.to_string()) }
+        },
+        ping,
+    );
+}
+
+/// Lists an empty prefix of the blob store every [`DB_PING_EVERY`]: one cheap request that
+/// needs the store to be there and the credentials to be good.
+fn ping_blobs(blobs: Arc<dyn gatehouse_actors::blob::BlobStore>, ping: Ping) {
+    pinging(
+        move || {
+            let blobs = blobs.clone();
+            async move {
+                blobs
+                    .list("readyz/")
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
         },
         ping,
     );
@@ -176,6 +208,7 @@ pub fn app(
         blobs: runtime.blobs.clone(),
         scheduler: runtime.scheduler.clone(),
         max_attachment: config.storage.max_attachment_mb * 1024 * 1024,
+        public_url: config.http.public_url.clone(),
         keys: Arc::new(keys),
         passwords,
         changes,
@@ -207,6 +240,12 @@ pub async fn start(
     let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
     let ping = Ping::default();
     ping_database(store, ping.clone());
+    let blobs = runtime.blobs.clone().map(|b| {
+        let ping = Ping::default();
+        let target = b.describe();
+        ping_blobs(b, ping.clone());
+        (target, ping)
+    });
     let state = ApiState {
         readiness: Arc::new(Ready {
             eventlog: runtime.fleet.context().eventlog.clone(),
@@ -219,6 +258,7 @@ pub async fn start(
             ping: ping.clone(),
             mail: runtime.mail.clone(),
             fleet: runtime.fleet.clone(),
+            blobs,
         }),
         app: Some(app),
         metrics: metrics.map(|m| m.export(&runtime.fleet)),

@@ -11,7 +11,9 @@ message it accepts, as a real mail server would, and says so on stdout.
 - `--refuse ADDRESS`: answers 550 for this recipient (a permanent failure).
 
 Prints `LISTENING <port>` once ready, then `RECEIVED to=<rcpt> tls=<0|1> auth=<0|1> id=<message-id> subject=<...>`
-for every message accepted. Runs until killed.
+for every message accepted, followed by `LINK to=<rcpt> <url>` for every console link
+(`.../console#...`) in its plain-text part, as a mail client would decode it. Runs until
+killed.
 """
 
 import argparse
@@ -19,6 +21,7 @@ import asyncio
 import email
 import email.policy
 import os
+import re
 import ssl
 import sys
 
@@ -58,6 +61,11 @@ class Sink:
                 f"id={message.get('Message-ID', '-')} subject={message.get('Subject', '')}",
                 flush=True,
             )
+        text = message.get_body(preferencelist=("plain",))
+        if text is not None:
+            for url in re.findall(r"\S+/console#\S+", text.get_content()):
+                for rcpt in envelope.rcpt_tos:
+                    print(f"LINK to={rcpt} {url}", flush=True)
         return "250 OK"
 
 

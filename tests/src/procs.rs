@@ -429,28 +429,51 @@ impl Simulator {
 
 /// `gatehouse user add NAME --role ROLE --password-stdin --config CONFIG`, run in `dir`.
 pub fn add_user(dir: &Path, config: &Path, name: &str, role: &str, password: &str) {
-    let mut add = Proc::spawn_with_input(
-        "gatehouse user add",
-        Command::new(bin("gatehouse"))
-            .args([
-                "user",
-                "add",
-                name,
-                "--role",
-                role,
-                "--password-stdin",
-                "--config",
-            ])
-            .arg(config)
-            .current_dir(dir),
-        &format!("{password}\n"),
-    );
+    add_user_with_email(dir, config, name, role, password, None);
+}
+
+/// [`add_user`], with `--email EMAIL` when given.
+pub fn add_user_with_email(
+    dir: &Path,
+    config: &Path,
+    name: &str,
+    role: &str,
+    password: &str,
+    email: Option<&str>,
+) {
+    let mut command = Command::new(bin("gatehouse"));
+    command.args(["user", "add", name, "--role", role]);
+    if let Some(email) = email {
+        command.args(["--email", email]);
+    }
+    command
+        .args(["--password-stdin", "--config"])
+        .arg(config)
+        .current_dir(dir);
+    let mut add =
+        Proc::spawn_with_input("gatehouse user add", &mut command, &format!("{password}\n"));
     let status = add.finish(WAIT);
     assert!(
         status.success(),
         "gatehouse user add failed ({status})\n{}",
         add.transcript()
     );
+}
+
+/// `gatehouse serve --config CONFIG` in `dir`, once its API listens; with the API's address.
+pub fn serve_api(dir: &Path, config: &Path) -> (Proc, std::net::SocketAddr) {
+    let mut serve = Proc::spawn(
+        "gatehouse serve",
+        Command::new(bin("gatehouse"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .current_dir(dir),
+    );
+    let line = serve.wait_for(Stream::Err, "API on http://", 1);
+    let start = line.find("http://").expect("a URL") + "http://".len();
+    let end = line[start..].find('/').expect("a path") + start;
+    let addr = line[start..end].parse().expect("an address");
+    (serve, addr)
 }
 
 /// A pseudo-terminal pair made by socat: two ends of one serial line, such as a controller

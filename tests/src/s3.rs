@@ -53,54 +53,27 @@ impl S3sFs {
         let root = tempfile::tempdir().unwrap();
         // A bucket is a directory under the root.
         std::fs::create_dir(root.path().join(BUCKET)).unwrap();
-        let mut child = Command::new("s3s-fs")
-            .args(["--host", "127.0.0.1", "--port", "0"])
-            .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
-            .arg(root.path())
-            .env("RUST_LOG", "s3s_fs=info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start s3s-fs ({e}); {INSTALL_HINT}"));
-        // It binds port 0 and logs the address it got; the pipe is drained to the end so that
-        // the server never blocks on it.
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                if let Some(at) = line.find("server is running at http://") {
-                    let addr = line[at + "server is running at http://".len()..]
-                        .split_whitespace()
-                        .next()
-                        .unwrap_or_default()
-                        .to_owned();
-                    let _ = tx.send(addr);
-                }
-            }
-        });
-        let mut server = S3sFs {
+        let (child, addr) = spawn(root.path(), 0);
+        Some(S3sFs {
             child,
-            endpoint: String::new(),
+            endpoint: format!("http://{addr}"),
             root,
-        };
-        let addr: SocketAddr = rx
-            .recv_timeout(START_WITHIN)
-            .unwrap_or_else(|_| panic!("s3s-fs did not report its address within {START_WITHIN:?}"))
-            .parse()
-            .expect("s3s-fs logged an address");
-        let deadline = Instant::now() + START_WITHIN;
-        while TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "s3s-fs at {addr} does not accept connections"
-            );
-            assert!(server.child.try_wait().unwrap().is_none(), "s3s-fs exited");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        server.endpoint = format!("http://{addr}");
-        Some(server)
+        })
+    }
+
+    /// Starts the server again on its port and root (after [`stop`](Self::stop)): what it
+    /// kept is there again.
+    pub fn restart(&mut self) {
+        self.stop();
+        let port = self
+            .endpoint
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("the endpoint's port");
+        let (child, addr) = spawn(self.root.path(), port);
+        assert_eq!(format!("http://{addr}"), self.endpoint);
+        self.child = child;
     }
 
     pub fn settings(&self) -> S3Settings {
@@ -142,4 +115,54 @@ pub fn files_named_like(dir: &Path, start: &str) -> Vec<String> {
         .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|name| name.starts_with(start))
         .collect()
+}
+
+/// An s3s-fs on `root` listening on `port` (0: any), once it accepts connections; with the
+/// address it reported.
+fn spawn(root: &Path, port: u16) -> (Child, SocketAddr) {
+    let mut child = Command::new("s3s-fs")
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+        .arg(root)
+        .env("RUST_LOG", "s3s_fs=info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start s3s-fs ({e}); {INSTALL_HINT}"));
+    // It logs the address it bound; the pipe is drained to the end so that the server never
+    // blocks on it.
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if let Some(at) = line.find("server is running at http://") {
+                let addr = line[at + "server is running at http://".len()..]
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                let _ = tx.send(addr);
+            }
+        }
+    });
+    let reported = rx.recv_timeout(START_WITHIN);
+    let Ok(addr) = reported else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("s3s-fs did not report its address within {START_WITHIN:?}");
+    };
+    let addr: SocketAddr = addr.parse().expect("s3s-fs logged an address");
+    let deadline = Instant::now() + START_WITHIN;
+    while TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err() {
+        let exited = child.try_wait().unwrap().is_some();
+        if exited || Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("s3s-fs at {addr} does not accept connections (exited: {exited})");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (child, addr)
 }

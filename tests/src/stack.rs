@@ -160,6 +160,7 @@ impl Stack {
             blobs: runtime.blobs.clone(),
             scheduler: runtime.scheduler.clone(),
             max_attachment: 4 * 1024 * 1024,
+            public_url: spec.notify.as_ref().and_then(|n| n.public_url.clone()),
             keys: keys.clone(),
             passwords,
             changes,

@@ -17,7 +17,9 @@ use gatehouse_adapters::mail::SmtpMailer;
 use gatehouse_runtime::boot::NotifySetup;
 use gatehouse_sim::Fault;
 use gatehouse_tests::http::{Http, assert_status};
-use gatehouse_tests::procs::{Proc, Simulator, Stream, bin, workspace_root};
+use gatehouse_tests::procs::{
+    Proc, Simulator, Stream, add_user_with_email, serve_api, workspace_root,
+};
 use gatehouse_tests::rig::{Rig, WAIT};
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -314,37 +316,270 @@ async fn bad_rules_and_addresses_are_refused_by_field() {
         )
         .await;
     assert_eq!(cleared.body["email"], Value::Null);
+
+    // Invitations: a password or `invite`, an address to mail, and a public URL to link to.
+    for (body, code) in [
+        (
+            json!({ "username": "inv1", "role": "viewer", "email": "inv1@example.org" }),
+            "invalid_body",
+        ),
+        (
+            json!({ "username": "inv2", "role": "viewer", "invite": true, "password": "long enough password" }),
+            "invalid_body",
+        ),
+        (
+            json!({ "username": "inv3", "role": "viewer", "invite": true }),
+            "email_required",
+        ),
+    ] {
+        let reply = http.post(&admin, "/api/v1/users", body.clone()).await;
+        gatehouse_tests::http::assert_error(&reply, 422, code);
+    }
+    // This stack has no public URL: nothing is mailed, and the API says why.
+    let invite = http
+        .post(
+            &admin,
+            "/api/v1/users",
+            json!({ "username": "inv4", "role": "viewer", "invite": true, "email": "inv4@example.org" }),
+        )
+        .await;
+    gatehouse_tests::http::assert_error(&invite, 503, "public_url_missing");
+    let reset = http
+        .post_anonymous("/api/v1/auth/password-reset", json!({ "login": "res" }))
+        .await;
+    gatehouse_tests::http::assert_error(&reset, 503, "public_url_missing");
+    let resend = http
+        .post(
+            &admin,
+            &format!("/api/v1/users/{user}/invitation"),
+            json!({}),
+        )
+        .await;
+    gatehouse_tests::http::assert_error(&resend, 422, "email_required");
+    for body in [json!({ "login": "" }), json!({ "login": "x".repeat(300) })] {
+        let reply = http
+            .post_anonymous("/api/v1/auth/password-reset", body)
+            .await;
+        gatehouse_tests::http::assert_error(&reply, 422, "invalid_login");
+    }
+    for token in ["", "not a token!", "AAAA"] {
+        let reply = http
+            .post_anonymous(
+                "/api/v1/auth/links/redeem",
+                json!({ "token": token, "password": "long enough password" }),
+            )
+            .await;
+        gatehouse_tests::http::assert_error(&reply, 410, "link_invalid");
+    }
     rig.stop().await;
 }
 
-/// `gatehouse user add NAME --role ROLE --email EMAIL --password-stdin`.
-fn add_user(dir: &Path, config: &Path, name: &str, role: &str, email: &str) {
-    let mut add = Proc::spawn_with_input(
-        "gatehouse user add",
-        Command::new(bin("gatehouse"))
-            .args(["user", "add", name, "--role", role, "--email", email])
-            .args(["--password-stdin", "--config"])
-            .arg(config)
-            .current_dir(dir),
-        &format!("{name}-password-1\n"),
+/// The secret of the newest console link mailed to `to` for `kind` (`invitation`,
+/// `password-reset`), waiting (bounded) for the `n`th such mail.
+async fn mailed_link(sink: &Proc, to: &str, kind: &str, n: usize) -> String {
+    let needle = format!("/console#{kind}=");
+    let to = format!("to={to}");
+    received(sink, &["LINK", to.as_str(), needle.as_str()], n).await;
+    let line = sink
+        .lines(Stream::Out)
+        .into_iter()
+        .filter(|l| l.starts_with("LINK") && l.contains(&to) && l.contains(&needle))
+        .nth(n - 1)
+        .unwrap();
+    let url = line.rsplit(' ').next().unwrap();
+    assert!(
+        url.starts_with("https://gates.example.test/console#"),
+        "links start at the public URL: {line}"
     );
-    let status = add.finish(WAIT);
-    assert!(status.success(), "{}", add.transcript());
+    url.split_once(&needle).unwrap().1.to_owned()
 }
 
-fn serve(dir: &Path, config: &Path) -> (Proc, String) {
-    let mut serve = Proc::spawn(
-        "gatehouse serve",
-        Command::new(bin("gatehouse"))
-            .args(["serve", "--config"])
-            .arg(config)
-            .current_dir(dir),
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invitations_and_password_resets_arrive_by_mail_and_work_once() {
+    let port = free_port();
+    let sink = smtp_sink(port, &[]);
+    let mailer = SmtpMailer::new(
+        &format!("smtp://localhost:{port}?tls=none"),
+        "Gatehouse <gatehouse@stack.test>",
+        None,
+    )
+    .expect("the mail configuration");
+    let rig = Rig::start_notifying(NotifySetup {
+        mailer: Arc::new(mailer) as Arc<dyn Mailer>,
+        public_url: Some("https://gates.example.test/".into()),
+        dedupe_window: Duration::from_secs(600),
+        first_retry: Duration::from_millis(200),
+    })
+    .await;
+    let http = Http::new(rig.stack.addr, WAIT);
+    let admin = rig.stack.token("admin");
+
+    // An invited user exists at once, without a password: nothing logs in as it yet.
+    let created = http
+        .post(
+            &admin,
+            "/api/v1/users",
+            json!({ "username": "newbie", "role": "resident", "email": "newbie@stack.test", "invite": true }),
+        )
+        .await;
+    assert_status(&created, 201);
+    assert_eq!(created.body["password_set"], false, "{:?}", created.body);
+    let id = created.body["id"].as_str().unwrap().to_owned();
+    assert_status(&http.login("newbie", "").await, 401);
+    assert_status(&http.login("newbie", "!").await, 401);
+
+    let invitation = mailed_link(&sink, "newbie@stack.test", "invitation", 1).await;
+    assert!(
+        sink.count(
+            Stream::Out,
+            &["RECEIVED", "to=newbie@stack.test", "You are invited"]
+        ) == 1,
+        "{}",
+        sink.transcript()
     );
-    let line = serve.wait_for(Stream::Err, "API on http://", 1);
-    let start = line.find("http://").unwrap();
-    let url = &line[start..];
-    let base = url[..url.find("/api/v1").unwrap()].to_owned();
-    (serve, base)
+    let seen = http
+        .post_anonymous("/api/v1/auth/links/inspect", json!({ "token": invitation }))
+        .await;
+    assert_status(&seen, 200);
+    assert_eq!(seen.body["purpose"], "invitation");
+    assert_eq!(seen.body["username"], "newbie");
+
+    // A weak password is refused and leaves the link usable.
+    let weak = http
+        .post_anonymous(
+            "/api/v1/auth/links/redeem",
+            json!({ "token": invitation, "password": "short" }),
+        )
+        .await;
+    gatehouse_tests::http::assert_error(&weak, 422, "weak_password");
+    let accepted = http
+        .post_anonymous(
+            "/api/v1/auth/links/redeem",
+            json!({ "token": invitation, "password": "first-password-of-newbie" }),
+        )
+        .await;
+    assert_status(&accepted, 200);
+    assert_eq!(accepted.body["user"]["username"], "newbie");
+    let me = http
+        .get(
+            accepted.body["access_token"].as_str().unwrap(),
+            "/api/v1/auth/me",
+        )
+        .await;
+    assert_eq!(me.body["username"], "newbie", "signed in by the link");
+    // Once only, whichever way it is asked.
+    for (path, body) in [
+        ("/api/v1/auth/links/inspect", json!({ "token": invitation })),
+        (
+            "/api/v1/auth/links/redeem",
+            json!({ "token": invitation, "password": "second-password-of-newbie" }),
+        ),
+    ] {
+        let again = http.post_anonymous(path, body).await;
+        gatehouse_tests::http::assert_error(&again, 410, "link_invalid");
+    }
+    let session = http.login("newbie", "first-password-of-newbie").await;
+    assert_status(&session, 200);
+    let listed = http.get(&admin, &format!("/api/v1/users/{id}")).await;
+    assert_eq!(listed.body["password_set"], true);
+
+    // Self-service reset by address (any case); an unknown login gets the same answer and
+    // no mail.
+    for login in ["NewBie@Stack.Test", "nobody-here", "ghost@stack.test"] {
+        let asked = http
+            .post_anonymous("/api/v1/auth/password-reset", json!({ "login": login }))
+            .await;
+        assert_status(&asked, 202);
+        assert_eq!(asked.body, json!({ "status": "accepted" }), "{login}");
+    }
+    let first_reset = mailed_link(&sink, "newbie@stack.test", "password-reset", 1).await;
+    // An admin sends another: the first stops working, only the newest does.
+    let sent = http
+        .post(&admin, &format!("/api/v1/users/{id}/invitation"), json!({}))
+        .await;
+    assert_status(&sent, 202);
+    assert_eq!(
+        sent.body["purpose"], "password_reset",
+        "the user has a password"
+    );
+    let reset = mailed_link(&sink, "newbie@stack.test", "password-reset", 2).await;
+    assert_ne!(reset, first_reset);
+    let replaced = http
+        .post_anonymous(
+            "/api/v1/auth/links/inspect",
+            json!({ "token": first_reset }),
+        )
+        .await;
+    gatehouse_tests::http::assert_error(&replaced, 410, "link_invalid");
+    let done = http
+        .post_anonymous(
+            "/api/v1/auth/links/redeem",
+            json!({ "token": reset, "password": "second-password-of-newbie" }),
+        )
+        .await;
+    assert_status(&done, 200);
+    // The old password and the sessions it opened are over.
+    assert_status(&http.login("newbie", "first-password-of-newbie").await, 401);
+    let old_refresh = http
+        .post_anonymous(
+            "/api/v1/auth/refresh",
+            json!({ "refresh_token": session.body["refresh_token"] }),
+        )
+        .await;
+    assert_status(&old_refresh, 401);
+    assert_status(
+        &http.login("newbie", "second-password-of-newbie").await,
+        200,
+    );
+    // Nobody else got mail, and no mail went to the ghost.
+    assert_eq!(
+        sink.count(Stream::Out, &["RECEIVED"]),
+        3,
+        "{}",
+        sink.transcript()
+    );
+
+    // Asking again and again for one account is held back (3 per 10 minutes).
+    let mut limited = None;
+    for _ in 0..4 {
+        let asked = http
+            .post_anonymous(
+                "/api/v1/auth/password-reset",
+                json!({ "login": "newbie@stack.test" }),
+            )
+            .await;
+        if asked.status == 429 {
+            limited = Some(asked);
+            break;
+        }
+        assert_status(&asked, 202);
+    }
+    let limited = limited.expect("a flood of reset requests is limited");
+    gatehouse_tests::http::assert_error(&limited, 429, "rate_limited");
+
+    // The audit log tells who did what.
+    let audit = http.get(&admin, "/api/v1/audit?limit=200").await;
+    let actions: Vec<&str> = audit.body["records"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{:?}", audit.body))
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    for action in [
+        "auth.invitation_accepted",
+        "auth.password_reset_requested",
+        "user.password_link",
+        "auth.password_reset",
+    ] {
+        assert!(actions.contains(&action), "{action} in {actions:?}");
+    }
+    rig.stop().await;
+}
+
+/// A user whose password is `<name>-password-1`, with an address.
+fn add_user(dir: &Path, config: &Path, name: &str, role: &str, email: &str) {
+    let password = format!("{name}-password-1");
+    add_user_with_email(dir, config, name, role, &password, Some(email));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -374,8 +609,8 @@ async fn mail_waits_out_an_smtp_outage_and_a_killed_runtime_and_is_delivered_onc
         "oncall@example.test",
     );
 
-    let (mut first, base) = serve(dir.path(), &config);
-    let http = Http::new(addr_of(&base), WAIT);
+    let (mut first, addr) = serve_api(dir.path(), &config);
+    let http = Http::new(addr, WAIT);
     let admin = {
         let reply = http.login("chief", "chief-password-1").await;
         reply.body["access_token"].as_str().unwrap().to_owned()
@@ -421,14 +656,14 @@ async fn mail_waits_out_an_smtp_outage_and_a_killed_runtime_and_is_delivered_onc
     first.signal("KILL");
     first.wait_exit(WAIT);
     let sink = smtp_sink(port, &[]);
-    let (mut second, base) = serve(dir.path(), &config);
+    let (mut second, addr) = serve_api(dir.path(), &config);
     received(
         &sink,
         &["RECEIVED", "to=oncall@example.test", "Gate fault"],
         1,
     )
     .await;
-    let http = Http::new(addr_of(&base), WAIT);
+    let http = Http::new(addr, WAIT);
     let admin = http.login("chief", "chief-password-1").await.body["access_token"]
         .as_str()
         .unwrap()
@@ -465,11 +700,4 @@ async fn mail_waits_out_an_smtp_outage_and_a_killed_runtime_and_is_delivered_onc
     );
     second.signal("TERM");
     second.wait_exit(WAIT);
-}
-
-/// `http://127.0.0.1:PORT` as the socket address `Http` wants.
-fn addr_of(base: &str) -> std::net::SocketAddr {
-    base.trim_start_matches("http://")
-        .parse()
-        .unwrap_or_else(|e| panic!("{base}: {e}"))
 }

@@ -2,7 +2,7 @@
 //! asked for over REST, generated in the background by the scheduler, followed to `done` and
 //! downloaded (CSV parsed back; PDF read by `pdftotext` from poppler-utils, which `.ci/run`
 //! installs); attachments are streamed in under their type and size limits and streamed
-//! back. (The S3 store is tested against s3s-fs in `adapters/tests/blob_s3.rs`.)
+//! back. (The S3 store is tested against s3s-fs in `blob_s3.rs`; here, monthly reports land in it, and a report waits out an S3 outage and a killed runtime.)
 
 use std::process::Command;
 
@@ -446,4 +446,136 @@ async fn monthly_reports_land_in_the_bucket_and_download_through_presigned_links
     let again = http.get(&admin, "/api/v1/reports").await;
     assert_eq!(again.body["reports"].as_array().unwrap().len(), 4);
     rig.stop().await;
+}
+
+/// `/readyz` until its `blob_store` check satisfies `done` (bounded); the whole report.
+async fn blob_check_until(http: &Http, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let ready = http.call(reqwest::Method::GET, "/readyz", None, None).await;
+        assert_eq!(ready.status, 200, "{:?}", ready.body);
+        let check = ready.body["checks"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["name"] == "blob_store"))
+            .cloned()
+            .unwrap_or_else(|| panic!("no blob_store check: {:?}", ready.body));
+        if done(&check) {
+            return ready.body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the blob_store check never got there: {check}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_waits_out_an_s3_outage_and_a_killed_runtime_and_lands_once_s3_is_back() {
+    use gatehouse_tests::procs::{add_user, serve_api};
+    use gatehouse_tests::s3::{ACCESS_KEY, BUCKET, S3sFs, SECRET_KEY};
+    let Some(mut s3) = S3sFs::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gatehouse.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[http]\nlisten = \"127.0.0.1:0\"\n\n[data]\ndir = {:?}\n\n\
+             [storage]\ns3_endpoint = {:?}\ns3_bucket = {BUCKET:?}\ns3_path_style = true\n\
+             s3_access_key = {ACCESS_KEY:?}\ns3_secret_key = {SECRET_KEY:?}\n",
+            dir.path().join("data").display().to_string(),
+            s3.endpoint,
+        ),
+    )
+    .unwrap();
+    add_user(dir.path(), &config, "chief", "admin", "chief-password-1");
+    let login = |http: Http| async move {
+        let reply = http.login("chief", "chief-password-1").await;
+        assert_status(&reply, 200);
+        (
+            http,
+            reply.body["access_token"].as_str().unwrap().to_owned(),
+        )
+    };
+
+    let (mut first, addr) = serve_api(dir.path(), &config);
+    let (http, admin) = login(Http::new(addr, WAIT)).await;
+    let ready = blob_check_until(&http, |c| {
+        c["ready"] == true && c["degraded"].is_null() && c["detail"].is_string()
+    })
+    .await;
+    assert_eq!(ready["status"], "ready", "{ready}");
+
+    // The bucket goes away: /readyz says so (degraded, still serving), and a report asked
+    // for meanwhile is tried and put back in the queue, never failed.
+    s3.stop();
+    let degraded = blob_check_until(&http, |c| c["degraded"].is_string()).await;
+    assert_eq!(degraded["status"], "degraded", "{degraded}");
+    let now = now_ms();
+    let created = http
+        .post(
+            &admin,
+            "/api/v1/reports",
+            json!({ "kind": "audit", "from_ms": now - 3_600_000, "to_ms": now + 60_000, "format": "csv" }),
+        )
+        .await;
+    assert_status(&created, 202);
+    let id = created.body["id"].as_str().unwrap().to_owned();
+    let waiting = http
+        .until(
+            &admin,
+            &format!("/api/v1/reports/{id}"),
+            "a failed try",
+            |b| {
+                assert_ne!(b["status"], "failed", "{b}");
+                (b["status"] == "queued" && b["error"].is_string()).then(|| b.clone())
+            },
+        )
+        .await;
+    assert_eq!(waiting["download"], Value::Null);
+
+    // The runtime dies without a word; the bucket comes back; the runtime restarts and the
+    // report lands, once.
+    first.signal("KILL");
+    first.wait_exit(WAIT);
+    s3.restart();
+    let (mut second, addr) = serve_api(dir.path(), &config);
+    let (http, admin) = login(Http::new(addr, WAIT)).await;
+    let done = http
+        .until(
+            &admin,
+            &format!("/api/v1/reports/{id}"),
+            "the report done",
+            |b| {
+                assert_ne!(b["status"], "failed", "{b}");
+                (b["status"] == "done").then(|| b.clone())
+            },
+        )
+        .await;
+    let (status, headers, _) = raw_get(&http, &admin, done["download"].as_str().unwrap()).await;
+    assert_eq!(status, 303, "a presigned link to the bucket");
+    let link = headers["location"].to_str().unwrap().to_owned();
+    let fetched = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(&link)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fetched.status().as_u16(), 200);
+    let csv = fetched.text().await.unwrap();
+    assert!(
+        csv.contains("auth.login"),
+        "the logins are in the audit: {csv}"
+    );
+    let stored = gatehouse_actors::blob::BlobStore::list(&s3.blobs(), "reports/")
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    blob_check_until(&http, |c| c["ready"] == true && c["degraded"].is_null()).await;
+    second.signal("TERM");
+    second.wait_exit(WAIT);
 }

@@ -18,8 +18,8 @@
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use gatehouse_actors::access::{
-    AccessStore, ApiKeyRecord, AuditRecord, Grant, GrantScope, RefreshUse, Role, UserId,
-    UserRecord, WeeklyWindow,
+    AccessStore, AccountLink, ApiKeyRecord, AuditRecord, Grant, GrantScope, LinkPurpose,
+    RefreshUse, Role, UserId, UserRecord, WeeklyWindow,
 };
 use gatehouse_actors::ids::{GateId, SiteId};
 use gatehouse_actors::ports::BoxFuture;
@@ -30,7 +30,8 @@ use super::Store;
 use super::error::Error;
 use super::fleet::{from_db, to_db};
 use super::schema::{
-    api_keys, audit_log, gates, grants, refresh_token_families, refresh_tokens, sites, users,
+    account_links, api_keys, audit_log, gates, grants, refresh_token_families, refresh_tokens,
+    sites, users,
 };
 
 /// Inserts an unused token into a family (a macro for the reason given at [`require!`]).
@@ -628,6 +629,178 @@ impl GrantRow {
     }
 }
 
+// ---- account links -------------------------------------------------------------------------
+
+#[derive(Queryable, Selectable, Insertable)]
+#[diesel(table_name = account_links)]
+#[diesel(treat_none_as_default_value = false)]
+struct LinkRow {
+    id: String,
+    user_id: String,
+    purpose: String,
+    digest: String,
+    created_at: i64,
+    expires_at: i64,
+    used_at: Option<i64>,
+}
+
+impl LinkRow {
+    fn encode(link: AccountLink) -> Result<LinkRow, Error> {
+        let what = |field: &str| format!("account link {}: {field}", link.id);
+        Ok(LinkRow {
+            id: link.id.to_string(),
+            user_id: link.user.to_string(),
+            purpose: link.purpose.as_str().to_owned(),
+            created_at: to_db(link.created_at_ms, || what("created_at_ms"))?,
+            expires_at: to_db(link.expires_at_ms, || what("expires_at_ms"))?,
+            used_at: link
+                .used_at_ms
+                .map(|t| to_db(t, || what("used_at_ms")))
+                .transpose()?,
+            digest: link.digest,
+        })
+    }
+
+    fn decode(self) -> Result<AccountLink, Error> {
+        let what = |field: &str| format!("account link {}: {field}", self.id);
+        Ok(AccountLink {
+            id: uuid_from_db(&self.id, "account link")?,
+            user: UserId(uuid_from_db(&self.user_id, "user")?),
+            purpose: LinkPurpose::parse(&self.purpose)
+                .ok_or_else(|| Error::Other(format!("{}: unknown purpose", what("purpose"))))?,
+            created_at_ms: from_db(self.created_at, || what("created_at"))?,
+            expires_at_ms: from_db(self.expires_at, || what("expires_at"))?,
+            used_at_ms: self
+                .used_at
+                .map(|t| from_db(t, || what("used_at")))
+                .transpose()?,
+            digest: self.digest,
+        })
+    }
+}
+
+async fn issue_link(store: &Store, link: AccountLink) -> Result<(), Error> {
+    let row = &LinkRow::encode(link)?;
+    let mut conn = store.conn().await?;
+    write_tx!(&mut conn, |c| {
+        require!(
+            c,
+            users::table.find(&row.user_id).select(users::id),
+            format!("account link: unknown user {}", row.user_id)
+        );
+        // Only the newest mail works: an older link of the same purpose counts as used.
+        diesel::update(
+            account_links::table
+                .filter(account_links::user_id.eq(&row.user_id))
+                .filter(account_links::purpose.eq(&row.purpose))
+                .filter(account_links::used_at.is_null()),
+        )
+        .set(account_links::used_at.eq(row.created_at))
+        .execute(c)
+        .await?;
+        diesel::insert_into(account_links::table)
+            .values(row)
+            .execute(c)
+            .await?;
+        Ok::<_, Error>(())
+    })
+}
+
+async fn link(store: &Store, digest: String) -> Result<Option<(AccountLink, UserRecord)>, Error> {
+    let mut conn = store.conn().await?;
+    let found: Option<(LinkRow, Option<UserRow>)> = with_conn!(&mut conn, |c| {
+        let link: Option<LinkRow> = account_links::table
+            .filter(account_links::digest.eq(&digest))
+            .select(LinkRow::as_select())
+            .first(c)
+            .await
+            .optional()?;
+        match link {
+            None => Ok::<_, diesel::result::Error>(None),
+            Some(link) => {
+                let user: Option<UserRow> = users::table
+                    .find(&link.user_id)
+                    .select(UserRow::as_select())
+                    .first(c)
+                    .await
+                    .optional()?;
+                Ok(Some((link, user)))
+            }
+        }
+    })?;
+    match found {
+        // The user was deleted between the two reads: the link went with it.
+        None | Some((_, None)) => Ok(None),
+        Some((link, Some(user))) => Ok(Some((link.decode()?, user.decode()?))),
+    }
+}
+
+async fn redeem_link(
+    store: &Store,
+    digest: String,
+    password_hash: String,
+    now_ms: u64,
+) -> Result<Option<UserRecord>, Error> {
+    let now = to_db(now_ms, || "account link: now_ms".into())?;
+    let (digest, password_hash) = (&digest, &password_hash);
+    let mut conn = store.conn().await?;
+    let user: Option<UserRow> = write_tx!(&mut conn, |c| {
+        let owner: Option<String> = account_links::table
+            .filter(account_links::digest.eq(digest))
+            .filter(account_links::used_at.is_null())
+            .filter(account_links::expires_at.gt(now))
+            .select(account_links::user_id)
+            .first(c)
+            .await
+            .optional()?;
+        let Some(owner) = owner else {
+            return Ok(None);
+        };
+        let enabled = users::table
+            .find(&owner)
+            .filter(users::disabled.eq(false))
+            .select(users::id)
+            .first::<String>(c)
+            .await
+            .optional()?;
+        if enabled.is_none() {
+            return Ok(None);
+        }
+        // The deciding step, as for refresh tokens: one transaction moves `used_at` off NULL.
+        let claimed = diesel::update(
+            account_links::table
+                .filter(account_links::digest.eq(digest))
+                .filter(account_links::used_at.is_null()),
+        )
+        .set(account_links::used_at.eq(now))
+        .execute(c)
+        .await?;
+        if claimed != 1 {
+            return Ok(None);
+        }
+        diesel::update(users::table.find(&owner))
+            .set(users::password_hash.eq(password_hash))
+            .execute(c)
+            .await?;
+        // Whoever knew the old password is out, on every device.
+        diesel::update(
+            refresh_token_families::table
+                .filter(refresh_token_families::user_id.eq(&owner))
+                .filter(refresh_token_families::revoked_at.is_null()),
+        )
+        .set(refresh_token_families::revoked_at.eq(now))
+        .execute(c)
+        .await?;
+        let user: UserRow = users::table
+            .find(&owner)
+            .select(UserRow::as_select())
+            .first(c)
+            .await?;
+        Ok::<_, Error>(Some(user))
+    })?;
+    user.map(UserRow::decode).transpose()
+}
+
 // ---- audit ---------------------------------------------------------------------------------
 
 /// An audit record as a row (NULLs written as NULL, so that rows batch on SQLite too).
@@ -832,6 +1005,30 @@ impl AccessStore for Store {
 
     fn delete_grant(&self, id: Uuid) -> BoxFuture<'_, Result<bool, StoreError>> {
         Box::pin(async move { delete_grant(self, id).await.map_err(Error::into_store) })
+    }
+
+    fn issue_link(&self, link: AccountLink) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move { issue_link(self, link).await.map_err(Error::into_store) })
+    }
+
+    fn link(
+        &self,
+        digest: String,
+    ) -> BoxFuture<'_, Result<Option<(AccountLink, UserRecord)>, StoreError>> {
+        Box::pin(async move { link(self, digest).await.map_err(Error::into_store) })
+    }
+
+    fn redeem_link(
+        &self,
+        digest: String,
+        password_hash: String,
+        now_ms: u64,
+    ) -> BoxFuture<'_, Result<Option<UserRecord>, StoreError>> {
+        Box::pin(async move {
+            redeem_link(self, digest, password_hash, now_ms)
+                .await
+                .map_err(Error::into_store)
+        })
     }
 
     fn audit(&self, record: AuditRecord) -> BoxFuture<'_, Result<(), StoreError>> {

@@ -66,6 +66,8 @@ impl Passwords {
         if password.chars().count() > MAX_PASSWORD_CHARS {
             return Ok(false);
         }
+        // No user, or one without a password yet (invited): the decoy, for the same time.
+        let phc = phc.filter(|p| p.starts_with("$argon2"));
         let known = phc.is_some();
         let phc = phc.map_or_else(|| self.decoy.as_str().to_string(), str::to_string);
         let password = password.as_bytes().to_vec();

@@ -72,7 +72,7 @@ fn invalid_refresh() -> ApiError {
 }
 
 /// Issues an access token and answers with it and `refresh`.
-fn tokens(app: &App, user: &UserRecord, refresh: String) -> Outcome {
+pub(crate) fn tokens(app: &App, user: &UserRecord, refresh: String) -> Outcome {
     let (access_token, expires_at) = app
         .keys
         .issue(&user.id.to_string(), user.role, wall_ms() / 1000)

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod auth;
 pub mod gates;
+pub mod links;
 pub mod maintenance;
 pub mod reports;
 
@@ -14,6 +15,7 @@ use crate::routing::Route;
 /// Every `/api/v1` route.
 pub fn routes(app: &App) -> Vec<Route> {
     let mut routes = auth::routes(app);
+    routes.extend(links::routes(app));
     routes.extend(gates::routes(app));
     routes.extend(crate::ws::routes(app));
     routes.extend(admin::routes(app));

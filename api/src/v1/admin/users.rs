@@ -6,7 +6,7 @@
 
 use std::net::IpAddr;
 
-use gatehouse_actors::access::{Role, UserId, UserRecord};
+use gatehouse_actors::access::{LinkPurpose, NO_PASSWORD, Role, UserId, UserRecord};
 use gatehouse_actors::store::StoreError;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -55,6 +55,8 @@ pub struct UserBody {
     pub created_at_ms: u64,
     /// Where notifications reach the user, if anywhere.
     pub email: Option<String>,
+    /// False while an invited user has not chosen a password yet.
+    pub password_set: bool,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -69,11 +71,23 @@ pub struct CreateUser {
     /// admin, operator, resident, viewer.
     #[schema(value_type = crate::wire::names::RoleName)]
     pub role: String,
-    /// 10 to 256 characters.
-    pub password: String,
-    /// Where notifications reach the user.
+    /// 10 to 256 characters. Leave it out with `invite`.
+    pub password: Option<String>,
+    /// Where notifications reach the user (required with `invite`).
     #[schema(example = "ops@example.org")]
     pub email: Option<String>,
+    /// Mail the user a link to choose a password (valid 7 days) instead of setting one here.
+    #[serde(default)]
+    pub invite: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LinkSent {
+    /// `invitation` (the user has no password yet) or `password_reset`.
+    #[schema(example = "invitation")]
+    pub purpose: &'static str,
+    /// When the mailed link stops working (Unix milliseconds).
+    pub expires_at_ms: u64,
 }
 
 /// Only the fields present change; at least one must be.
@@ -107,6 +121,7 @@ fn body(u: &UserRecord) -> UserBody {
         disabled: u.disabled,
         created_at_ms: u.created_at_ms,
         email: u.email.clone(),
+        password_set: u.password_set(),
     }
 }
 
@@ -141,7 +156,7 @@ fn parse_role(raw: &str) -> Result<Role, ApiError> {
         .map_err(|e| unprocessable("invalid_role", e).with_details(json!({ "field": "role" })))
 }
 
-async fn hash(app: &App, password: &str) -> Result<String, ApiError> {
+pub(crate) async fn hash(app: &App, password: &str) -> Result<String, ApiError> {
     app.passwords.hash(password).await.map_err(|e| match e {
         AuthError::WeakPassword(why) => unprocessable("weak_password", format!("password: {why}"))
             .with_details(json!({ "field": "password" })),
@@ -240,6 +255,36 @@ async fn create(app: App, bearer: Option<String>, ip: IpAddr, request: CreateUse
     })?;
     let role = parse_role(&request.role)?;
     let address = request.email.as_deref().map(email).transpose()?;
+    let password_hash = match (&request.password, request.invite) {
+        (Some(password), false) => hash(&app, password).await?,
+        (None, true) => {
+            if address.is_none() {
+                return Err(unprocessable(
+                    "email_required",
+                    "an invitation is mailed: give the user an email address",
+                )
+                .with_details(json!({ "field": "email" })));
+            }
+            if app.public_url.is_none() {
+                return Err(super::super::links::public_url_missing());
+            }
+            NO_PASSWORD.to_owned()
+        }
+        (Some(_), true) => {
+            return Err(unprocessable(
+                "invalid_body",
+                "give either a password or `invite`, not both",
+            )
+            .with_details(json!({ "field": "password" })));
+        }
+        (None, false) => {
+            return Err(unprocessable(
+                "invalid_body",
+                "a password is required (or `invite: true` to mail the user a link)",
+            )
+            .with_details(json!({ "field": "password" })));
+        }
+    };
     let taken = || {
         ApiError::conflict("username_taken", "a user with this name exists")
             .with_details(json!({ "username": request.username }))
@@ -256,7 +301,7 @@ async fn create(app: App, bearer: Option<String>, ip: IpAddr, request: CreateUse
     let user = UserRecord {
         id: UserId(uuid::Uuid::new_v4()),
         username: request.username.clone(),
-        password_hash: hash(&app, &request.password).await?,
+        password_hash,
         role,
         created_at_ms: wall_ms(),
         disabled: false,
@@ -276,9 +321,14 @@ async fn create(app: App, bearer: Option<String>, ip: IpAddr, request: CreateUse
         ip,
         "user.create",
         format!("user:{}", user.id),
-        json!({ "username": user.username, "role": role }),
+        json!({ "username": user.username, "role": role, "invited": request.invite }),
     )
     .await;
+    if request.invite {
+        // The user exists either way; a failure here is answered, and the admin can send the
+        // invitation again.
+        super::super::links::send_link(&app, &user, LinkPurpose::Invitation).await?;
+    }
     json::reply(StatusCode::CREATED, &body(&user))
 }
 
@@ -380,6 +430,62 @@ async fn update(
 }
 
 #[utoipa::path(
+    post,
+    path = "/api/v1/users/{user}/invitation",
+    tag = "users",
+    operation_id = "send_password_link",
+    params(("user" = String, Path, description = "User id (UUID)")),
+    responses(
+        (status = 202, description = "A link to choose a password is mailed: an invitation while the user has no password, else a password reset link. Older links of that kind stop working", body = LinkSent),
+        (status = 403, description = "Not an admin"),
+        (status = 404, description = "No such user"),
+        (status = 409, description = "The user is disabled (code `user_disabled`)"),
+        (status = 422, description = "The user has no email address (code `email_required`)"),
+        (status = 503, description = "No `[http] public_url` is configured"),
+    ),
+    security(("bearer" = [])),
+)]
+async fn send_link(params: PathParams, app: App, bearer: Option<String>, ip: IpAddr) -> Outcome {
+    let caller = admin(&app, bearer).await?;
+    let user = find_user(&app, user_param(&params)?).await?;
+    if user.disabled {
+        return Err(ApiError::conflict(
+            "user_disabled",
+            "the user is disabled; enable it first",
+        ));
+    }
+    if user.email.is_none() {
+        return Err(unprocessable(
+            "email_required",
+            "the user has no email address; set one first",
+        )
+        .with_details(json!({ "field": "email" })));
+    }
+    let purpose = if user.password_set() {
+        LinkPurpose::PasswordReset
+    } else {
+        LinkPurpose::Invitation
+    };
+    let expires_at_ms = super::super::links::send_link(&app, &user, purpose).await?;
+    audit(
+        &app,
+        &caller,
+        ip,
+        "user.password_link",
+        format!("user:{}", user.id),
+        json!({ "purpose": purpose.as_str() }),
+    )
+    .await;
+    json::reply(
+        StatusCode::ACCEPTED,
+        &LinkSent {
+            purpose: purpose.as_str(),
+            expires_at_ms,
+        },
+    )
+}
+
+#[utoipa::path(
     delete,
     path = "/api/v1/users/{user}",
     tag = "users",
@@ -420,7 +526,8 @@ async fn delete(params: PathParams, app: App, bearer: Option<String>, ip: IpAddr
 }
 
 pub fn routes(app: &App) -> Vec<Route> {
-    let (a, b, c, d, e) = (
+    let (a, b, c, d, e, f) = (
+        app.clone(),
         app.clone(),
         app.clone(),
         app.clone(),
@@ -443,6 +550,9 @@ pub fn routes(app: &App) -> Vec<Route> {
                 .then(update)
         }),
         Route::new::<__path_delete, _>(move |p| p.and(e.caller()).and(client_ip()).then(delete)),
+        Route::new::<__path_send_link, _>(move |p| {
+            p.and(f.caller()).and(client_ip()).then(send_link)
+        }),
     ]
 }
 
