@@ -25,7 +25,7 @@ const PURPOSES = {
   },
   password_reset: {
     title: 'Choose a new password',
-    text: 'Choose a new password for your account.',
+    text: 'Choose a new password for your account. Every session it has open elsewhere ends.',
     button: 'Change password and sign in',
   },
 };
@@ -191,10 +191,10 @@ export class Account {
     this.token = null;
     $('link-card').dataset.state = 'invalid';
     $('link-title').textContent = 'This link cannot be used';
-    const why = (message || '').replace(/[.\s]+$/, '');
-    $('link-status').textContent = `${why ? `${why}. ` : ''}A link works once and only until it expires; `
-      + 'a newer link replaces an older one. Ask for a new one with "Forgot password?" on the sign-in page, '
-      + 'or ask your administrator for a new invitation.';
+    // The server says why (unknown, used, replaced or expired); the page says what now.
+    const why = (message || 'A link works once, and only until it expires').replace(/[.\s]+$/, '');
+    $('link-status').textContent = `${why.charAt(0).toUpperCase()}${why.slice(1)}. `
+      + 'For a new password, use "Forgot password?" on the sign-in page; for an invitation, ask your administrator.';
     $('link-form').hidden = true;
   }
 
