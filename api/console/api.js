@@ -10,17 +10,55 @@ const REFRESH_AT_SHARE = 2 / 3;
 const MIN_REFRESH_DELAY_MS = 2000;
 /** After a refresh that failed for want of a network, try again this soon. */
 const REFRESH_RETRY_MS = 10000;
+/** How long a file download (a report, an attachment) may take, body included. */
+const FILE_TIMEOUT_MS = 120000;
 
 /** An error answered by the API (`{"error": {code, message, details}}`) or by the network. */
 export class ApiError extends Error {
-  constructor(status, code, message, details) {
+  constructor(status, code, message, details, retryAfterS = null) {
     super(message || code || `HTTP ${status}`);
     this.name = 'ApiError';
     /** HTTP status, or 0 for a network failure or a timeout. */
     this.status = status;
     this.code = code || (status === 0 ? 'network' : `http_${status}`);
     this.details = details || {};
+    /** Seconds from the `Retry-After` header (or the body's `retry_after_s`), if given. */
+    this.retryAfterS = retryAfterS;
   }
+}
+
+/** A network failure or a timeout of a fetch that `abort` bounded to `timeoutMs`. */
+function unreachable(e, timeoutMs) {
+  const timedOut = e && e.name === 'AbortError';
+  return new ApiError(0, timedOut ? 'timeout' : 'network',
+    timedOut ? `no answer within ${timeoutMs / 1000} s` : 'the server cannot be reached');
+}
+
+/**
+ * The error an answer that is not 2xx carries. The API's shape is `{"error": {code, message,
+ * details}}`; a bare `{code, message}` is taken too.
+ */
+async function failure(response) {
+  let payload = null;
+  try {
+    payload = JSON.parse(await response.text());
+  } catch {
+    payload = null;
+  }
+  let err = {};
+  if (payload && typeof payload.error === 'object' && payload.error) err = payload.error;
+  else if (payload && typeof payload.code === 'string') err = payload;
+  const header = Number.parseInt(response.headers.get('retry-after') || '', 10);
+  const details = err.details || {};
+  const retryAfterS = Number.isFinite(header) ? header
+    : Number.isFinite(details.retry_after_s) ? details.retry_after_s : null;
+  return new ApiError(response.status, err.code, err.message, details, retryAfterS);
+}
+
+/** The file name of a `Content-Disposition: attachment; filename="..."` header. */
+function dispositionName(header) {
+  const m = /filename="([^"]*)"/i.exec(header || '') || /filename=([^;\s]+)/i.exec(header || '');
+  return m ? m[1] : null;
 }
 
 export class Api {
@@ -41,6 +79,8 @@ export class Api {
     this.refreshTimer = null;
     /** The refresh in flight: refresh tokens rotate, so two at once would spend one twice. */
     this.refreshing = null;
+    /** Actor (`user:<id>`) → username, for records and reports that name who did what. */
+    this.names = new Map();
   }
 
   get signedIn() {
@@ -56,6 +96,29 @@ export class Api {
     const body = await this.call('POST', '/api/v1/auth/login', { username, password }, { auth: false });
     this.take(body);
     return body.user;
+  }
+
+  /**
+   * What an emailed link (invitation or password reset) is for:
+   * `{purpose, username, expires_at_ms}`; a 410 `link_invalid` when it cannot be used.
+   */
+  inspectLink(token) {
+    return this.call('POST', '/api/v1/auth/links/inspect', { token }, { auth: false });
+  }
+
+  /**
+   * Sets the password through an emailed link. The answer is a login's, and it is taken the
+   * same way: the page is signed in afterwards exactly as after `login`.
+   */
+  async redeemLink(token, password) {
+    const body = await this.call('POST', '/api/v1/auth/links/redeem', { token, password }, { auth: false });
+    this.take(body);
+    return body.user;
+  }
+
+  /** Asks for a password-reset link by username or email; 202 whether the account exists or not. */
+  requestPasswordReset(login) {
+    return this.call('POST', '/api/v1/auth/password-reset', { login }, { auth: false });
   }
 
   /** Spends the refresh token for a new pair. Shared by everyone who asks at the same time. */
@@ -104,6 +167,7 @@ export class Api {
 
   /** Forgets the tokens (memory only) and the refresh timer. */
   clear() {
+    this.names.clear();
     this.access = null;
     this.refreshToken = null;
     this.user = null;
@@ -153,31 +217,73 @@ export class Api {
         credentials: 'omit',
       });
     } catch (e) {
-      const timedOut = e && e.name === 'AbortError';
-      throw new ApiError(0, timedOut ? 'timeout' : 'network',
-        timedOut ? `no answer within ${timeoutMs / 1000} s` : 'the server cannot be reached');
+      throw unreachable(e, timeoutMs);
     } finally {
       clearTimeout(timer);
     }
     const date = Date.parse(response.headers.get('date') || '');
     if (Number.isFinite(date)) this.skewMs = date - Date.now();
     if (response.status === 204) return null;
-    let payload = null;
-    const text = await response.text();
-    if (text) {
-      try {
-        payload = JSON.parse(text);
-      } catch {
-        payload = null;
-      }
-    }
-    if (response.ok) return payload;
-    const err = payload && payload.error ? payload.error : {};
     if (response.status === 401 && auth && !retried && this.refreshToken) {
       await this.refresh();
       return this.call(method, path, body, { auth, retried: true, timeoutMs });
     }
-    throw new ApiError(response.status, err.code, err.message, err.details);
+    if (!response.ok) throw await failure(response);
+    const text = await response.text();
+    if (!text) return null;
+    try {
+      return JSON.parse(text);
+    } catch {
+      return null;
+    }
+  }
+
+  /**
+   * A file behind the API (a report, an attachment), fetched with the access token: the
+   * endpoint takes no other credential, so a plain link cannot download it. Resolves with
+   * `{blob, name}` for the page to offer as an object URL.
+   *
+   * Where the blob store makes presigned links (S3), the API answers 303 to the bucket. That
+   * redirect is not followed: the page's CSP allows its own origin only, and a redirected
+   * fetch cannot tell the page where it went, so it is reported as an error instead.
+   */
+  async file(path, { retried = false } = {}) {
+    if (!this.access) throw new ApiError(401, 'signed_out', 'not signed in');
+    const abort = new AbortController();
+    const timer = setTimeout(() => abort.abort(), FILE_TIMEOUT_MS);
+    try {
+      let response;
+      try {
+        response = await fetch(path, {
+          headers: { authorization: `Bearer ${this.access}` },
+          redirect: 'manual',
+          signal: abort.signal,
+          cache: 'no-store',
+          credentials: 'omit',
+        });
+      } catch (e) {
+        throw unreachable(e, FILE_TIMEOUT_MS);
+      }
+      if (response.type === 'opaqueredirect') {
+        throw new ApiError(303, 'presigned_redirect',
+          'the file is in object storage and the server answered with a link to it, which this page may not follow');
+      }
+      if (response.status === 401 && !retried && this.refreshToken) {
+        await this.refresh();
+        return this.file(path, { retried: true });
+      }
+      if (!response.ok) throw await failure(response);
+      let blob;
+      try {
+        blob = await response.blob();
+      } catch (e) {
+        throw unreachable(e, FILE_TIMEOUT_MS);
+      }
+      const name = dispositionName(response.headers.get('content-disposition')) || path.split('/').pop();
+      return { blob, name };
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   gates() {
@@ -192,6 +298,89 @@ export class Api {
   events(gate, after, limit) {
     const q = new URLSearchParams({ after: String(after), limit: String(limit) });
     return this.call('GET', `/api/v1/gates/${encodeURIComponent(gate)}/events?${q}`);
+  }
+
+  // --- Maintenance (admin and operator write; viewers read) ------------------------------
+
+  /** `{entries}`: each gate against each plan that applies, most urgent first. */
+  maintenanceStatus(dueOnly) {
+    return this.call('GET', `/api/v1/maintenance/status${dueOnly ? '?level=due' : ''}`);
+  }
+
+  /** `{plans}`; with `gate`, only those that apply to it. */
+  plans(gate) {
+    const q = gate ? `?${new URLSearchParams({ gate })}` : '';
+    return this.call('GET', `/api/v1/maintenance/plans${q}`);
+  }
+
+  createPlan(plan) {
+    return this.call('POST', '/api/v1/maintenance/plans', plan);
+  }
+
+  /** `{records, next}`, newest first. */
+  records(gate, before) {
+    const q = new URLSearchParams({ gate, limit: '20' });
+    if (before) q.set('before', before);
+    return this.call('GET', `/api/v1/maintenance/records?${q}`);
+  }
+
+  /** `{record, command}`: with `lockout`, the lockout command's outcome. */
+  openRecord(record) {
+    return this.call('POST', '/api/v1/maintenance/records', record, { timeoutMs: 20000 });
+  }
+
+  /** `{record, command}`: a gate locked out for the work is unlocked. */
+  completeRecord(id, work) {
+    return this.call('POST', `/api/v1/maintenance/records/${encodeURIComponent(id)}/complete`, work,
+      { timeoutMs: 20000 });
+  }
+
+  // --- Reports (admin) -------------------------------------------------------------------
+
+  /** `{reports, next}`, newest first. */
+  reports(before) {
+    const q = new URLSearchParams({ limit: '20' });
+    if (before) q.set('before', before);
+    return this.call('GET', `/api/v1/reports?${q}`);
+  }
+
+  report(id) {
+    return this.call('GET', `/api/v1/reports/${encodeURIComponent(id)}`);
+  }
+
+  requestReport(spec) {
+    return this.call('POST', '/api/v1/reports', spec);
+  }
+
+  sites() {
+    return this.call('GET', '/api/v1/config/sites');
+  }
+
+  // --- Names ------------------------------------------------------------------------------
+
+  /**
+   * Learns the usernames behind actors. The API names actors by id (`user:<uuid>`,
+   * `key:<uuid>`); only admins may list users, so for everyone else only their own name is
+   * known.
+   */
+  async learnNames() {
+    if (this.user) this.names.set(`user:${this.user.id}`, this.user.username);
+    if (!this.user || this.user.role !== 'admin' || this.names.size > 1) return;
+    try {
+      const body = await this.call('GET', '/api/v1/users');
+      for (const u of (body && body.users) || []) this.names.set(`user:${u.id}`, u.username);
+    } catch {
+      // Ids are shown instead.
+    }
+  }
+
+  /** A person's name for an actor, or a short form of its id (`user 3a5edd66`). */
+  actorName(actor) {
+    if (!actor) return '?';
+    const known = this.names.get(actor);
+    if (known) return known;
+    const m = /^(user|key):([0-9a-f]{8})/.exec(actor);
+    return m ? `${m[1] === 'key' ? 'API key' : 'user'} ${m[2]}` : actor;
   }
 
   /** A command over REST, held until its outcome (the WebSocket's fallback). */

@@ -1,10 +1,15 @@
 // The operator console: sign-in, the live gate grid with commands and their outcomes, link
-// status per controller, the supervision tree, the event feed and the chart. It is a client
-// of the public API like any other (REST + the `gatehouse.v1` WebSocket); see api.js for the
-// tokens, live.js for the socket, views.js for the DOM.
+// status per controller, the supervision tree, the event feed and the chart; beside the live
+// view, the maintenance and reports pages (tabs in the top bar). It is a client of the public
+// API like any other (REST + the `gatehouse.v1` WebSocket); see api.js for the tokens,
+// live.js for the socket, views.js for the DOM, account.js for forgotten passwords and
+// emailed links, maintenance.js and reports.js for those pages.
 
+import { Account, linkInHash } from './account.js';
 import { Api } from './api.js';
 import { Live } from './live.js';
+import { MaintenancePage } from './maintenance.js';
+import { ReportsPage } from './reports.js';
 import { Feed, GateCard, drawChart, duration, el, renderLinks, renderTree } from './views.js';
 
 /** Events kept in the feed. */
@@ -25,6 +30,16 @@ const RELIST_FRESH_MS = 2000;
 const RTT_KEEP = 500;
 
 const TERMINAL = new Set(['completed', 'rejected', 'failed', 'timed_out']);
+
+/**
+ * The pages behind the tabs: each one's view and who sees it (CONTRACTS.md, "Roles":
+ * maintenance is read by all but residents, reports are the admin's).
+ */
+const PAGES = {
+  live: { view: 'console-view', title: 'Gatehouse console', roles: null },
+  maintenance: { view: 'maintenance-view', title: 'Maintenance · Gatehouse', roles: new Set(['admin', 'operator', 'viewer']) },
+  reports: { view: 'reports-view', title: 'Reports · Gatehouse', roles: new Set(['admin']) },
+};
 
 const $ = (id) => document.getElementById(id);
 
@@ -64,12 +79,31 @@ class Console {
       onCommandError: (id, err) => this.commandError(id, err),
     });
     this.feed = new Feed($('feed'), FEED_LIMIT, (cause) => this.commands.has(cause));
+    this.maintenance = new MaintenancePage(this.api);
+    this.reports = new ReportsPage(this.api);
+    this.account = new Account(this.api, { signedIn: () => this.start() });
+    this.page = 'live';
     this.reset();
     $('login-form').addEventListener('submit', (e) => {
       e.preventDefault();
       this.login();
     });
     $('logout').addEventListener('click', () => this.logout());
+    for (const tab of document.querySelectorAll('#tabs [role=tab]')) {
+      tab.addEventListener('click', () => this.showPage(tab.dataset.page));
+      tab.addEventListener('keydown', (e) => this.tabKey(e));
+    }
+    // A link pasted into a console already open changes only the fragment: no new load.
+    window.addEventListener('hashchange', () => this.followLink());
+  }
+
+  /** An emailed link in the address: its landing view (a session open here ends first). */
+  async followLink() {
+    const link = linkInHash(location.hash);
+    if (!link) return false;
+    if (this.api.signedIn) await this.logout();
+    this.account.open(link);
+    return true;
   }
 
   /** Everything a session shows, forgotten. */
@@ -101,6 +135,8 @@ class Console {
     $('tree').replaceChildren();
     $('chart').replaceChildren();
     $('tree-age').textContent = '';
+    this.maintenance.reset();
+    this.reports.reset();
   }
 
   async login() {
@@ -126,13 +162,17 @@ class Console {
     await this.start();
   }
 
+  /** Signed in (by a login or an emailed link): the live view, and the tabs this role has. */
   async start() {
     const me = this.api.user;
     $('who').textContent = `${me.username} · ${me.role}`;
-    $('login-view').hidden = true;
-    $('console-view').hidden = false;
+    this.account.hideAll();
     $('session-bar').hidden = false;
-    document.title = 'Gatehouse console';
+    for (const [name, page] of Object.entries(PAGES)) {
+      $(`tab-${name}`).hidden = page.roles !== null && !page.roles.has(me.role);
+    }
+    $('tabs').hidden = false;
+    this.showPage('live');
     const generation = this.generation;
     try {
       await this.listGates();
@@ -159,11 +199,50 @@ class Console {
     this.live.stop();
     this.api.clear();
     this.reset();
-    $('console-view').hidden = true;
+    for (const page of Object.values(PAGES)) $(page.view).hidden = true;
     $('session-bar').hidden = true;
-    $('login-view').hidden = false;
+    $('tabs').hidden = true;
+    this.page = 'live';
+    document.title = 'Gatehouse console';
+    this.account.showSignIn();
     $('login-error').textContent = why && why !== 'Signed out.' ? why : '';
-    $('login-user').focus();
+  }
+
+  // --- Pages ---------------------------------------------------------------------------
+
+  /** Shows one page; the live view keeps running behind the others. */
+  showPage(name) {
+    const page = PAGES[name];
+    const role = this.api.user && this.api.user.role;
+    if (!page || (page.roles !== null && !page.roles.has(role))) return;
+    const left = this.page;
+    this.page = name;
+    for (const [other, p] of Object.entries(PAGES)) {
+      const tab = $(`tab-${other}`);
+      const on = other === name;
+      tab.setAttribute('aria-selected', String(on));
+      tab.tabIndex = on ? 0 : -1;
+      $(p.view).hidden = !on;
+    }
+    document.title = page.title;
+    if (left === 'reports' && name !== 'reports') this.reports.hide();
+    if (name === 'maintenance') this.maintenance.show(role);
+    if (name === 'reports') this.reports.show();
+  }
+
+  /** Arrow keys, Home and End move between the tabs (the ARIA tabs pattern). */
+  tabKey(e) {
+    const tabs = [...document.querySelectorAll('#tabs [role=tab]')].filter((t) => !t.hidden);
+    const i = tabs.indexOf(e.currentTarget);
+    let next = null;
+    if (e.key === 'ArrowRight') next = tabs[(i + 1) % tabs.length];
+    else if (e.key === 'ArrowLeft') next = tabs[(i - 1 + tabs.length) % tabs.length];
+    else if (e.key === 'Home') next = tabs[0];
+    else if (e.key === 'End') next = tabs[tabs.length - 1];
+    if (!next) return;
+    e.preventDefault();
+    next.focus();
+    this.showPage(next.dataset.page);
   }
 
   wsStatus(state, detail) {
@@ -511,5 +590,8 @@ class Console {
   }
 }
 
-new Console();
-$('login-user').focus();
+const app = new Console();
+// Opened from an emailed link: its landing view instead of the sign-in form.
+app.followLink().then((followed) => {
+  if (!followed) $('login-user').focus();
+});

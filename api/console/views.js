@@ -76,6 +76,49 @@ export function duration(ms) {
   return `${Math.round(ms / 60000)} min`;
 }
 
+/** Local date and time to the minute, `2026-12-07 14:05` (or `—`). */
+export function dateTime(ms) {
+  if (ms === null || ms === undefined) return '—';
+  const d = new Date(ms);
+  const two = (n) => String(n).padStart(2, '0');
+  return `${d.getFullYear()}-${two(d.getMonth() + 1)}-${two(d.getDate())} ${two(d.getHours())}:${two(d.getMinutes())}`;
+}
+
+/** A whole number with thousands separated (`20,000`). */
+export function count(n) {
+  return Number(n).toLocaleString('en-US');
+}
+
+/** `1.2 MiB`. */
+export function bytes(n) {
+  if (n === null || n === undefined) return '—';
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KiB`;
+  return `${(n / (1024 * 1024)).toFixed(1)} MiB`;
+}
+
+/** `n thing` or `n things`. */
+export function plural(n, one, many = `${one}s`) {
+  return `${count(n)} ${n === 1 ? one : many}`;
+}
+
+/**
+ * Offers a fetched file to the browser's downloads: an object URL on a link with `download`,
+ * clicked. Returns the link (for the page to keep showing) and its URL (to revoke later).
+ */
+export function offerFile(blob, name, attrs = {}) {
+  const url = URL.createObjectURL(blob);
+  const link = el('a', { class: 'file-link', href: url, download: name, text: name, ...attrs });
+  link.addEventListener('click', (e) => e.stopPropagation());
+  return { link, url };
+}
+
+/** A level badge of the maintenance status: ok, due or overdue. */
+export function levelBadge(level) {
+  const tone = level === 'overdue' ? 'bad' : level === 'due' ? 'moving' : 'ok';
+  return el('span', { class: `badge badge-${tone}`, 'data-testid': 'level', text: level });
+}
+
 /** One gate: state, position, flags, commands and the last command's outcome. */
 export class GateCard {
   constructor(gate, onCommand) {

@@ -28,6 +28,12 @@ const FILES: &[(&str, &[u8])] = &[
     ("api.js", include_bytes!("../console/api.js")),
     ("live.js", include_bytes!("../console/live.js")),
     ("views.js", include_bytes!("../console/views.js")),
+    ("account.js", include_bytes!("../console/account.js")),
+    (
+        "maintenance.js",
+        include_bytes!("../console/maintenance.js"),
+    ),
+    ("reports.js", include_bytes!("../console/reports.js")),
     ("style.css", include_bytes!("../console/style.css")),
 ];
 
@@ -151,6 +157,9 @@ mod tests {
     fn only_plain_names_are_served() {
         let files = ConsoleFiles::default();
         assert!(files.load("app.js").is_some());
+        for page in ["account.js", "maintenance.js", "reports.js"] {
+            assert!(files.load(page).is_some(), "{page} is embedded");
+        }
         assert!(files.load("index.html").is_some());
         for bad in [
             "../Cargo.toml",

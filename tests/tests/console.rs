@@ -3,9 +3,16 @@
 //! the `gatehouse-sim` child behind it. It signs in, finds the gate in the grid, opens it and
 //! sees `completed` and `open`, makes the simulator refuse the controller for 4 s (its control
 //! port's `restart NAME 4000`), sees the controller's link turn `down` and come back
-//! `connected`, and finds the link's restart or failure in the supervision tree. It fails on
-//! any console error or CSP violation in the page. Screenshots of each step are left in
-//! `target/console-artifacts/`.
+//! `connected`, and finds the link's restart or failure in the supervision tree. Then the other
+//! pages: on Maintenance it makes a plan for the gate, sees the gate's status row, opens a
+//! record with lockout (the live card shows the lockout) and completes it (unlocked again); on
+//! Reports it asks for a CSV of events, follows it to `done` and downloads it. Last, the
+//! emailed links: a viewer made over REST asks for a password reset, the script takes the link
+//! from the `.eml` the file outbox writes into `<data dir>/outbox/` (links start at
+//! `[http] public_url`), sets a new password on the landing page, is signed in, and signs in
+//! again with it; an operator invited over REST sets a password through the invitation link.
+//! It fails on any console error or CSP violation in the page. Screenshots of each step are
+//! left in `target/console-artifacts/`.
 //!
 //! Needs the built `gatehouse` and `gatehouse-sim` (`cargo build --workspace --bins`), `node`,
 //! `/usr/bin/chromium` and `tests/console/node_modules/playwright-core` (`npm ci` in
@@ -19,7 +26,7 @@ use std::time::Duration;
 use gatehouse_tests::procs::{Proc, Simulator, Stream, WAIT, add_user, bin, tail, workspace_root};
 
 /// How long the browser script may run (its own waits add up to well under this).
-const SCRIPT_LIMIT: Duration = Duration::from_secs(180);
+const SCRIPT_LIMIT: Duration = Duration::from_secs(300);
 
 /// The graceful-shutdown limit written into the configuration.
 const SHUTDOWN_MS: u64 = 5_000;
@@ -35,14 +42,30 @@ const GATE: &str = "gate-1";
 /// Debian's Chromium, the one browser the script launches.
 const CHROMIUM: &str = "/usr/bin/chromium";
 
+/// The base of the links in emails; never resolved (the script opens the page by its own
+/// address with the link's fragment).
+const PUBLIC_URL: &str = "http://gatehouse.invalid";
+
 /// The screenshots the script saves, one per step.
-const SCREENSHOTS: [&str; 6] = [
+const SCREENSHOTS: [&str; 18] = [
     "01-login.png",
     "02-gates.png",
     "03-command.png",
     "04-link-down.png",
     "05-link-recovered.png",
     "06-tree.png",
+    "07-maintenance.png",
+    "08-record-open.png",
+    "09-record-completed.png",
+    "10-report-requested.png",
+    "11-report-downloaded.png",
+    "12-forgot-password.png",
+    "13-reset-landing.png",
+    "14-reset-signed-in-viewer.png",
+    "15-new-password-sign-in.png",
+    "16-link-spent.png",
+    "17-invitation.png",
+    "18-invited-operator.png",
 ];
 
 /// What the browser script needs and this machine lacks, by name.
@@ -70,8 +93,9 @@ fn missing_prerequisites() -> Vec<&'static str> {
 }
 
 /// Writes `fleet.toml` (the simulator's controller and its two gates) and `gatehouse.toml`
-/// (HTTP on a free loopback port, data inside `dir`) into `dir`. The database is the default,
-/// `./data/gatehouse.db`: every command runs in `dir`.
+/// (HTTP on a free loopback port, links in emails under [`PUBLIC_URL`], data inside `dir`)
+/// into `dir`. The database is the default, `./data/gatehouse.db`: every command runs in
+/// `dir`. No `[mail]`: messages are `.eml` files in `data/outbox/`.
 fn serve_config(dir: &Path, endpoint: &str) -> PathBuf {
     let fleet = format!(
         "[[site]]\nid = \"site\"\nname = \"Site\"\n\n\
@@ -82,7 +106,7 @@ fn serve_config(dir: &Path, endpoint: &str) -> PathBuf {
     );
     std::fs::write(dir.join("fleet.toml"), fleet).expect("write the fleet file");
     let config = format!(
-        "[http]\nlisten = \"127.0.0.1:0\"\n\n[data]\ndir = {:?}\n\n\
+        "[http]\nlisten = \"127.0.0.1:0\"\npublic_url = \"{PUBLIC_URL}\"\n\n[data]\ndir = {:?}\n\n\
          [fleet]\nfile = \"fleet.toml\"\n\n[shutdown]\ntimeout_ms = {SHUTDOWN_MS}\n",
         dir.join("data").display().to_string()
     );
@@ -92,7 +116,7 @@ fn serve_config(dir: &Path, endpoint: &str) -> PathBuf {
 }
 
 #[test]
-fn the_console_commands_a_gate_and_shows_a_link_going_down_and_back_in_chromium() {
+fn the_console_commands_a_gate_keeps_maintenance_and_reports_and_lands_emailed_links_in_chromium() {
     let missing = missing_prerequisites();
     if !missing.is_empty() {
         let message = format!(
@@ -147,6 +171,10 @@ fn the_console_commands_a_gate_and_shows_a_link_going_down_and_back_in_chromium(
             .arg(format!("--control={control}"))
             .arg(format!("--controller={CONTROLLER}"))
             .arg(format!("--gate={GATE}"))
+            .arg(format!(
+                "--outbox={}",
+                dir.path().join("data").join("outbox").display()
+            ))
             .arg(format!("--artifacts={}", artifacts.display()))
             .current_dir(workspace_root()),
     );
