@@ -244,8 +244,9 @@ export class Api {
    * `{blob, name}` for the page to offer as an object URL.
    *
    * Where the blob store makes presigned links (S3), the API answers 303 to the bucket. That
-   * redirect is not followed: the page's CSP allows its own origin only, and a redirected
-   * fetch cannot tell the page where it went, so it is reported as an error instead.
+   * redirect is not followed (the page's CSP allows its own origin only, and a redirected
+   * fetch cannot tell the page where it went): the page asks again with `link=true` and
+   * resolves with `{url, name}`, the presigned link for the browser to open itself.
    */
   async file(path, { retried = false } = {}) {
     if (!this.access) throw new ApiError(401, 'signed_out', 'not signed in');
@@ -265,8 +266,11 @@ export class Api {
         throw unreachable(e, FILE_TIMEOUT_MS);
       }
       if (response.type === 'opaqueredirect') {
-        throw new ApiError(303, 'presigned_redirect',
-          'the file is in object storage and the server answered with a link to it, which this page may not follow');
+        const where = await this.call('GET', `${path}${path.includes('?') ? '&' : '?'}link=true`);
+        if (!where || !where.url) {
+          throw new ApiError(502, 'no_link', 'the server redirected the download but gave no link');
+        }
+        return { url: where.url, name: path.split('/').pop() };
       }
       if (response.status === 401 && !retried && this.refreshToken) {
         await this.refresh();

@@ -5,7 +5,7 @@
 // restarts the plan's count); they may also add a plan. Viewers read. The rules (which plans
 // apply, when a gate is due) are the server's: this page only shows what it answers.
 
-import { count, dateTime, el, levelBadge, offerFile, plural } from './views.js';
+import { count, dateTime, el, levelBadge, offerDownload, plural } from './views.js';
 
 const $ = (id) => document.getElementById(id);
 
@@ -469,8 +469,8 @@ export class MaintenancePage {
       button.disabled = true;
       try {
         const file = await this.api.file(a.download);
-        const { link, url } = offerFile(file.blob, a.name);
-        this.urls.push(url);
+        const { link, url } = offerDownload(file, a.name);
+        if (url) this.urls.push(url);
         button.replaceWith(link);
         link.click();
       } catch (e) {

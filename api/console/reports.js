@@ -4,7 +4,7 @@
 // The download endpoint takes the bearer token only, so the file is fetched by api.js and
 // handed to the browser as an object URL.
 
-import { bytes, count, dateTime, el, offerFile } from './views.js';
+import { bytes, count, dateTime, el, offerDownload } from './views.js';
 
 const $ = (id) => document.getElementById(id);
 
@@ -202,8 +202,8 @@ export class ReportsPage {
       return;
     }
     if (generation !== this.generation) return;
-    const { link, url } = offerFile(file.blob, file.name || r.file_name, { 'data-testid': 'report-file' });
-    this.urls.push(url);
+    const { link, url } = offerDownload(file, file.blob ? file.name || r.file_name : r.file_name, { 'data-testid': 'report-file' });
+    if (url) this.urls.push(url);
     entry.file = { link };
     button.replaceWith(link);
     link.click();

@@ -113,6 +113,20 @@ export function offerFile(blob, name, attrs = {}) {
   return { link, url };
 }
 
+/**
+ * Offers what `Api.file` resolved with: a fetched file (an object URL, returned to be revoked
+ * later), or a presigned link to object storage that the browser opens itself (no URL to
+ * revoke).
+ */
+export function offerDownload(file, name, attrs = {}) {
+  if (!file.url) return offerFile(file.blob, name, attrs);
+  const link = el('a', {
+    class: 'file-link', href: file.url, target: '_blank', rel: 'noopener noreferrer', text: name, ...attrs,
+  });
+  link.addEventListener('click', (e) => e.stopPropagation());
+  return { link, url: null };
+}
+
 /** A level badge of the maintenance status: ok, due or overdue. */
 export function levelBadge(level) {
   const tone = level === 'overdue' ? 'bad' : level === 'due' ? 'moving' : 'ok';

@@ -41,18 +41,66 @@ pub fn blob_error(e: BlobError) -> ApiError {
     }
 }
 
-/// The blob under `key` as a download named `file_name`; `Err(None)` when it is gone.
+/// `?link=true` on a download: answer where to fetch the file instead of redirecting there.
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct DownloadQuery {
+    /// Answer with the presigned link as JSON ([`DownloadLink`]) rather than a 303: for
+    /// clients that cannot read a redirect's target (a browser page under a strict CSP).
+    pub link: Option<bool>,
+}
+
+/// Where a file can be fetched without credentials.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct DownloadLink {
+    /// A presigned link to the bucket, or null when this store makes none: then GET the
+    /// download path itself (without `link`) for the file.
+    pub url: Option<String>,
+    /// When the link stops working (Unix milliseconds), if there is one.
+    pub expires_at_ms: Option<u64>,
+}
+
+/// The blob under `key` as a download named `file_name` (or, with `link`, where to get it);
+/// `Err(None)` when it is gone.
 pub async fn download(
     blobs: &dyn BlobStore,
     key: &str,
     file_name: &str,
     ttl: Duration,
+    query: DownloadQuery,
 ) -> Result<Response, Option<ApiError>> {
-    if let Some(url) = blobs
+    let presigned = blobs
         .presign_get(key, ttl)
         .await
-        .map_err(|e| Some(blob_error(e)))?
-    {
+        .map_err(|e| Some(blob_error(e)))?;
+    if query.link == Some(true) {
+        if presigned.is_none()
+            && blobs
+                .get(key)
+                .await
+                .map_err(|e| Some(blob_error(e)))?
+                .is_none()
+        {
+            return Err(None);
+        }
+        let expires_at_ms = presigned
+            .as_ref()
+            .map(|_| gatehouse_actors::clock::wall_ms() + ttl.as_millis() as u64);
+        let mut response = crate::json::reply(
+            StatusCode::OK,
+            &DownloadLink {
+                url: presigned,
+                expires_at_ms,
+            },
+        )
+        .map_err(Some)?;
+        response
+            .headers_mut()
+            .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        return Ok(response);
+    }
+    if let Some(url) = presigned {
         let mut response = Response::new(bytes::Bytes::new().into());
         *response.status_mut() = StatusCode::SEE_OTHER;
         let location = HeaderValue::from_str(&url)

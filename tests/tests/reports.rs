@@ -146,6 +146,15 @@ async fn reports_are_generated_in_the_background_and_download_as_csv_and_pdf() {
     .await;
     assert_eq!(done["progress"], 100);
     assert!(done["rows"].as_u64().unwrap() >= 4, "{done}");
+    // Asked where to fetch it: the local store makes no links, the path itself serves it.
+    let link = http
+        .get(
+            &admin,
+            &format!("{}?link=true", done["download"].as_str().unwrap()),
+        )
+        .await;
+    assert_status(&link, 200);
+    assert_eq!(link.body, json!({ "url": null, "expires_at_ms": null }));
     let (status, headers, body) = raw_get(&http, &admin, done["download"].as_str().unwrap()).await;
     assert_eq!(status, 200);
     assert!(
@@ -436,6 +445,21 @@ async fn monthly_reports_land_in_the_bucket_and_download_through_presigned_links
     let (status, headers, _) = raw_get(&http, &admin, pdf["download"].as_str().unwrap()).await;
     assert_eq!(status, 303);
     let link = headers["location"].to_str().unwrap().to_owned();
+    // The same link as JSON, for clients that cannot read a redirect (the console).
+    let asked = http
+        .get(
+            &admin,
+            &format!("{}?link=true", pdf["download"].as_str().unwrap()),
+        )
+        .await;
+    assert_status(&asked, 200);
+    let as_json = asked.body["url"].as_str().unwrap();
+    assert!(
+        as_json.starts_with(&s3.endpoint) && as_json.contains("X-Amz-Signature="),
+        "{as_json}"
+    );
+    assert!(asked.body["expires_at_ms"].as_u64().unwrap() > now_ms());
+    assert_eq!(presigned(as_json).await.status().as_u16(), 200);
     assert!(
         link.starts_with(&s3.endpoint) && link.contains("X-Amz-Signature="),
         "{link}"

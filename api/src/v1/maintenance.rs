@@ -1320,9 +1320,10 @@ async fn attach(
     params(
         ("record" = String, Path, description = "Record id (UUID)"),
         ("attachment" = String, Path, description = "Attachment id (UUID)"),
+        crate::files::DownloadQuery,
     ),
     responses(
-        (status = 200, description = "The file, streamed, as uploaded", content((Vec<u8> = "image/jpeg"), (Vec<u8> = "image/png"), (Vec<u8> = "image/webp"), (Vec<u8> = "application/pdf"), (Vec<u8> = "text/plain"))),
+        (status = 200, description = "The file, streamed, as uploaded; with `link=true`, where to fetch it", content((Vec<u8> = "image/jpeg"), (Vec<u8> = "image/png"), (Vec<u8> = "image/webp"), (Vec<u8> = "application/pdf"), (Vec<u8> = "text/plain"), (crate::files::DownloadLink = "application/json"))),
         (status = 303, description = "A presigned link to the file in the bucket (S3)"),
         (status = 403, description = "Not allowed"),
         (status = 404, description = "No such record or attachment"),
@@ -1330,7 +1331,12 @@ async fn attach(
     ),
     security(("bearer" = [])),
 )]
-async fn attachment(params: PathParams, app: App, bearer: Option<String>) -> Outcome {
+async fn attachment(
+    params: PathParams,
+    query: crate::files::DownloadQuery,
+    app: App,
+    bearer: Option<String>,
+) -> Outcome {
     let caller = app.authenticate(bearer).await?;
     let record = find_record(&app, params.get("record")?).await?;
     may_at(&caller, Operation::ReadMaintenance, Some(&record.site))?;
@@ -1354,6 +1360,7 @@ async fn attachment(params: PathParams, app: App, bearer: Option<String>) -> Out
         &found.key,
         &found.name,
         gatehouse_actors::blob::PRESIGN_TTL,
+        query,
     )
     .await
     .map_err(|e| e.unwrap_or_else(unknown))
@@ -1430,7 +1437,11 @@ pub fn routes(app: &App) -> Vec<Route> {
         }),
         Route::new::<__path_attachment, _>({
             let a = a.clone();
-            move |p| p.and(a.caller()).then(attachment)
+            move |p| {
+                p.and(warp::query::<crate::files::DownloadQuery>())
+                    .and(a.caller())
+                    .then(attachment)
+            }
         }),
         Route::new::<__path_complete_record, _>(move |p| {
             p.and(a.caller())

@@ -249,9 +249,9 @@ async fn get(params: PathParams, app: App, bearer: Option<String>) -> Outcome {
     path = "/api/v1/reports/{report}/download",
     tag = "reports",
     operation_id = "download_report",
-    params(("report" = String, Path, description = "Report id (UUID)")),
+    params(("report" = String, Path, description = "Report id (UUID)"), crate::files::DownloadQuery),
     responses(
-        (status = 200, description = "The file (CSV or PDF), streamed", content((Vec<u8> = "text/csv"), (Vec<u8> = "application/pdf"))),
+        (status = 200, description = "The file (CSV or PDF), streamed; with `link=true`, where to fetch it", content((Vec<u8> = "text/csv"), (Vec<u8> = "application/pdf"), (crate::files::DownloadLink = "application/json"))),
         (status = 303, description = "A presigned link to the file in the bucket (S3), valid 15 minutes"),
         (status = 403, description = "Not an admin"),
         (status = 404, description = "No such report, or its file is gone"),
@@ -260,7 +260,12 @@ async fn get(params: PathParams, app: App, bearer: Option<String>) -> Outcome {
     ),
     security(("bearer" = [])),
 )]
-async fn download(params: PathParams, app: App, bearer: Option<String>) -> Outcome {
+async fn download(
+    params: PathParams,
+    query: crate::files::DownloadQuery,
+    app: App,
+    bearer: Option<String>,
+) -> Outcome {
     admin(&app, bearer).await?;
     let raw = params.get("report")?;
     let report = find(&app, raw).await?;
@@ -278,6 +283,7 @@ async fn download(params: PathParams, app: App, bearer: Option<String>) -> Outco
         key,
         &report.spec.file_name(report.id),
         PRESIGN_TTL,
+        query,
     )
     .await
     .map_err(|e| e.unwrap_or_else(|| unknown_report(raw)))
@@ -296,6 +302,10 @@ pub fn routes(app: &App) -> Vec<Route> {
             warp::query::<ReportsQuery>().and(b.caller()).then(list)
         }),
         Route::new::<__path_get, _>(move |p| p.and(c.caller()).then(get)),
-        Route::new::<__path_download, _>(move |p| p.and(d.caller()).then(download)),
+        Route::new::<__path_download, _>(move |p| {
+            p.and(warp::query::<crate::files::DownloadQuery>())
+                .and(d.caller())
+                .then(download)
+        }),
     ]
 }
