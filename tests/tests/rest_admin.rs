@@ -127,6 +127,7 @@ async fn users_are_created_read_updated_and_deleted_and_bad_requests_say_why() {
             "disabled",
             "email",
             "id",
+            "password_set",
             "role",
             "username"
         ]
@@ -882,6 +883,11 @@ async fn only_admins_may_administer_and_admins_and_operators_may_read_the_audit_
             Some(json!({ "disabled": true })),
         ),
         (Method::DELETE, format!("/api/v1/users/{user}"), None),
+        (
+            Method::POST,
+            format!("/api/v1/users/{user}/invitation"),
+            Some(json!({})),
+        ),
         (Method::GET, format!("/api/v1/users/{user}/grants"), None),
         (
             Method::POST,
@@ -1031,6 +1037,7 @@ async fn only_admins_may_administer_and_admins_and_operators_may_read_the_audit_
         "admin GET /api/v1/users/{user} 404 unknown_user",
         "admin PATCH /api/v1/users/{user} 404 unknown_user",
         "admin DELETE /api/v1/users/{user} 404 unknown_user",
+        "admin POST /api/v1/users/{user}/invitation 404 unknown_user",
         "admin GET /api/v1/users/{user}/grants 404 unknown_user",
         "admin POST /api/v1/users/{user}/grants 404 unknown_user",
         "admin DELETE /api/v1/users/{user}/grants/{grant} 404 unknown_user",
