@@ -188,48 +188,69 @@ impl KeeperState {
                 tracing::warn!(error = %e, "releasing leases failed");
             }
         }
-        for c in moves.acquire {
-            self.take(&c, ttl_ms).await;
+        if !moves.acquire.is_empty() {
+            self.take(moves.acquire, ttl_ms).await;
         }
     }
 
-    /// Takes `controller` if nobody else did first, then starts its subtree.
-    async fn take(&self, controller: &ControllerId, ttl_ms: u64) {
+    /// Takes those of `controllers` nobody else took first, then starts their subtrees, the
+    /// gates restored from the store in one read for all of them.
+    async fn take(&self, controllers: Vec<ControllerId>, ttl_ms: u64) {
         let node = self.ownership().node().clone();
-        let asked = Instant::now();
-        let epoch = match self
-            .args
-            .leases
-            .acquire(node.clone(), controller.clone(), ttl_ms)
-            .await
-        {
-            Ok(Some(epoch)) => epoch,
-            Ok(None) => return,
-            Err(e) => {
-                tracing::warn!(%controller, error = %e, "taking a lease failed");
-                return;
+        let mut won = Vec::new();
+        for controller in controllers {
+            let asked = Instant::now();
+            match self
+                .args
+                .leases
+                .acquire(node.clone(), controller.clone(), ttl_ms)
+                .await
+            {
+                Ok(Some(epoch)) => {
+                    self.ownership().hold(controller.clone(), epoch, asked);
+                    won.push((controller, epoch));
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(%controller, error = %e, "taking a lease failed"),
             }
-        };
-        self.ownership().hold(controller.clone(), epoch, asked);
-        // The gates continue from what the previous holder committed (its last commit
-        // finished before the lease could change hands: the fence holds the row).
-        let started = async {
-            let mut spec = [self.args.fleet.build(controller).await?];
-            restore_gates(&mut spec, self.args.events.as_ref(), wall_ms()).await?;
-            let [spec] = spec;
-            self.args.fleet.add_controller(spec).await
-        };
-        match started.await {
-            Ok(()) => tracing::info!(%controller, %node, epoch, "controller taken"),
-            Err(e) => {
-                tracing::error!(%controller, error = %e, "a controller taken could not start; giving it back");
-                self.ownership().forget(controller);
-                let _ = self
-                    .args
-                    .leases
-                    .release(node, vec![controller.clone()])
-                    .await;
+        }
+        if won.is_empty() {
+            return;
+        }
+        // Built first: a controller whose configuration cannot be built is given back.
+        let mut specs = Vec::new();
+        let mut give_back = Vec::new();
+        for (controller, epoch) in &won {
+            match self.args.fleet.build(controller).await {
+                Ok(spec) => specs.push((spec, *epoch)),
+                Err(e) => {
+                    tracing::error!(%controller, error = %e, "a controller taken cannot be built; giving it back");
+                    give_back.push(controller.clone());
+                }
             }
+        }
+        // The gates continue from what the previous holders committed (their last commits
+        // finished before the leases could change hands: the fence holds the rows).
+        let (mut built, epochs): (Vec<_>, Vec<_>) = specs.into_iter().unzip();
+        if let Err(e) = restore_gates(&mut built, self.args.events.as_ref(), wall_ms()).await {
+            tracing::warn!(error = %e, "gates not restored; giving the controllers back");
+            give_back.extend(built.drain(..).map(|s| s.id));
+        }
+        for (spec, epoch) in built.into_iter().zip(epochs) {
+            let controller = spec.id.clone();
+            match self.args.fleet.add_controller(spec).await {
+                Ok(()) => tracing::info!(%controller, %node, epoch, "controller taken"),
+                Err(e) => {
+                    tracing::error!(%controller, error = %e, "a controller taken could not start; giving it back");
+                    give_back.push(controller);
+                }
+            }
+        }
+        if !give_back.is_empty() {
+            for c in &give_back {
+                self.ownership().forget(c);
+            }
+            let _ = self.args.leases.release(node, give_back).await;
         }
     }
 
