@@ -476,6 +476,11 @@ pub enum MailError {
     Permanent(String),
 }
 
+/// How long a claimed message is kept from other notifiers: longer than any mailer takes to
+/// give up on one message (SMTP: 15 s), short enough that a notifier that died mid-send
+/// delays it by a minute.
+pub const CLAIM_MS: u64 = 60_000;
+
 /// Sends one message (SMTP, or the file outbox).
 pub trait Mailer: Send + Sync + 'static {
     fn send<'a>(&'a self, mail: &'a Mail) -> BoxFuture<'a, Result<(), MailError>>;
@@ -507,6 +512,17 @@ pub trait NotifyStore: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<usize, StoreError>>;
     /// Pending messages due by `now_ms`, oldest first.
     fn due(&self, now_ms: u64, limit: usize) -> BoxFuture<'_, Result<Vec<Mail>, StoreError>>;
+    /// Claims pending message `id` for one delivery attempt: if it is still pending and due
+    /// at `now_ms`, its next attempt moves to `until_ms`, so that no other notifier (another
+    /// node of a cluster) sends it meanwhile. Answers whether this caller got it. Recording
+    /// the attempt ([`attempted`](Self::attempted)) ends the claim; a notifier that dies
+    /// mid-send leaves the message to be tried again at `until_ms`.
+    fn claim(
+        &self,
+        id: Uuid,
+        now_ms: u64,
+        until_ms: u64,
+    ) -> BoxFuture<'_, Result<bool, StoreError>>;
     /// Records an attempt's result: the message as it now is (status, attempts, times,
     /// error).
     fn attempted(&self, mail: Mail) -> BoxFuture<'_, Result<(), StoreError>>;

@@ -174,6 +174,7 @@ on_both_backends!(
     removing_a_gate_takes_its_plans_and_keeps_its_records,
     notification_rules_round_trip,
     the_outbox_dedupes_within_its_window_and_keeps_what_it_was_told,
+    an_outbox_message_is_claimed_by_one_notifier_at_a_time,
 );
 
 // ---- fixtures -------------------------------------------------------------------------------
@@ -1315,6 +1316,45 @@ async fn notification_rules_round_trip(ctx: Ctx) {
     rejected(store.put_rule(stranger).await, "unknown user");
     assert!(store.delete_rule(rule.id).await.unwrap());
     assert!(!store.delete_rule(rule.id).await.unwrap());
+}
+
+async fn an_outbox_message_is_claimed_by_one_notifier_at_a_time(ctx: Ctx) {
+    let store = ctx.store;
+    let rendered = Rendered {
+        subject: "s".into(),
+        text: "t".into(),
+        html: "h".into(),
+    };
+    let mail = Mail::new("k".into(), "a@example.org", &rendered, 1_000);
+    assert_eq!(
+        store.enqueue(vec![mail.clone()], 0, 1_000).await.unwrap(),
+        1
+    );
+    // Not due yet: nobody claims it.
+    assert!(!store.claim(mail.id, 999, 61_000).await.unwrap());
+    // Two notifiers racing: one gets it, and while claimed it is not due to anyone.
+    let (a, b) = tokio::join!(
+        store.claim(mail.id, 2_000, 62_000),
+        store.claim(mail.id, 2_000, 62_000)
+    );
+    assert!(a.unwrap() ^ b.unwrap(), "exactly one claim wins");
+    assert!(store.due(61_999, 10).await.unwrap().is_empty());
+    // The claimant died mid-send: at the claim's end it is due and claimable again.
+    assert_eq!(store.due(62_000, 10).await.unwrap().len(), 1);
+    assert!(store.claim(mail.id, 62_000, 122_000).await.unwrap());
+    // Recorded as sent: never claimed again.
+    let mut sent = mail.clone();
+    sent.status = MailStatus::Sent;
+    sent.attempts = 1;
+    sent.sent_at_ms = Some(62_500);
+    store.attempted(sent).await.unwrap();
+    assert!(!store.claim(mail.id, 500_000, 560_000).await.unwrap());
+    assert!(
+        !store
+            .claim(uuid::Uuid::new_v4(), 500_000, 560_000)
+            .await
+            .unwrap()
+    );
 }
 
 async fn the_outbox_dedupes_within_its_window_and_keeps_what_it_was_told(ctx: Ctx) {

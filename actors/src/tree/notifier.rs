@@ -28,8 +28,8 @@ use crate::clock::wall_ms;
 use crate::gate::{EventKind, GateEvent, GateState};
 use crate::ids::SiteId;
 use crate::notify::{
-    Alert, MAX_AGE_MS, Mail, MailError, MailStatus, Mailer, NotifyStore, Rule, Trigger, recipients,
-    render, retry_delay,
+    Alert, CLAIM_MS, MAX_AGE_MS, Mail, MailError, MailStatus, Mailer, NotifyStore, Rule, Trigger,
+    recipients, render, retry_delay,
 };
 use crate::supervision::{ChildSpec, Restart};
 use crate::tree::Fleet;
@@ -476,6 +476,16 @@ impl NotifierState {
         };
         self.recount |= !due.is_empty();
         for mut mail in due {
+            // Another notifier (another node) may be sending it: only the claimant does.
+            let now = wall_ms();
+            match self.args.store.claim(mail.id, now, now + CLAIM_MS).await {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(error) => {
+                    tracing::warn!(%error, "outbox claim failed; trying next round");
+                    return;
+                }
+            }
             mail.attempts = mail.attempts.saturating_add(1);
             let result = self.args.mailer.send(&mail).await;
             let now = wall_ms();

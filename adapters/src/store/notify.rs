@@ -216,6 +216,27 @@ async fn due(store: &Store, now_ms: u64, limit: usize) -> Result<Vec<Mail>, Erro
     rows.into_iter().map(MailRow::decode).collect()
 }
 
+async fn claim(store: &Store, id: Uuid, now_ms: u64, until_ms: u64) -> Result<bool, Error> {
+    let now = to_db(now_ms, || "outbox claim: now".into())?;
+    let until = to_db(until_ms, || "outbox claim: until".into())?;
+    let id = id.to_string();
+    let mut conn = store.conn().await?;
+    // One conditional update: of two notifiers claiming at once, the second finds the next
+    // attempt moved past `now` (on PostgreSQL it waits for the first's commit and re-checks).
+    let claimed = with_conn!(&mut conn, |c| {
+        diesel::update(
+            mail_outbox::table
+                .find(&id)
+                .filter(mail_outbox::status.eq(MailStatus::Pending.as_str()))
+                .filter(mail_outbox::next_attempt_at.le(now)),
+        )
+        .set(mail_outbox::next_attempt_at.eq(until))
+        .execute(c)
+        .await
+    })?;
+    Ok(claimed == 1)
+}
+
 async fn attempted(store: &Store, mail: Mail) -> Result<(), Error> {
     let row = &MailRow::encode(&mail)?;
     let mut conn = store.conn().await?;
@@ -356,6 +377,19 @@ impl NotifyStore for Store {
 
     fn due(&self, now_ms: u64, limit: usize) -> BoxFuture<'_, Result<Vec<Mail>, StoreError>> {
         Box::pin(async move { due(self, now_ms, limit).await.map_err(Error::into_store) })
+    }
+
+    fn claim(
+        &self,
+        id: Uuid,
+        now_ms: u64,
+        until_ms: u64,
+    ) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(async move {
+            claim(self, id, now_ms, until_ms)
+                .await
+                .map_err(Error::into_store)
+        })
     }
 
     fn attempted(&self, mail: Mail) -> BoxFuture<'_, Result<(), StoreError>> {
