@@ -137,15 +137,17 @@ impl Ownership {
             .is_some_and(|(_, until)| Instant::now() < *until)
     }
 
-    /// What the event log proves when it commits.
-    pub fn fence(&self) -> Fence {
+    /// What the event log proves when it commits a batch of events of `controllers`: only
+    /// their leases (the store reads and share-locks the rows named, so naming every lease
+    /// held would lock them all at every commit). A controller not held is left out, and the
+    /// store refuses its events.
+    pub fn fence<'a>(&self, controllers: impl IntoIterator<Item = &'a ControllerId>) -> Fence {
+        let state = self.lock();
         Fence {
             node: self.node.clone(),
-            held: self
-                .lock()
-                .held
-                .iter()
-                .map(|(c, (e, _))| (c.clone(), *e))
+            held: controllers
+                .into_iter()
+                .filter_map(|c| state.held.get(c).map(|(e, _)| (c.clone(), *e)))
                 .collect(),
         }
     }

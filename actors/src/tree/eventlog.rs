@@ -311,7 +311,11 @@ async fn commit(state: &WriterArgs, batch: Vec<Entry>) {
             Some(ownership) => {
                 state
                     .store
-                    .append_fenced(events.clone(), audits.clone(), ownership.fence())
+                    .append_fenced(
+                        events.clone(),
+                        audits.clone(),
+                        ownership.fence(events.iter().map(|e| &e.controller)),
+                    )
                     .await
             }
         };
