@@ -69,6 +69,9 @@ struct OwnershipState {
     held: HashMap<ControllerId, (u64, Instant)>,
     /// Refused by the store since the keeper last looked: their subtrees must stop.
     lost: Vec<ControllerId>,
+    /// Every live lease as the keeper last read it, and how often that changed.
+    owners: HashMap<ControllerId, (NodeId, u64)>,
+    owner_changes: u64,
 }
 
 impl Ownership {
@@ -90,6 +93,38 @@ impl Ownership {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, OwnershipState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records who holds which lease, as the keeper last read them: only live ones. Commands
+    /// for gates other nodes drive are routed by it, and a command in flight on another node
+    /// ends (`failed{failover}`) when its controller's lease changes hands or lapses.
+    pub fn set_owners(&self, leases: &[Lease]) {
+        let owners: HashMap<ControllerId, (NodeId, u64)> = leases
+            .iter()
+            .filter(|l| l.left_ms > 0)
+            .map(|l| (l.controller.clone(), (l.node.clone(), l.epoch)))
+            .collect();
+        let mut state = self.lock();
+        if state.owners != owners {
+            state.owners = owners;
+            state.owner_changes += 1;
+        }
+    }
+
+    /// Counts the changes of owners seen: a node that lost a controller may have committed
+    /// events it never published, so followers of the bus refill from the store.
+    pub fn owner_changes(&self) -> u64 {
+        self.lock().owner_changes
+    }
+
+    /// Which node drives `controller`, with its epoch: this node for a lease it holds, else
+    /// the holder as the keeper last read it.
+    pub fn owner_of(&self, controller: &ControllerId) -> Option<(NodeId, u64)> {
+        let state = self.lock();
+        if let Some((epoch, _)) = state.held.get(controller) {
+            return Some((self.node.clone(), *epoch));
+        }
+        state.owners.get(controller).cloned()
     }
 
     /// Records a lease taken or renewed by a request sent at `asked`.
@@ -168,6 +203,29 @@ impl Ownership {
     pub fn take_lost(&self) -> Vec<ControllerId> {
         std::mem::take(&mut self.lock().lost)
     }
+}
+
+/// A command for a gate another node drives, as routed by [`Fleet::command`](crate::tree::Fleet::command).
+pub struct RemoteCommand {
+    /// The node that held the gate's controller, and its epoch, when the command was sent.
+    pub owner: NodeId,
+    pub epoch: u64,
+    pub controller: ControllerId,
+    pub gate: crate::ids::GateId,
+    pub id: crate::ids::CommandId,
+    pub action: crate::gate::Action,
+    pub reply: Option<crate::tree::gate::AckSink>,
+}
+
+/// How commands reach the node that drives their gate (the Redis bus in production).
+///
+/// The contract: `reply` hears at most one `accepted` and exactly one terminal status. The
+/// owner's own acks when they come; `rejected{offline}` when the command could not be sent;
+/// `failed{failover}` when the controller's lease changed hands or lapsed, or the way back
+/// from the owner was lost, before the terminal ack arrived (the gate may have moved: its
+/// events say).
+pub trait Peers: Send + Sync + 'static {
+    fn command(&self, command: RemoteCommand);
 }
 
 /// Leases and node liveness, in the shared database.

@@ -387,6 +387,8 @@ pub trait EventStore: Send + Sync + 'static {
         after: u64,
         limit: u32,
     ) -> BoxFuture<'_, Result<Vec<StoredEvent>, StoreError>>;
+    /// The gate's newest stored event (what a node that does not drive the gate shows of it).
+    fn latest(&self, gate: GateId) -> BoxFuture<'_, Result<Option<StoredEvent>, StoreError>>;
     /// Every event with global id `> after`, in id order.
     fn after(&self, after: i64, limit: u32) -> BoxFuture<'_, Result<Vec<StoredEvent>, StoreError>>;
     /// Commands that finished at or after `since_ms` (wall clock), from their

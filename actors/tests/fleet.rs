@@ -443,6 +443,9 @@ impl EventStore for MemoryStore {
     ) -> BoxFuture<'_, Result<Vec<StoredEvent>, StoreError>> {
         Box::pin(async { Ok(Vec::new()) })
     }
+    fn latest(&self, _: GateId) -> BoxFuture<'_, Result<Option<StoredEvent>, StoreError>> {
+        Box::pin(async { Ok(None) })
+    }
     fn after(&self, _: i64, _: u32) -> BoxFuture<'_, Result<Vec<StoredEvent>, StoreError>> {
         Box::pin(async { Ok(Vec::new()) })
     }

@@ -8,5 +8,6 @@ pub mod mail;
 pub mod modbus;
 pub mod profile;
 pub mod quiet_line;
+pub mod redis_bus;
 pub mod store;
 pub mod toml_text;

@@ -4,7 +4,9 @@
 //! and renders a denial in the one error shape.
 
 use gatehouse_actors::access::{Denial, LocalTime, Operation, Principal, Role, authorize};
+use gatehouse_actors::gate::GateSnapshot;
 use gatehouse_actors::ids::{ControllerId, GateId, SiteId};
+use gatehouse_actors::tree::gate::GateView;
 use warp::http::StatusCode;
 
 use crate::ApiError;
@@ -19,20 +21,43 @@ pub struct Location {
     pub name: String,
 }
 
-/// Where `gate` is, from the running fleet (`None`: no such gate).
+/// Where `gate` is: on this node, or in a cluster configured on another (`None`: no such
+/// gate).
 pub fn locate(app: &App, gate: &GateId) -> Option<Location> {
-    let c = app.fleet.controller_of(gate)?;
-    let name = c
-        .gates
-        .iter()
-        .find(|g| &g.spec.id == gate)?
-        .spec
-        .name
-        .clone();
+    let place = app.fleet.place(gate)?;
     Some(Location {
-        site: c.site.clone(),
-        controller: c.id.clone(),
-        name,
+        site: place.site,
+        controller: place.controller,
+        name: place.name,
+    })
+}
+
+/// The gate's state and committed seq, wherever it is driven: from its actor on this node;
+/// for a gate another node of a cluster drives (or one configured but not running here), its
+/// newest event seen on the bus, else the store's (a gate with no event yet shows as unknown
+/// at seq 0). `None`: no such gate, or its state cannot be read now.
+pub async fn gate_view(app: &App, gate: &GateId) -> Option<GateView> {
+    if app.fleet.drives(gate) {
+        return app.fleet.view(gate).await.ok();
+    }
+    app.fleet.place(gate)?;
+    let latest = match app.sessions.hub().latest(gate) {
+        Some(e) => Some((*e).clone()),
+        None => match app.events.latest(gate.clone()).await {
+            Ok(stored) => stored.map(|s| s.event),
+            Err(e) => {
+                tracing::warn!(%gate, error = %e, "a gate driven elsewhere could not be read from the store");
+                return None;
+            }
+        },
+    };
+    let (seq, snapshot) = latest.map_or((0, GateSnapshot::default()), |e| (e.seq, e.snapshot));
+    Some(GateView {
+        gate: gate.clone(),
+        snapshot,
+        seq,
+        committed: seq,
+        busy: false,
     })
 }
 

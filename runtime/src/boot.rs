@@ -153,6 +153,10 @@ pub struct ClusterSetup {
     pub lease_ttl: Duration,
     /// Where controller connections start from.
     pub bind: Option<std::net::IpAddr>,
+    /// The Redis of the live bus between nodes.
+    pub redis_url: String,
+    /// How commands reach the node driving a gate (the Redis bus, once started).
+    pub peers: Option<Arc<dyn gatehouse_actors::cluster::Peers>>,
 }
 
 impl Default for TreeOptions {
@@ -182,6 +186,8 @@ impl TreeOptions {
                         .map_err(|e| anyhow::anyhow!("cluster.node_id: {e}"))?,
                     lease_ttl: Duration::from_millis(c.lease_ttl_ms),
                     bind: c.bind,
+                    redis_url: c.redis_url.clone().unwrap_or_default(),
+                    peers: None,
                 }),
                 None => None,
             },
@@ -295,7 +301,8 @@ impl Runtime {
             Some(o) => writer.fenced(o.clone()),
             None => writer,
         };
-        let ctx = FleetContext::clustered(sink, directory, Some(log), ownership.clone());
+        let peers = options.cluster.as_ref().and_then(|c| c.peers.clone());
+        let ctx = FleetContext::clustered(sink, directory, Some(log), ownership.clone(), peers);
         let (fleet, fleet_spec) = Fleet::new(ctx);
         let fleets: Arc<dyn FleetStore> = store.clone();
         let fleet = fleet.configurable(

@@ -56,8 +56,9 @@ pub struct Config {
 pub struct ClusterConfig {
     /// This node's name among the others: a slug, unique in the cluster.
     pub node_id: String,
-    /// The Redis that carries the live bus between nodes (`redis://host:port`). Accepted and
-    /// checked; the cross-node bus that uses it is not built yet (ARCHITECTURE.md).
+    /// The Redis that carries the live bus between nodes (`redis://[:password@]host:port[/db]`):
+    /// gate events to every node's sessions, commands to the node that drives the gate,
+    /// access-change notices. Required: without it a node's API would see only its own gates.
     #[serde(default)]
     pub redis_url: Option<String>,
     /// How long a lease lasts without renewal: a dead node's controllers are driven again by
@@ -638,13 +639,23 @@ impl Config {
                     "needs PostgreSQL (database.url = \"postgres://...\"): the nodes share its leases",
                 ));
             }
-            if let Some(url) = &cluster.redis_url
-                && !(url.starts_with("redis://") || url.starts_with("rediss://"))
-            {
-                return Err(err(
-                    "cluster.redis_url",
-                    "must start with redis:// or rediss://",
-                ));
+            match cluster.redis_url.as_deref() {
+                None => {
+                    return Err(err(
+                        "cluster.redis_url",
+                        "is required in a cluster: the nodes' live bus (redis://host:port)",
+                    ));
+                }
+                Some(url) if url.starts_with("rediss://") => {
+                    return Err(err(
+                        "cluster.redis_url",
+                        "TLS to Redis (rediss://) is not built in: reach Redis over a private network or a local TLS tunnel, with redis://",
+                    ));
+                }
+                Some(url) if !url.starts_with("redis://") => {
+                    return Err(err("cluster.redis_url", "must start with redis://"));
+                }
+                Some(_) => {}
             }
         }
         if !(100..=300_000).contains(&self.shutdown.timeout_ms) {
@@ -851,6 +862,11 @@ mod tests {
                 "cluster.redis_url",
             ),
             ("[cluster]\nnode_id = \"n1\"\n".to_owned(), "cluster"),
+            (format!("{pg}[cluster]\nnode_id = \"n1\"\n"), "cluster.redis_url"),
+            (
+                format!("{pg}[cluster]\nnode_id = \"n1\"\nredis_url = \"rediss://r\"\n"),
+                "cluster.redis_url",
+            ),
         ] {
             let (_d, path) = write(&text);
             let e = Config::load(Some(&path), env(&[])).unwrap_err();

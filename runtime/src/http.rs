@@ -48,6 +48,8 @@ struct Ready {
     mail: Arc<gatehouse_actors::tree::notifier::MailHealth>,
     /// The blob store (where it is, and its last ping), if files are kept.
     blobs: Option<(String, Ping)>,
+    /// On a node of a cluster: the live bus between the nodes.
+    cluster_bus: Option<gatehouse_adapters::redis_bus::RedisBus>,
 }
 
 impl Readiness for Ready {
@@ -127,6 +129,18 @@ impl Readiness for Ready {
                 Some(Err(e)) => Check::degraded(
                     "blob_store",
                     format!("{target} does not answer: {e}; reports wait, uploads are refused"),
+                ),
+            });
+        }
+        // Without Redis, other nodes' gates are followed from the store and commands for them
+        // are refused as offline; this node's own gates are driven as ever (the leases are in
+        // the database): degraded, never a reason to drain every node at once.
+        if let Some(bus) = &self.cluster_bus {
+            checks.push(match bus.health().problem() {
+                None => Check::ready("cluster_bus"),
+                Some(why) => Check::degraded(
+                    "cluster_bus",
+                    format!("Redis unreachable ({why}): other nodes' gates are read from the store, commands for them are refused"),
                 ),
             });
         }
@@ -259,6 +273,7 @@ pub async fn start(
             mail: runtime.mail.clone(),
             fleet: runtime.fleet.clone(),
             blobs,
+            cluster_bus: runtime.cluster_bus.clone(),
         }),
         app: Some(app),
         metrics: metrics.map(|m| m.export(&runtime.fleet)),

@@ -23,6 +23,7 @@ use gatehouse_actors::tree::bus::LocalBus;
 use gatehouse_actors::tree::root::{self, Root, RootChildren};
 use gatehouse_actors::tree::{ControllerSpec, Fleet, FleetContext};
 use gatehouse_adapters::profile::ProfileSet;
+use gatehouse_adapters::redis_bus::RedisBus;
 use gatehouse_api::changes::AccessChanges;
 use gatehouse_api::ws::Sessions;
 use ractor::ActorRef;
@@ -48,6 +49,8 @@ pub struct Runtime {
     pub scheduler: gatehouse_actors::tree::scheduler::SchedulerHandle,
     /// Where files go, when the runtime has a store for them.
     pub blobs: Option<Arc<dyn gatehouse_actors::blob::BlobStore>>,
+    /// On a node of a cluster: the live bus between the nodes.
+    pub cluster_bus: Option<gatehouse_adapters::redis_bus::RedisBus>,
 }
 
 impl Runtime {
@@ -78,6 +81,7 @@ impl Runtime {
             mail: Default::default(),
             scheduler: Default::default(),
             blobs: None,
+            cluster_bus: None,
         };
         if let Err(e) = runtime.fleet.add_controllers(controllers).await {
             root::stop(&runtime.root, "tree", Duration::from_secs(10)).await;
@@ -168,19 +172,41 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         backend = store.backend().as_str(),
         "database open"
     );
+    // This node's committed events.
     let bus = LocalBus::default();
     let watcher = tokio::spawn(watch::log_events(bus.subscribe()));
     let changes = AccessChanges::default();
-    let (sessions, tree) = Sessions::new(bus.clone(), &changes, config.websocket.sessions());
-    let runtime = Runtime::boot_tree(
+    let mut options = TreeOptions::of(&config)?;
+    // In a cluster the sessions follow every node's events: this node's, forwarded, and the
+    // others' from Redis.
+    let (view, cluster_bus) = match &mut options.cluster {
+        Some(setup) => {
+            let view = LocalBus::default();
+            let redis = RedisBus::start(&setup.redis_url, setup.node.clone(), CHANNEL_PREFIX, view.clone())?;
+            setup.peers = Some(Arc::new(redis.clone()));
+            (view, Some(redis))
+        }
+        None => (bus.clone(), None),
+    };
+    let cluster_tasks = cluster_bus
+        .as_ref()
+        .map(|redis| cluster_wiring(redis, &bus, &changes));
+    let (sessions, tree) = Sessions::new(view, &changes, config.websocket.sessions());
+    let mut runtime = Runtime::boot_tree(
         store.clone(),
         profiles,
         seed.as_ref(),
         bus,
         Some(tree),
-        TreeOptions::of(&config)?,
+        options,
     )
     .await?;
+    if let Some(redis) = &cluster_bus
+        && let Some(ownership) = runtime.fleet.context().ownership.clone()
+    {
+        redis.serve(runtime.fleet.clone(), ownership);
+    }
+    runtime.cluster_bus = cluster_bus;
     if runtime.fleet.configured().await.is_empty() {
         tracing::warn!(
             "no controllers configured: import a fleet with `gatehouse fleet import FILE`"
@@ -225,7 +251,59 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
     watcher.abort();
     let _ = watcher.await;
+    for task in cluster_tasks.into_iter().flatten() {
+        task.abort();
+    }
     result
+}
+
+/// The Redis channels of a cluster start with this.
+const CHANNEL_PREFIX: &str = "gatehouse:";
+
+/// Carries this node's committed events and access notices to the other nodes, and theirs
+/// notices here. Answers the tasks (they end with the process).
+fn cluster_wiring(
+    redis: &RedisBus,
+    own: &LocalBus,
+    changes: &AccessChanges,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let forward = redis.forward(own);
+    let mut announced = changes.announced();
+    let out = redis.clone();
+    let outgoing = tokio::spawn(async move {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            match announced.recv().await {
+                Ok(change) => match serde_json::to_value(change) {
+                    Ok(v) => out.announce(v),
+                    Err(e) => tracing::error!(error = %e, "an access notice could not be encoded"),
+                },
+                // Lost notices: every other node re-checks every session.
+                Err(RecvError::Lagged(_)) => {
+                    if let Ok(v) = serde_json::to_value(gatehouse_api::changes::AccessChange::Fleet) {
+                        out.announce(v);
+                    }
+                }
+                Err(RecvError::Closed) => return,
+            }
+        }
+    });
+    let mut notices = redis.notices();
+    let into = changes.clone();
+    let incoming = tokio::spawn(async move {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            match notices.recv().await {
+                Ok(v) => match serde_json::from_value(v) {
+                    Ok(change) => into.deliver(change),
+                    Err(e) => tracing::warn!(error = %e, "an access notice from another node was not understood"),
+                },
+                Err(RecvError::Lagged(_)) => into.deliver(gatehouse_api::changes::AccessChange::Fleet),
+                Err(RecvError::Closed) => return,
+            }
+        }
+    });
+    vec![forward, outgoing, incoming]
 }
 
 /// SIGINT and SIGTERM, listened for from the moment this is made: a signal that arrives while

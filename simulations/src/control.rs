@@ -7,7 +7,8 @@
 //! ```text
 //! list                              one line per controller: name address profile units
 //! status NAME                       one line per gate, then the faults in force
-//! writes NAME [N]                   the last N writes (default 20)
+//! writes NAME [N]                   the last N writes (default 20), each with the connection
+//!                                   it came on (`from=ADDR:PORT`, `-` on a serial line)
 //! drop NAME                         close every connection
 //! restart NAME MS                   refuse connections for MS, coils off, gates stop
 //! stall NAME MS                     no replies for MS
@@ -363,7 +364,7 @@ fn writes(c: &SimController, n: usize) -> String {
     for w in all.iter().skip(all.len().saturating_sub(n)) {
         let _ = writeln!(
             out,
-            "unit={} {}={} value={} op={} accepted={} ago_ms={}",
+            "unit={} {}={} value={} op={} accepted={} ago_ms={} from={}",
             w.unit,
             match w.kind {
                 WriteKind::Coil => "coil",
@@ -373,7 +374,8 @@ fn writes(c: &SimController, n: usize) -> String {
             w.value,
             w.op.map_or("-", |op| op.as_str()),
             w.accepted,
-            now.saturating_duration_since(w.at).as_millis()
+            now.saturating_duration_since(w.at).as_millis(),
+            w.from.map_or_else(|| "-".to_string(), |a| a.to_string())
         );
     }
     out

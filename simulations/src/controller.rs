@@ -126,6 +126,8 @@ pub struct WriteRecord {
     /// False when the controller answered it with an exception.
     pub accepted: bool,
     pub at: Instant,
+    /// The connection it came on (none on a serial line): tells writers apart.
+    pub from: Option<SocketAddr>,
 }
 
 /// A gate as the simulator sees it, for tests and the control port.
@@ -236,7 +238,12 @@ impl Shared {
     }
 
     /// Answers one request, and says how long to hold the answer back.
-    fn handle(&self, req: &SlaveRequest<'_>, now: Instant) -> (Reply, Option<Duration>) {
+    fn handle(
+        &self,
+        req: &SlaveRequest<'_>,
+        now: Instant,
+        from: Option<SocketAddr>,
+    ) -> (Reply, Option<Duration>) {
         // Down on a serial line: the line is still there, the controller is silent.
         if self.down.load(Ordering::Relaxed) {
             return (Ok(None), None);
@@ -277,6 +284,7 @@ impl Shared {
                 op,
                 accepted,
                 at: now,
+                from,
             });
         };
         let reply = match &req.request {
@@ -465,6 +473,8 @@ fn apply(gate: &mut Gate, op: HwOp, now: Instant) {
 /// The Modbus service of one connection.
 struct Service {
     shared: Arc<Shared>,
+    /// The peer, on TCP.
+    peer: Option<SocketAddr>,
 }
 
 type ReplyFuture = Either<Ready<Reply>, Pin<Box<dyn Future<Output = Reply> + Send>>>;
@@ -477,7 +487,7 @@ impl tokio_modbus::server::Service for Service {
 
     fn call(&self, req: Self::Request) -> Self::Future {
         // The request takes effect now; only the answer is late, as behind a slow gateway.
-        match self.shared.handle(&req, Instant::now()) {
+        match self.shared.handle(&req, Instant::now(), self.peer) {
             (reply, None) => Either::Left(future::ready(reply)),
             (reply, Some(delay)) => Either::Right(Box::pin(async move {
                 tokio::time::sleep(delay).await;
@@ -818,6 +828,7 @@ async fn run_link(
             debug!(controller = %shared.name, %peer, "connection accepted");
             let service = Service {
                 shared: Arc::clone(&shared),
+                peer: Some(peer),
             };
             Ok(Some((service, SimStream::new(stream, shared))))
         }
@@ -936,6 +947,7 @@ async fn run_serial(
         };
         let service = Service {
             shared: Arc::clone(&shared),
+            peer: None,
         };
         let serve = rtu::Server::new(line).serve_forever(service);
         tokio::pin!(serve);

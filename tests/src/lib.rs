@@ -6,6 +6,7 @@ pub mod drive;
 pub mod http;
 pub mod procs;
 pub mod rig;
+pub mod redis;
 pub mod s3;
 pub mod stack;
 pub mod wsclient;

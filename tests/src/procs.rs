@@ -403,6 +403,25 @@ impl Simulator {
         assert_eq!(answer.trim(), "ok", "{command}");
     }
 
+    /// Sends one control command that prints lines (`status`, `writes`, `list`) and answers
+    /// them, checking that it ended `ok`.
+    pub fn query(&self, command: &str) -> Vec<String> {
+        use std::net::TcpStream;
+        let mut stream = TcpStream::connect(&self.control).expect("the control port answers");
+        stream.set_read_timeout(Some(WAIT)).expect("a read timeout");
+        writeln!(stream, "{command}").expect("send a control command");
+        let mut lines = Vec::new();
+        for line in BufReader::new(stream).lines() {
+            let line = line.expect("an answer from the control port");
+            if line == "ok" {
+                return lines;
+            }
+            assert!(!line.starts_with("error:"), "{command}: {line}");
+            lines.push(line);
+        }
+        panic!("{command}: the control port closed before ok; got {lines:?}");
+    }
+
     /// The first controller's address.
     pub fn addr(&self) -> &str {
         &self.controllers[0].1

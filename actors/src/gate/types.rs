@@ -167,6 +167,9 @@ pub enum FailReason {
     /// The controller answered the write, but not with what the profile counts as a
     /// confirmation (`write_echo`).
     WriteNotConfirmed,
+    /// In a cluster: the node driving the gate lost it (or could no longer be heard) before
+    /// the command finished. The gate may or may not have moved; its events say.
+    Failover,
 }
 
 impl FailReason {
@@ -174,6 +177,7 @@ impl FailReason {
     pub fn as_str(self) -> &'static str {
         match self {
             FailReason::Offline => "offline",
+            FailReason::Failover => "failover",
             FailReason::TravelTimeout => "travel_timeout",
             FailReason::ControllerException => "controller_exception",
             FailReason::Interrupted => "interrupted",

@@ -65,6 +65,8 @@ pub struct FleetContext {
     /// In a cluster: the leases this node holds; a link writes to its controller only while
     /// the lease is provably this node's.
     pub ownership: Option<Arc<crate::cluster::Ownership>>,
+    /// In a cluster: how commands reach the node that drives a gate this node does not.
+    pub peers: Option<Arc<dyn crate::cluster::Peers>>,
 }
 
 impl FleetContext {
@@ -80,15 +82,17 @@ impl FleetContext {
         directory: Arc<Directory>,
         eventlog: Option<EventLog>,
     ) -> Arc<Self> {
-        Self::clustered(bus, directory, eventlog, None)
+        Self::clustered(bus, directory, eventlog, None, None)
     }
 
-    /// [`with_log`](Self::with_log), for a node of a cluster whose leases are `ownership`.
+    /// [`with_log`](Self::with_log), for a node of a cluster whose leases are `ownership`
+    /// and whose commands for other nodes' gates go through `peers`.
     pub fn clustered(
         bus: Arc<dyn EventSink>,
         directory: Arc<Directory>,
         eventlog: Option<EventLog>,
         ownership: Option<Arc<crate::cluster::Ownership>>,
+        peers: Option<Arc<dyn crate::cluster::Peers>>,
     ) -> Arc<Self> {
         Arc::new(Self {
             directory,
@@ -97,6 +101,7 @@ impl FleetContext {
             epoch: Instant::now(),
             stats: RwLock::new(HashMap::new()),
             ownership,
+            peers,
         })
     }
 
@@ -143,6 +148,14 @@ pub enum FleetError {
     Down,
 }
 
+/// Where a configured gate is, whichever node drives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatePlace {
+    pub controller: ControllerId,
+    pub site: SiteId,
+    pub name: String,
+}
+
 /// The controllers the fleet drives, indexed both ways.
 #[derive(Default)]
 struct Running {
@@ -164,6 +177,8 @@ pub struct Fleet {
     /// Each configured site's IANA time zone (the policy's local time for residents'
     /// windows), readable without waiting on a configuration change in progress.
     site_zones: Arc<RwLock<HashMap<SiteId, String>>>,
+    /// Every configured gate (in a cluster, also those other nodes drive).
+    places: Arc<RwLock<HashMap<GateId, GatePlace>>>,
     configuration: Option<Arc<Configuration>>,
 }
 
@@ -178,6 +193,7 @@ impl Fleet {
             ctx,
             controllers: Arc::default(),
             site_zones: Arc::default(),
+            places: Arc::default(),
             configuration: None,
         };
         let (running, ctx) = (fleet.controllers.clone(), fleet.ctx.clone());
@@ -271,6 +287,72 @@ impl Fleet {
                 .map(|s| (s.id.clone(), s.timezone.clone()))
                 .collect();
         }
+        let sites: HashMap<&ControllerId, &SiteId> = records
+            .controllers
+            .iter()
+            .map(|c| (&c.id, &c.site))
+            .collect();
+        if let Ok(mut places) = self.places.write() {
+            *places = records
+                .gates
+                .iter()
+                .filter_map(|g| {
+                    let site = sites.get(&g.controller)?;
+                    Some((
+                        g.id.clone(),
+                        GatePlace {
+                            controller: g.controller.clone(),
+                            site: (*site).clone(),
+                            name: g.name.clone(),
+                        },
+                    ))
+                })
+                .collect();
+        }
+    }
+
+    /// Where `gate` is: on a controller this node drives, else in the configuration (in a
+    /// cluster, a gate another node drives).
+    pub fn place(&self, gate: &GateId) -> Option<GatePlace> {
+        if let Some(c) = self.controller_of(gate) {
+            let name = c.gates.iter().find(|g| &g.spec.id == gate)?.spec.name.clone();
+            return Some(GatePlace {
+                controller: c.id.clone(),
+                site: c.site.clone(),
+                name,
+            });
+        }
+        self.places.read().ok()?.get(gate).cloned()
+    }
+
+    /// Every gate: those driven here, and in a cluster those configured that other nodes
+    /// drive; sorted by id.
+    pub fn places(&self) -> Vec<(GateId, GatePlace)> {
+        let mut all: HashMap<GateId, GatePlace> = self
+            .places
+            .read()
+            .map(|p| p.clone())
+            .unwrap_or_default();
+        for c in self.controllers() {
+            for g in &c.gates {
+                all.insert(
+                    g.spec.id.clone(),
+                    GatePlace {
+                        controller: c.id.clone(),
+                        site: c.site.clone(),
+                        name: g.spec.name.clone(),
+                    },
+                );
+            }
+        }
+        let mut v: Vec<_> = all.into_iter().collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// Whether this node drives `gate` now.
+    pub fn drives(&self, gate: &GateId) -> bool {
+        self.ctx.directory.gate(gate).is_some()
     }
 
     /// The time zone of a configured site (`None`: no such site, or a fleet without
@@ -444,8 +526,59 @@ impl Fleet {
         c.by_gate.get(gate).and_then(|id| c.by_id.get(id)).cloned()
     }
 
-    /// Sends a command to a gate; acks go to `reply`.
+    /// Sends a command to a gate; acks go to `reply`. In a cluster, a gate another node
+    /// drives gets it through [`Peers`](crate::cluster::Peers), which answers exactly one
+    /// terminal ack whatever becomes of that node; a gate nobody drives right now is
+    /// `rejected{offline}` at once.
     pub fn command(
+        &self,
+        gate: &GateId,
+        id: CommandId,
+        action: Action,
+        reply: Option<AckSink>,
+    ) -> Result<(), FleetError> {
+        let (Some(peers), Some(ownership)) = (&self.ctx.peers, &self.ctx.ownership) else {
+            return self.command_here(gate, id, action, reply);
+        };
+        if self.drives(gate) {
+            return self.command_here(gate, id, action, reply);
+        }
+        let place = self
+            .place(gate)
+            .ok_or_else(|| FleetError::UnknownGate(gate.clone()))?;
+        match ownership.owner_of(&place.controller) {
+            Some((owner, epoch)) if &owner != ownership.node() => {
+                peers.command(crate::cluster::RemoteCommand {
+                    owner,
+                    epoch,
+                    controller: place.controller,
+                    gate: gate.clone(),
+                    id,
+                    action,
+                    reply,
+                });
+                Ok(())
+            }
+            // Nobody holds it, or this node is taking it over and its gates are not up yet.
+            _ => {
+                if let Some(reply) = reply {
+                    reply(
+                        gate,
+                        super::gate::Ack {
+                            id,
+                            status: crate::gate::CommandStatus::Rejected(
+                                crate::gate::RejectReason::Offline,
+                            ),
+                        },
+                    );
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Sends a command to a gate this node drives (never routed elsewhere).
+    pub fn command_here(
         &self,
         gate: &GateId,
         id: CommandId,

@@ -174,6 +174,7 @@ impl KeeperState {
                 return;
             }
         };
+        self.ownership().set_owners(&leases);
         if std::mem::take(&mut self.failing) {
             tracing::info!(%node, "lease store reachable again");
         }

@@ -426,6 +426,20 @@ pub(super) async fn since(
     decode_all(rows)
 }
 
+/// The gate's newest event (its head), if it has any.
+pub(super) async fn latest(conn: &mut Conn, gate: &GateId) -> Result<Option<StoredEvent>, Error> {
+    let rows: Vec<(i64, String)> = with_conn!(conn, |c| {
+        gate_events::table
+            .filter(gate_events::gate.eq(gate.as_str()))
+            .order(gate_events::seq.desc())
+            .limit(1)
+            .select((gate_events::id, gate_events::payload))
+            .load(c)
+            .await
+    })?;
+    Ok(decode_all(rows)?.pop())
+}
+
 /// Every event with global id `> after`, in id order.
 pub(super) async fn after(
     conn: &mut Conn,

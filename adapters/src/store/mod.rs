@@ -655,6 +655,15 @@ impl EventStore for Store {
         })
     }
 
+    fn latest(&self, gate: GateId) -> BoxFuture<'_, Result<Option<StoredEvent>, StoreError>> {
+        Box::pin(async move {
+            let mut conn = self.conn().await.map_err(Error::into_store)?;
+            events::latest(&mut conn, &gate)
+                .await
+                .map_err(Error::into_store)
+        })
+    }
+
     fn after(&self, after: i64, limit: u32) -> BoxFuture<'_, Result<Vec<StoredEvent>, StoreError>> {
         Box::pin(async move {
             let mut conn = self.conn().await.map_err(Error::into_store)?;

@@ -143,14 +143,12 @@ fn parse_gate(params: &PathParams) -> Result<GateId, ApiError> {
 async fn list(app: App, bearer: Option<String>) -> Outcome {
     let caller = app.authenticate(bearer).await?;
     let mut gates = Vec::new();
-    for c in app.fleet.controllers() {
-        for g in &c.gates {
-            if policy::may(&app, &caller, Operation::Read, &g.spec.id, &c.site).is_err() {
-                continue;
-            }
-            if let Ok(view) = app.fleet.view(&g.spec.id).await {
-                gates.push(body(view, &c.site, &c.id, g.spec.name.clone()));
-            }
+    for (gate, place) in app.fleet.places() {
+        if policy::may(&app, &caller, Operation::Read, &gate, &place.site).is_err() {
+            continue;
+        }
+        if let Some(view) = policy::gate_view(&app, &gate).await {
+            gates.push(body(view, &place.site, &place.controller, place.name));
         }
     }
     gates.sort_by(|a, b| a.id.cmp(&b.id));
@@ -178,11 +176,9 @@ async fn get(params: PathParams, app: App, bearer: Option<String>) -> Outcome {
         controller,
         name,
     } = policy::check(&app, &caller, Operation::Read, &gate)?;
-    let view = app
-        .fleet
-        .view(&gate)
+    let view = policy::gate_view(&app, &gate)
         .await
-        .map_err(|_| unknown_gate(gate.as_str()))?;
+        .ok_or_else(|| unknown_gate(gate.as_str()))?;
     json::reply(StatusCode::OK, &body(view, &site, &controller, name))
 }
 

@@ -442,14 +442,9 @@ fn scope_filter(
 /// Every gate with its site, from the live fleet.
 fn gate_sites(app: &App) -> Vec<(GateId, SiteId)> {
     app.fleet
-        .controllers()
-        .iter()
-        .flat_map(|c| {
-            c.gates
-                .iter()
-                .map(|g| (g.spec.id.clone(), c.site.clone()))
-                .collect::<Vec<_>>()
-        })
+        .places()
+        .into_iter()
+        .map(|(gate, place)| (gate, place.site))
         .collect()
 }
 
@@ -597,7 +592,7 @@ async fn create_plan(app: App, bearer: Option<String>, ip: IpAddr, request: Crea
             (PlanScope::Gate(gate), site)
         }
         (None, Some(site)) => {
-            let known = app.fleet.controllers().iter().any(|c| c.site == site)
+            let known = app.fleet.places().iter().any(|(_, p)| p.site == site)
                 || app
                     .fleet
                     .records()
@@ -819,10 +814,9 @@ async fn status(query: StatusQuery, app: App, bearer: Option<String>) -> Outcome
         if applying.is_empty() {
             continue;
         }
-        let cycles = match app.fleet.view(&g).await {
-            Ok(view) => view.snapshot.cycles,
-            Err(_) => None,
-        };
+        let cycles = policy::gate_view(&app, &g)
+            .await
+            .and_then(|view| view.snapshot.cycles);
         for plan in applying {
             // Not yet started by the scheduler: it counts from now.
             let p = progress

@@ -146,6 +146,13 @@ impl Hub {
             .collect()
     }
 
+    /// The gate's newest event seen on the bus since the hub last (re)started or lost events.
+    pub fn latest(&self, gate: &GateId) -> Option<Arc<GateEvent>> {
+        let slot = lock(&self.gates).get(gate).cloned()?;
+        let latest = lock(&slot).latest.as_ref().map(|l| l.event.clone());
+        latest
+    }
+
     fn slot(&self, gate: &GateId) -> Arc<Mutex<Slot>> {
         lock(&self.gates).entry(gate.clone()).or_default().clone()
     }
@@ -246,6 +253,8 @@ pub struct HubArgs {
 pub struct HubState {
     hub: Arc<Hub>,
     bus: broadcast::Receiver<Arc<GateEvent>>,
+    /// Gaps raised on the bus (the Redis bus lost events on the way).
+    gaps: tokio::sync::watch::Receiver<u64>,
     changes: broadcast::Receiver<AccessChange>,
     changes_open: bool,
 }
@@ -262,6 +271,7 @@ impl Actor for HubActor {
     ) -> Result<HubState, ActorProcessingErr> {
         let state = HubState {
             bus: args.bus.subscribe(),
+            gaps: args.bus.gaps(),
             changes: args.changes.subscribe(),
             hub: args.hub,
             changes_open: true,
@@ -291,6 +301,12 @@ impl Actor for HubActor {
             tokio::select! {
                 event = state.bus.recv() => Some(Ok(event)),
                 change = state.changes.recv(), if state.changes_open => Some(Err(change)),
+                gap = state.gaps.changed() => {
+                    if gap.is_ok() {
+                        state.gap();
+                    }
+                    None
+                }
             }
         })
         .await
@@ -329,6 +345,15 @@ impl HubState {
             Err(RecvError::Closed) => return false,
         }
         true
+    }
+
+    /// Events may have been lost before they reached the bus (between nodes): every session
+    /// refills from the store, and no gate's newest event is trusted for a snapshot.
+    fn gap(&self) {
+        self.hub.stats.lagged.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!("events between nodes may have been lost; sessions refill from the event store");
+        self.hub.forget_latest();
+        self.hub.tell_all(|| SessionMsg::Resync);
     }
 
     fn lagged(&self, missed: u64) {

@@ -67,7 +67,7 @@ impl SessionState {
             wanted.push((gate, site));
         }
         if !sites.is_empty() {
-            let controllers = self.app.fleet.controllers();
+            let places = self.app.fleet.places();
 
             for name in &sites {
                 // The site limit first, so that a limited key cannot probe other sites' names.
@@ -82,7 +82,7 @@ impl SessionState {
                 let exists = name
                     .parse::<SiteId>()
                     .is_ok_and(|site| self.app.fleet.site_timezone(&site).is_some())
-                    || controllers.iter().any(|c| c.site.as_str() == name);
+                    || places.iter().any(|(_, p)| p.site.as_str() == name);
                 if !exists {
                     return self.error(
                         id,
@@ -91,12 +91,10 @@ impl SessionState {
                         Some(json!({ "site": name })),
                     );
                 }
-                for c in controllers.iter().filter(|c| c.site.as_str() == name) {
-                    for g in &c.gates {
-                        // A site brings the gates of it the caller may read.
-                        if self.may_read(&g.spec.id, &c.site).is_ok() {
-                            wanted.push((g.spec.id.clone(), c.site.clone()));
-                        }
+                for (gate, place) in places.iter().filter(|(_, p)| p.site.as_str() == name) {
+                    // A site brings the gates of it the caller may read.
+                    if self.may_read(gate, &place.site).is_ok() {
+                        wanted.push((gate.clone(), place.site.clone()));
                     }
                 }
             }
@@ -146,10 +144,10 @@ impl SessionState {
         for ((gate, site), latest) in wanted.into_iter().zip(latest) {
             let (seq, snapshot): (u64, GateSnapshot) = match latest {
                 Some(l) => (l.event.seq, l.event.snapshot),
-                None => match self.app.fleet.view(&gate).await {
-                    Ok(view) => (view.committed, view.snapshot),
+                None => match policy::gate_view(&self.app, &gate).await {
+                    Some(view) => (view.committed, view.snapshot),
                     // Removed a moment ago: nothing to follow.
-                    Err(_) => {
+                    None => {
                         self.hub
                             .unsubscribe(self.me.get_id(), std::iter::once(&gate));
                         self.outbox.forget(&gate);
