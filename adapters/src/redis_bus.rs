@@ -59,11 +59,23 @@ struct Envelope {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "t", rename_all = "snake_case")]
 enum Body {
-    Events { events: Vec<GateEvent> },
+    Events {
+        events: Vec<GateEvent>,
+    },
     Gap,
-    Notice { notice: serde_json::Value },
-    Command { gate: GateId, id: CommandId, action: Action },
-    Ack { gate: GateId, id: CommandId, status: CommandStatus },
+    Notice {
+        notice: serde_json::Value,
+    },
+    Command {
+        gate: GateId,
+        id: CommandId,
+        action: Action,
+    },
+    Ack {
+        gate: GateId,
+        id: CommandId,
+        status: CommandStatus,
+    },
 }
 
 /// Whether the bus reaches Redis (both ways), for `/readyz`.
@@ -229,7 +241,12 @@ impl RedisBus {
                     inner.view.publish_event(e.clone());
                 }
                 let events: Vec<GateEvent> = batch.iter().map(|e| (**e).clone()).collect();
-                inner.send(inner.channel("events"), &Body::Events { events }, true, None);
+                inner.send(
+                    inner.channel("events"),
+                    &Body::Events { events },
+                    true,
+                    None,
+                );
                 if lagged {
                     inner.view.signal_gap();
                     inner.send(inner.channel("events"), &Body::Gap, true, None);
@@ -240,8 +257,12 @@ impl RedisBus {
 
     /// Sends an access-change notice to the other nodes.
     pub fn announce(&self, notice: serde_json::Value) {
-        self.inner
-            .send(self.inner.channel("notices"), &Body::Notice { notice }, false, None);
+        self.inner.send(
+            self.inner.channel("notices"),
+            &Body::Notice { notice },
+            false,
+            None,
+        );
     }
 
     /// The notices other nodes announce.
@@ -353,7 +374,10 @@ impl Inner {
                 );
             }
         });
-        let here = self.fleet.get().map(|f| f.command_here(&gate, id, action, Some(sink.clone())));
+        let here = self
+            .fleet
+            .get()
+            .map(|f| f.command_here(&gate, id, action, Some(sink.clone())));
         if !matches!(here, Some(Ok(()))) {
             // Not (or no longer) driven here: the sender's watch ends it when it sees the
             // lease move; saying so now is quicker.
@@ -552,7 +576,10 @@ async fn publish(
             body: &Body::Gap,
         })
         .map_err(|e| e.to_string())?;
-        pipe.cmd("PUBLISH").arg(me.channel("events")).arg(gap).ignore();
+        pipe.cmd("PUBLISH")
+            .arg(me.channel("events"))
+            .arg(gap)
+            .ignore();
     }
     for out in batch {
         pipe.cmd("PUBLISH")

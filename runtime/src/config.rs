@@ -862,7 +862,10 @@ mod tests {
                 "cluster.redis_url",
             ),
             ("[cluster]\nnode_id = \"n1\"\n".to_owned(), "cluster"),
-            (format!("{pg}[cluster]\nnode_id = \"n1\"\n"), "cluster.redis_url"),
+            (
+                format!("{pg}[cluster]\nnode_id = \"n1\"\n"),
+                "cluster.redis_url",
+            ),
             (
                 format!("{pg}[cluster]\nnode_id = \"n1\"\nredis_url = \"rediss://r\"\n"),
                 "cluster.redis_url",

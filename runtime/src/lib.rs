@@ -182,7 +182,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let (view, cluster_bus) = match &mut options.cluster {
         Some(setup) => {
             let view = LocalBus::default();
-            let redis = RedisBus::start(&setup.redis_url, setup.node.clone(), CHANNEL_PREFIX, view.clone())?;
+            let redis = RedisBus::start(
+                &setup.redis_url,
+                setup.node.clone(),
+                CHANNEL_PREFIX,
+                view.clone(),
+            )?;
             setup.peers = Some(Arc::new(redis.clone()));
             (view, Some(redis))
         }
@@ -280,7 +285,8 @@ fn cluster_wiring(
                 },
                 // Lost notices: every other node re-checks every session.
                 Err(RecvError::Lagged(_)) => {
-                    if let Ok(v) = serde_json::to_value(gatehouse_api::changes::AccessChange::Fleet) {
+                    if let Ok(v) = serde_json::to_value(gatehouse_api::changes::AccessChange::Fleet)
+                    {
                         out.announce(v);
                     }
                 }
@@ -296,9 +302,13 @@ fn cluster_wiring(
             match notices.recv().await {
                 Ok(v) => match serde_json::from_value(v) {
                     Ok(change) => into.deliver(change),
-                    Err(e) => tracing::warn!(error = %e, "an access notice from another node was not understood"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "an access notice from another node was not understood")
+                    }
                 },
-                Err(RecvError::Lagged(_)) => into.deliver(gatehouse_api::changes::AccessChange::Fleet),
+                Err(RecvError::Lagged(_)) => {
+                    into.deliver(gatehouse_api::changes::AccessChange::Fleet)
+                }
                 Err(RecvError::Closed) => return,
             }
         }

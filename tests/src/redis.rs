@@ -53,7 +53,11 @@ impl RedisServer {
         // Listening, as a client sees it.
         let deadline = Instant::now() + START_WITHIN;
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server never listened on {}", self.port);
+            assert!(
+                Instant::now() < deadline,
+                "redis-server never listened on {}",
+                self.port
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         self.proc = Some(proc);

@@ -126,9 +126,7 @@ async fn gate_states(http: &Http, token: &str) -> BTreeMap<String, String> {
 
 /// A node's readiness check `name`: `ready` or `degraded`.
 async fn readiness_of(http: &Http, name: &str) -> String {
-    let reply = http
-        .call(reqwest::Method::GET, "/readyz", None, None)
-        .await;
+    let reply = http.call(reqwest::Method::GET, "/readyz", None, None).await;
     let check = reply.body["checks"]
         .as_array()
         .and_then(|c| c.iter().find(|c| c["name"] == name).cloned())
@@ -185,10 +183,7 @@ impl Follower {
         ws.send(json!({"type": "subscribe", "id": "all", "sites": ["site"]}))
             .await
             .unwrap();
-        let (snapshot, _) = ws
-            .until(WAIT, |f| f["type"] == "snapshot")
-            .await
-            .unwrap();
+        let (snapshot, _) = ws.until(WAIT, |f| f["type"] == "snapshot").await.unwrap();
         let seen: Arc<Mutex<BTreeMap<String, Seen>>> = Arc::default();
         for g in snapshot["gates"].as_array().unwrap() {
             seen.lock().unwrap().insert(
@@ -208,7 +203,12 @@ impl Follower {
                     Ok(frame) if frame["type"] == "event" => {
                         let gate = frame["gate"].as_str().unwrap_or_default().to_owned();
                         let seq = frame["seq"].as_u64().unwrap_or_default();
-                        into.lock().unwrap().entry(gate).or_default().events.push(seq);
+                        into.lock()
+                            .unwrap()
+                            .entry(gate)
+                            .or_default()
+                            .events
+                            .push(seq);
                     }
                     Ok(frame) if frame["type"] == "error" => {
                         *why.lock().unwrap() = Some(format!("error frame: {frame}"));
@@ -311,7 +311,9 @@ fn interleaved(writes: &[String]) -> Option<String> {
     for w in writes {
         if current != Some(w) {
             if done.contains(w) {
-                return Some(format!("{w} wrote again after another connection: {writes:?}"));
+                return Some(format!(
+                    "{w} wrote again after another connection: {writes:?}"
+                ));
             }
             if let Some(c) = current {
                 done.insert(c);
@@ -407,7 +409,11 @@ async fn controllers_are_owned_once_balanced_and_fail_over_within_the_lease() {
         let took = began.elapsed();
         assert_eq!(reply.status, 202, "{gate}: {:?}", reply.body);
         assert_eq!(reply.body["status"], "accepted", "{gate}: {:?}", reply.body);
-        if local { here.push(took) } else { there.push(took) }
+        if local {
+            here.push(took)
+        } else {
+            there.push(took)
+        }
     }
     here.sort();
     there.sort();
@@ -436,11 +442,17 @@ async fn controllers_are_owned_once_balanced_and_fail_over_within_the_lease() {
     let back = Instant::now();
     for node in &nodes {
         while readiness_of(&node.http, "cluster_bus").await != "ready" {
-            assert!(Instant::now() < back + WAIT, "a node never found Redis again");
+            assert!(
+                Instant::now() < back + WAIT,
+                "a node never found Redis again"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    println!("every node back on Redis {:?} after its restart", back.elapsed());
+    println!(
+        "every node back on Redis {:?} after its restart",
+        back.elapsed()
+    );
     assert_eq!(
         held(&owners(&store).await),
         CONTROLLERS,
@@ -492,7 +504,10 @@ async fn controllers_are_owned_once_balanced_and_fail_over_within_the_lease() {
             if states.get(&gate).is_some_and(|s| s != "offline") {
                 break;
             }
-            assert!(Instant::now() < deadline, "{gate} never came back: {states:?}");
+            assert!(
+                Instant::now() < deadline,
+                "{gate} never came back: {states:?}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -536,7 +551,10 @@ async fn controllers_are_owned_once_balanced_and_fail_over_within_the_lease() {
         );
         heads.insert(gate.clone(), seqs.len() as u64);
         for e in &events {
-            if let EventKind::CommandFinished { command, status, .. } = e.event.kind {
+            if let EventKind::CommandFinished {
+                command, status, ..
+            } = e.event.kind
+            {
                 finished
                     .entry((gate.clone(), command.0))
                     .or_default()
@@ -596,7 +614,11 @@ async fn controllers_are_owned_once_balanced_and_fail_over_within_the_lease() {
         .filter_map(|w| w.rsplit_once(':').map(|(ip, _)| ip.to_owned()))
         .collect();
     println!("writers seen by the simulator: {nodes_writing:?}");
-    assert_eq!(nodes_writing.len(), 3, "every node wrote: {nodes_writing:?}");
+    assert_eq!(
+        nodes_writing.len(),
+        3,
+        "every node wrote: {nodes_writing:?}"
+    );
 
     // n2 leaves (SIGTERM): its controllers go to n1 at once, well inside the TTL.
     nodes[1].proc.signal("TERM");

@@ -315,7 +315,13 @@ impl Fleet {
     /// cluster, a gate another node drives).
     pub fn place(&self, gate: &GateId) -> Option<GatePlace> {
         if let Some(c) = self.controller_of(gate) {
-            let name = c.gates.iter().find(|g| &g.spec.id == gate)?.spec.name.clone();
+            let name = c
+                .gates
+                .iter()
+                .find(|g| &g.spec.id == gate)?
+                .spec
+                .name
+                .clone();
             return Some(GatePlace {
                 controller: c.id.clone(),
                 site: c.site.clone(),
@@ -328,11 +334,8 @@ impl Fleet {
     /// Every gate: those driven here, and in a cluster those configured that other nodes
     /// drive; sorted by id.
     pub fn places(&self) -> Vec<(GateId, GatePlace)> {
-        let mut all: HashMap<GateId, GatePlace> = self
-            .places
-            .read()
-            .map(|p| p.clone())
-            .unwrap_or_default();
+        let mut all: HashMap<GateId, GatePlace> =
+            self.places.read().map(|p| p.clone()).unwrap_or_default();
         for c in self.controllers() {
             for g in &c.gates {
                 all.insert(

@@ -724,7 +724,15 @@ impl Actor for LinkActor {
                 }
             }
             LinkMsg::Release { gate, op } => {
-                if state.session.is_some() {
+                // A pulse is released by the node that holds the lease only: after a pause, the
+                // controller may already have a new writer, whose own pulse this could cut.
+                let leased = state
+                    .args
+                    .ctx
+                    .ownership
+                    .as_ref()
+                    .is_none_or(|o| o.may_write(&state.args.spec.id));
+                if state.session.is_some() && leased {
                     let _ = state.session()?.release(gate, op).await?;
                     forget_pulse(&state.args.pulses, gate, op);
                 }

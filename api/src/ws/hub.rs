@@ -351,7 +351,9 @@ impl HubState {
     /// refills from the store, and no gate's newest event is trusted for a snapshot.
     fn gap(&self) {
         self.hub.stats.lagged.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!("events between nodes may have been lost; sessions refill from the event store");
+        tracing::debug!(
+            "events between nodes may have been lost; sessions refill from the event store"
+        );
         self.hub.forget_latest();
         self.hub.tell_all(|| SessionMsg::Resync);
     }
