@@ -149,8 +149,7 @@ impl Hub {
     /// The gate's newest event seen on the bus since the hub last (re)started or lost events.
     pub fn latest(&self, gate: &GateId) -> Option<Arc<GateEvent>> {
         let slot = lock(&self.gates).get(gate).cloned()?;
-        let latest = lock(&slot).latest.as_ref().map(|l| l.event.clone());
-        latest
+        lock(&slot).latest.as_ref().map(|l| l.event.clone())
     }
 
     fn slot(&self, gate: &GateId) -> Arc<Mutex<Slot>> {
