@@ -69,6 +69,8 @@ struct OwnershipState {
     held: HashMap<ControllerId, (u64, Instant)>,
     /// Refused by the store since the keeper last looked: their subtrees must stop.
     lost: Vec<ControllerId>,
+    /// Held, but to be given back (their configuration changed).
+    given_back: Vec<ControllerId>,
     /// Every live lease as the keeper last read it, and how often that changed.
     owners: HashMap<ControllerId, (NodeId, u64)>,
     owner_changes: u64,
@@ -202,6 +204,23 @@ impl Ownership {
     /// Takes the controllers refused since the last call.
     pub fn take_lost(&self) -> Vec<ControllerId> {
         std::mem::take(&mut self.lock().lost)
+    }
+
+    /// The configuration of `controllers` changed: the keeper stops their subtrees and
+    /// releases their leases at its next round, and the next holder (often this node again)
+    /// starts them from the new configuration with their gates restored from the store.
+    pub fn give_back(&self, controllers: &[ControllerId]) {
+        let mut state = self.lock();
+        for c in controllers {
+            if state.held.contains_key(c) && !state.given_back.contains(c) {
+                state.given_back.push(c.clone());
+            }
+        }
+    }
+
+    /// Takes the controllers given back since the last call.
+    pub fn take_given_back(&self) -> Vec<ControllerId> {
+        std::mem::take(&mut self.lock().given_back)
     }
 }
 

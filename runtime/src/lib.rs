@@ -193,9 +193,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         }
         None => (bus.clone(), None),
     };
-    let cluster_tasks = cluster_bus
-        .as_ref()
-        .map(|redis| cluster_wiring(redis, &bus, &changes));
+    // Forwarding starts before the tree, so that no committed event is missed.
+    let mut cluster_tasks: Vec<tokio::task::JoinHandle<()>> = cluster_bus
+        .iter()
+        .map(|redis| redis.forward(&bus))
+        .collect();
     let (sessions, tree) = Sessions::new(view, &changes, config.websocket.sessions());
     let mut runtime = Runtime::boot_tree(
         store.clone(),
@@ -210,6 +212,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         && let Some(ownership) = runtime.fleet.context().ownership.clone()
     {
         redis.serve(runtime.fleet.clone(), ownership);
+        cluster_tasks.extend(carry_notices(redis, &changes, runtime.fleet.clone()));
     }
     runtime.cluster_bus = cluster_bus;
     if runtime.fleet.configured().await.is_empty() {
@@ -256,7 +259,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
     watcher.abort();
     let _ = watcher.await;
-    for task in cluster_tasks.into_iter().flatten() {
+    for task in cluster_tasks {
         task.abort();
     }
     result
@@ -265,55 +268,64 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 /// The Redis channels of a cluster start with this.
 const CHANNEL_PREFIX: &str = "gatehouse:";
 
-/// Carries this node's committed events and access notices to the other nodes, and theirs
-/// notices here. Answers the tasks (they end with the process).
-fn cluster_wiring(
+/// Carries the access notices announced on this node to the other nodes, and theirs here; a
+/// fleet change made on another node is read from the store first (`Fleet::reload`), so that
+/// the sessions re-checking their gates see the new configuration. Answers the tasks (they
+/// end with the process).
+fn carry_notices(
     redis: &RedisBus,
-    own: &LocalBus,
     changes: &AccessChanges,
+    fleet: gatehouse_actors::tree::Fleet,
 ) -> Vec<tokio::task::JoinHandle<()>> {
-    let forward = redis.forward(own);
+    use gatehouse_api::changes::AccessChange;
+    use tokio::sync::broadcast::error::RecvError;
     let mut announced = changes.announced();
     let out = redis.clone();
     let outgoing = tokio::spawn(async move {
-        use tokio::sync::broadcast::error::RecvError;
         loop {
-            match announced.recv().await {
-                Ok(change) => match serde_json::to_value(change) {
-                    Ok(v) => out.announce(v),
-                    Err(e) => tracing::error!(error = %e, "an access notice could not be encoded"),
-                },
+            let change = match announced.recv().await {
+                Ok(change) => change,
                 // Lost notices: every other node re-checks every session.
-                Err(RecvError::Lagged(_)) => {
-                    if let Ok(v) = serde_json::to_value(gatehouse_api::changes::AccessChange::Fleet)
-                    {
-                        out.announce(v);
-                    }
-                }
+                Err(RecvError::Lagged(_)) => AccessChange::Fleet,
                 Err(RecvError::Closed) => return,
+            };
+            match serde_json::to_value(change) {
+                Ok(v) => out.announce(v),
+                Err(e) => tracing::error!(error = %e, "an access notice could not be encoded"),
             }
         }
     });
     let mut notices = redis.notices();
     let into = changes.clone();
     let incoming = tokio::spawn(async move {
-        use tokio::sync::broadcast::error::RecvError;
         loop {
-            match notices.recv().await {
-                Ok(v) => match serde_json::from_value(v) {
-                    Ok(change) => into.deliver(change),
+            let change = match notices.recv().await {
+                Ok(v) => match serde_json::from_value::<AccessChange>(v) {
+                    Ok(change) => change,
                     Err(e) => {
-                        tracing::warn!(error = %e, "an access notice from another node was not understood")
+                        tracing::warn!(error = %e, "an access notice from another node was not understood");
+                        continue;
                     }
                 },
-                Err(RecvError::Lagged(_)) => {
-                    into.deliver(gatehouse_api::changes::AccessChange::Fleet)
-                }
+                Err(RecvError::Lagged(_)) => AccessChange::Fleet,
                 Err(RecvError::Closed) => return,
+            };
+            if change == AccessChange::Fleet {
+                match fleet.reload().await {
+                    Ok(true) => {
+                        tracing::info!("the fleet configuration changed on another node; reloaded")
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::error!(
+                        error = %e,
+                        "the fleet changed on another node and could not be reloaded"
+                    ),
+                }
             }
+            into.deliver(change);
         }
     });
-    vec![forward, outgoing, incoming]
+    vec![outgoing, incoming]
 }
 
 /// SIGINT and SIGTERM, listened for from the moment this is made: a signal that arrives while

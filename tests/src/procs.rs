@@ -26,14 +26,15 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Where the test executable's sibling binaries are: `target/<profile>/`, the parent of the
-/// `deps/` folder the test runs from. Panics, saying how to build it, when `name` is missing.
+/// Where the executable's sibling binaries are: `target/<profile>/`, the parent of the `deps/`
+/// folder a test runs from, or the folder of a binary (the benchmarks). Panics, saying how to
+/// build it, when `name` is missing.
 pub fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("the test executable's path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("the test runs from target/<profile>/deps");
+    let exe = std::env::current_exe().expect("the executable's path");
+    let mut dir = exe.parent().expect("the executable's folder");
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir = dir.parent().expect("target/<profile>/ above deps/");
+    }
     let path = dir.join(name);
     assert!(
         path.is_file(),

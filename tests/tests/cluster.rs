@@ -393,6 +393,44 @@ async fn controllers_are_owned_once_balanced_and_fail_over_within_the_lease() {
         Follower::start(&nodes[1]).await,
     ];
 
+    // A fleet change made on one node reaches the others: n1 renames a gate n2 drives; n2
+    // lists the new name and drives the gate again, restarted from the new configuration.
+    let on_n2 = owners(&store).await["n2"].iter().next().unwrap().clone();
+    let renamed = format!("{on_n2}-g1");
+    let reply = nodes[0]
+        .http
+        .put(
+            &nodes[0].token,
+            &format!("/api/v1/config/gates/{renamed}"),
+            json!({"controller": on_n2, "unit": 1, "name": "Renamed on n1"}),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let reply = nodes[1]
+            .http
+            .get(&nodes[1].token, &format!("/api/v1/gates/{renamed}"))
+            .await;
+        assert_eq!(reply.status, 200, "{:?}", reply.body);
+        if reply.body["name"] == "Renamed on n1"
+            && reply.body["state"] != "offline"
+            && reply.body["state"] != "unknown"
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "n2 never took the change: {:?}",
+            reply.body
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    leases_until(&store, "every controller held after the change", |o| {
+        held(o) == CONTROLLERS
+    })
+    .await;
+
     // A command through n1 reaches each gate, wherever it is driven; the extra hop is timed
     // (first status, `accepted`, without waiting for the travel).
     let (mut here, mut there) = (Vec::new(), Vec::new());

@@ -385,14 +385,25 @@ impl Fleet {
         next.apply(&changes).map_err(FleetError::Invalid)?;
         cfg.factory.validate(&next)?;
         let touched = records.touched_controllers(&changes);
-        // In a cluster only the controllers this node drives restart here; the lease keeper
-        // hands out the new ones.
-        let running: std::collections::HashSet<ControllerId> =
-            self.controllers().iter().map(|c| c.id.clone()).collect();
-        let ours = |id: &ControllerId| self.ctx.ownership.is_none() || running.contains(id);
+        // In a cluster, the controllers this node drives are given back to the keeper, and
+        // whoever takes them next starts them from the new configuration with their gates
+        // restored from the store (a gate moved from another node's controller continues its
+        // own sequence); new ones are handed out by the keepers.
+        if let Some(ownership) = &self.ctx.ownership {
+            for id in &touched {
+                if next.controllers.iter().any(|c| &c.id == id) {
+                    cfg.factory.build(&next, id).map_err(FleetError::Invalid)?;
+                }
+            }
+            cfg.store.apply(changes).await?;
+            self.set_site_zones(&next);
+            *records = next;
+            ownership.give_back(&touched);
+            return Ok(());
+        }
         let mut specs = Vec::new();
         for id in &touched {
-            if next.controllers.iter().any(|c| &c.id == id) && ours(id) {
+            if next.controllers.iter().any(|c| &c.id == id) {
                 specs.push(cfg.factory.build(&next, id).map_err(FleetError::Invalid)?);
             }
         }
@@ -419,6 +430,32 @@ impl Fleet {
             self.add_controller(spec).await?;
         }
         Ok(())
+    }
+
+    /// Takes the configuration as stored, after another node of a cluster changed it: the
+    /// controllers this node drives whose records or gates changed are given back to the
+    /// keeper (restarted from the new configuration by whoever takes them next), and the
+    /// gates' places and sites' time zones follow. Answers whether anything changed.
+    pub async fn reload(&self) -> Result<bool, FleetError> {
+        let cfg = self
+            .configuration
+            .as_ref()
+            .ok_or(FleetError::NotConfigurable)?;
+        let stored = cfg.store.load_fleet().await?;
+        let mut records = cfg.records.lock().await;
+        if *records == stored {
+            return Ok(false);
+        }
+        let touched = changed_controllers(&records, &stored);
+        self.set_site_zones(&stored);
+        *records = stored;
+        match &self.ctx.ownership {
+            Some(ownership) => ownership.give_back(&touched),
+            None => tracing::warn!(
+                "the stored fleet changed under a node that runs alone; it takes effect at the next start"
+            ),
+        }
+        Ok(true)
     }
 
     /// Controller `id`'s subtree as configured now (its gates not yet restored).
@@ -625,4 +662,28 @@ impl Fleet {
         };
         super::root::stop(&target, "fleet", timeout).await;
     }
+}
+
+/// The controllers whose record, or the record of one of whose gates, differs between `a`
+/// and `b` (added, removed or changed; a moved gate touches both controllers).
+fn changed_controllers(a: &FleetRecords, b: &FleetRecords) -> Vec<ControllerId> {
+    let mut out: Vec<ControllerId> = Vec::new();
+    let mut add = |id: &ControllerId| {
+        if !out.contains(id) {
+            out.push(id.clone());
+        }
+    };
+    for (x, y) in [(a, b), (b, a)] {
+        for c in &x.controllers {
+            if !y.controllers.contains(c) {
+                add(&c.id);
+            }
+        }
+        for g in &x.gates {
+            if !y.gates.contains(g) {
+                add(&g.controller);
+            }
+        }
+    }
+    out
 }

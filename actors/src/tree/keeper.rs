@@ -12,7 +12,8 @@
 //! Between rounds, and when a round fails (database away), a subtree whose lease deadline is
 //! less than a fifth of the TTL away is stopped: a node that cannot renew stops driving before
 //! its lease can have passed to another node. Controllers whose events the store refused
-//! (the event log's fence) are stopped at the next round. On stop (SIGTERM), the node says it
+//! (the event log's fence) are stopped at the next round, and so are those whose configuration
+//! changed (given back: released, then taken again from the new configuration). On stop (SIGTERM), the node says it
 //! is draining, stops every subtree and releases every lease, so that the others take them at
 //! their next round. The state (what is held, with epochs and deadlines) lives in the shared
 //! [`Ownership`], so a restarted keeper carries on.
@@ -133,6 +134,15 @@ impl KeeperState {
         for c in self.ownership().take_lost() {
             self.stop(&c, "the store refused its events (another node holds it)")
                 .await;
+        }
+        let changed = self.ownership().take_given_back();
+        if !changed.is_empty() {
+            for c in &changed {
+                self.stop(c, "its configuration changed").await;
+            }
+            if let Err(e) = self.args.leases.release(node.clone(), changed).await {
+                tracing::warn!(error = %e, "releasing leases failed; they expire within the TTL");
+            }
         }
         let asked = Instant::now();
         let held = self.ownership().held();

@@ -5,6 +5,7 @@
 //! cargo run --release -p gatehouse-tests --bin gatehouse-bench -- all --smoke   # CI size
 //! cargo run --release -p gatehouse-tests --bin gatehouse-bench -- store         # the store
 //! cargo run --release -p gatehouse-tests --bin gatehouse-bench -- ws            # WebSocket sessions
+//! cargo run --release -p gatehouse-tests --bin gatehouse-bench -- cluster       # three nodes
 //! ```
 //!
 //! The simulator runs in a child process (this binary, `sim` subcommand) so that the
@@ -35,6 +36,7 @@ use gatehouse_runtime::Runtime;
 use gatehouse_runtime::fleet_file::FleetFile;
 use serde::Serialize;
 
+mod cluster;
 mod pymodbus;
 mod soak;
 mod store;
@@ -57,6 +59,9 @@ enum Cmd {
     Ws(ws::WsSizes),
     /// Against the pymodbus peer: command → accepted, → first motion, → completed.
     Pymodbus(pymodbus::PymodbusSizes),
+    /// Three nodes on PostgreSQL and Redis: the extra hop of a command to another node's
+    /// gate, and failover after a node is killed.
+    Cluster(cluster::ClusterSizes),
     /// `gatehouse demo` under its chaos scenario for a while; then every gate gap-free and
     /// every command finished once.
     Soak(soak::SoakSizes),
@@ -688,6 +693,12 @@ async fn main() -> anyhow::Result<()> {
             units,
             travel_ms,
         } => run_sim(controllers, units, travel_ms).await,
+        Cmd::Cluster(sizes) => {
+            let report = cluster::run(sizes).await?;
+            cluster::print_text(&report);
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
         Cmd::Soak(sizes) => {
             let report = soak::run(sizes).await?;
             soak::print_text(&report);

@@ -1,0 +1,326 @@
+//! `gatehouse-bench cluster`: three `gatehouse serve` nodes on one PostgreSQL database (a
+//! scratch one on `GATEHOUSE_TEST_PG_URL`, default `postgres://postgres@127.0.0.1:5432`) and a
+//! private `redis-server`, a simulator farm, every request through node `n1`:
+//! - **extra hop**: the REST command round trip (`stop`, answered at `accepted`: the
+//!   controller confirmed the write) to gates `n1` drives, against gates another node drives
+//!   (routed over Redis and back), alternating;
+//! - **failover**: a node other than `n1` is killed with SIGKILL; for each of its gates, the
+//!   time until a command through `n1` is accepted again (the lease expired, another node took
+//!   the controller, connected and restored the gate); then the node is started again and the
+//!   controllers spread back. Repeated `--rounds` times.
+//!
+//! The binaries (`gatehouse`, `gatehouse-sim`) are this one's siblings: build them in the
+//! same profile first.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use gatehouse_actors::cluster::LeaseStore;
+use gatehouse_actors::stats::Histogram;
+use gatehouse_adapters::store::Store;
+use gatehouse_tests::http::Http;
+use gatehouse_tests::procs::{Proc, Simulator, add_user, bin, serve_api};
+use gatehouse_tests::redis::RedisServer;
+use gatehouse_tests::{ScratchDatabase, pg_server};
+use serde::Serialize;
+use uuid::Uuid;
+
+#[derive(clap::Args, Clone)]
+pub struct ClusterSizes {
+    /// CI size: a few controllers, one failover, a few commands.
+    #[arg(long)]
+    smoke: bool,
+    #[arg(long, default_value_t = 30)]
+    controllers: usize,
+    /// Commands of each kind (local, remote) for the extra hop.
+    #[arg(long, default_value_t = 300)]
+    commands: usize,
+    /// Nodes killed, one after the other.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    #[arg(long, default_value_t = 2000)]
+    lease_ttl_ms: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Quantiles {
+    pub count: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+impl Quantiles {
+    fn of(h: &Histogram) -> Quantiles {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        Quantiles {
+            count: h.count(),
+            p50_ms: ms(h.quantile(0.5)),
+            p99_ms: ms(h.quantile(0.99)),
+            max_ms: ms(h.max()),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct ClusterReport {
+    pub controllers: usize,
+    pub lease_ttl_ms: u64,
+    /// Command → `accepted`, through n1, for gates n1 drives.
+    pub local: Quantiles,
+    /// The same for gates another node drives.
+    pub remote: Quantiles,
+    /// remote p50 − local p50.
+    pub extra_hop_p50_ms: f64,
+    /// Node killed → each of its gates accepting commands through n1 again.
+    pub failover: Quantiles,
+    pub failover_rounds: usize,
+}
+
+const WAIT: Duration = Duration::from_secs(60);
+const NODES: [&str; 3] = ["n1", "n2", "n3"];
+
+fn config(dir: &Path, node: &str, database: &str, redis: &str, ttl_ms: u64) -> std::path::PathBuf {
+    let data = dir.join(node);
+    std::fs::create_dir_all(&data).expect("a data directory");
+    let path = dir.join(format!("{node}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "[http]\nlisten = \"127.0.0.1:0\"\n\n[database]\nurl = {database:?}\n\n\
+             [data]\ndir = {:?}\n\n[cluster]\nnode_id = {node:?}\n\
+             lease_ttl_ms = {ttl_ms}\nbind = \"127.0.0.1{}\"\nredis_url = {redis:?}\n",
+            data.display().to_string(),
+            node.trim_start_matches('n'),
+        ),
+    )
+    .expect("a configuration file");
+    path
+}
+
+struct Node {
+    proc: Proc,
+    http: Http,
+    token: String,
+}
+
+async fn start(dir: &Path, name: &str) -> anyhow::Result<Node> {
+    let (proc, addr): (Proc, SocketAddr) = serve_api(dir, &dir.join(format!("{name}.toml")));
+    let http = Http::new(addr, WAIT);
+    let reply = http.login("bench", "bench-password-1").await;
+    if reply.status != 200 {
+        bail!("login on {name}: {:?}", reply.body);
+    }
+    let token = reply.body["access_token"]
+        .as_str()
+        .context("an access token")?
+        .to_owned();
+    Ok(Node { proc, http, token })
+}
+
+/// Controllers by node, live leases only.
+async fn owners(store: &Store) -> anyhow::Result<std::collections::BTreeMap<String, Vec<String>>> {
+    let mut by: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for l in store.leases().await?.into_iter().filter(|l| l.left_ms > 0) {
+        by.entry(l.node.to_string())
+            .or_default()
+            .push(l.controller.to_string());
+    }
+    Ok(by)
+}
+
+async fn until_balanced(store: &Store, controllers: usize, nodes: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let o = owners(store).await?;
+        let held: usize = o.values().map(Vec::len).sum();
+        let (lo, hi) = (controllers / nodes, controllers.div_ceil(nodes));
+        if held == controllers
+            && o.len() == nodes
+            && o.values().all(|c| (lo..=hi).contains(&c.len()))
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("never balanced: {o:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A `stop` through `node`, answered at `accepted`: answers whether it was accepted.
+async fn stop_accepted(node: &Node, gate: &str) -> bool {
+    let reply = node
+        .http
+        .command(&node.token, gate, Uuid::new_v4(), "stop", false)
+        .await;
+    reply.status == 202 && reply.body["status"] == "accepted"
+}
+
+pub async fn run(sizes: ClusterSizes) -> anyhow::Result<ClusterReport> {
+    let (controllers, commands, rounds) = if sizes.smoke {
+        (6, 20, 1)
+    } else {
+        (sizes.controllers, sizes.commands, sizes.rounds)
+    };
+    let database = ScratchDatabase::create(&pg_server(), "gh_bench_cluster")?;
+    let url = database.url();
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir()?;
+    let sim = Simulator::spawn(controllers, 1, 500);
+    std::fs::write(dir.path().join("fleet.toml"), sim.fleet_file(1))?;
+    let configs: Vec<_> = NODES
+        .iter()
+        .map(|n| config(dir.path(), n, &url, &redis.url(), sizes.lease_ttl_ms))
+        .collect();
+    let mut import = Proc::spawn(
+        "gatehouse fleet import",
+        Command::new(bin("gatehouse"))
+            .args(["fleet", "import", "fleet.toml", "--config"])
+            .arg(&configs[0])
+            .current_dir(dir.path()),
+    );
+    if !import.finish(WAIT).success() {
+        bail!("fleet import failed: {}", import.transcript());
+    }
+    add_user(
+        dir.path(),
+        &configs[0],
+        "bench",
+        "admin",
+        "bench-password-1",
+    );
+    let store = Store::connect(&url).await?;
+    let mut nodes = Vec::new();
+    for n in NODES {
+        nodes.push(start(dir.path(), n).await?);
+    }
+    until_balanced(&store, controllers, 3).await?;
+    eprintln!("{controllers} controllers balanced over 3 nodes");
+
+    // Every gate answers before anything is timed.
+    let gates: Vec<String> = (1..=controllers).map(|i| format!("sim-{i}-g1")).collect();
+    let deadline = Instant::now() + WAIT;
+    for g in &gates {
+        while !stop_accepted(&nodes[0], g).await {
+            if Instant::now() > deadline {
+                bail!("{g} never accepted a command");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    // The extra hop, alternating local and remote gates.
+    let o = owners(&store).await?;
+    let mine: Vec<&String> = gates
+        .iter()
+        .filter(|g| {
+            o.get("n1")
+                .is_some_and(|c| c.iter().any(|c| c == g.trim_end_matches("-g1")))
+        })
+        .collect();
+    let theirs: Vec<&String> = gates.iter().filter(|g| !mine.contains(g)).collect();
+    if mine.is_empty() || theirs.is_empty() {
+        bail!(
+            "n1 drives {} gates, the others {}",
+            mine.len(),
+            theirs.len()
+        );
+    }
+    let (local, remote) = (Histogram::default(), Histogram::default());
+    for i in 0..commands * 2 {
+        let (gate, into) = if i % 2 == 0 {
+            (mine[(i / 2) % mine.len()], &local)
+        } else {
+            (theirs[(i / 2) % theirs.len()], &remote)
+        };
+        let began = Instant::now();
+        if stop_accepted(&nodes[0], gate).await {
+            into.record(began.elapsed());
+        }
+    }
+    let (local, remote) = (Quantiles::of(&local), Quantiles::of(&remote));
+    eprintln!(
+        "extra hop: local p50 {:.2} ms, remote p50 {:.2} ms",
+        local.p50_ms, remote.p50_ms
+    );
+
+    // Failover rounds.
+    let failover = Histogram::default();
+    for round in 0..rounds {
+        let victim = 1 + round % 2;
+        let name = NODES[victim];
+        let had: Vec<String> = owners(&store).await?.get(name).cloned().unwrap_or_default();
+        nodes[victim].proc.signal("KILL");
+        let killed = Instant::now();
+        nodes[victim].proc.wait_exit(WAIT);
+        let mut pending: Vec<String> = had.iter().map(|c| format!("{c}-g1")).collect();
+        while !pending.is_empty() {
+            let mut still = Vec::new();
+            for g in pending {
+                if stop_accepted(&nodes[0], &g).await {
+                    failover.record(killed.elapsed());
+                } else {
+                    still.push(g);
+                }
+            }
+            pending = still;
+            if killed.elapsed() > WAIT {
+                bail!("round {round}: never back: {pending:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        eprintln!(
+            "round {}: {name} killed; its {} gates back after {:?} at the latest",
+            round + 1,
+            had.len(),
+            killed.elapsed()
+        );
+        nodes[victim] = start(dir.path(), name).await?;
+        until_balanced(&store, controllers, 3).await?;
+    }
+    for node in &nodes {
+        node.proc.signal("TERM");
+    }
+    for node in &mut nodes {
+        node.proc.wait_exit(WAIT);
+    }
+    store.close();
+    drop(database);
+    Ok(ClusterReport {
+        controllers,
+        lease_ttl_ms: sizes.lease_ttl_ms,
+        extra_hop_p50_ms: remote.p50_ms - local.p50_ms,
+        local,
+        remote,
+        failover: Quantiles::of(&failover),
+        failover_rounds: rounds,
+    })
+}
+
+pub fn print_text(r: &ClusterReport) {
+    println!(
+        "cluster: 3 nodes, {} controllers, lease TTL {} ms",
+        r.controllers, r.lease_ttl_ms
+    );
+    println!(
+        "  command → accepted through n1, gate on n1:         p50 {:.2} ms  p99 {:.2} ms  ({} commands)",
+        r.local.p50_ms, r.local.p99_ms, r.local.count
+    );
+    println!(
+        "  command → accepted through n1, gate on another:    p50 {:.2} ms  p99 {:.2} ms  ({} commands)",
+        r.remote.p50_ms, r.remote.p99_ms, r.remote.count
+    );
+    println!("  extra hop (p50 difference): {:.2} ms", r.extra_hop_p50_ms);
+    println!(
+        "  failover, node killed → its gates accept commands again: p50 {:.0} ms  p99 {:.0} ms  max {:.0} ms  ({} gates over {} rounds)",
+        r.failover.p50_ms,
+        r.failover.p99_ms,
+        r.failover.max_ms,
+        r.failover.count,
+        r.failover_rounds
+    );
+}
