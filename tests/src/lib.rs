@@ -2,6 +2,7 @@
 
 use std::process::Command;
 
+pub mod cluster;
 pub mod drive;
 pub mod http;
 pub mod procs;

@@ -20,20 +20,17 @@
 //! shared); the figures measured are printed.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
-use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use gatehouse_actors::cluster::{Lease, LeaseStore};
 use gatehouse_actors::gate::{CommandStatus, EventKind};
 use gatehouse_actors::ids::GateId;
 use gatehouse_actors::store::EventStore;
 use gatehouse_adapters::store::Store;
+use gatehouse_tests::cluster::{NODES, Node, owners, prepare, start};
 use gatehouse_tests::http::Http;
-use gatehouse_tests::procs::{Proc, Simulator, add_user, bin, serve_api};
+use gatehouse_tests::procs::Simulator;
 use gatehouse_tests::redis::RedisServer;
 use gatehouse_tests::wsclient::WsClient;
 use gatehouse_tests::{ScratchDatabase, pg_server};
@@ -43,43 +40,9 @@ use uuid::Uuid;
 const CONTROLLERS: usize = 12;
 const TTL: Duration = Duration::from_millis(2_000);
 const WAIT: Duration = Duration::from_secs(60);
-const NODES: [&str; 3] = ["n1", "n2", "n3"];
 /// Commands on one gate are spaced by this (the API allows a burst of 5 per caller and
 /// gate, then one every 2 s).
 const PACE: Duration = Duration::from_millis(2_100);
-
-/// Node `n<i>`'s configuration: its own data directory, and its own loopback address for
-/// controller connections (127.0.0.1<i>).
-fn config(dir: &Path, node: &str, database: &str, redis: &str) -> std::path::PathBuf {
-    let data = dir.join(node);
-    std::fs::create_dir_all(&data).unwrap();
-    let path = dir.join(format!("{node}.toml"));
-    std::fs::write(
-        &path,
-        format!(
-            "[http]\nlisten = \"127.0.0.1:0\"\n\n[database]\nurl = {database:?}\n\n\
-             [data]\ndir = {:?}\n\n[cluster]\nnode_id = {node:?}\nlease_ttl_ms = {}\n\
-             bind = \"127.0.0.1{}\"\nredis_url = {redis:?}\n",
-            data.display().to_string(),
-            TTL.as_millis(),
-            node.trim_start_matches('n'),
-        ),
-    )
-    .unwrap();
-    path
-}
-
-/// The live leases, by node.
-async fn owners(store: &Store) -> BTreeMap<String, BTreeSet<String>> {
-    let leases: Vec<Lease> = store.leases().await.unwrap();
-    let mut by: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for l in leases.into_iter().filter(|l| l.left_ms > 0) {
-        by.entry(l.node.to_string())
-            .or_default()
-            .insert(l.controller.to_string());
-    }
-    by
-}
 
 /// Waits (bounded) until the live leases satisfy `done`; answers them and how long it took.
 async fn leases_until(
@@ -137,28 +100,6 @@ async fn readiness_of(http: &Http, name: &str) -> String {
         "ready".into()
     } else {
         "not_ready".into()
-    }
-}
-
-struct Node {
-    proc: Proc,
-    addr: SocketAddr,
-    http: Http,
-    token: String,
-}
-
-async fn start(dir: &Path, name: &str) -> Node {
-    let config = dir.join(format!("{name}.toml"));
-    let (proc, addr): (Proc, SocketAddr) = serve_api(dir, &config);
-    let http = Http::new(addr, WAIT);
-    let reply = http.login("chief", "chief-password-1").await;
-    assert_eq!(reply.status, 200, "{:?}", reply.body);
-    let token = reply.body["access_token"].as_str().unwrap().to_owned();
-    Node {
-        proc,
-        addr,
-        http,
-        token,
     }
 }
 
@@ -338,26 +279,13 @@ async fn controllers_are_owned_once_balanced_and_fail_over_within_the_lease() {
     let mut redis = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
     let sim = Simulator::spawn(CONTROLLERS, 1, 500);
-    std::fs::write(dir.path().join("fleet.toml"), sim.fleet_file(1)).unwrap();
-    let configs: Vec<_> = NODES
-        .iter()
-        .map(|n| config(dir.path(), n, &url, &redis.url()))
-        .collect();
     // The fleet and the one user, once, before any node starts.
-    let mut import = Proc::spawn(
-        "gatehouse fleet import",
-        Command::new(bin("gatehouse"))
-            .args(["fleet", "import", "fleet.toml", "--config"])
-            .arg(&configs[0])
-            .current_dir(dir.path()),
-    );
-    assert!(import.finish(WAIT).success(), "{}", import.transcript());
-    add_user(
+    prepare(
         dir.path(),
-        &configs[0],
-        "chief",
-        "admin",
-        "chief-password-1",
+        &sim.fleet_file(1),
+        &url,
+        &redis.url(),
+        TTL.as_millis() as u64,
     );
     let store = Store::connect(&url).await.unwrap();
 

@@ -12,17 +12,13 @@
 //! The binaries (`gatehouse`, `gatehouse-sim`) are this one's siblings: build them in the
 //! same profile first.
 
-use std::net::SocketAddr;
-use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
-use gatehouse_actors::cluster::LeaseStore;
+use anyhow::bail;
 use gatehouse_actors::stats::Histogram;
 use gatehouse_adapters::store::Store;
-use gatehouse_tests::http::Http;
-use gatehouse_tests::procs::{Proc, Simulator, add_user, bin, serve_api};
+use gatehouse_tests::cluster::{NODES, Node, owners, prepare, start};
+use gatehouse_tests::procs::Simulator;
 use gatehouse_tests::redis::RedisServer;
 use gatehouse_tests::{ScratchDatabase, pg_server};
 use serde::Serialize;
@@ -54,6 +50,22 @@ pub struct Quantiles {
 }
 
 impl Quantiles {
+    /// Exactly, from every sample (the histogram's buckets are too coarse for seconds).
+    fn exact(mut samples: Vec<Duration>) -> Quantiles {
+        samples.sort();
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let at = |q: f64| {
+            let i = ((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len().max(1)) - 1;
+            samples.get(i).map_or(0.0, |d| ms(*d))
+        };
+        Quantiles {
+            count: samples.len() as u64,
+            p50_ms: at(0.5),
+            p99_ms: at(0.99),
+            max_ms: samples.last().map_or(0.0, |d| ms(*d)),
+        }
+    }
+
     fn of(h: &Histogram) -> Quantiles {
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         Quantiles {
@@ -81,62 +93,12 @@ pub struct ClusterReport {
 }
 
 const WAIT: Duration = Duration::from_secs(60);
-const NODES: [&str; 3] = ["n1", "n2", "n3"];
-
-fn config(dir: &Path, node: &str, database: &str, redis: &str, ttl_ms: u64) -> std::path::PathBuf {
-    let data = dir.join(node);
-    std::fs::create_dir_all(&data).expect("a data directory");
-    let path = dir.join(format!("{node}.toml"));
-    std::fs::write(
-        &path,
-        format!(
-            "[http]\nlisten = \"127.0.0.1:0\"\n\n[database]\nurl = {database:?}\n\n\
-             [data]\ndir = {:?}\n\n[cluster]\nnode_id = {node:?}\n\
-             lease_ttl_ms = {ttl_ms}\nbind = \"127.0.0.1{}\"\nredis_url = {redis:?}\n",
-            data.display().to_string(),
-            node.trim_start_matches('n'),
-        ),
-    )
-    .expect("a configuration file");
-    path
-}
-
-struct Node {
-    proc: Proc,
-    http: Http,
-    token: String,
-}
-
-async fn start(dir: &Path, name: &str) -> anyhow::Result<Node> {
-    let (proc, addr): (Proc, SocketAddr) = serve_api(dir, &dir.join(format!("{name}.toml")));
-    let http = Http::new(addr, WAIT);
-    let reply = http.login("bench", "bench-password-1").await;
-    if reply.status != 200 {
-        bail!("login on {name}: {:?}", reply.body);
-    }
-    let token = reply.body["access_token"]
-        .as_str()
-        .context("an access token")?
-        .to_owned();
-    Ok(Node { proc, http, token })
-}
-
-/// Controllers by node, live leases only.
-async fn owners(store: &Store) -> anyhow::Result<std::collections::BTreeMap<String, Vec<String>>> {
-    let mut by: std::collections::BTreeMap<String, Vec<String>> = Default::default();
-    for l in store.leases().await?.into_iter().filter(|l| l.left_ms > 0) {
-        by.entry(l.node.to_string())
-            .or_default()
-            .push(l.controller.to_string());
-    }
-    Ok(by)
-}
 
 async fn until_balanced(store: &Store, controllers: usize, nodes: usize) -> anyhow::Result<()> {
     let deadline = Instant::now() + WAIT;
     loop {
-        let o = owners(store).await?;
-        let held: usize = o.values().map(Vec::len).sum();
+        let o = owners(store).await;
+        let held: usize = o.values().map(std::collections::BTreeSet::len).sum();
         let (lo, hi) = (controllers / nodes, controllers.div_ceil(nodes));
         if held == controllers
             && o.len() == nodes
@@ -171,32 +133,17 @@ pub async fn run(sizes: ClusterSizes) -> anyhow::Result<ClusterReport> {
     let redis = RedisServer::start();
     let dir = tempfile::tempdir()?;
     let sim = Simulator::spawn(controllers, 1, 500);
-    std::fs::write(dir.path().join("fleet.toml"), sim.fleet_file(1))?;
-    let configs: Vec<_> = NODES
-        .iter()
-        .map(|n| config(dir.path(), n, &url, &redis.url(), sizes.lease_ttl_ms))
-        .collect();
-    let mut import = Proc::spawn(
-        "gatehouse fleet import",
-        Command::new(bin("gatehouse"))
-            .args(["fleet", "import", "fleet.toml", "--config"])
-            .arg(&configs[0])
-            .current_dir(dir.path()),
-    );
-    if !import.finish(WAIT).success() {
-        bail!("fleet import failed: {}", import.transcript());
-    }
-    add_user(
+    prepare(
         dir.path(),
-        &configs[0],
-        "bench",
-        "admin",
-        "bench-password-1",
+        &sim.fleet_file(1),
+        &url,
+        &redis.url(),
+        sizes.lease_ttl_ms,
     );
     let store = Store::connect(&url).await?;
     let mut nodes = Vec::new();
     for n in NODES {
-        nodes.push(start(dir.path(), n).await?);
+        nodes.push(start(dir.path(), n).await);
     }
     until_balanced(&store, controllers, 3).await?;
     eprintln!("{controllers} controllers balanced over 3 nodes");
@@ -214,7 +161,7 @@ pub async fn run(sizes: ClusterSizes) -> anyhow::Result<ClusterReport> {
     }
 
     // The extra hop, alternating local and remote gates.
-    let o = owners(&store).await?;
+    let o = owners(&store).await;
     let mine: Vec<&String> = gates
         .iter()
         .filter(|g| {
@@ -249,11 +196,15 @@ pub async fn run(sizes: ClusterSizes) -> anyhow::Result<ClusterReport> {
     );
 
     // Failover rounds.
-    let failover = Histogram::default();
+    let mut failover: Vec<Duration> = Vec::new();
     for round in 0..rounds {
         let victim = 1 + round % 2;
         let name = NODES[victim];
-        let had: Vec<String> = owners(&store).await?.get(name).cloned().unwrap_or_default();
+        let had: Vec<String> = owners(&store)
+            .await
+            .get(name)
+            .map(|c| c.iter().cloned().collect())
+            .unwrap_or_default();
         nodes[victim].proc.signal("KILL");
         let killed = Instant::now();
         nodes[victim].proc.wait_exit(WAIT);
@@ -262,7 +213,7 @@ pub async fn run(sizes: ClusterSizes) -> anyhow::Result<ClusterReport> {
             let mut still = Vec::new();
             for g in pending {
                 if stop_accepted(&nodes[0], &g).await {
-                    failover.record(killed.elapsed());
+                    failover.push(killed.elapsed());
                 } else {
                     still.push(g);
                 }
@@ -279,7 +230,7 @@ pub async fn run(sizes: ClusterSizes) -> anyhow::Result<ClusterReport> {
             had.len(),
             killed.elapsed()
         );
-        nodes[victim] = start(dir.path(), name).await?;
+        nodes[victim] = start(dir.path(), name).await;
         until_balanced(&store, controllers, 3).await?;
     }
     for node in &nodes {
@@ -296,7 +247,7 @@ pub async fn run(sizes: ClusterSizes) -> anyhow::Result<ClusterReport> {
         extra_hop_p50_ms: remote.p50_ms - local.p50_ms,
         local,
         remote,
-        failover: Quantiles::of(&failover),
+        failover: Quantiles::exact(failover),
         failover_rounds: rounds,
     })
 }
