@@ -14,7 +14,8 @@
 //! other nodes' gates from the store; and whenever a controller changes hands, since its
 //! old holder (killed, say) may have committed events it never published. A command sent to another node ends exactly once: its
 //! owner's terminal ack, or `failed{failover}` when the controller's lease moves or lapses or
-//! the way back is lost, whichever comes first (see [`Peers`]).
+//! the way back is lost, whichever comes first (see [`Peers`]); a command that reaches no
+//! subscriber (its node is gone from Redis) is refused at once.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,6 +45,10 @@ const WATCH_EVERY: Duration = Duration::from_millis(100);
 /// The longest a command waits on another node for its terminal ack (the longest travel
 /// timeout a gate may have, plus margin): a bound so that nothing waits for ever.
 const COMMAND_BOUND: Duration = Duration::from_secs(15 * 60);
+
+/// The longest a command waits on another node for its first ack: a gate answers within its
+/// write timeout (`timed_out` after it), so silence this long means the way back is broken.
+const FIRST_ACK_BOUND: Duration = Duration::from_secs(30);
 
 /// Events per message, at most.
 const EVENTS_PER_MESSAGE: usize = 256;
@@ -124,7 +129,7 @@ struct Pending {
     controller: ControllerId,
     sinks: Vec<AckSink>,
     accepted: bool,
-    deadline: tokio::time::Instant,
+    sent: tokio::time::Instant,
 }
 
 struct Inner {
@@ -200,6 +205,12 @@ impl RedisBus {
     /// sent elsewhere are watched against `ownership`'s view of the leases.
     pub fn serve(&self, fleet: Fleet, ownership: Arc<Ownership>) {
         let _ = self.inner.fleet.set(fleet);
+        self.follow_leases(ownership);
+    }
+
+    /// From now on, commands this node sent elsewhere are watched against `ownership`'s view
+    /// of the leases (part of [`serve`](Self::serve)).
+    pub fn follow_leases(&self, ownership: Arc<Ownership>) {
         let _ = self.inner.ownership.set(ownership);
     }
 
@@ -484,7 +495,7 @@ impl Peers for RedisBus {
                         controller,
                         sinks: reply.into_iter().collect(),
                         accepted: false,
-                        deadline: tokio::time::Instant::now() + COMMAND_BOUND,
+                        sent: tokio::time::Instant::now(),
                     });
                 }
             }
@@ -524,7 +535,29 @@ async fn publish_loop(
     // Events were dropped while Redis was away: the others must refill once it is back.
     let mut lost_events = false;
     let mut retry_at = tokio::time::Instant::now();
-    while let Some(first) = rx.recv().await {
+    loop {
+        // While down and idle, try now and then, so that readiness (and the gap owed to the
+        // other nodes) does not wait for the next message.
+        let down = inner
+            .upgrade()
+            .is_some_and(|me| me.health.publisher_down.load(Ordering::Relaxed));
+        let first = if down {
+            match tokio::time::timeout(RECONNECT, rx.recv()).await {
+                Ok(first) => first,
+                Err(_) => {
+                    let Some(me) = inner.upgrade() else { return };
+                    if publish(&pool, &me, &mut [], lost_events).await.is_ok() {
+                        lost_events = false;
+                        me.health.publisher_down.store(false, Ordering::Relaxed);
+                        tracing::info!("Redis reachable again for publishing");
+                    }
+                    continue;
+                }
+            }
+        } else {
+            rx.recv().await
+        };
+        let Some(first) = first else { return };
         let mut batch = vec![first];
         while batch.len() < 512 {
             match rx.try_recv() {
@@ -536,7 +569,7 @@ async fn publish_loop(
         let result = if tokio::time::Instant::now() < retry_at {
             Err("Redis unreachable (waiting before the next attempt)".to_string())
         } else {
-            publish(&pool, &me, &batch, lost_events).await
+            publish(&pool, &me, &mut batch, lost_events).await
         };
         match result {
             Ok(()) => {
@@ -565,7 +598,7 @@ async fn publish_loop(
 async fn publish(
     pool: &deadpool_redis::Pool,
     me: &Inner,
-    batch: &[Out],
+    batch: &mut [Out],
     gap_first: bool,
 ) -> Result<(), String> {
     let mut conn = pool.get().await.map_err(|e| e.to_string())?;
@@ -581,15 +614,27 @@ async fn publish(
             .arg(gap)
             .ignore();
     }
-    for out in batch {
-        pipe.cmd("PUBLISH")
-            .arg(&out.channel)
-            .arg(&out.payload)
-            .ignore();
+    if batch.is_empty() && !gap_first {
+        pipe.cmd("PING").ignore();
     }
-    pipe.query_async::<()>(&mut conn)
+    for out in batch.iter() {
+        pipe.cmd("PUBLISH").arg(&out.channel).arg(&out.payload);
+    }
+    // How many subscribers each message reached.
+    let reached: Vec<i64> = pipe
+        .query_async(&mut conn)
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    for (out, reached) in batch.iter_mut().zip(reached) {
+        // A command nobody listens for (its node is not subscribed, or gone): refused now
+        // rather than left for the lease to lapse.
+        if reached == 0
+            && let Some(f) = out.on_fail.take()
+        {
+            f();
+        }
+    }
+    Ok(())
 }
 
 /// Follows this cluster's channels; after every loss of the subscription, raises a gap and
@@ -610,8 +655,10 @@ async fn subscribe_loop(client: redis::Client, inner: std::sync::Weak<Inner>) {
                     if me.health.subscriber_down.swap(false, Ordering::Relaxed) {
                         tracing::info!(node = %me.node, "following the cluster bus on Redis");
                     }
-                    // Whatever was published while we were away is in the store.
+                    // Whatever was published while we were away is in the store; a fleet
+                    // change announced meanwhile is read from the store too.
                     me.view.signal_gap();
+                    let _ = me.notices.send(serde_json::json!("fleet"));
                     drop(me);
                     let mut messages = pubsub.on_message();
                     while let Some(msg) = messages.next().await {
@@ -656,7 +703,12 @@ async fn watch_loop(inner: std::sync::Weak<Inner>) {
                 me.view.signal_gap();
             }
             me.end_where(CommandStatus::Failed(FailReason::Failover), |p| {
-                now >= p.deadline
+                now >= p.sent
+                    + if p.accepted {
+                        COMMAND_BOUND
+                    } else {
+                        FIRST_ACK_BOUND
+                    }
                     || ownership.owner_of(&p.controller) != Some((p.owner.clone(), p.epoch))
             });
         }
