@@ -69,6 +69,8 @@ struct OwnershipState {
     held: HashMap<ControllerId, (u64, Instant)>,
     /// Refused by the store since the keeper last looked: their subtrees must stop.
     lost: Vec<ControllerId>,
+    /// The live nodes, as last heard.
+    nodes: Vec<NodeInfo>,
     /// Held, but to be given back (their configuration changed).
     given_back: Vec<ControllerId>,
     /// Every live lease as the keeper last read it, and how often that changed.
@@ -111,6 +113,25 @@ impl Ownership {
             state.owners = owners;
             state.owner_changes += 1;
         }
+    }
+
+    /// Records the live nodes, as the keeper's heartbeat last answered them.
+    pub fn set_nodes(&self, nodes: &[NodeInfo]) {
+        self.lock().nodes = nodes.to_vec();
+    }
+
+    /// The live nodes (draining ones too: they may still be finishing work).
+    pub fn live_nodes(&self) -> Vec<NodeId> {
+        self.lock().nodes.iter().map(|n| n.node.clone()).collect()
+    }
+
+    /// Whether this node runs the cluster's singletons (the monthly report schedule, putting
+    /// back the reports of dead nodes): the first live node by id that is not draining, as
+    /// this node's keeper last saw them. Never before the keeper's first round. Two nodes may
+    /// both believe it for a round while membership changes; what the leader does is safe to
+    /// do twice (the schedule checks before queueing; a requeue skips live nodes' reports).
+    pub fn is_leader(&self) -> bool {
+        leader(&self.lock().nodes) == Some(&self.node)
     }
 
     /// Counts the changes of owners seen: a node that lost a controller may have committed
@@ -295,6 +316,11 @@ pub struct Moves {
     pub release: Vec<ControllerId>,
 }
 
+/// The node that runs the cluster's singletons: the first live, non-draining node by id.
+pub fn leader(nodes: &[NodeInfo]) -> Option<&NodeId> {
+    nodes.iter().filter(|n| !n.draining).map(|n| &n.node).min()
+}
+
 /// A controller's weight for a node (rendezvous hashing): every node ranks the controllers
 /// differently, so that nodes reaching for free controllers at once mostly reach for
 /// different ones, and a node keeps and gives back the same ones round after round.
@@ -405,6 +431,23 @@ mod tests {
             node: NodeId::new(name).unwrap(),
             draining: false,
         }
+    }
+
+    #[test]
+    fn the_leader_is_the_first_live_node_that_is_not_draining() {
+        let mut nodes = vec![node("n2"), node("n1"), node("n3")];
+        assert_eq!(leader(&nodes).map(NodeId::as_str), Some("n1"));
+        nodes[1].draining = true;
+        assert_eq!(leader(&nodes).map(NodeId::as_str), Some("n2"));
+        assert_eq!(leader(&[]), None);
+        let ownership = Ownership::new(NodeId::new("n2").unwrap(), Duration::from_secs(5));
+        assert!(
+            !ownership.is_leader(),
+            "not before the keeper's first round"
+        );
+        ownership.set_nodes(&nodes);
+        assert!(ownership.is_leader());
+        assert_eq!(ownership.live_nodes().len(), 3, "draining nodes are alive");
     }
 
     fn controllers(n: usize) -> Vec<ControllerId> {

@@ -205,9 +205,12 @@ pub trait ReportStore: Send + Sync + 'static {
     /// Replaces a report's status, progress, rows, file and error.
     fn update_report(&self, report: Report) -> BoxFuture<'_, Result<(), StoreError>>;
     /// The oldest queued report, now marked running; none when nothing waits.
-    fn claim_report(&self) -> BoxFuture<'_, Result<Option<Report>, StoreError>>;
-    /// Reports left running by a process that stopped: queued again (answers how many).
-    fn requeue_running(&self) -> BoxFuture<'_, Result<u64, StoreError>>;
+    /// `claimer` names who runs it (a cluster's node id; `local` for a node alone).
+    fn claim_report(&self, claimer: String) -> BoxFuture<'_, Result<Option<Report>, StoreError>>;
+    /// Reports left running by a process that stopped: queued again (answers how many). With
+    /// `alive` (a cluster's live nodes), only those claimed by none of them.
+    fn requeue_running(&self, alive: Option<Vec<String>>)
+    -> BoxFuture<'_, Result<u64, StoreError>>;
     /// Whether a report of this spec was requested at or after `since_ms` (the monthly
     /// schedule asks before queueing one).
     fn has_report(

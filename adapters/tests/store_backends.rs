@@ -173,6 +173,7 @@ on_both_backends!(
     maintenance_records_page_newest_first,
     removing_a_gate_takes_its_plans_and_keeps_its_records,
     notification_rules_round_trip,
+    reports_left_running_by_dead_nodes_are_queued_again,
     the_outbox_dedupes_within_its_window_and_keeps_what_it_was_told,
     an_outbox_message_is_claimed_by_one_notifier_at_a_time,
 );
@@ -1316,6 +1317,57 @@ async fn notification_rules_round_trip(ctx: Ctx) {
     rejected(store.put_rule(stranger).await, "unknown user");
     assert!(store.delete_rule(rule.id).await.unwrap());
     assert!(!store.delete_rule(rule.id).await.unwrap());
+}
+
+async fn reports_left_running_by_dead_nodes_are_queued_again(ctx: Ctx) {
+    use gatehouse_actors::report::{
+        Report, ReportFormat, ReportKind, ReportSpec, ReportStatus, ReportStore,
+    };
+    let store = ctx.store;
+    let spec = ReportSpec {
+        kind: ReportKind::Events,
+        site: None,
+        from_ms: 0,
+        to_ms: 1_000,
+        format: ReportFormat::Csv,
+    };
+    let mut ids = Vec::new();
+    for (i, claimer) in ["n1", "n2", "local"].iter().enumerate() {
+        let report = Report::queued(
+            uuid::Uuid::new_v4(),
+            spec.clone(),
+            "system".into(),
+            i as u64,
+        );
+        ids.push(report.id);
+        store.insert_report(report).await.unwrap();
+        let claimed = store
+            .claim_report(claimer.to_string())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(claimed.id, ids[i], "the oldest queued first");
+        assert_eq!(claimed.status, ReportStatus::Running);
+    }
+    assert!(store.claim_report("n1".into()).await.unwrap().is_none());
+    // n1 is alive: its report keeps running; n2's and the lone node's go back to the queue.
+    assert_eq!(
+        store
+            .requeue_running(Some(vec!["n1".into(), "n3".into()]))
+            .await
+            .unwrap(),
+        2
+    );
+    let status = |id| {
+        let store = store.clone();
+        async move { store.report(id).await.unwrap().unwrap().status }
+    };
+    assert_eq!(status(ids[0]).await, ReportStatus::Running);
+    assert_eq!(status(ids[1]).await, ReportStatus::Queued);
+    assert_eq!(status(ids[2]).await, ReportStatus::Queued);
+    // A node alone puts back everything running.
+    assert_eq!(store.requeue_running(None).await.unwrap(), 1);
+    assert_eq!(status(ids[0]).await, ReportStatus::Queued);
 }
 
 async fn an_outbox_message_is_claimed_by_one_notifier_at_a_time(ctx: Ctx) {

@@ -324,6 +324,10 @@ impl Runtime {
             maintenance: store.clone(),
             blobs,
             monthly: options.monthly_reports,
+            claimer: options
+                .cluster
+                .as_ref()
+                .map_or_else(|| "local".to_string(), |c| c.node.to_string()),
         });
         let (scheduler, scheduler_handle) = scheduler::child_spec(SchedulerArgs {
             store: store.clone(),

@@ -177,6 +177,7 @@ impl KeeperState {
                 return;
             }
         };
+        self.ownership().set_nodes(&nodes);
         let leases = match self.args.leases.leases().await {
             Ok(l) => l,
             Err(e) => {

@@ -36,6 +36,8 @@ pub struct ReportJobs {
     pub blobs: Arc<dyn BlobStore>,
     /// Queue each site's previous month at the start of a month.
     pub monthly: bool,
+    /// Who claims the reports this process runs: the node id in a cluster, else `local`.
+    pub claimer: String,
 }
 
 /// Why a job did not finish: the report goes back to the queue (transient) or fails.
@@ -68,7 +70,7 @@ impl ReportJobs {
     /// Runs queued reports until none waits (or the store fails).
     pub async fn run_queued(&self, fleet: &Fleet) {
         loop {
-            let report = match self.reports.claim_report().await {
+            let report = match self.reports.claim_report(self.claimer.clone()).await {
                 Ok(Some(r)) => r,
                 Ok(None) => return,
                 Err(error) => {

@@ -90,13 +90,12 @@ impl Actor for Scheduler {
         myself: ActorRef<SchedulerMsg>,
         args: SchedulerArgs,
     ) -> Result<SchedulerArgs, ActorProcessingErr> {
-        if let Some(jobs) = &args.reports {
-            // What a stopped process left half done starts again.
-            match jobs.reports.requeue_running().await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(reports = n, "interrupted reports queued again"),
-                Err(error) => tracing::warn!(%error, "interrupted reports not requeued"),
-            }
+        // What a stopped process left half done starts again. In a cluster the leader does
+        // it each round, for the reports of nodes no longer alive only.
+        if let Some(jobs) = &args.reports
+            && args.fleet.context().ownership.is_none()
+        {
+            requeue(jobs, None).await;
         }
         myself.send_message(SchedulerMsg::Round)?;
         Ok(args)
@@ -114,7 +113,19 @@ impl Actor for Scheduler {
                     tracing::warn!(%error, "maintenance round skipped; trying again next round");
                 }
                 if let Some(jobs) = &state.reports {
-                    jobs.schedule_monthly(&state.fleet).await;
+                    // In a cluster, the singletons run on the leader only.
+                    let leader = match &state.fleet.context().ownership {
+                        None => true,
+                        Some(o) if o.is_leader() => {
+                            let alive = o.live_nodes().iter().map(|n| n.to_string()).collect();
+                            requeue(jobs, Some(alive)).await;
+                            true
+                        }
+                        Some(_) => false,
+                    };
+                    if leader {
+                        jobs.schedule_monthly(&state.fleet).await;
+                    }
                     jobs.run_queued(&state.fleet).await;
                 }
                 myself.send_after(state.every, || SchedulerMsg::Round);
@@ -126,6 +137,16 @@ impl Actor for Scheduler {
             }
         }
         Ok(())
+    }
+}
+
+/// Puts back in the queue the reports left running (with `alive`: only those of nodes not
+/// among them).
+async fn requeue(jobs: &ReportJobs, alive: Option<Vec<String>>) {
+    match jobs.reports.requeue_running(alive).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(reports = n, "interrupted reports queued again"),
+        Err(error) => tracing::warn!(%error, "interrupted reports not requeued"),
     }
 }
 

@@ -174,7 +174,7 @@ async fn update(store: &Store, report: Report) -> Result<(), Error> {
     Ok(())
 }
 
-async fn claim(store: &Store) -> Result<Option<Report>, Error> {
+async fn claim(store: &Store, claimer: &str) -> Result<Option<Report>, Error> {
     let mut conn = store.conn().await?;
     let row: Option<ReportRow> = write_tx!(&mut conn, |c| {
         let next: Option<ReportRow> = reports::table
@@ -193,7 +193,10 @@ async fn claim(store: &Store) -> Result<Option<Report>, Error> {
                 .find(&next.id)
                 .filter(reports::status.eq(ReportStatus::Queued.as_str())),
         )
-        .set(reports::status.eq(ReportStatus::Running.as_str()))
+        .set((
+            reports::status.eq(ReportStatus::Running.as_str()),
+            reports::claimed_by.eq(claimer),
+        ))
         .execute(c)
         .await?;
         if taken == 0 {
@@ -205,17 +208,34 @@ async fn claim(store: &Store) -> Result<Option<Report>, Error> {
     row.map(ReportRow::decode).transpose()
 }
 
-async fn requeue_running(store: &Store) -> Result<u64, Error> {
+async fn requeue_running(store: &Store, alive: Option<Vec<String>>) -> Result<u64, Error> {
     let mut conn = store.conn().await?;
-    let n = with_conn!(&mut conn, |c| {
-        diesel::update(reports::table.filter(reports::status.eq(ReportStatus::Running.as_str())))
-            .set((
-                reports::status.eq(ReportStatus::Queued.as_str()),
-                reports::progress.eq(0i64),
-            ))
+    let running = reports::status.eq(ReportStatus::Running.as_str());
+    let requeue = (
+        reports::status.eq(ReportStatus::Queued.as_str()),
+        reports::progress.eq(0i64),
+        reports::claimed_by.eq(None::<String>),
+    );
+    let n = match alive {
+        None => with_conn!(&mut conn, |c| {
+            diesel::update(reports::table.filter(running))
+                .set(requeue)
+                .execute(c)
+                .await
+        })?,
+        Some(alive) => with_conn!(&mut conn, |c| {
+            diesel::update(
+                reports::table.filter(running).filter(
+                    reports::claimed_by
+                        .is_null()
+                        .or(reports::claimed_by.ne_all(alive.clone())),
+                ),
+            )
+            .set(requeue)
             .execute(c)
             .await
-    })?;
+        })?,
+    };
     Ok(n as u64)
 }
 
@@ -264,12 +284,19 @@ impl ReportStore for Store {
         Box::pin(async move { update(self, report).await.map_err(Error::into_store) })
     }
 
-    fn claim_report(&self) -> BoxFuture<'_, Result<Option<Report>, StoreError>> {
-        Box::pin(async move { claim(self).await.map_err(Error::into_store) })
+    fn claim_report(&self, claimer: String) -> BoxFuture<'_, Result<Option<Report>, StoreError>> {
+        Box::pin(async move { claim(self, &claimer).await.map_err(Error::into_store) })
     }
 
-    fn requeue_running(&self) -> BoxFuture<'_, Result<u64, StoreError>> {
-        Box::pin(async move { requeue_running(self).await.map_err(Error::into_store) })
+    fn requeue_running(
+        &self,
+        alive: Option<Vec<String>>,
+    ) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(async move {
+            requeue_running(self, alive)
+                .await
+                .map_err(Error::into_store)
+        })
     }
 
     fn has_report(

@@ -218,6 +218,7 @@ diesel::table! {
         requested_by -> Text,
         created_at -> BigInt,
         finished_at -> Nullable<BigInt>,
+        claimed_by -> Nullable<Text>,
     }
 }
 
