@@ -162,6 +162,11 @@ impl Ownership {
         self.lock().held.remove(controller);
     }
 
+    /// Whether this node holds `controller`'s lease (the store has not refused it since).
+    pub fn holds(&self, controller: &ControllerId) -> bool {
+        self.lock().held.contains_key(controller)
+    }
+
     /// The leases held, with their epochs.
     pub fn held(&self) -> Vec<(ControllerId, u64)> {
         let mut v: Vec<_> = self

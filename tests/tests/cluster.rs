@@ -1,5 +1,5 @@
 //! Scale-out: three `gatehouse serve` nodes (`[cluster]`) on one PostgreSQL database and one
-//! (private) Redis, the fleet imported once before they start, a simulator farm of 12
+//! (private) Redis, the fleet imported once before they start, a simulator farm of 30
 //! controllers, WebSocket sessions on two nodes following every gate, and commands sent
 //! through two nodes to every gate, whichever node drives it. Every controller is driven by
 //! exactly one node, the nodes share them evenly, and:
@@ -37,7 +37,7 @@ use gatehouse_tests::{ScratchDatabase, pg_server};
 use serde_json::json;
 use uuid::Uuid;
 
-const CONTROLLERS: usize = 12;
+const CONTROLLERS: usize = 30;
 const TTL: Duration = Duration::from_millis(2_000);
 const WAIT: Duration = Duration::from_secs(60);
 /// Commands on one gate are spaced by this (the API allows a burst of 5 per caller and
@@ -358,6 +358,23 @@ async fn controllers_are_owned_once_balanced_and_fail_over_within_the_lease() {
         held(o) == CONTROLLERS
     })
     .await;
+    // n1 routes to it once its keeper has read the new lease (until then: rejected{offline}).
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let reply = nodes[0]
+            .http
+            .command(&nodes[0].token, &renamed, Uuid::new_v4(), "stop", false)
+            .await;
+        if reply.body["status"] == "accepted" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "n1 never reached {renamed}: {:?}",
+            reply.body
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // A command through n1 reaches each gate, wherever it is driven; the extra hop is timed
     // (first status, `accepted`, without waiting for the travel).

@@ -82,6 +82,8 @@ impl EventLogStats {
 enum Item {
     Event(Arc<GateEvent>),
     Audit(AuditRecord),
+    /// Answered once everything queued before it has been through a commit.
+    Barrier(tokio::sync::oneshot::Sender<()>),
 }
 
 struct Entry {
@@ -126,6 +128,19 @@ impl EventLog {
             }
             Err(mpsc::error::TrySendError::Closed(entry)) => lost(entry),
         }
+    }
+
+    /// Resolves once everything queued before this call has been through a commit (stored, or
+    /// refused by the lease fence): a gate that stops waits on it to tell its last outcomes.
+    /// Fails when the writer is gone.
+    pub async fn barrier(&self) -> Result<(), ()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let entry = Entry {
+            item: Item::Barrier(tx),
+            queued: tokio::time::Instant::now(),
+        };
+        self.tx.send(entry).await.map_err(|_| ())?;
+        rx.await.map_err(|_| ())
     }
 
     pub fn stats(&self) -> &Arc<EventLogStats> {
@@ -290,14 +305,26 @@ impl Actor for EventLogWriter {
 }
 
 /// Appends one batch, retrying transient failures until it is in, then tells the gates.
-async fn commit(state: &WriterArgs, batch: Vec<Entry>) {
+async fn commit(state: &WriterArgs, mut batch: Vec<Entry>) {
     let mut events: Vec<Arc<GateEvent>> = Vec::with_capacity(batch.len());
     let mut audits: Vec<AuditRecord> = Vec::new();
-    for e in &batch {
-        match &e.item {
+    let mut barriers = Vec::new();
+    for e in &mut batch {
+        match &mut e.item {
             Item::Event(event) => events.push(event.clone()),
             Item::Audit(record) => audits.push(record.clone()),
+            Item::Barrier(tx) => {
+                let (dummy, _) = tokio::sync::oneshot::channel();
+                barriers.push(std::mem::replace(tx, dummy));
+            }
         }
+    }
+    batch.retain(|e| !matches!(e.item, Item::Barrier(_)));
+    if events.is_empty() && audits.is_empty() {
+        for b in barriers {
+            let _ = b.send(());
+        }
+        return;
     }
     let mut delay = RETRY_FIRST;
     loop {
@@ -386,6 +413,9 @@ async fn commit(state: &WriterArgs, batch: Vec<Entry>) {
         if let Some(actor) = state.directory.gate(gate) {
             let _ = actor.send_message(GateMsg::Committed { seq }.into());
         }
+    }
+    for b in barriers {
+        let _ = b.send(());
     }
 }
 

@@ -79,6 +79,9 @@ pub struct GateView {
     pub busy: bool,
 }
 
+/// How long a stopping gate waits for its last outcomes to be committed before it goes.
+const LAST_OUTCOMES_WAIT: Duration = Duration::from_millis(500);
+
 /// A scheduled `Tick` to the gate itself.
 type TickTimer = JoinHandle<Result<(), ractor::MessagingErr<Mail<GateMsg>>>>;
 
@@ -362,9 +365,28 @@ impl Actor for GateActor {
             .ctx
             .directory
             .remove_gate(&state.slot.spec.id, myself.get_id());
-        // Whoever still waits hears that the gate went away rather than nothing at all (once
-        // that is durable, where there is an event log: it stops after the gates).
+        // Whoever still waits hears that the gate went away rather than nothing at all, once
+        // that is durable. The process may go on (a cluster giving the controller to another
+        // node, a configuration change): wait, briefly, for the commit, then tell them; at a
+        // shutdown with the database away, they hear nothing and see their connection end.
         state.run(&myself, Input::LinkDown).await;
+        if !state.awaiting.is_empty()
+            && let Some(log) = state.ctx.eventlog.clone()
+            && matches!(
+                tokio::time::timeout(LAST_OUTCOMES_WAIT, log.barrier()).await,
+                Ok(Ok(()))
+            )
+            // In a cluster, stored only if the lease still held at the commit.
+            && state
+                .ctx
+                .ownership
+                .as_ref()
+                .is_none_or(|o| o.holds(&state.slot.controller))
+        {
+            while let Some((_, id, status)) = state.awaiting.pop_front() {
+                state.deliver(id, status);
+            }
+        }
         if let Some((_, handle)) = state.timer.take() {
             handle.abort();
         }
