@@ -28,7 +28,7 @@ use gatehouse_actors::cluster::{Ownership, Peers, RemoteCommand};
 use gatehouse_actors::gate::{Action, CommandStatus, FailReason, GateEvent, RejectReason};
 use gatehouse_actors::ids::{CommandId, ControllerId, GateId, NodeId};
 use gatehouse_actors::tree::Fleet;
-use gatehouse_actors::tree::bus::LocalBus;
+use gatehouse_actors::tree::bus::{EventSink, LocalBus};
 use gatehouse_actors::tree::gate::{Ack, AckSink};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc};
@@ -65,7 +65,7 @@ struct Envelope {
 #[serde(tag = "t", rename_all = "snake_case")]
 enum Body {
     Events {
-        events: Vec<GateEvent>,
+        events: Vec<Arc<GateEvent>>,
     },
     Gap,
     Notice {
@@ -249,12 +249,11 @@ impl RedisBus {
                     }
                 }
                 for e in &batch {
-                    inner.view.publish_event(e.clone());
+                    inner.view.publish(e.clone());
                 }
-                let events: Vec<GateEvent> = batch.iter().map(|e| (**e).clone()).collect();
                 inner.send(
                     inner.channel("events"),
-                    &Body::Events { events },
+                    &Body::Events { events: batch },
                     true,
                     None,
                 );
@@ -279,17 +278,6 @@ impl RedisBus {
     /// The notices other nodes announce.
     pub fn notices(&self) -> broadcast::Receiver<serde_json::Value> {
         self.inner.notices.subscribe()
-    }
-}
-
-trait PublishEvent {
-    fn publish_event(&self, event: Arc<GateEvent>);
-}
-
-impl PublishEvent for LocalBus {
-    fn publish_event(&self, event: Arc<GateEvent>) {
-        use gatehouse_actors::tree::bus::EventSink;
-        self.publish(event);
     }
 }
 
@@ -352,7 +340,7 @@ impl Inner {
         match envelope.body {
             Body::Events { events } => {
                 for e in events {
-                    self.view.publish_event(Arc::new(e));
+                    self.view.publish(e);
                 }
             }
             Body::Gap => self.view.signal_gap(),
