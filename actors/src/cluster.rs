@@ -273,6 +273,41 @@ pub trait Peers: Send + Sync + 'static {
     fn command(&self, command: RemoteCommand);
 }
 
+/// A rate: `burst` at once, then one every `period`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    pub burst: u32,
+    pub period: Duration,
+}
+
+/// Lockout after repeated failures: `free` failures cost nothing; failure number `free + n`
+/// (n ≥ 0) locks for `base · 2ⁿ`, at most `max`; `forget` after the last failure, the count
+/// starts over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LockoutPolicy {
+    pub free: u32,
+    pub base: Duration,
+    pub max: Duration,
+    pub forget: Duration,
+}
+
+/// Rate limits and lockouts every node of a cluster shares (Redis in production), so that a
+/// client spreading its requests over the nodes gets no more than from one. Time is the shared
+/// store's clock, never a node's. An `Err` means "not known now" (the store is away or slow):
+/// the caller then decides with its own node's limits alone.
+pub trait SharedLimits: Send + Sync + 'static {
+    /// Takes one request from `key`'s `quota` (GCRA): `None` when admitted, else how long
+    /// until one would be. A refused request does not push the next one back.
+    fn take(&self, key: String, quota: Quota) -> BoxFuture<'_, Result<Option<Duration>, String>>;
+    /// The longest lockout still running among `keys`.
+    fn locked(&self, keys: Vec<String>) -> BoxFuture<'_, Result<Option<Duration>, String>>;
+    /// Counts a failure on `key` under `policy`; true when it is the failure that locks (the
+    /// first lock of a run of failures; later ones only lengthen it).
+    fn fail(&self, key: String, policy: LockoutPolicy) -> BoxFuture<'_, Result<bool, String>>;
+    /// Forgets `key`'s failures.
+    fn clear(&self, key: String) -> BoxFuture<'_, Result<(), String>>;
+}
+
 /// Leases and node liveness, in the shared database.
 pub trait LeaseStore: Send + Sync + 'static {
     /// Records that `node` is alive for `ttl_ms` more (and whether it is draining); answers

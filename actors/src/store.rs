@@ -399,6 +399,40 @@ pub trait EventStore: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<Vec<FinishedCommand>, StoreError>>;
 }
 
+/// A command id taken for one command: the id is the idempotency key across every gate and
+/// every node (CONTRACTS.md), so the store, not a node's memory, decides who had it first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandClaim {
+    pub id: CommandId,
+    pub gate: GateId,
+    pub action: Action,
+    /// Wall clock, for forgetting old ids.
+    pub at_ms: u64,
+}
+
+/// What the store knew of a claimed id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claimed {
+    /// The id was free: it is this command's now.
+    New,
+    /// The id was already taken for the same gate and action: a retry.
+    Same,
+    /// The id names another command (another gate or action).
+    Other { gate: GateId, action: Action },
+}
+
+/// Command ids taken, durable: they outlive a node and a Redis restart.
+pub trait CommandIdStore: Send + Sync + 'static {
+    /// Takes each id for its command, in one transaction; answers, in order, what was known of
+    /// each before. An id claimed twice in one batch is `Same` or `Other` the second time.
+    fn claim_commands(
+        &self,
+        claims: Vec<CommandClaim>,
+    ) -> BoxFuture<'_, Result<Vec<Claimed>, StoreError>>;
+    /// Forgets the ids taken before `before_ms`; answers how many.
+    fn forget_commands(&self, before_ms: u64) -> BoxFuture<'_, Result<u64, StoreError>>;
+}
+
 /// A command's terminal outcome, as recorded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FinishedCommand {

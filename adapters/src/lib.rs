@@ -9,5 +9,6 @@ pub mod modbus;
 pub mod profile;
 pub mod quiet_line;
 pub mod redis_bus;
+pub mod redis_limits;
 pub mod store;
 pub mod toml_text;

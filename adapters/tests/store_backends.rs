@@ -176,6 +176,7 @@ on_both_backends!(
     reports_left_running_by_dead_nodes_are_queued_again,
     the_outbox_dedupes_within_its_window_and_keeps_what_it_was_told,
     an_outbox_message_is_claimed_by_one_notifier_at_a_time,
+    a_command_id_is_claimed_once_across_gates_and_racing_stores,
 );
 
 // ---- fixtures -------------------------------------------------------------------------------
@@ -1811,4 +1812,80 @@ mod leases {
     async fn sqlite_refuses_leases_and_fenced_writes() {
         run(Backend::Sqlite, sqlite_has_no_cluster).await;
     }
+}
+
+async fn a_command_id_is_claimed_once_across_gates_and_racing_stores(ctx: Ctx) {
+    use gatehouse_actors::store::{Claimed, CommandClaim, CommandIdStore};
+    let store = ctx.store;
+    let claim = |id: CommandId, gate: &str, action: Action, at_ms: u64| CommandClaim {
+        id,
+        gate: GateId::new(gate).unwrap(),
+        action,
+        at_ms,
+    };
+    let (first, second) = (CommandId::random(), CommandId::random());
+    // One batch: a new id, the same id again (a retry), the id for another gate, another
+    // action, and a second new id.
+    let answers = store
+        .claim_commands(vec![
+            claim(first, "front", Action::Open, 1_000),
+            claim(first, "front", Action::Open, 1_001),
+            claim(first, "back", Action::Open, 1_002),
+            claim(first, "front", Action::Close, 1_003),
+            claim(second, "back", Action::Stop, 1_004),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        answers,
+        vec![
+            Claimed::New,
+            Claimed::Same,
+            Claimed::Other {
+                gate: GateId::new("front").unwrap(),
+                action: Action::Open
+            },
+            Claimed::Other {
+                gate: GateId::new("front").unwrap(),
+                action: Action::Open
+            },
+            Claimed::New,
+        ]
+    );
+    // Another connection to the same database (another node) sees what this one took.
+    let other = Store::connect(&ctx.url).await.unwrap();
+    assert_eq!(
+        other
+            .claim_commands(vec![claim(second, "back", Action::Stop, 2_000)])
+            .await
+            .unwrap(),
+        vec![Claimed::Same]
+    );
+    // Two stores racing for one fresh id, each for its own gate: exactly one gets it, and the
+    // other is told whose it is.
+    for round in 0..20 {
+        let id = CommandId::random();
+        let (a, b) = tokio::join!(
+            store.claim_commands(vec![claim(id, "front", Action::Open, 3_000 + round)]),
+            other.claim_commands(vec![claim(id, "back", Action::Open, 3_000 + round)]),
+        );
+        let (a, b) = (a.unwrap().remove(0), b.unwrap().remove(0));
+        match (&a, &b) {
+            (Claimed::New, Claimed::Other { gate, .. }) => assert_eq!(gate.as_str(), "front"),
+            (Claimed::Other { gate, .. }, Claimed::New) => assert_eq!(gate.as_str(), "back"),
+            _ => panic!("round {round}: both or neither got the id: {a:?} / {b:?}"),
+        }
+    }
+    // Forgetting goes by claim time: the first two ids (claimed at 1_000 and 1_004) go, the
+    // raced ones (3_000 and later) stay.
+    assert_eq!(store.forget_commands(3_000).await.unwrap(), 2);
+    assert_eq!(
+        store
+            .claim_commands(vec![claim(first, "back", Action::Close, 4_000)])
+            .await
+            .unwrap(),
+        vec![Claimed::New],
+        "a forgotten id is free again"
+    );
+    other.close();
 }

@@ -12,8 +12,10 @@
 //! - the audit record of a command the gate received is queued on the event log: it never
 //!   delays `accepted` (nothing here waits on the database), is committed with the gate's
 //!   events, and is retried with them while the database is away;
-//! - everything here is synchronous, so that one session's commands reach a gate in the
-//!   order they were sent.
+//! - a session awaits each submission before it reads its next frame, so that its commands
+//!   reach a gate in the order they were sent. The only waits are the admission's (the
+//!   cluster's shared rate limit in Redis and the command id's claim in the store), each
+//!   bounded, and neither ever refuses a command because its store is away.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -94,7 +96,7 @@ impl Refusal {
 }
 
 /// Admits `command` and sends it to its gate, acks to `acks`.
-pub fn submit(app: &App, command: Command<'_>, acks: AckSink) -> Result<Submitted, Refusal> {
+pub async fn submit(app: &App, command: Command<'_>, acks: AckSink) -> Result<Submitted, Refusal> {
     let Command {
         caller,
         gate,
@@ -106,7 +108,11 @@ pub fn submit(app: &App, command: Command<'_>, acks: AckSink) -> Result<Submitte
     let at = policy::locate(app, gate).ok_or(Refusal::UnknownGate)?;
     policy::may(app, caller, Operation::Command(action), gate, &at.site)
         .map_err(Refusal::Forbidden)?;
-    match app.limits.admit_command(&caller.actor, gate, action, id) {
+    match app
+        .limits
+        .admit_command(&caller.actor, gate, action, id)
+        .await
+    {
         Ok(Admitted::New | Admitted::Retry) => {}
         Ok(Admitted::Conflict) => return Ok(Submitted::IdConflict),
         Err(wait) => return Err(Refusal::RateLimited(wait)),
@@ -131,8 +137,7 @@ pub fn submit(app: &App, command: Command<'_>, acks: AckSink) -> Result<Submitte
 
 /// Submits `command` (as [`submit`]) with acks collected here, and waits up to `limit` for
 /// its first status, or with `terminal` for its terminal one; answers the last heard (none
-/// when nothing came in time). For REST, whose answer is one status; the submission itself
-/// happens before the first `.await`, so ordering is as for [`submit`].
+/// when nothing came in time). For REST, whose answer is one status.
 pub async fn submit_and_wait(
     app: &App,
     command: Command<'_>,
@@ -143,7 +148,7 @@ pub async fn submit_and_wait(
     let sink: AckSink = std::sync::Arc::new(move |_: &GateId, ack| {
         let _ = tx.send(ack);
     });
-    if submit(app, command, sink)? == Submitted::IdConflict {
+    if submit(app, command, sink).await? == Submitted::IdConflict {
         // The id names another command lately (another gate or action): never a second.
         return Ok(Some(CommandStatus::Rejected(RejectReason::IdConflict)));
     }

@@ -23,6 +23,7 @@
 pub mod app;
 pub mod auth;
 pub mod changes;
+pub mod command_ids;
 pub mod commands;
 pub mod console;
 mod cors;

@@ -5,7 +5,14 @@
 //! keys that have gone idle (whose state has fully decayed, so forgetting them changes
 //! nothing) are dropped first, and only if every key is still active is the one closest to
 //! idle forgotten. Time comes from a [`Clock`], so that tests step it by hand instead of
-//! sleeping. One node only; a multi-node deployment shares these over Redis (later issue).
+//! sleeping.
+//!
+//! In a cluster the same limits are also kept in Redis ([`SharedLimits`]), so that a client
+//! spreading its requests over the nodes gets no more than from one: a request is admitted
+//! when this node's table and the shared one both admit it. While Redis is away or slow, each
+//! node decides with its own table alone (at most the nodes' count times the limits, never
+//! none). Command ids are also claimed in the store ([`CommandIds`]), so that an id is one
+//! command across every gate and node, and after a restart.
 //!
 //! The limits (see [`Limits::default`]):
 //! - commands: a burst of 5 per caller and gate, then one every 2 s (GCRA). `stop` is never
@@ -24,8 +31,13 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use gatehouse_actors::clock::wall_ms;
+use gatehouse_actors::cluster::SharedLimits;
 use gatehouse_actors::gate::Action;
-use gatehouse_actors::ids::GateId;
+use gatehouse_actors::ids::{CommandId, GateId};
+use gatehouse_actors::store::{Claimed, CommandClaim};
+
+use crate::command_ids::CommandIds;
 
 /// Monotonic time for the limiter, as a duration since an arbitrary origin.
 pub trait Clock: Send + Sync + 'static {
@@ -69,23 +81,7 @@ impl Clock for ManualClock {
     }
 }
 
-/// A rate: `burst` at once, then one every `period`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Quota {
-    pub burst: u32,
-    pub period: Duration,
-}
-
-/// Lockout after repeated failures: `free` failures cost nothing; failure number `free + n`
-/// (n ≥ 0) locks for `base · 2ⁿ`, at most `max`; `forget` after the last failure, the count
-/// starts over.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LockoutPolicy {
-    pub free: u32,
-    pub base: Duration,
-    pub max: Duration,
-    pub forget: Duration,
-}
+pub use gatehouse_actors::cluster::{LockoutPolicy, Quota};
 
 /// Every limit, with the table sizes that bound their memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -282,6 +278,10 @@ pub struct RateLimits {
     link_addresses: Table<IpAddr, Gcra>,
     /// The command ids admitted lately, by gate.
     admitted: Mutex<RecentIds>,
+    /// The same limits, shared with the other nodes of a cluster (none: this node alone).
+    shared: Option<Arc<dyn SharedLimits>>,
+    /// Command ids claimed in the store (none: this node's memory alone).
+    claims: Option<CommandIds>,
 }
 
 /// The last [`RecentIds::CAPACITY`] admitted command ids with their gate and action, oldest
@@ -341,15 +341,30 @@ impl RateLimits {
             link_accounts: Table::new(limits.max_keys),
             link_addresses: Table::new(limits.max_keys),
             admitted: Mutex::default(),
+            shared: None,
+            claims: None,
         }
+    }
+
+    /// Also keeps every limit in `shared`, with the other nodes of the cluster.
+    pub fn shared_with(mut self, shared: Arc<dyn SharedLimits>) -> Self {
+        self.shared = Some(shared);
+        self
+    }
+
+    /// Also claims every new command id in the store.
+    pub fn claiming_in(mut self, claims: CommandIds) -> Self {
+        self.claims = Some(claims);
+        self
     }
 
     pub fn limits(&self) -> &Limits {
         &self.limits
     }
 
-    /// Takes one command by `actor` on `gate`, or says how long until one would be admitted.
-    pub fn command(&self, actor: &str, gate: &GateId) -> Result<(), Duration> {
+    /// Takes one command by `actor` on `gate` from this node's table, or says how long until
+    /// one would be admitted.
+    fn command_here(&self, actor: &str, gate: &GateId) -> Result<(), Duration> {
         let now = self.clock.now();
         let quota = self.limits.command;
         self.commands.with(
@@ -360,33 +375,96 @@ impl RateLimits {
         )
     }
 
-    /// Admits command `id` (`action` on `gate` by `actor`): [`command`](Self::command)'s limit,
-    /// except that `stop` is never limited (stopping a moving gate must never wait for a
-    /// limiter) and a retry of a command admitted lately is not counted again. An id admitted
-    /// lately for another gate or action is a conflict.
-    pub fn admit_command(
+    /// What this node remembers of command `id`, if anything: a retry of the same command, or
+    /// a conflict with another.
+    fn recent(&self, id: uuid::Uuid, gate: &GateId, action: Action) -> Option<Admitted> {
+        match lock(&self.admitted).get(&id) {
+            Some((g, a)) if g == gate && *a == action => Some(Admitted::Retry),
+            Some(_) => Some(Admitted::Conflict),
+            None => None,
+        }
+    }
+
+    fn remember(&self, id: uuid::Uuid, gate: &GateId, action: Action) {
+        lock(&self.admitted).insert(id, (gate.clone(), action));
+    }
+
+    /// [`admit_command`](Self::admit_command) with this node's table and memory alone.
+    #[cfg(test)]
+    fn admit_command_here(
         &self,
         actor: &str,
         gate: &GateId,
         action: Action,
         id: uuid::Uuid,
     ) -> Result<Admitted, Duration> {
-        match lock(&self.admitted).get(&id) {
-            Some((g, a)) if g == gate && *a == action => return Ok(Admitted::Retry),
-            Some(_) => return Ok(Admitted::Conflict),
-            None => {}
+        if let Some(known) = self.recent(id, gate, action) {
+            return Ok(known);
         }
         if action != Action::Stop {
-            self.command(actor, gate)?;
+            self.command_here(actor, gate)?;
         }
-        lock(&self.admitted).insert(id, (gate.clone(), action));
+        self.remember(id, gate, action);
         Ok(Admitted::New)
     }
 
-    /// Whether a login for `account` from `address` may be tried now; otherwise how long the
-    /// longer of the two lockouts still runs. Check before verifying the password, so that a
-    /// locked-out guesser costs no hashing.
-    pub fn login_allowed(&self, account: &str, address: IpAddr) -> Result<(), Duration> {
+    /// Admits command `id` (`action` on `gate` by `actor`): a burst then one per period per
+    /// caller and gate, except that `stop` is never limited (stopping a moving gate must never
+    /// wait for a limiter) and a retry of a command admitted lately is not counted again. An
+    /// id used for another gate or action is a conflict.
+    ///
+    /// This node's memory answers the ids it has seen; a new one is charged here and in the
+    /// cluster's shared table, then claimed in the store, which knows every node's ids (a
+    /// retry first seen by another node is charged once more here). Each wait is bounded:
+    /// Redis or the store being away makes this node decide alone, never stops commands.
+    pub async fn admit_command(
+        &self,
+        actor: &str,
+        gate: &GateId,
+        action: Action,
+        id: uuid::Uuid,
+    ) -> Result<Admitted, Duration> {
+        if let Some(known) = self.recent(id, gate, action) {
+            return Ok(known);
+        }
+        if action != Action::Stop {
+            self.command_here(actor, gate)?;
+            if let Some(shared) = &self.shared
+                && let Ok(Some(wait)) = shared
+                    .take(format!("cmd:{actor}:{gate}"), self.limits.command)
+                    .await
+            {
+                return Err(wait);
+            }
+        }
+        if let Some(claims) = &self.claims {
+            let claim = CommandClaim {
+                id: CommandId(id),
+                gate: gate.clone(),
+                action,
+                at_ms: wall_ms(),
+            };
+            match claims.claim(claim).await {
+                Some(Claimed::Same) => {
+                    self.remember(id, gate, action);
+                    return Ok(Admitted::Retry);
+                }
+                Some(Claimed::Other {
+                    gate: first,
+                    action: first_action,
+                }) => {
+                    self.remember(id, &first, first_action);
+                    return Ok(Admitted::Conflict);
+                }
+                Some(Claimed::New) | None => {}
+            }
+        }
+        self.remember(id, gate, action);
+        Ok(Admitted::New)
+    }
+
+    /// [`login_allowed`](Self::login_allowed) by this node's tables.
+    fn login_allowed_here(&self, account: &str, address: IpAddr) -> Result<(), Duration> {
         let now = self.clock.now();
         let by_account = self
             .accounts
@@ -403,10 +481,9 @@ impl RateLimits {
         }
     }
 
-    /// Records a failed login (wrong password, unknown or disabled account).
-    /// Counts a failed login; answers which of the account and the address this failure
-    /// just locked out (each once per run of failures).
-    pub fn login_failed(&self, account: &str, address: IpAddr) -> (bool, bool) {
+    /// Counts a failed login in this node's tables; answers which of the account and the
+    /// address this failure just locked out (each once per run of failures).
+    fn login_failed_here(&self, account: &str, address: IpAddr) -> (bool, bool) {
         let now = self.clock.now();
         let (account_policy, address_policy) =
             (self.limits.login_account, self.limits.login_address);
@@ -424,7 +501,7 @@ impl RateLimits {
     /// Takes one password-reset request for `account` (as typed, existing or not) from
     /// `address`, or says how long until one would be taken. The address is charged first, so
     /// that one client cycling through names is stopped by its own quota.
-    pub fn link_request(&self, account: &str, address: IpAddr) -> Result<(), Duration> {
+    fn link_request_here(&self, account: &str, address: IpAddr) -> Result<(), Duration> {
         let now = self.clock.now();
         let (by_account, by_address) = (self.limits.link_account, self.limits.link_address);
         self.link_addresses
@@ -437,10 +514,79 @@ impl RateLimits {
             })
     }
 
-    /// Records a successful login: the account's failures are forgotten (the address's are
-    /// not).
-    pub fn login_succeeded(&self, account: &str) {
+    fn login_succeeded_here(&self, account: &str) {
         self.accounts.remove(&account_key(account));
+    }
+
+    /// Whether a login for `account` from `address` may be tried now; otherwise how long the
+    /// longer of the lockouts (the account's, the address's, here or shared) still runs.
+    /// Check before verifying the password, so that a locked-out guesser costs no hashing.
+    pub async fn login_allowed(&self, account: &str, address: IpAddr) -> Result<(), Duration> {
+        self.login_allowed_here(account, address)?;
+        if let Some(shared) = &self.shared
+            && let Ok(Some(wait)) = shared
+                .locked(vec![
+                    shared_account_key(account),
+                    shared_address_key(address),
+                ])
+                .await
+        {
+            return Err(wait);
+        }
+        Ok(())
+    }
+
+    /// Records a failed login (wrong password, unknown or disabled account); answers which of
+    /// the account and the address this failure just locked out (each once per run of
+    /// failures: the cluster's count when Redis answers, this node's otherwise).
+    pub async fn login_failed(&self, account: &str, address: IpAddr) -> (bool, bool) {
+        let here = self.login_failed_here(account, address);
+        let Some(shared) = &self.shared else {
+            return here;
+        };
+        let (by_account, by_address) = tokio::join!(
+            shared.fail(shared_account_key(account), self.limits.login_account),
+            shared.fail(shared_address_key(address), self.limits.login_address),
+        );
+        match (by_account, by_address) {
+            (Ok(a), Ok(b)) => (a, b),
+            _ => here,
+        }
+    }
+
+    /// Takes one password-reset request for `account` (as typed, existing or not) from
+    /// `address`, here and in the cluster's shared table, or says how long until one would
+    /// be taken.
+    pub async fn link_request(&self, account: &str, address: IpAddr) -> Result<(), Duration> {
+        self.link_request_here(account, address)?;
+        let Some(shared) = &self.shared else {
+            return Ok(());
+        };
+        if let Ok(Some(wait)) = shared
+            .take(format!("link:addr:{address}"), self.limits.link_address)
+            .await
+        {
+            return Err(wait);
+        }
+        if let Ok(Some(wait)) = shared
+            .take(
+                format!("link:acct:{}", account_key(account)),
+                self.limits.link_account,
+            )
+            .await
+        {
+            return Err(wait);
+        }
+        Ok(())
+    }
+
+    /// Records a successful login: the account's failures are forgotten (the address's are
+    /// not), here and in the cluster.
+    pub async fn login_succeeded(&self, account: &str) {
+        self.login_succeeded_here(account);
+        if let Some(shared) = &self.shared {
+            let _ = shared.clear(shared_account_key(account)).await;
+        }
     }
 
     /// Keys held, per table (commands, accounts, addresses): for tests and metrics.
@@ -456,6 +602,14 @@ impl RateLimits {
 /// Account names are matched as typed, but case does not make a new key to guess with.
 fn account_key(account: &str) -> String {
     account.to_lowercase()
+}
+
+fn shared_account_key(account: &str) -> String {
+    format!("login:acct:{}", account_key(account))
+}
+
+fn shared_address_key(address: IpAddr) -> String {
+    format!("login:addr:{address}")
 }
 
 /// `Retry-After` in whole seconds, rounded up, at least 1.
@@ -507,23 +661,34 @@ mod tests {
         let (clock, limits) = rig(Limits::default());
         let g = gate("front");
         for i in 0..5 {
-            assert_eq!(limits.command("user:a", &g), Ok(()), "burst command {i}");
+            assert_eq!(
+                limits.command_here("user:a", &g),
+                Ok(()),
+                "burst command {i}"
+            );
         }
-        assert_eq!(limits.command("user:a", &g), Err(Duration::from_secs(2)));
+        assert_eq!(
+            limits.command_here("user:a", &g),
+            Err(Duration::from_secs(2))
+        );
         clock.advance(Duration::from_millis(500));
         assert_eq!(
-            limits.command("user:a", &g),
+            limits.command_here("user:a", &g),
             Err(Duration::from_millis(1500)),
             "a refused command does not push the next one back"
         );
         clock.advance(Duration::from_millis(1500));
-        assert_eq!(limits.command("user:a", &g), Ok(()));
-        assert!(limits.command("user:a", &g).is_err());
+        assert_eq!(limits.command_here("user:a", &g), Ok(()));
+        assert!(limits.command_here("user:a", &g).is_err());
         clock.advance(Duration::from_secs(10));
         for _ in 0..5 {
-            assert_eq!(limits.command("user:a", &g), Ok(()), "the burst refills");
+            assert_eq!(
+                limits.command_here("user:a", &g),
+                Ok(()),
+                "the burst refills"
+            );
         }
-        assert!(limits.command("user:a", &g).is_err());
+        assert!(limits.command_here("user:a", &g).is_err());
     }
 
     #[test]
@@ -531,20 +696,24 @@ mod tests {
         let (_clock, limits) = rig(Limits::default());
         let (front, back) = (gate("front"), gate("back"));
         for _ in 0..5 {
-            limits.command("user:a", &front).unwrap();
+            limits.command_here("user:a", &front).unwrap();
         }
-        assert!(limits.command("user:a", &front).is_err());
-        assert_eq!(limits.command("user:b", &front), Ok(()), "another caller");
-        assert_eq!(limits.command("user:a", &back), Ok(()), "another gate");
+        assert!(limits.command_here("user:a", &front).is_err());
+        assert_eq!(
+            limits.command_here("user:b", &front),
+            Ok(()),
+            "another caller"
+        );
+        assert_eq!(limits.command_here("user:a", &back), Ok(()), "another gate");
         for _ in 0..20 {
             assert_eq!(
-                limits.admit_command("user:a", &front, Action::Stop, uuid::Uuid::new_v4()),
+                limits.admit_command_here("user:a", &front, Action::Stop, uuid::Uuid::new_v4()),
                 Ok(Admitted::New)
             );
         }
         assert!(
             limits
-                .admit_command("user:a", &front, Action::Open, uuid::Uuid::new_v4())
+                .admit_command_here("user:a", &front, Action::Open, uuid::Uuid::new_v4())
                 .is_err()
         );
     }
@@ -555,33 +724,33 @@ mod tests {
         let (front, back) = (gate("front"), gate("back"));
         let first = uuid::Uuid::new_v4();
         assert_eq!(
-            limits.admit_command("user:a", &front, Action::Open, first),
+            limits.admit_command_here("user:a", &front, Action::Open, first),
             Ok(Admitted::New)
         );
         for _ in 0..4 {
             limits
-                .admit_command("user:a", &front, Action::Open, uuid::Uuid::new_v4())
+                .admit_command_here("user:a", &front, Action::Open, uuid::Uuid::new_v4())
                 .unwrap();
         }
         // The burst is spent: new ids wait, the first one's retries do not.
         assert!(
             limits
-                .admit_command("user:a", &front, Action::Open, uuid::Uuid::new_v4())
+                .admit_command_here("user:a", &front, Action::Open, uuid::Uuid::new_v4())
                 .is_err()
         );
         for _ in 0..10 {
             assert_eq!(
-                limits.admit_command("user:a", &front, Action::Open, first),
+                limits.admit_command_here("user:a", &front, Action::Open, first),
                 Ok(Admitted::Retry)
             );
         }
         // The same id for another gate or another action is not the same command.
         assert_eq!(
-            limits.admit_command("user:a", &back, Action::Open, first),
+            limits.admit_command_here("user:a", &back, Action::Open, first),
             Ok(Admitted::Conflict)
         );
         assert_eq!(
-            limits.admit_command("user:a", &front, Action::Close, first),
+            limits.admit_command_here("user:a", &front, Action::Close, first),
             Ok(Admitted::Conflict)
         );
     }
@@ -604,42 +773,46 @@ mod tests {
     fn login_failures_lock_the_account_after_the_free_ones_doubling_each_time() {
         let (clock, limits) = rig(Limits::default());
         for _ in 0..5 {
-            assert_eq!(limits.login_allowed("alice", ADDR), Ok(()));
-            assert_eq!(limits.login_failed("alice", ADDR), (false, false));
+            assert_eq!(limits.login_allowed_here("alice", ADDR), Ok(()));
+            assert_eq!(limits.login_failed_here("alice", ADDR), (false, false));
         }
         assert_eq!(
-            limits.login_allowed("alice", ADDR),
+            limits.login_allowed_here("alice", ADDR),
             Ok(()),
             "five failures are free"
         );
         assert_eq!(
-            limits.login_failed("alice", ADDR),
+            limits.login_failed_here("alice", ADDR),
             (true, false),
             "the sixth locks the account, and says so once"
         );
         assert_eq!(
-            limits.login_allowed("Alice", OTHER_ADDR),
+            limits.login_allowed_here("Alice", OTHER_ADDR),
             Err(Duration::from_secs(30)),
             "the account is locked from anywhere, whatever the case"
         );
-        assert_eq!(limits.login_allowed("bob", ADDR), Ok(()), "others are not");
-        clock.advance(Duration::from_secs(30));
-        assert_eq!(limits.login_allowed("alice", ADDR), Ok(()));
         assert_eq!(
-            limits.login_failed("alice", ADDR),
+            limits.login_allowed_here("bob", ADDR),
+            Ok(()),
+            "others are not"
+        );
+        clock.advance(Duration::from_secs(30));
+        assert_eq!(limits.login_allowed_here("alice", ADDR), Ok(()));
+        assert_eq!(
+            limits.login_failed_here("alice", ADDR),
             (false, false),
             "a longer lock of the same run is not news"
         );
         assert_eq!(
-            limits.login_allowed("alice", ADDR),
+            limits.login_allowed_here("alice", ADDR),
             Err(Duration::from_secs(60))
         );
         for _ in 0..20 {
             clock.advance(Duration::from_secs(3600 - 1));
-            limits.login_failed("alice", ADDR);
+            limits.login_failed_here("alice", ADDR);
         }
         assert_eq!(
-            limits.login_allowed("alice", OTHER_ADDR),
+            limits.login_allowed_here("alice", OTHER_ADDR),
             Err(Duration::from_secs(15 * 60)),
             "the lockout is capped"
         );
@@ -649,20 +822,20 @@ mod tests {
     fn a_success_clears_the_account_and_an_hour_without_failures_forgets_them() {
         let (clock, limits) = rig(Limits::default());
         for _ in 0..5 {
-            limits.login_failed("alice", ADDR);
+            limits.login_failed_here("alice", ADDR);
         }
-        limits.login_succeeded("alice");
-        limits.login_failed("alice", OTHER_ADDR);
-        assert_eq!(limits.login_allowed("alice", OTHER_ADDR), Ok(()));
+        limits.login_succeeded_here("alice");
+        limits.login_failed_here("alice", OTHER_ADDR);
+        assert_eq!(limits.login_allowed_here("alice", OTHER_ADDR), Ok(()));
 
         for _ in 0..4 {
-            limits.login_failed("carol", OTHER_ADDR);
+            limits.login_failed_here("carol", OTHER_ADDR);
         }
         clock.advance(Duration::from_secs(3600));
-        limits.login_failed("carol", OTHER_ADDR);
-        limits.login_failed("carol", OTHER_ADDR);
+        limits.login_failed_here("carol", OTHER_ADDR);
+        limits.login_failed_here("carol", OTHER_ADDR);
         assert_eq!(
-            limits.login_allowed("carol", OTHER_ADDR),
+            limits.login_allowed_here("carol", OTHER_ADDR),
             Ok(()),
             "the old failures were forgotten"
         );
@@ -672,16 +845,16 @@ mod tests {
     fn an_address_guessing_many_accounts_is_locked_and_a_success_does_not_unlock_it() {
         let (_clock, limits) = rig(Limits::default());
         for i in 0..20 {
-            limits.login_failed(&format!("user{i}"), ADDR);
-            limits.login_succeeded("mallory");
+            limits.login_failed_here(&format!("user{i}"), ADDR);
+            limits.login_succeeded_here("mallory");
         }
-        assert_eq!(limits.login_allowed("someone", ADDR), Ok(()));
-        limits.login_failed("user20", ADDR);
+        assert_eq!(limits.login_allowed_here("someone", ADDR), Ok(()));
+        limits.login_failed_here("user20", ADDR);
         assert_eq!(
-            limits.login_allowed("someone", ADDR),
+            limits.login_allowed_here("someone", ADDR),
             Err(Duration::from_secs(30))
         );
-        assert_eq!(limits.login_allowed("someone", OTHER_ADDR), Ok(()));
+        assert_eq!(limits.login_allowed_here("someone", OTHER_ADDR), Ok(()));
     }
 
     #[test]
@@ -693,19 +866,19 @@ mod tests {
         let g = gate("front");
         // "user:busy" uses its whole burst: it stays active for a while.
         for _ in 0..5 {
-            limits.command("user:busy", &g).unwrap();
+            limits.command_here("user:busy", &g).unwrap();
         }
-        limits.command("user:a", &g).unwrap();
-        limits.command("user:b", &g).unwrap();
+        limits.command_here("user:a", &g).unwrap();
+        limits.command_here("user:b", &g).unwrap();
         clock.advance(Duration::from_secs(3));
         for i in 0..10 {
-            limits.command(&format!("user:new{i}"), &g).unwrap();
+            limits.command_here(&format!("user:new{i}"), &g).unwrap();
             assert!(limits.sizes().0 <= 3);
         }
         // The idle ones went first; the busy caller's state lasted until it had to go.
         clock.advance(Duration::from_secs(100));
         assert_eq!(limits.sizes().0, 3);
-        limits.login_failed("x", ADDR);
+        limits.login_failed_here("x", ADDR);
         assert_eq!(limits.sizes(), (3, 1, 1));
     }
 
@@ -717,15 +890,15 @@ mod tests {
         });
         let g = gate("front");
         for _ in 0..5 {
-            limits.command("user:busy", &g).unwrap();
+            limits.command_here("user:busy", &g).unwrap();
         }
-        limits.command("user:idle", &g).unwrap();
+        limits.command_here("user:idle", &g).unwrap();
         clock.advance(Duration::from_secs(2));
-        limits.command("user:new", &g).unwrap();
+        limits.command_here("user:new", &g).unwrap();
         // Two seconds refilled one command; a forgotten caller would have its whole burst.
-        assert_eq!(limits.command("user:busy", &g), Ok(()));
+        assert_eq!(limits.command_here("user:busy", &g), Ok(()));
         assert!(
-            limits.command("user:busy", &g).is_err(),
+            limits.command_here("user:busy", &g).is_err(),
             "the busy caller was not forgotten"
         );
     }

@@ -196,6 +196,20 @@ where
     });
 }
 
+/// The rate limits: this node's, and the cluster's shared ones on a node of a cluster; command
+/// ids claimed in `ids`.
+fn limits(
+    runtime: &Runtime,
+    ids: Arc<dyn gatehouse_actors::store::CommandIdStore>,
+) -> gatehouse_api::ratelimit::RateLimits {
+    let limits = gatehouse_api::ratelimit::RateLimits::default()
+        .claiming_in(gatehouse_api::command_ids::CommandIds::start(ids));
+    match &runtime.shared_limits {
+        Some(shared) => limits.shared_with(shared.clone()),
+        None => limits,
+    }
+}
+
 /// The application handles for `runtime` on `store`, with the WebSocket session layer whose
 /// hub and supervisor the runtime's root started.
 pub fn app(
@@ -211,6 +225,7 @@ pub fn app(
         None => TokenKeys::load_or_create(&config.data.dir),
     }
     .context("loading the token signing key")?;
+    let store_for_ids: Arc<dyn gatehouse_actors::store::CommandIdStore> = store.clone();
     Ok(App {
         fleet: runtime.fleet.clone(),
         access: store.clone(),
@@ -227,7 +242,7 @@ pub fn app(
         passwords,
         changes,
         sessions,
-        limits: Default::default(),
+        limits: Arc::new(limits(runtime, store_for_ids)),
         root: Some(runtime.root().clone()),
     })
 }

@@ -51,6 +51,8 @@ pub struct Runtime {
     pub blobs: Option<Arc<dyn gatehouse_actors::blob::BlobStore>>,
     /// On a node of a cluster: the live bus between the nodes.
     pub cluster_bus: Option<gatehouse_adapters::redis_bus::RedisBus>,
+    /// On a node of a cluster: the rate limits and lockouts the nodes share.
+    pub shared_limits: Option<Arc<dyn gatehouse_actors::cluster::SharedLimits>>,
 }
 
 impl Runtime {
@@ -82,6 +84,7 @@ impl Runtime {
             scheduler: Default::default(),
             blobs: None,
             cluster_bus: None,
+            shared_limits: None,
         };
         if let Err(e) = runtime.fleet.add_controllers(controllers).await {
             root::stop(&runtime.root, "tree", Duration::from_secs(10)).await;
@@ -179,8 +182,15 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let mut options = TreeOptions::of(&config)?;
     // In a cluster the sessions follow every node's events: this node's, forwarded, and the
     // others' from Redis.
+    let mut shared_limits: Option<Arc<dyn gatehouse_actors::cluster::SharedLimits>> = None;
     let (view, cluster_bus) = match &mut options.cluster {
         Some(setup) => {
+            shared_limits = Some(Arc::new(
+                gatehouse_adapters::redis_limits::RedisLimits::new(
+                    &setup.redis_url,
+                    CHANNEL_PREFIX,
+                )?,
+            ));
             let view = LocalBus::default();
             let redis = RedisBus::start(
                 &setup.redis_url,
@@ -215,6 +225,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         cluster_tasks.extend(carry_notices(redis, &changes, runtime.fleet.clone()));
     }
     runtime.cluster_bus = cluster_bus;
+    runtime.shared_limits = shared_limits;
     if runtime.fleet.configured().await.is_empty() {
         tracing::warn!(
             "no controllers configured: import a fleet with `gatehouse fleet import FILE`"

@@ -165,7 +165,11 @@ impl Stack {
             passwords,
             changes,
             sessions,
-            limits: Default::default(),
+            // As the product: command ids claimed in the store.
+            limits: Arc::new(
+                gatehouse_api::ratelimit::RateLimits::default()
+                    .claiming_in(gatehouse_api::command_ids::CommandIds::start(store.clone())),
+            ),
             root: Some(runtime.root().clone()),
         };
         let readiness: Arc<dyn Readiness> = Arc::new(Vec::<Check>::new);

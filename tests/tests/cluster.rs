@@ -9,7 +9,9 @@
 //!   after SIGCONT it drives none of them until it takes some back;
 //! - a node killed with SIGKILL under command load loses its controllers to the others
 //!   within the TTL;
-//! - a node stopped with SIGTERM hands its controllers over at once.
+//! - a node stopped with SIGTERM hands its controllers over at once;
+//! - a command id used through one node is refused for another gate through another, and
+//!   failed logins spread over two nodes lock the account on both.
 //!
 //! Through all of it: every command gets exactly one terminal outcome, every one told
 //! `completed` is in the log once, the sessions see every event of every gate in order with
@@ -602,6 +604,37 @@ async fn controllers_are_owned_once_balanced_and_fail_over_within_the_lease() {
         3,
         "every node wrote: {nodes_writing:?}"
     );
+
+    // What one node learns binds the others (n1 and n2 are alive; n3 was killed).
+    // A command id is one command across gates and nodes: used through n1 for one gate, it
+    // is refused through n2 for another (the store has it, not only n1's memory).
+    let id = Uuid::new_v4();
+    let first = nodes[0]
+        .http
+        .command(&nodes[0].token, "sim-1-g1", id, "stop", false)
+        .await;
+    assert_eq!(first.status, 202, "{:?}", first.body);
+    assert_ne!(first.body["reason"], "id_conflict", "{:?}", first.body);
+    let reused = nodes[1]
+        .http
+        .command(&nodes[1].token, "sim-2-g1", id, "stop", false)
+        .await;
+    assert_eq!(
+        (&reused.body["status"], &reused.body["reason"]),
+        (&json!("rejected"), &json!("id_conflict")),
+        "the id reused through another node: {:?}",
+        reused.body
+    );
+    // Failed logins spread over n1 and n2 lock the account on both: five are free in all,
+    // the sixth locks (neither node alone saw more than three).
+    for attempt in 0..6 {
+        let reply = nodes[attempt % 2].http.login("mallory", "guess").await;
+        assert_eq!(reply.status, 401, "attempt {attempt}: {:?}", reply.body);
+    }
+    for node in &nodes[..2] {
+        let reply = node.http.login("mallory", "guess").await;
+        assert_eq!(reply.status, 429, "locked everywhere: {:?}", reply.body);
+    }
 
     // n2 leaves (SIGTERM): its controllers go to n1 at once, well inside the TTL.
     nodes[1].proc.signal("TERM");

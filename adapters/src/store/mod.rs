@@ -141,6 +141,7 @@ macro_rules! require {
 
 mod access;
 mod cluster;
+mod command_ids;
 mod error;
 mod events;
 mod fleet;

@@ -233,3 +233,12 @@ diesel::table! {
         used_at -> Nullable<BigInt>,
     }
 }
+
+diesel::table! {
+    command_ids (id) {
+        id -> Text,
+        gate_id -> Text,
+        action -> Text,
+        claimed_at -> BigInt,
+    }
+}

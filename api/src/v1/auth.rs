@@ -105,6 +105,7 @@ async fn login(app: App, ip: IpAddr, body: LoginRequest) -> Outcome {
     // A locked-out guesser is answered before any hashing or database work.
     app.limits
         .login_allowed(&body.username, ip)
+        .await
         .map_err(|wait| rate_limited(wait, "failed logins"))?;
     let user = app
         .access
@@ -123,7 +124,7 @@ async fn login(app: App, ip: IpAddr, body: LoginRequest) -> Outcome {
     let user = match user {
         Some(u) if ok && !u.disabled => u,
         _ => {
-            let (account, address) = app.limits.login_failed(&body.username, ip);
+            let (account, address) = app.limits.login_failed(&body.username, ip).await;
             if account || address {
                 app.alerts
                     .raise(lockout_alert(&body.username, ip, account, address));
@@ -131,7 +132,7 @@ async fn login(app: App, ip: IpAddr, body: LoginRequest) -> Outcome {
             return Err(invalid_credentials());
         }
     };
-    app.limits.login_succeeded(&body.username);
+    app.limits.login_succeeded(&body.username).await;
     let refresh = secrets::refresh_token();
     let now = wall_ms();
     app.access

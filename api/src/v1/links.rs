@@ -178,6 +178,7 @@ async fn request_reset(app: App, ip: IpAddr, body: ResetRequest) -> Outcome {
     }
     app.limits
         .link_request(login, ip)
+        .await
         .map_err(|wait| rate_limited(wait, "password reset requests"))?;
     let user = find_account(&app, login).await?;
     if let Some(user) = user.filter(|u| !u.disabled && u.email.is_some()) {
@@ -303,7 +304,7 @@ async fn redeem(app: App, ip: IpAddr, body: RedeemRequest) -> Outcome {
             details: "{}".into(),
         })
         .await;
-    app.limits.login_succeeded(&user.username);
+    app.limits.login_succeeded(&user.username).await;
     let refresh = secrets::refresh_token();
     app.access
         .start_family(user.id, secrets::digest(&refresh), now)

@@ -15,7 +15,7 @@ use crate::ws::msg::SessionMsg;
 use crate::ws::protocol;
 
 impl SessionState {
-    pub(super) fn command(&mut self, id: uuid::Uuid, gate: &str, action: &str) {
+    pub(super) async fn command(&mut self, id: uuid::Uuid, gate: &str, action: &str) {
         let request = id.to_string();
         let rid = Some(request.as_str());
         let Ok(action) = action.parse::<Action>() else {
@@ -46,7 +46,7 @@ impl SessionState {
             ip: self.ip,
             via: Via::WebSocket,
         };
-        match commands::submit(&self.app, command, acks) {
+        match commands::submit(&self.app, command, acks).await {
             Ok(Submitted::Sent) => {}
             Ok(Submitted::IdConflict) => {
                 let (status, reason) =

@@ -304,7 +304,7 @@ impl SessionState {
             ClientMsg::Unsubscribe { id, gates, sites } => {
                 self.unsubscribe(id.as_deref(), &gates, &sites)
             }
-            ClientMsg::Command { id, gate, action } => self.command(id, &gate, &action),
+            ClientMsg::Command { id, gate, action } => self.command(id, &gate, &action).await,
         }
     }
 }
