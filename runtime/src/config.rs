@@ -657,6 +657,15 @@ impl Config {
                 }
                 Some(_) => {}
             }
+            if self.auth.jwt_key_file.is_none() {
+                return Err(err(
+                    "auth.jwt_key_file",
+                    "is required in a cluster: every node signs and checks access tokens with the \
+                     same key, so that a token from one node is good on all (an Ed25519 PKCS#8 PEM \
+                     file, the same on every node: for example the one a node alone generates in \
+                     its data directory, jwt-ed25519.pem)",
+                ));
+            }
         }
         if !(100..=300_000).contains(&self.shutdown.timeout_ms) {
             return Err(err("shutdown.timeout_ms", "must be between 100 and 300000"));
@@ -834,8 +843,9 @@ mod tests {
     }
 
     #[test]
-    fn a_cluster_needs_a_node_id_postgresql_and_a_sane_ttl() {
-        let pg = "[database]\nurl = \"postgres://db.internal/gatehouse\"\n";
+    fn a_cluster_needs_a_node_id_postgresql_a_sane_ttl_and_a_shared_signing_key() {
+        let pg = "[database]\nurl = \"postgres://db.internal/gatehouse\"\n\
+                  [auth]\njwt_key_file = \"/etc/gatehouse/jwt.pem\"\n";
         let (_d, path) = write(&format!(
             "{pg}[cluster]\nnode_id = \"n1\"\nbind = \"10.0.0.5\"\nredis_url = \"redis://r:6379\"\n"
         ));
@@ -875,6 +885,13 @@ mod tests {
             let e = Config::load(Some(&path), env(&[])).unwrap_err();
             assert_eq!(e.key, key, "{text}: {e}");
         }
+        // Without a shared signing key, a token from one node would be refused by the others.
+        let (_d, path) = write(
+            "[database]\nurl = \"postgres://db.internal/gatehouse\"\n\
+             [cluster]\nnode_id = \"n1\"\nredis_url = \"redis://r:6379\"\n",
+        );
+        let e = Config::load(Some(&path), env(&[])).unwrap_err();
+        assert_eq!(e.key, "auth.jwt_key_file", "{e}");
         let (_d, path) = write(&format!("{pg}[cluster]\nbind = \"10.0.0.5\"\n"));
         let e = Config::load(Some(&path), env(&[])).unwrap_err();
         assert!(e.message.contains("node_id"), "{e}");

@@ -23,20 +23,26 @@ pub const ADMIN: (&str, &str) = ("chief", "chief-password-1");
 /// Bounds every wait here.
 const WAIT: Duration = Duration::from_secs(60);
 
-/// Node `n<i>`'s configuration file in `dir`: its own data directory, and its own loopback
-/// address for controller connections (`127.0.0.1<i>`), so that the simulator can tell the
-/// writers apart.
+/// Node `n<i>`'s configuration file in `dir`: its own data directory, the cluster's one token
+/// signing key, and its own loopback address for controller connections (`127.0.0.1<i>`), so
+/// that the simulator can tell the writers apart.
 pub fn node_config(dir: &Path, node: &str, database: &str, redis: &str, ttl_ms: u64) -> PathBuf {
     let data = dir.join(node);
     std::fs::create_dir_all(&data).expect("a data directory");
+    // One token signing key for every node, as a cluster needs (created by the first call).
+    let keys = dir.join("keys");
+    gatehouse_api::auth::tokens::TokenKeys::load_or_create(&keys).expect("a signing key");
+    let key = keys.join("jwt-ed25519.pem");
     let path = dir.join(format!("{node}.toml"));
     std::fs::write(
         &path,
         format!(
             "[http]\nlisten = \"127.0.0.1:0\"\n\n[database]\nurl = {database:?}\n\n\
-             [data]\ndir = {:?}\n\n[cluster]\nnode_id = {node:?}\nlease_ttl_ms = {ttl_ms}\n\
+             [data]\ndir = {:?}\n\n[auth]\njwt_key_file = {:?}\n\n\
+             [cluster]\nnode_id = {node:?}\nlease_ttl_ms = {ttl_ms}\n\
              bind = \"127.0.0.1{}\"\nredis_url = {redis:?}\n",
             data.display().to_string(),
+            key.display().to_string(),
             node.trim_start_matches('n'),
         ),
     )

@@ -317,6 +317,17 @@ async fn controllers_are_owned_once_balanced_and_fail_over_within_the_lease() {
         assert_eq!(readiness_of(&node.http, "cluster_bus").await, "ready");
     }
 
+    // One token is good on every node (one signing key), so a load balancer may send a
+    // client's requests anywhere.
+    for node in &nodes {
+        let reply = node.http.get(&nodes[0].token, "/api/v1/auth/me").await;
+        assert_eq!(
+            reply.status, 200,
+            "n1's token on {}: {:?}",
+            node.addr, reply.body
+        );
+    }
+
     // Sessions on two nodes follow every gate.
     let followers = [
         Follower::start(&nodes[0]).await,

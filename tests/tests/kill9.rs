@@ -2,7 +2,8 @@
 //! `?wait=true` and a WebSocket session, commanding eight gates on two simulated controllers.
 //! Every outcome a client was told `completed` must be in the event log exactly once after the
 //! kill, every gate's stored sequence must run without a gap, and a restarted server must
-//! carry on from there (its next event continues the sequence).
+//! carry on from there (its next event continues the sequence) and remember the command ids
+//! used before the kill.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -214,6 +215,28 @@ async fn outcomes_told_to_rest_and_websocket_clients_survive_kill_9_exactly_once
             answer["status"].as_str(),
             Some("completed" | "rejected" | "failed")
         ),
+        "{answer}"
+    );
+    // A command id outlives the process: one told before the kill, used again after the
+    // restart for another gate, is refused as a conflict, never a second command.
+    let (told_id, told_gate, _) = &told[0];
+    let other = gates
+        .iter()
+        .find(|g| *g != told_gate)
+        .expect("another gate");
+    let answer: Value = reqwest::Client::new()
+        .post(format!("{base}/api/v1/gates/{other}/commands"))
+        .bearer_auth(&token)
+        .json(&json!({"id": told_id, "action": "stop"}))
+        .send()
+        .await
+        .expect("answered")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        (&answer["status"], &answer["reason"]),
+        (&json!("rejected"), &json!("id_conflict")),
         "{answer}"
     );
     server.signal("TERM");

@@ -7,7 +7,12 @@
 //! - **failover**: a node other than `n1` is killed with SIGKILL; for each of its gates, the
 //!   time until a command through `n1` is accepted again (the lease expired, another node took
 //!   the controller, connected and restored the gate); then the node is started again and the
-//!   controllers spread back. Repeated `--rounds` times.
+//!   controllers spread back. Repeated `--rounds` times;
+//! - **fan-out**: `--sessions` WebSocket sessions (the phones' process, `ws-clients`) spread
+//!   evenly over the three nodes, each subscribed to one shared gate (driven by `n2`) and one
+//!   of its own; commands move the shared gate, and each of its events is timed from its
+//!   timestamp (set by the gate's actor on `n2`) to each phone reading it. Sessions on `n1`
+//!   and `n3` get it over Redis, those on `n2` from its own bus.
 //!
 //! The binaries (`gatehouse`, `gatehouse-sim`) are this one's siblings: build them in the
 //! same profile first.
@@ -39,6 +44,12 @@ pub struct ClusterSizes {
     rounds: usize,
     #[arg(long, default_value_t = 2000)]
     lease_ttl_ms: u64,
+    /// WebSocket sessions for the fan-out, spread over the three nodes.
+    #[arg(long, default_value_t = 10_000)]
+    sessions: usize,
+    /// Commands moving the shared gate during the fan-out (each makes several events).
+    #[arg(long, default_value_t = 4)]
+    fan_commands: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -90,6 +101,13 @@ pub struct ClusterReport {
     /// Node killed → each of its gates accepting commands through n1 again.
     pub failover: Quantiles,
     pub failover_rounds: usize,
+    /// Sessions in the fan-out, over the three nodes.
+    pub sessions: usize,
+    /// The shared gate's events during the fan-out (each one delivery per session).
+    pub fan_events: u64,
+    /// Event timestamp → a phone reading it, every delivery; and by node (n1, n2, n3; the
+    /// gate is driven by n2).
+    pub fanout: crate::ws::FanFigures,
 }
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -123,10 +141,16 @@ async fn stop_accepted(node: &Node, gate: &str) -> bool {
 }
 
 pub async fn run(sizes: ClusterSizes) -> anyhow::Result<ClusterReport> {
-    let (controllers, commands, rounds) = if sizes.smoke {
-        (6, 20, 1)
+    let (controllers, commands, rounds, sessions, fan_commands) = if sizes.smoke {
+        (6, 20, 1, 150, 2)
     } else {
-        (sizes.controllers, sizes.commands, sizes.rounds)
+        (
+            sizes.controllers,
+            sizes.commands,
+            sizes.rounds,
+            sizes.sessions,
+            sizes.fan_commands.max(1),
+        )
     };
     let database = ScratchDatabase::create(&pg_server(), "gh_bench_cluster")?;
     let url = database.url();
@@ -195,6 +219,8 @@ pub async fn run(sizes: ClusterSizes) -> anyhow::Result<ClusterReport> {
         local.p50_ms, remote.p50_ms
     );
 
+    let (fan_events, fanout) = fan_out(&nodes, &store, &o, &gates, sessions, fan_commands).await?;
+
     // Failover rounds.
     let mut failover: Vec<Duration> = Vec::new();
     for round in 0..rounds {
@@ -249,7 +275,75 @@ pub async fn run(sizes: ClusterSizes) -> anyhow::Result<ClusterReport> {
         remote,
         failover: Quantiles::exact(failover),
         failover_rounds: rounds,
+        sessions,
+        fan_events,
+        fanout,
     })
+}
+
+/// The fan-out phase: answers the shared gate's events and what the phones measured.
+async fn fan_out(
+    nodes: &[Node],
+    store: &Store,
+    owners: &std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+    gates: &[String],
+    sessions: usize,
+    commands: usize,
+) -> anyhow::Result<(u64, crate::ws::FanFigures)> {
+    use gatehouse_actors::ids::GateId;
+    use gatehouse_actors::store::EventStore;
+
+    let Some(controller) = owners.get("n2").and_then(|c| c.iter().next()) else {
+        bail!("n2 drives nothing: {owners:?}");
+    };
+    let fan = format!("{controller}-g1");
+    let dir = tempfile::tempdir()?;
+    let list = dir.path().join("gates");
+    let own: Vec<&String> = gates.iter().filter(|g| **g != fan).collect();
+    std::fs::write(
+        &list,
+        std::iter::once(&fan)
+            .chain(own)
+            .map(|g| format!("{g}\n"))
+            .collect::<String>(),
+    )?;
+    let addrs: Vec<std::net::SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+    let mut clients = crate::ws::Clients::spawn(&addrs, &nodes[0].token, &list)?;
+    let began = Instant::now();
+    let ready = tokio::task::block_in_place(|| clients.ask(&format!("connect {sessions}")))?;
+    if ready.trim() != format!("ready {sessions}") {
+        bail!("the phones answered {ready:?}");
+    }
+    eprintln!(
+        "{sessions} sessions over 3 nodes up in {:.1} s",
+        began.elapsed().as_secs_f64()
+    );
+    let gate = GateId::new(&fan)?;
+    let before = store.latest(gate.clone()).await?.map_or(0, |e| e.event.seq);
+    tokio::task::block_in_place(|| clients.ask("fan-start"))?;
+    // Open and close in turn, each to its end (within the rate limit's burst of 5; a pause
+    // between bursts otherwise).
+    for i in 0..commands {
+        if i > 0 && i % 5 == 0 {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        }
+        let action = if i % 2 == 0 { "open" } else { "close" };
+        let reply = nodes[1]
+            .http
+            .command(&nodes[1].token, &fan, Uuid::new_v4(), action, true)
+            .await;
+        if reply.body["status"] != "completed" {
+            bail!("{action} on {fan}: {:?}", reply.body);
+        }
+    }
+    let events = store.since(gate, before, 10_000).await?.len() as u64;
+    let answer = tokio::task::block_in_place(|| {
+        clients.ask(&format!("fan-report {}", events * sessions as u64))
+    })?;
+    let figures: crate::ws::FanFigures = serde_json::from_str(&answer)?;
+    eprintln!("fan-out: {events} events, {answer}");
+    drop(clients);
+    Ok((events, figures))
 }
 
 pub fn print_text(r: &ClusterReport) {
@@ -266,6 +360,23 @@ pub fn print_text(r: &ClusterReport) {
         r.remote.p50_ms, r.remote.p99_ms, r.remote.count
     );
     println!("  extra hop (p50 difference): {:.2} ms", r.extra_hop_p50_ms);
+    let f = &r.fanout;
+    println!(
+        "  fan-out, one gate (driven by n2) to {} sessions over 3 nodes: {} events, {} of {} deliveries; event → phone p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
+        r.sessions,
+        r.fan_events,
+        f.delivered,
+        f.expected,
+        f.latency.p50_ms,
+        f.latency.p99_ms,
+        f.latency.max_ms
+    );
+    for (name, l) in NODES.iter().zip(&f.by_node) {
+        println!(
+            "    sessions on {name}: p50 {:.1} ms  p99 {:.1} ms  ({} deliveries)",
+            l.p50_ms, l.p99_ms, l.count
+        );
+    }
     println!(
         "  failover, node killed → its gates accept commands again: p50 {:.0} ms  p99 {:.0} ms  max {:.0} ms  ({} gates over {} rounds)",
         r.failover.p50_ms,

@@ -67,8 +67,9 @@ enum Cmd {
     Soak(soak::SoakSizes),
     /// Internal: the phones of the `ws` benchmark.
     WsClients {
-        #[arg(long)]
-        addr: SocketAddr,
+        /// Where the sessions connect, round robin (several: the nodes of a cluster).
+        #[arg(long, required = true)]
+        addr: Vec<SocketAddr>,
         #[arg(long)]
         gates: std::path::PathBuf,
     },

@@ -128,6 +128,10 @@ pub struct FanFigures {
     pub span_ms: f64,
     /// Each event's slowest delivery, in publishing order.
     pub slowest_per_event_ms: Vec<f64>,
+    /// The latency by the address the sessions connected to (the nodes of a cluster), in the
+    /// order given.
+    #[serde(default)]
+    pub by_node: Vec<Latency>,
 }
 
 #[derive(Debug, Serialize)]
@@ -171,20 +175,25 @@ pub struct Overhead {
 }
 
 /// The phones' process.
-struct Clients {
+pub(crate) struct Clients {
     child: Child,
     stdin: ChildStdin,
     lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
 }
 
 impl Clients {
-    fn spawn(
-        addr: std::net::SocketAddr,
+    pub(crate) fn spawn(
+        addrs: &[std::net::SocketAddr],
         token: &str,
         gates: &std::path::Path,
     ) -> anyhow::Result<Clients> {
-        let mut child = Command::new(std::env::current_exe()?)
-            .args(["ws-clients", "--addr", &addr.to_string(), "--gates"])
+        let mut command = Command::new(std::env::current_exe()?);
+        command.arg("ws-clients");
+        for addr in addrs {
+            command.args(["--addr", &addr.to_string()]);
+        }
+        let mut child = command
+            .arg("--gates")
             .arg(gates)
             .env("GATEHOUSE_BENCH_TOKEN", token)
             .stdin(Stdio::piped())
@@ -200,7 +209,7 @@ impl Clients {
         })
     }
 
-    fn ask(&mut self, line: &str) -> anyhow::Result<String> {
+    pub(crate) fn ask(&mut self, line: &str) -> anyhow::Result<String> {
         writeln!(self.stdin, "{line}")?;
         self.stdin.flush()?;
         self.lines
@@ -311,7 +320,7 @@ pub async fn run(sizes: WsSizes) -> anyhow::Result<WsReport> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_before = rss_kib();
     let token = stack.token("bench");
-    let mut clients = Clients::spawn(stack.addr, &token, &list)?;
+    let mut clients = Clients::spawn(&[stack.addr], &token, &list)?;
     let t0 = Instant::now();
     let ready = tokio::task::block_in_place(|| clients.ask(&format!("connect {}", s.sessions)))?;
     let connect_seconds = t0.elapsed().as_secs_f64();
@@ -540,6 +549,8 @@ struct Figures {
     fan_first_ms: AtomicU64,
     /// The slowest delivery of each fan event (by seq), µs.
     fan_slowest: std::sync::Mutex<std::collections::BTreeMap<u64, u64>>,
+    /// Fan deliveries by the address the session connected to.
+    fan_by_node: Vec<Histogram>,
 }
 
 enum Out {
@@ -565,6 +576,7 @@ fn field_u64(text: &str, name: &str) -> Option<u64> {
 
 async fn connection(
     mut client: WsClient,
+    node: usize,
     fan: String,
     mut rx: mpsc::UnboundedReceiver<Out>,
     figures: Arc<Figures>,
@@ -600,6 +612,9 @@ async fn connection(
                         let now = now_us();
                         let took = now.saturating_sub(at * 1000);
                         figures.fan.record(Duration::from_micros(took));
+                        if let Some(h) = figures.fan_by_node.get(node) {
+                            h.record(Duration::from_micros(took));
+                        }
                         if let (Some(seq), Ok(mut slowest)) = (field_u64(text, "seq"), figures.fan_slowest.lock()) {
                             let e = slowest.entry(seq).or_default();
                             *e = (*e).max(took);
@@ -624,14 +639,23 @@ async fn connection(
 }
 
 /// `ws-clients`: N phones; driven by lines on stdin, answering on stdout.
-pub async fn clients(addr: std::net::SocketAddr, gates: std::path::PathBuf) -> anyhow::Result<()> {
+pub async fn clients(
+    addrs: Vec<std::net::SocketAddr>,
+    gates: std::path::PathBuf,
+) -> anyhow::Result<()> {
     let token = std::env::var("GATEHOUSE_BENCH_TOKEN").context("GATEHOUSE_BENCH_TOKEN")?;
     let gates: Vec<String> = std::fs::read_to_string(&gates)?
         .lines()
         .map(str::to_string)
         .collect();
     let fan = gates.first().context("no gates")?.clone();
-    let figures = Arc::new(Figures::default());
+    if gates.len() < 2 || addrs.is_empty() {
+        bail!("the phones need the fan gate, one gate at least of their own, and an address");
+    }
+    let figures = Arc::new(Figures {
+        fan_by_node: addrs.iter().map(|_| Histogram::default()).collect(),
+        ..Figures::default()
+    });
     let mut senders: Vec<mpsc::UnboundedSender<Out>> = Vec::new();
     let (tx, mut lines) = mpsc::unbounded_channel::<String>();
     std::thread::spawn(move || {
@@ -655,8 +679,11 @@ pub async fn clients(addr: std::net::SocketAddr, gates: std::path::PathBuf) -> a
                 let mut tasks = futures::stream::iter(1..=n)
                     .map(|i| {
                         let token = token.clone();
-                        let own = gates[i].clone();
+                        // More sessions than gates of their own: they share them in turn.
+                        let own = gates[1 + (i - 1) % (gates.len() - 1)].clone();
                         let fan = fan.clone();
+                        let node = (i - 1) % addrs.len();
+                        let addr = addrs[node];
                         async move {
                             let (mut c, _) = WsClient::authed(addr, &token).await?;
                             c.send(json!({"type": "subscribe", "gates": [own, fan]}))
@@ -664,14 +691,14 @@ pub async fn clients(addr: std::net::SocketAddr, gates: std::path::PathBuf) -> a
                             let (_, _) = c
                                 .until(Duration::from_secs(60), |f| f["type"] == "snapshot")
                                 .await?;
-                            anyhow::Ok(c)
+                            anyhow::Ok((c, node))
                         }
                     })
                     .buffer_unordered(200);
                 while let Some(c) = tasks.next().await {
-                    let c = c?;
+                    let (c, node) = c?;
                     let (tx, rx) = mpsc::unbounded_channel();
-                    tokio::spawn(connection(c, fan.clone(), rx, figures.clone()));
+                    tokio::spawn(connection(c, node, fan.clone(), rx, figures.clone()));
                     senders.push(tx);
                 }
                 say(format!("ready {}", senders.len()));
@@ -691,7 +718,7 @@ pub async fn clients(addr: std::net::SocketAddr, gates: std::path::PathBuf) -> a
                         "close"
                     };
                     let frame = json!({"type": "command", "id": uuid::Uuid::new_v4(),
-                                       "gate": gates[i + 1], "action": action})
+                                       "gate": gates[1 + i % (gates.len() - 1)], "action": action})
                     .to_string();
                     let _ = senders[i].send(Out::Command(frame));
                 }
@@ -713,6 +740,9 @@ pub async fn clients(addr: std::net::SocketAddr, gates: std::path::PathBuf) -> a
             }
             ["fan-start"] => {
                 figures.fan.reset();
+                for h in &figures.fan_by_node {
+                    h.reset();
+                }
                 figures.fan_last_us.store(0, Ordering::Relaxed);
                 figures.fan_first_ms.store(u64::MAX, Ordering::Relaxed);
                 if let Ok(mut slowest) = figures.fan_slowest.lock() {
@@ -741,6 +771,7 @@ pub async fn clients(addr: std::net::SocketAddr, gates: std::path::PathBuf) -> a
                         .lock()
                         .map(|m| m.values().map(|us| *us as f64 / 1000.0).collect())
                         .unwrap_or_default(),
+                    by_node: figures.fan_by_node.iter().map(Latency::of).collect(),
                 };
                 say(serde_json::to_string(&report)?);
             }
