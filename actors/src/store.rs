@@ -391,6 +391,9 @@ pub trait EventStore: Send + Sync + 'static {
     fn latest(&self, gate: GateId) -> BoxFuture<'_, Result<Option<StoredEvent>, StoreError>>;
     /// Every event with global id `> after`, in id order.
     fn after(&self, after: i64, limit: u32) -> BoxFuture<'_, Result<Vec<StoredEvent>, StoreError>>;
+    /// The newest event's global id (0 when there is none): where following
+    /// [`after`](Self::after) starts.
+    fn newest_id(&self) -> BoxFuture<'_, Result<i64, StoreError>>;
     /// Commands that finished at or after `since_ms` (wall clock), from their
     /// `command_finished` events: what a restarted gate must remember for idempotency.
     fn finished_commands(
@@ -431,6 +434,12 @@ pub trait CommandIdStore: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<Vec<Claimed>, StoreError>>;
     /// Forgets the ids taken before `before_ms`; answers how many.
     fn forget_commands(&self, before_ms: u64) -> BoxFuture<'_, Result<u64, StoreError>>;
+    /// The newest `limit` ids taken at or after `since_ms`, oldest first.
+    fn recent_commands(
+        &self,
+        since_ms: u64,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Vec<CommandClaim>, StoreError>>;
 }
 
 /// A command's terminal outcome, as recorded.

@@ -51,6 +51,8 @@ pub mod names {
     pub const EVENTLOG_COMMIT_DURATION: &str = "gatehouse_eventlog_commit_duration_seconds";
     pub const EVENTLOG_QUEUE_DEPTH: &str = "gatehouse_eventlog_queue_depth";
     pub const EVENTLOG_COMMIT_FAILURES: &str = "gatehouse_eventlog_commit_failures_total";
+    pub const COMMAND_ID_CLAIMS: &str = "gatehouse_command_id_claims_total";
+    pub const SHARED_LIMIT_FAILURES: &str = "gatehouse_shared_limit_failures_total";
     pub const HTTP_REQUESTS: &str = "gatehouse_http_requests_total";
     pub const HTTP_REQUEST_DURATION: &str = "gatehouse_http_request_duration_seconds";
     pub const BUILD_INFO: &str = "gatehouse_build_info";
@@ -88,6 +90,8 @@ pub mod names {
         EVENTLOG_COMMIT_DURATION,
         EVENTLOG_QUEUE_DEPTH,
         EVENTLOG_COMMIT_FAILURES,
+        COMMAND_ID_CLAIMS,
+        SHARED_LIMIT_FAILURES,
         HTTP_REQUESTS,
         HTTP_REQUEST_DURATION,
         BUILD_INFO,

@@ -449,6 +449,9 @@ impl EventStore for MemoryStore {
     fn after(&self, _: i64, _: u32) -> BoxFuture<'_, Result<Vec<StoredEvent>, StoreError>> {
         Box::pin(async { Ok(Vec::new()) })
     }
+    fn newest_id(&self) -> BoxFuture<'_, Result<i64, StoreError>> {
+        Box::pin(async { Ok(0) })
+    }
     fn finished_commands(&self, _: u64) -> BoxFuture<'_, Result<Vec<FinishedCommand>, StoreError>> {
         Box::pin(async { Ok(Vec::new()) })
     }

@@ -10,9 +10,12 @@
 //! Redis is never the source of truth. Pub/sub loses what is sent while a subscriber is away,
 //! so every loss raises a gap on the local bus the session hub follows, and the sessions refill
 //! from the event store by `seq` (no gap, no duplicate: the outboxes drop what they already
-//! sent). While Redis is away a gap is raised every [`AWAY_REFILL`], so that sessions follow
-//! other nodes' gates from the store; and whenever a controller changes hands, since its
-//! old holder (killed, say) may have committed events it never published. A command sent to another node ends exactly once: its
+//! sent). While Redis is away, a node that follows the store (`follow_store`) reads the
+//! events every node committed from it, every [`AWAY_POLL`], one query for all gates, and
+//! publishes other nodes' on the view as if they had come over Redis (the outboxes drop what
+//! they already sent and fill any jump from the store); without a store it raises a gap
+//! every [`AWAY_REFILL`] instead. A gap is also raised whenever a controller changes hands,
+//! since its old holder (killed, say) may have committed events it never published. A command sent to another node ends exactly once: its
 //! owner's terminal ack, or `failed{failover}` when the controller's lease moves or lapses or
 //! the way back is lost, whichever comes first (see [`Peers`]); a command that reaches no
 //! subscriber (its node is gone from Redis) is refused at once.
@@ -27,14 +30,23 @@ use futures::StreamExt;
 use gatehouse_actors::cluster::{Ownership, Peers, RemoteCommand};
 use gatehouse_actors::gate::{Action, CommandStatus, FailReason, GateEvent, RejectReason};
 use gatehouse_actors::ids::{CommandId, ControllerId, GateId, NodeId};
+use gatehouse_actors::store::EventStore;
 use gatehouse_actors::tree::Fleet;
 use gatehouse_actors::tree::bus::{EventSink, LocalBus};
 use gatehouse_actors::tree::gate::{Ack, AckSink};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc};
 
-/// While Redis is away, how often the sessions re-read other nodes' gates from the store.
+/// While Redis is away, without a store to follow: how often the sessions re-read other
+/// nodes' gates from the store.
 pub const AWAY_REFILL: Duration = Duration::from_secs(1);
+
+/// While Redis is away: how often the node reads the events committed since its last read.
+pub const AWAY_POLL: Duration = Duration::from_millis(500);
+
+/// Events per read of the store while Redis is away, and reads per poll at most.
+const TAIL_PAGE: u32 = 1_000;
+const TAIL_PAGES: usize = 50;
 
 /// How long a failed connection waits before the next attempt (publisher and subscriber).
 const RECONNECT: Duration = Duration::from_millis(250);
@@ -88,6 +100,8 @@ enum Body {
 pub struct BusHealth {
     publisher_down: AtomicBool,
     subscriber_down: AtomicBool,
+    /// Redis is away and other nodes' events are read from the store.
+    following_store: AtomicBool,
     last_error: Mutex<Option<String>>,
 }
 
@@ -101,6 +115,11 @@ impl BusHealth {
                 .clone()
                 .unwrap_or_else(|| "not connected yet".into())
         })
+    }
+
+    /// Whether other nodes' events come from the store now (Redis is away).
+    pub fn following_store(&self) -> bool {
+        self.following_store.load(Ordering::Relaxed)
     }
 
     fn failed(&self, flag: &AtomicBool, error: &str) {
@@ -143,6 +162,8 @@ struct Inner {
     /// Runs the commands other nodes send here (set once the tree is up).
     fleet: OnceLock<Fleet>,
     ownership: OnceLock<Arc<Ownership>>,
+    /// Where other nodes' events are read while Redis is away.
+    store: OnceLock<Arc<dyn EventStore>>,
     health: BusHealth,
 }
 
@@ -189,9 +210,11 @@ impl RedisBus {
             pending: Mutex::default(),
             fleet: OnceLock::new(),
             ownership: OnceLock::new(),
+            store: OnceLock::new(),
             health: BusHealth {
                 publisher_down: AtomicBool::new(false),
                 subscriber_down: AtomicBool::new(true),
+                following_store: AtomicBool::new(false),
                 last_error: Mutex::new(None),
             },
         });
@@ -212,6 +235,12 @@ impl RedisBus {
     /// of the leases (part of [`serve`](Self::serve)).
     pub fn follow_leases(&self, ownership: Arc<Ownership>) {
         let _ = self.inner.ownership.set(ownership);
+    }
+
+    /// While Redis is away, other nodes' events are read from `store` (instead of every
+    /// session re-reading every gate it follows, once a second).
+    pub fn follow_store(&self, store: Arc<dyn EventStore>) {
+        let _ = self.inner.store.set(store);
     }
 
     pub fn health(&self) -> &BusHealth {
@@ -662,9 +691,11 @@ async fn subscribe_loop(client: redis::Client, inner: std::sync::Weak<Inner>) {
         let Some(me) = inner.upgrade() else { return };
         if !me.health.subscriber_down.load(Ordering::Relaxed) {
             tracing::warn!(node = %me.node, error = %error, "the cluster bus lost Redis; sessions follow other nodes' gates from the store");
+            // Once when it goes, not at every attempt to come back: what follows comes from
+            // the store (see `watch_loop`).
+            me.view.signal_gap();
         }
         me.health.failed(&me.health.subscriber_down, &error);
-        me.view.signal_gap();
         // Their acks may have been published while we were not listening.
         me.end_where(CommandStatus::Failed(FailReason::Failover), |_| true);
         drop(me);
@@ -673,12 +704,13 @@ async fn subscribe_loop(client: redis::Client, inner: std::sync::Weak<Inner>) {
 }
 
 /// Ends commands whose owner lost their controller's lease (or that waited too long), and
-/// keeps sessions refilling from the store while Redis is away.
+/// while Redis is away follows the store (or, without one, has the sessions refill from it).
 async fn watch_loop(inner: std::sync::Weak<Inner>) {
     let mut tick = tokio::time::interval(WATCH_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_refill = tokio::time::Instant::now();
     let mut owner_changes = 0;
+    let mut tail: Option<Tail> = None;
     loop {
         tick.tick().await;
         let Some(me) = inner.upgrade() else { return };
@@ -700,13 +732,92 @@ async fn watch_loop(inner: std::sync::Weak<Inner>) {
                     || ownership.owner_of(&p.controller) != Some((p.owner.clone(), p.epoch))
             });
         }
-        if me.health.subscriber_down.load(Ordering::Relaxed)
-            && now.duration_since(last_refill) >= AWAY_REFILL
-        {
-            last_refill = now;
-            me.view.signal_gap();
+        let away = me.health.subscriber_down.load(Ordering::Relaxed);
+        match (away, me.store.get()) {
+            (true, Some(store)) => {
+                if now.duration_since(last_refill) >= AWAY_POLL || tail.is_none() {
+                    last_refill = now;
+                    follow(&me, store.as_ref(), &mut tail).await;
+                }
+            }
+            (true, None) => {
+                if now.duration_since(last_refill) >= AWAY_REFILL {
+                    last_refill = now;
+                    me.view.signal_gap();
+                }
+            }
+            (false, _) => {
+                if tail.take().is_some() {
+                    me.health.following_store.store(false, Ordering::Relaxed);
+                }
+            }
         }
     }
+}
+
+/// Following the store while Redis is away: events are read after `floor`, one poll behind
+/// the newest read (`cursor`), so that an event committed a little after others with higher
+/// ids (several writers commit out of order) is still read; what is read twice is dropped by
+/// the outboxes.
+struct Tail {
+    floor: i64,
+    cursor: i64,
+}
+
+/// One poll of the store while Redis is away: the first marks where the store's events end
+/// and raises a gap (the sessions catch up to there from the store), the next ones publish
+/// other nodes' events from there on the view.
+async fn follow(me: &Inner, store: &dyn EventStore, tail: &mut Option<Tail>) {
+    let Some(t) = tail.as_mut() else {
+        match store.newest_id().await {
+            Ok(newest) => {
+                *tail = Some(Tail {
+                    floor: newest,
+                    cursor: newest,
+                });
+                me.view.signal_gap();
+                me.health.following_store.store(true, Ordering::Relaxed);
+                tracing::info!(
+                    "Redis is away: following the other nodes' gates from the event store"
+                );
+            }
+            Err(e) => {
+                // The sessions read the store themselves, as without a store to follow.
+                tracing::debug!(error = %e, "the event store is not answering either");
+                me.view.signal_gap();
+            }
+        }
+        return;
+    };
+    let mut from = t.floor;
+    let mut newest = t.cursor;
+    for _ in 0..TAIL_PAGES {
+        let page = match store.after(from, TAIL_PAGE).await {
+            Ok(page) => page,
+            Err(e) => {
+                tracing::debug!(error = %e, "reading the event store while Redis is away");
+                return;
+            }
+        };
+        let full = page.len() == TAIL_PAGE as usize;
+        for stored in page {
+            from = stored.id;
+            newest = newest.max(stored.id);
+            let mine = me
+                .ownership
+                .get()
+                .is_some_and(|o| o.holds(&stored.event.controller));
+            // This node's own events are on the view already.
+            if !mine {
+                me.view.publish(Arc::new(stored.event));
+            }
+        }
+        if !full {
+            break;
+        }
+    }
+    t.floor = t.cursor;
+    t.cursor = newest;
 }
 
 #[cfg(test)]

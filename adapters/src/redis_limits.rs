@@ -143,7 +143,8 @@ impl RedisLimits {
                     tracing::warn!(error = %e, "shared rate limits are unavailable; each node \
                         limits on its own until Redis answers");
                 }
-                metrics::counter!("gatehouse_shared_limit_failures_total").increment(1);
+                metrics::counter!(gatehouse_actors::telemetry::names::SHARED_LIMIT_FAILURES)
+                    .increment(1);
                 *paused = Some(Instant::now() + PAUSE);
             }
         }

@@ -1876,6 +1876,21 @@ async fn a_command_id_is_claimed_once_across_gates_and_racing_stores(ctx: Ctx) {
             _ => panic!("round {round}: both or neither got the id: {a:?} / {b:?}"),
         }
     }
+    // What a starting node remembers: the newest claims since a time, oldest first.
+    let recent = store.recent_commands(1_000, 100).await.unwrap();
+    assert_eq!(recent.len(), 22, "two ids, then twenty raced");
+    assert_eq!(
+        (recent[0].id, recent[0].gate.as_str(), recent[0].action),
+        (first, "front", Action::Open)
+    );
+    assert_eq!(recent[1].id, second);
+    let newest = store.recent_commands(0, 3).await.unwrap();
+    assert_eq!(
+        newest.iter().map(|c| c.at_ms).collect::<Vec<_>>(),
+        vec![3_017, 3_018, 3_019],
+        "the newest, oldest first"
+    );
+    assert!(store.recent_commands(3_020, 10).await.unwrap().is_empty());
     // Forgetting goes by claim time: the first two ids (claimed at 1_000 and 1_004) go, the
     // raced ones (3_000 and later) stay.
     assert_eq!(store.forget_commands(3_000).await.unwrap(), 2);

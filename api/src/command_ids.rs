@@ -1,14 +1,19 @@
 //! Command ids claimed in the store: the id is the idempotency key across every gate and every
-//! node (CONTRACTS.md), and it must outlive a node and a Redis restart, so the database
-//! decides who had it first. A node's own memory of ids (`RateLimits`) answers retries it has
-//! seen without asking.
+//! node (CONTRACTS.md), and it must outlive a node and a Redis restart, so the database keeps
+//! who had it first. A node's own memory of ids (`RateLimits`, loaded from here at start)
+//! answers the ids it knows without asking.
+//!
+//! - In a cluster ([`Claiming::Wait`]) other nodes claim ids too, so a new id waits for its
+//!   claim (at most [`WAIT`]) before its command is sent.
+//! - A node alone ([`Claiming::Record`]) is the only one claiming: its memory decides, and
+//!   the claims are only recorded, so that commands never wait on the database for them.
 //!
 //! Claims arriving together are written in one transaction by one task, so that a burst of
-//! commands costs one round trip, not one each. The command path waits for its claim at most
-//! [`WAIT`]; a store that fails or is slow does not stop the gates: while it is away, claims
-//! are answered "unknown" at once (the node's memory decides alone) and kept, in order, to be
-//! written when it is back (at most [`BACKLOG`]; the oldest go first). An id found taken only
-//! then, after its command was sent, is logged: it cannot be undone.
+//! commands costs one round trip, not one each. A store that fails or is slow does not stop
+//! the gates: while it is away, claims are answered "unknown" at once (the node's memory
+//! decides alone) and kept, in order, to be written when it is back (at most [`BACKLOG`]; the
+//! oldest go first). An id found taken only then, after its command was sent, is logged: it
+//! cannot be undone.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -16,7 +21,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use gatehouse_actors::clock::wall_ms;
-use gatehouse_actors::store::{Claimed, CommandClaim, CommandIdStore};
+use gatehouse_actors::store::{Claimed, CommandClaim, CommandIdStore, StoreError};
+use gatehouse_actors::telemetry::names;
 use tokio::sync::{mpsc, oneshot};
 
 /// How long a command waits for its claim before its node decides alone.
@@ -38,27 +44,55 @@ struct Pending {
     reply: Option<oneshot::Sender<Claimed>>,
 }
 
+/// Whether a command waits for its id's claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claiming {
+    /// Yes: other nodes claim ids in the same store (a cluster).
+    Wait,
+    /// No: this node alone claims, its memory decides; claims are recorded for its restarts.
+    Record,
+}
+
 /// The handle the command path claims ids through.
 #[derive(Clone)]
 pub struct CommandIds {
     tx: mpsc::UnboundedSender<Pending>,
+    store: Arc<dyn CommandIdStore>,
+    claiming: Claiming,
     /// The store failed or was slow lately: claims are not waited for until a write succeeds.
     away: Arc<AtomicBool>,
 }
 
 impl CommandIds {
     /// Starts the writer (and the hourly forgetting of old ids) on `store`.
-    pub fn start(store: Arc<dyn CommandIdStore>) -> CommandIds {
+    pub fn start(store: Arc<dyn CommandIdStore>, claiming: Claiming) -> CommandIds {
         let (tx, rx) = mpsc::unbounded_channel();
         let away = Arc::new(AtomicBool::new(false));
         tokio::spawn(write_loop(store.clone(), rx, away.clone()));
-        tokio::spawn(forget_loop(store));
-        CommandIds { tx, away }
+        tokio::spawn(forget_loop(store.clone()));
+        CommandIds {
+            tx,
+            store,
+            claiming,
+            away,
+        }
     }
 
-    /// Claims `claim`'s id: what the store knew of it, or `None` when the store could not say
-    /// within [`WAIT`] (the claim is written later all the same).
+    /// The newest `limit` ids claimed within [`KEEP`], oldest first: what a starting node
+    /// remembers.
+    pub async fn recent(&self, limit: u32) -> Result<Vec<CommandClaim>, StoreError> {
+        let since = wall_ms().saturating_sub(KEEP.as_millis() as u64);
+        self.store.recent_commands(since, limit).await
+    }
+
+    /// Claims `claim`'s id: what the store knew of it, or `None` when it is not waited for
+    /// ([`Claiming::Record`]), or the store could not say within [`WAIT`] (the claim is
+    /// written later all the same).
     pub async fn claim(&self, claim: CommandClaim) -> Option<Claimed> {
+        if self.claiming == Claiming::Record {
+            let _ = self.tx.send(Pending { claim, reply: None });
+            return None;
+        }
         if self.away.load(Ordering::Relaxed) {
             let _ = self.tx.send(Pending { claim, reply: None });
             count("unknown");
@@ -74,14 +108,7 @@ impl CommandIds {
             return None;
         }
         match tokio::time::timeout(WAIT, answer).await {
-            Ok(Ok(claimed)) => {
-                count(match claimed {
-                    Claimed::New => "new",
-                    Claimed::Same => "same",
-                    Claimed::Other { .. } => "other",
-                });
-                Some(claimed)
-            }
+            Ok(Ok(claimed)) => Some(claimed),
             Ok(Err(_)) => {
                 count("unknown");
                 None
@@ -102,7 +129,7 @@ impl CommandIds {
 }
 
 fn count(outcome: &'static str) {
-    metrics::counter!("gatehouse_command_id_claims_total", "outcome" => outcome).increment(1);
+    metrics::counter!(names::COMMAND_ID_CLAIMS, "outcome" => outcome).increment(1);
 }
 
 async fn write_loop(
@@ -139,6 +166,11 @@ async fn write_loop(
             Ok(answers) => {
                 away.store(false, Ordering::Relaxed);
                 for (p, claimed) in queue.drain(..n).zip(answers) {
+                    count(match claimed {
+                        Claimed::New => "new",
+                        Claimed::Same => "same",
+                        Claimed::Other { .. } => "other",
+                    });
                     match p.reply {
                         Some(reply) => {
                             let _ = reply.send(claimed);
@@ -152,7 +184,8 @@ async fn write_loop(
                                     first_gate = %gate,
                                     first_action = action.as_str(),
                                     "a command id already taken by another command was used \
-                                     while the store was away; both were sent"
+                                     and both were sent (the store was away, or this node's \
+                                     memory had forgotten the id)"
                                 );
                             }
                         }
@@ -194,7 +227,6 @@ mod tests {
     use gatehouse_actors::gate::Action;
     use gatehouse_actors::ids::{CommandId, GateId};
     use gatehouse_actors::ports::BoxFuture;
-    use gatehouse_actors::store::StoreError;
     use std::collections::HashMap;
     use std::sync::Mutex;
 
@@ -237,6 +269,14 @@ mod tests {
         fn forget_commands(&self, _: u64) -> BoxFuture<'_, Result<u64, StoreError>> {
             Box::pin(async { Ok(0) })
         }
+
+        fn recent_commands(
+            &self,
+            _: u64,
+            _: u32,
+        ) -> BoxFuture<'_, Result<Vec<CommandClaim>, StoreError>> {
+            Box::pin(async { Ok(Vec::new()) })
+        }
     }
 
     fn claim(id: CommandId, gate: &str) -> CommandClaim {
@@ -251,7 +291,7 @@ mod tests {
     #[tokio::test]
     async fn claims_answer_what_the_store_knew_and_arrive_together_in_one_batch() {
         let store = Arc::new(Memory::default());
-        let ids = CommandIds::start(store.clone());
+        let ids = CommandIds::start(store.clone(), Claiming::Wait);
         let id = CommandId::random();
         // Sent together, before the writer runs: one transaction.
         let (a, b, c) = tokio::join!(
@@ -269,7 +309,7 @@ mod tests {
     async fn a_failing_store_answers_unknown_at_once_and_gets_the_claims_when_back() {
         let store = Arc::new(Memory::default());
         store.failing.store(true, Ordering::Relaxed);
-        let ids = CommandIds::start(store.clone());
+        let ids = CommandIds::start(store.clone(), Claiming::Wait);
         let (first, second) = (CommandId::random(), CommandId::random());
         assert_eq!(ids.claim(claim(first, "front")).await, None);
         // Now known to be away: not waited for at all.

@@ -389,6 +389,21 @@ impl RateLimits {
         lock(&self.admitted).insert(id, (gate.clone(), action));
     }
 
+    /// Remembers the newest ids claimed in the store (as many as the memory holds): at start,
+    /// so that a node alone, whose memory decides, knows the ids used before it restarted.
+    /// Answers how many.
+    pub async fn load_recent_ids(&self) -> Result<usize, gatehouse_actors::store::StoreError> {
+        let Some(claims) = &self.claims else {
+            return Ok(0);
+        };
+        let recent = claims.recent(RecentIds::CAPACITY as u32).await?;
+        let mut admitted = lock(&self.admitted);
+        for c in &recent {
+            admitted.insert(c.id.0, (c.gate.clone(), c.action));
+        }
+        Ok(recent.len())
+    }
+
     /// [`admit_command`](Self::admit_command) with this node's table and memory alone.
     #[cfg(test)]
     fn admit_command_here(

@@ -281,6 +281,7 @@ pub async fn run(mut config: Config, options: DemoOptions) -> anyhow::Result<()>
         sessions,
         changes,
     )?;
+    http::remember_command_ids(&app).await;
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let (api_addr, server) = http::start(
         &config,

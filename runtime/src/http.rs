@@ -202,11 +202,31 @@ fn limits(
     runtime: &Runtime,
     ids: Arc<dyn gatehouse_actors::store::CommandIdStore>,
 ) -> gatehouse_api::ratelimit::RateLimits {
+    use gatehouse_api::command_ids::{Claiming, CommandIds};
+    // Alone, this node's memory of ids decides (loaded at start by `remember_command_ids`);
+    // in a cluster, other nodes claim ids too.
+    let claiming = match runtime.cluster_bus {
+        Some(_) => Claiming::Wait,
+        None => Claiming::Record,
+    };
     let limits = gatehouse_api::ratelimit::RateLimits::default()
-        .claiming_in(gatehouse_api::command_ids::CommandIds::start(ids));
+        .claiming_in(CommandIds::start(ids, claiming));
     match &runtime.shared_limits {
         Some(shared) => limits.shared_with(shared.clone()),
         None => limits,
+    }
+}
+
+/// Loads the command ids claimed lately into the app's memory of ids, before it serves: a
+/// failure is logged (the store still has them; a node alone then checks only what it sees).
+pub async fn remember_command_ids(app: &App) {
+    match app.limits.load_recent_ids().await {
+        Ok(n) => tracing::debug!(ids = n, "command ids claimed lately remembered"),
+        Err(e) => tracing::warn!(
+            error = %e,
+            "the command ids claimed lately could not be read; ids used before this start are \
+             checked only against the store's record, after their commands"
+        ),
     }
 }
 

@@ -222,6 +222,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         && let Some(ownership) = runtime.fleet.context().ownership.clone()
     {
         redis.serve(runtime.fleet.clone(), ownership);
+        redis.follow_store(store.clone());
         cluster_tasks.extend(carry_notices(redis, &changes, runtime.fleet.clone()));
     }
     runtime.cluster_bus = cluster_bus;
@@ -240,6 +241,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         sessions,
         changes,
     )?;
+    http::remember_command_ids(&app).await;
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let (addr, server) = http::start(
         &config,

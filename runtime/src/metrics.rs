@@ -222,6 +222,14 @@ fn describe() {
         "Event-log commits that failed and were retried"
     );
     c!(
+        names::COMMAND_ID_CLAIMS,
+        "New command ids claimed in the store, by what the store knew of them"
+    );
+    c!(
+        names::SHARED_LIMIT_FAILURES,
+        "Calls to the cluster's shared rate limits that failed or timed out"
+    );
+    c!(
         names::HTTP_REQUESTS,
         "HTTP requests by route template, method and status"
     );

@@ -166,12 +166,15 @@ impl Stack {
             changes,
             sessions,
             // As the product: command ids claimed in the store.
-            limits: Arc::new(
-                gatehouse_api::ratelimit::RateLimits::default()
-                    .claiming_in(gatehouse_api::command_ids::CommandIds::start(store.clone())),
-            ),
+            limits: Arc::new(gatehouse_api::ratelimit::RateLimits::default().claiming_in(
+                gatehouse_api::command_ids::CommandIds::start(
+                    store.clone(),
+                    gatehouse_api::command_ids::Claiming::Record,
+                ),
+            )),
             root: Some(runtime.root().clone()),
         };
+        app.limits.load_recent_ids().await?;
         let readiness: Arc<dyn Readiness> = Arc::new(Vec::<Check>::new);
         let state = ApiState {
             readiness,

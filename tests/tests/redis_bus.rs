@@ -2,7 +2,8 @@
 //! `redis-server`, without the rest of a node: events cross from one node's bus to another's
 //! view, a Redis restart raises a gap (followers refill from the store), and a command sent to
 //! another node ends exactly once: `rejected{offline}` at once when no node listens for it,
-//! `failed{failover}` when its controller's lease changes hands before the owner answers.
+//! `failed{failover}` when its controller's lease changes hands before the owner answers;
+//! while Redis is away, a node follows the other nodes' committed events from the store.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -140,6 +141,66 @@ async fn events_cross_nodes_and_a_redis_restart_raises_a_gap() {
         e.seq, 4,
         "after the outage, live again (3 is read from the store)"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_redis_is_away_other_nodes_events_come_from_the_store_without_a_gap_a_second() {
+    let mut redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let store = gatehouse_adapters::store::Store::connect(&format!(
+        "sqlite://{}",
+        dir.path().join("events.db").display()
+    ))
+    .await
+    .unwrap();
+    store.migrate().await.unwrap();
+    let view = LocalBus::default();
+    let b = RedisBus::start(&redis.url(), node("b"), "t3:", view.clone()).unwrap();
+    b.follow_store(Arc::new(store.clone()));
+    connected(&b).await;
+    let mut on_b = view.subscribe();
+    let mut gaps = view.gaps();
+    gaps.borrow_and_update();
+
+    // Redis goes away: one gap (the sessions catch up with the store once), then the node
+    // follows the store itself.
+    redis.stop();
+    tokio::time::timeout(WAIT, gaps.changed())
+        .await
+        .expect("a gap when Redis goes")
+        .unwrap();
+    // It follows the store once it knows where the store's events end (and has raised the gap
+    // that makes the sessions catch up to there).
+    tokio::time::timeout(WAIT, async {
+        while !b.health().following_store() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the node follows the store while Redis is away");
+    let base = *gaps.borrow_and_update();
+    // Another node commits events, one after the other: each reaches this node's view from
+    // the store. Three in turn take more than a second: the sessions are not told to re-read
+    // everything meanwhile (before, a gap came every second while Redis was away).
+    for seq in 1..=3 {
+        use gatehouse_actors::store::EventStore;
+        store.append(vec![event(seq)]).await.unwrap();
+        let e = tokio::time::timeout(WAIT, async {
+            loop {
+                let e = on_b.recv().await.unwrap();
+                if e.seq == seq {
+                    return e;
+                }
+            }
+        })
+        .await
+        .expect("the event from the store");
+        assert_eq!(e.gate.as_str(), "g-1");
+    }
+    assert_eq!(*gaps.borrow(), base, "no gap while following the store");
+    redis.restart();
+    connected(&b).await;
+    store.close();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

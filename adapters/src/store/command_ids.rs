@@ -7,7 +7,7 @@
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use gatehouse_actors::gate::Action;
-use gatehouse_actors::ids::GateId;
+use gatehouse_actors::ids::{CommandId, GateId};
 use gatehouse_actors::ports::BoxFuture;
 use gatehouse_actors::store::{Claimed, CommandClaim, CommandIdStore, StoreError};
 
@@ -76,6 +76,37 @@ async fn claim(store: &Store, claims: Vec<CommandClaim>) -> Result<Vec<Claimed>,
     })
 }
 
+async fn recent(store: &Store, since_ms: u64, limit: u32) -> Result<Vec<CommandClaim>, Error> {
+    let since = ms(since_ms)?;
+    let mut conn = store.conn().await?;
+    let rows: Vec<(String, String, String, i64)> = with_conn!(&mut conn, |c| {
+        command_ids::table
+            .filter(command_ids::claimed_at.ge(since))
+            .order(command_ids::claimed_at.desc())
+            .limit(i64::from(limit))
+            .select((
+                command_ids::id,
+                command_ids::gate_id,
+                command_ids::action,
+                command_ids::claimed_at,
+            ))
+            .load(c)
+            .await
+    })?;
+    rows.into_iter()
+        .rev()
+        .map(|(id, gate, action, at)| {
+            let bad = |what: &str| Error::Other(format!("command id {id}: stored {what}"));
+            Ok(CommandClaim {
+                id: CommandId(uuid::Uuid::parse_str(&id).map_err(|_| bad("id"))?),
+                gate: GateId::new(&gate).map_err(|_| bad("gate"))?,
+                action: action.parse::<Action>().map_err(|_| bad("action"))?,
+                at_ms: u64::try_from(at).map_err(|_| bad("time"))?,
+            })
+        })
+        .collect()
+}
+
 async fn forget(store: &Store, before_ms: u64) -> Result<u64, Error> {
     let before = ms(before_ms)?;
     let mut conn = store.conn().await?;
@@ -97,5 +128,17 @@ impl CommandIdStore for Store {
 
     fn forget_commands(&self, before_ms: u64) -> BoxFuture<'_, Result<u64, StoreError>> {
         Box::pin(async move { forget(self, before_ms).await.map_err(Error::into_store) })
+    }
+
+    fn recent_commands(
+        &self,
+        since_ms: u64,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Vec<CommandClaim>, StoreError>> {
+        Box::pin(async move {
+            recent(self, since_ms, limit)
+                .await
+                .map_err(Error::into_store)
+        })
     }
 }

@@ -458,6 +458,17 @@ pub(super) async fn after(
     decode_all(rows)
 }
 
+/// The newest event's global id, 0 when there is none.
+pub(super) async fn newest_id(conn: &mut Conn) -> Result<i64, Error> {
+    let newest: Option<i64> = with_conn!(conn, |c| {
+        gate_events::table
+            .select(diesel::dsl::max(gate_events::id))
+            .first(c)
+            .await
+    })?;
+    Ok(newest.unwrap_or(0))
+}
+
 /// Commands that finished at or after `since_ms`, in the order they were stored.
 pub(super) async fn finished_commands(
     conn: &mut Conn,

@@ -674,6 +674,15 @@ impl EventStore for Store {
         })
     }
 
+    fn newest_id(&self) -> BoxFuture<'_, Result<i64, StoreError>> {
+        Box::pin(async move {
+            let mut conn = self.conn().await.map_err(Error::into_store)?;
+            events::newest_id(&mut conn)
+                .await
+                .map_err(Error::into_store)
+        })
+    }
+
     fn finished_commands(
         &self,
         since_ms: u64,
