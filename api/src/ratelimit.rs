@@ -404,25 +404,6 @@ impl RateLimits {
         Ok(recent.len())
     }
 
-    /// [`admit_command`](Self::admit_command) with this node's table and memory alone.
-    #[cfg(test)]
-    fn admit_command_here(
-        &self,
-        actor: &str,
-        gate: &GateId,
-        action: Action,
-        id: uuid::Uuid,
-    ) -> Result<Admitted, Duration> {
-        if let Some(known) = self.recent(id, gate, action) {
-            return Ok(known);
-        }
-        if action != Action::Stop {
-            self.command_here(actor, gate)?;
-        }
-        self.remember(id, gate, action);
-        Ok(Admitted::New)
-    }
-
     /// Admits command `id` (`action` on `gate` by `actor`): a burst then one per period per
     /// caller and gate, except that `stop` is never limited (stopping a moving gate must never
     /// wait for a limiter) and a retry of a command admitted lately is not counted again. An
@@ -706,8 +687,8 @@ mod tests {
         assert!(limits.command_here("user:a", &g).is_err());
     }
 
-    #[test]
-    fn command_limits_are_per_caller_and_per_gate_and_stop_is_never_limited() {
+    #[tokio::test]
+    async fn command_limits_are_per_caller_and_per_gate_and_stop_is_never_limited() {
         let (_clock, limits) = rig(Limits::default());
         let (front, back) = (gate("front"), gate("back"));
         for _ in 0..5 {
@@ -722,50 +703,63 @@ mod tests {
         assert_eq!(limits.command_here("user:a", &back), Ok(()), "another gate");
         for _ in 0..20 {
             assert_eq!(
-                limits.admit_command_here("user:a", &front, Action::Stop, uuid::Uuid::new_v4()),
+                limits
+                    .admit_command("user:a", &front, Action::Stop, uuid::Uuid::new_v4())
+                    .await,
                 Ok(Admitted::New)
             );
         }
         assert!(
             limits
-                .admit_command_here("user:a", &front, Action::Open, uuid::Uuid::new_v4())
+                .admit_command("user:a", &front, Action::Open, uuid::Uuid::new_v4())
+                .await
                 .is_err()
         );
     }
 
-    #[test]
-    fn a_retried_command_id_is_not_counted_again_and_a_reused_one_conflicts() {
+    #[tokio::test]
+    async fn a_retried_command_id_is_not_counted_again_and_a_reused_one_conflicts() {
         let (_clock, limits) = rig(Limits::default());
         let (front, back) = (gate("front"), gate("back"));
         let first = uuid::Uuid::new_v4();
         assert_eq!(
-            limits.admit_command_here("user:a", &front, Action::Open, first),
+            limits
+                .admit_command("user:a", &front, Action::Open, first)
+                .await,
             Ok(Admitted::New)
         );
         for _ in 0..4 {
             limits
-                .admit_command_here("user:a", &front, Action::Open, uuid::Uuid::new_v4())
+                .admit_command("user:a", &front, Action::Open, uuid::Uuid::new_v4())
+                .await
                 .unwrap();
         }
         // The burst is spent: new ids wait, the first one's retries do not.
         assert!(
             limits
-                .admit_command_here("user:a", &front, Action::Open, uuid::Uuid::new_v4())
+                .admit_command("user:a", &front, Action::Open, uuid::Uuid::new_v4())
+                .await
                 .is_err()
         );
         for _ in 0..10 {
             assert_eq!(
-                limits.admit_command_here("user:a", &front, Action::Open, first),
+                limits
+                    .admit_command("user:a", &front, Action::Open, first)
+                    .await,
                 Ok(Admitted::Retry)
             );
         }
         // The same id for another gate or another action is not the same command.
         assert_eq!(
-            limits.admit_command_here("user:a", &back, Action::Open, first),
+            limits
+                .admit_command("user:a", &back, Action::Open, first)
+                .await,
             Ok(Admitted::Conflict)
         );
         assert_eq!(
-            limits.admit_command_here("user:a", &front, Action::Close, first),
+            limits
+                .admit_command("user:a", &front, Action::Close, first)
+                .await,
             Ok(Admitted::Conflict)
         );
     }

@@ -27,6 +27,21 @@ const PASSWORD: &str = "kill-nine-password-31";
 const TOLD_BEFORE_KILL: usize = 12;
 const WAIT: Duration = Duration::from_secs(60);
 
+/// A `stop` with command id `id` on `gate`, answered (with `wait`, at its terminal status).
+async fn stop(base: &str, token: &str, gate: &GateId, id: Uuid, wait: bool) -> Value {
+    let query = if wait { "?wait=true" } else { "" };
+    reqwest::Client::new()
+        .post(format!("{base}/api/v1/gates/{gate}/commands{query}"))
+        .bearer_auth(token)
+        .json(&json!({"id": id, "action": "stop"}))
+        .send()
+        .await
+        .expect("answered")
+        .json()
+        .await
+        .expect("json")
+}
+
 fn serve(dir: &Path, config: &Path) -> (Proc, String) {
     let mut proc = Proc::spawn(
         "gatehouse serve",
@@ -200,16 +215,7 @@ async fn outcomes_told_to_rest_and_websocket_clients_survive_kill_9_exactly_once
     let (mut server, base) = serve(dir.path(), &config);
     let token = login(&base).await;
     let gate = &gates[0];
-    let answer: Value = reqwest::Client::new()
-        .post(format!("{base}/api/v1/gates/{gate}/commands?wait=true"))
-        .bearer_auth(&token)
-        .json(&json!({"id": Uuid::new_v4(), "action": "stop"}))
-        .send()
-        .await
-        .expect("answered")
-        .json()
-        .await
-        .expect("json");
+    let answer = stop(&base, &token, gate, Uuid::new_v4(), true).await;
     assert!(
         matches!(
             answer["status"].as_str(),
@@ -224,16 +230,7 @@ async fn outcomes_told_to_rest_and_websocket_clients_survive_kill_9_exactly_once
         .iter()
         .find(|g| *g != told_gate)
         .expect("another gate");
-    let answer: Value = reqwest::Client::new()
-        .post(format!("{base}/api/v1/gates/{other}/commands"))
-        .bearer_auth(&token)
-        .json(&json!({"id": told_id, "action": "stop"}))
-        .send()
-        .await
-        .expect("answered")
-        .json()
-        .await
-        .expect("json");
+    let answer = stop(&base, &token, other, *told_id, false).await;
     assert_eq!(
         (&answer["status"], &answer["reason"]),
         (&json!("rejected"), &json!("id_conflict")),
