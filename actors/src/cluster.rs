@@ -76,6 +76,9 @@ struct OwnershipState {
     /// Every live lease as the keeper last read it, and how often that changed.
     owners: HashMap<ControllerId, (NodeId, u64)>,
     owner_changes: u64,
+    /// Gates whose events the store refused because they belong to another controller now
+    /// (a fleet change this node had not applied yet); forgotten when the gate starts here.
+    moved: HashSet<crate::ids::GateId>,
 }
 
 impl Ownership {
@@ -225,6 +228,21 @@ impl Ownership {
                 state.lost.push(c.clone());
             }
         }
+    }
+
+    /// The store refused these gates' events: they belong to another controller now.
+    pub fn gates_moved(&self, gates: &[crate::ids::GateId]) {
+        self.lock().moved.extend(gates.iter().cloned());
+    }
+
+    /// Whether the store refused `gate`'s events since it last started here.
+    pub fn moved(&self, gate: &crate::ids::GateId) -> bool {
+        self.lock().moved.contains(gate)
+    }
+
+    /// `gate` starts on this node (again): what was refused of it before is past.
+    pub fn gate_started(&self, gate: &crate::ids::GateId) {
+        self.lock().moved.remove(gate);
     }
 
     /// Takes the controllers refused since the last call.

@@ -358,15 +358,17 @@ pub trait EventStore: Send + Sync + 'static {
         audits: Vec<AuditRecord>,
     ) -> BoxFuture<'_, Result<(), StoreError>>;
     /// [`EventStore::append_batch`] under a [`Fence`](crate::cluster::Fence): events of
-    /// controllers whose lease is no longer the fence's node and epoch are refused, the
-    /// others and the audit records are written in one transaction. Answers the refused
-    /// controllers (their subtrees must stop). Stores that have no leases refuse it.
+    /// controllers whose lease is no longer the fence's node and epoch are refused, and so
+    /// are events of a gate that belongs to another controller now (moved by a fleet change
+    /// this node has not applied yet: the gate's new node continues its `seq`); the others
+    /// and the audit records are written in one transaction. Answers what was refused.
+    /// Stores that have no leases refuse it.
     fn append_fenced(
         &self,
         events: Vec<Arc<GateEvent>>,
         audits: Vec<AuditRecord>,
         fence: crate::cluster::Fence,
-    ) -> BoxFuture<'_, Result<Vec<ControllerId>, StoreError>> {
+    ) -> BoxFuture<'_, Result<Refused, StoreError>> {
         let _ = (events, audits, fence);
         Box::pin(async {
             Err(StoreError::Rejected(
@@ -400,6 +402,26 @@ pub trait EventStore: Send + Sync + 'static {
         &self,
         since_ms: u64,
     ) -> BoxFuture<'_, Result<Vec<FinishedCommand>, StoreError>>;
+}
+
+/// What a fenced append refused to write.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Refused {
+    /// Controllers whose lease is not the fence's: their subtrees must stop.
+    pub controllers: Vec<ControllerId>,
+    /// Gates whose events named a controller they no longer belong to.
+    pub gates: Vec<GateId>,
+}
+
+impl Refused {
+    pub fn is_empty(&self) -> bool {
+        self.controllers.is_empty() && self.gates.is_empty()
+    }
+
+    /// Whether `event` was refused.
+    pub fn refuses(&self, event: &GateEvent) -> bool {
+        self.controllers.contains(&event.controller) || self.gates.contains(&event.gate)
+    }
 }
 
 /// A command id taken for one command: the id is the idempotency key across every gate and

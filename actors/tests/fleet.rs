@@ -10,7 +10,9 @@ use gatehouse_actors::gate::GateEvent;
 use gatehouse_actors::gate::*;
 use gatehouse_actors::ids::{CommandId, ControllerId, GateId, SiteId};
 use gatehouse_actors::ports::*;
-use gatehouse_actors::store::{EventStore, FinishedCommand, GateHead, StoreError, StoredEvent};
+use gatehouse_actors::store::{
+    EventStore, FinishedCommand, GateHead, Refused, StoreError, StoredEvent,
+};
 use gatehouse_actors::tree::Directory;
 use gatehouse_actors::tree::bus::{EventSink, LocalBus};
 use gatehouse_actors::tree::eventlog;
@@ -415,6 +417,8 @@ struct MemoryStore {
     events: Mutex<Vec<Arc<GateEvent>>>,
     batches: Mutex<Vec<usize>>,
     down: AtomicBool,
+    /// Fenced appends refuse this gate's events (it moved to another controller).
+    moved: Mutex<Option<GateId>>,
 }
 
 impl EventStore for MemoryStore {
@@ -430,6 +434,26 @@ impl EventStore for MemoryStore {
             self.batches.lock().unwrap().push(events.len());
             self.events.lock().unwrap().extend(events);
             Ok(())
+        })
+    }
+    fn append_fenced(
+        &self,
+        events: Vec<Arc<GateEvent>>,
+        audits: Vec<gatehouse_actors::access::AuditRecord>,
+        _fence: gatehouse_actors::cluster::Fence,
+    ) -> BoxFuture<'_, Result<Refused, StoreError>> {
+        Box::pin(async move {
+            let moved = self.moved.lock().unwrap().clone();
+            let (gone, kept): (Vec<_>, Vec<_>) = events
+                .into_iter()
+                .partition(|e| moved.as_ref() == Some(&e.gate));
+            self.append_batch(kept, audits).await?;
+            let mut gates: Vec<GateId> = gone.into_iter().map(|e| e.gate.clone()).collect();
+            gates.dedup();
+            Ok(Refused {
+                controllers: Vec::new(),
+                gates,
+            })
         })
     }
     fn heads(&self) -> BoxFuture<'_, Result<Vec<(GateId, GateHead)>, StoreError>> {
@@ -493,6 +517,73 @@ async fn a_terminal_outcome_is_sent_only_after_its_event_is_committed() {
         matches!(e.kind, EventKind::CommandFinished { command, status: CommandStatus::Completed, .. } if command == id)
     });
     assert!(finished, "the outcome's event is in the store");
+}
+
+#[tokio::test]
+async fn in_a_cluster_a_stopping_gate_whose_outcome_was_refused_says_failover_not_completed() {
+    // One node of a cluster holding c1's lease; its events go through the fenced append.
+    let store = Arc::new(MemoryStore::default());
+    let script = Scripted::default();
+    script.with(|s| s.states = vec![HwState::Closed]);
+    let bus: Arc<dyn EventSink> = Arc::new(LocalBus::default());
+    let directory = Arc::new(Directory::default());
+    let ownership = Arc::new(gatehouse_actors::cluster::Ownership::new(
+        gatehouse_actors::ids::NodeId::new("n1").unwrap(),
+        Duration::from_secs(60),
+    ));
+    let c1 = ControllerId::new("c1").unwrap();
+    ownership.hold(c1.clone(), 1, tokio::time::Instant::now());
+    let (log, writer) = eventlog::channel(
+        store.clone(),
+        directory.clone(),
+        bus.clone(),
+        eventlog::QUEUE_CAPACITY,
+    );
+    let ctx = FleetContext::clustered(bus, directory, Some(log), Some(ownership.clone()), None);
+    let gate = GateId::new("g0").unwrap();
+    let spec = ControllerSpec::new(
+        c1,
+        SiteId::new("site").unwrap(),
+        Arc::new(script.clone()),
+        Duration::from_millis(50),
+        Duration::from_millis(10),
+        vec![GateSpec {
+            id: gate.clone(),
+            name: "g0".into(),
+            config: GateConfig::default(),
+        }],
+    );
+    let (fleet, _) = Fleet::start(ctx, vec![spec], Some(writer.fenced(ownership.clone())))
+        .await
+        .unwrap();
+    let r = Rig {
+        fleet,
+        script,
+        events: LocalBus::default().subscribe(),
+        gates: vec![gate.clone()],
+    };
+    r.until(0, GateState::Closed).await;
+
+    // The gate moves to another controller (a fleet change made on another node) while a
+    // command runs on it here: its outcome's event is refused, so it is never told as such.
+    let (id, mut acks) = r.command(0, Action::Open);
+    assert_eq!(next(&mut acks).await, CommandStatus::Accepted);
+    *store.moved.lock().unwrap() = Some(gate.clone());
+    r.until(0, GateState::Open).await;
+    // This node applies the change: the gate stops, and its caller hears failover at once,
+    // not `completed` (which the log does not have) and not silence.
+    r.fleet.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(
+        next(&mut acks).await,
+        CommandStatus::Failed(FailReason::Failover)
+    );
+    assert!(acks.try_recv().is_err(), "one terminal outcome");
+    let stored_finish = store
+        .stored()
+        .iter()
+        .any(|e| matches!(e.kind, EventKind::CommandFinished { command, .. } if command == id));
+    assert!(!stored_finish, "the refused outcome is not in the store");
+    assert!(ownership.moved(&gate), "the store said the gate moved");
 }
 
 #[tokio::test]

@@ -1720,20 +1720,23 @@ mod leases {
             )
             .await
             .unwrap();
-        assert_eq!(refused, [c("c1")]);
+        assert_eq!(refused.controllers, [c("c1")]);
+        assert!(refused.gates.is_empty());
         // Nor may n2 write with n1's epoch, nor n1 with n2's.
         assert_eq!(
             store
                 .append_fenced(vec![moved("g1", 2)], Vec::new(), fence("n2", e1))
                 .await
-                .unwrap(),
+                .unwrap()
+                .controllers,
             [c("c1")]
         );
         assert_eq!(
             store
                 .append_fenced(vec![moved("g1", 2)], Vec::new(), fence("n1", e2))
                 .await
-                .unwrap(),
+                .unwrap()
+                .controllers,
             [c("c1")]
         );
         // A controller the fence does not name at all is refused too.
@@ -1743,7 +1746,8 @@ mod leases {
             store
                 .append_fenced(vec![stranger], Vec::new(), fence("n2", e2))
                 .await
-                .unwrap(),
+                .unwrap()
+                .controllers,
             [c("c2")]
         );
         let refused = store
@@ -1761,6 +1765,66 @@ mod leases {
             .await
             .unwrap();
         assert!(g2.is_empty(), "nothing of the stale writer: {g2:?}");
+
+        // g1 moves to c2 (a fleet change made on another node): c1's holder, which has not
+        // applied the change yet, may no longer write for it, under a good lease; its other
+        // gates' events are written. c2's holder continues g1's sequence.
+        store
+            .apply(vec![crate::FleetChange::UpsertGate(crate::gate(
+                "g1", "c2", 2,
+            ))])
+            .await
+            .unwrap();
+        let refused = store
+            .append_fenced(
+                vec![moved("g1", 3), moved("g2", 1)],
+                Vec::new(),
+                fence("n2", e2),
+            )
+            .await
+            .unwrap();
+        assert!(refused.controllers.is_empty(), "{refused:?}");
+        assert_eq!(
+            refused.gates,
+            [gatehouse_actors::ids::GateId::new("g1").unwrap()]
+        );
+        let e3 = store
+            .acquire(n("n1"), c("c2"), 60_000)
+            .await
+            .unwrap()
+            .unwrap();
+        let mut on_c2 = moved("g1", 3);
+        Arc::make_mut(&mut on_c2).controller = c("c2");
+        let refused = store
+            .append_fenced(
+                vec![on_c2],
+                Vec::new(),
+                Fence {
+                    node: n("n1"),
+                    held: HashMap::from([(c("c2"), e3)]),
+                },
+            )
+            .await
+            .unwrap();
+        assert!(refused.is_empty(), "{refused:?}");
+        let seqs = |gate: &str| {
+            let store = store.clone();
+            let gate = gatehouse_actors::ids::GateId::new(gate).unwrap();
+            async move {
+                store
+                    .since(gate, 0, 10)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|e| (e.event.seq, e.event.controller.to_string()))
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(
+            seqs("g1").await,
+            [(1, "c1".into()), (2, "c1".into()), (3, "c2".into())]
+        );
+        assert_eq!(seqs("g2").await, [(1, "c1".into())]);
     }
 
     async fn sqlite_has_no_cluster(ctx: Ctx) {

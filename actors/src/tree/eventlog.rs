@@ -334,7 +334,7 @@ async fn commit(state: &WriterArgs, mut batch: Vec<Entry>) {
                 .store
                 .append_batch(events.clone(), audits.clone())
                 .await
-                .map(|()| Vec::new()),
+                .map(|()| crate::store::Refused::default()),
             Some(ownership) => {
                 state
                     .store
@@ -349,15 +349,21 @@ async fn commit(state: &WriterArgs, mut batch: Vec<Entry>) {
         match appended {
             Ok(refused) => {
                 if let (Some(ownership), false) = (&state.fence, refused.is_empty()) {
-                    // Another node holds these now: what this one saw of them is not history.
+                    // Another node holds these now (or the gate moved to another controller):
+                    // what this one saw of them is not history.
                     let before = events.len();
-                    events.retain(|e| !refused.contains(&e.controller));
+                    events.retain(|e| !refused.refuses(e));
                     tracing::warn!(
-                        controllers = ?refused,
+                        controllers = ?refused.controllers,
+                        moved_gates = ?refused.gates,
                         dropped = before - events.len(),
-                        "events refused by the lease fence; stopping those controllers"
+                        "events refused by the fence; stopping the controllers whose lease \
+                         is gone (a moved gate stops when this node applies the change)"
                     );
-                    ownership.refused(&refused);
+                    if !refused.controllers.is_empty() {
+                        ownership.refused(&refused.controllers);
+                    }
+                    ownership.gates_moved(&refused.gates);
                 }
                 state.stats.transaction_time.record(started.elapsed());
                 if let Some(i) = crate::telemetry::get() {

@@ -18,8 +18,8 @@ use super::controller::GateSlot;
 use super::link::LinkMsg;
 use crate::gate::GateEvent;
 use crate::gate::{
-    Action, Admission, Cause, CommandStatus, Effect, EventKind, GateMachine, GateSnapshot, Input,
-    Observation, RejectReason, WriteResult, WriteTag,
+    Action, Admission, Cause, CommandStatus, Effect, EventKind, FailReason, GateMachine,
+    GateSnapshot, Input, Observation, RejectReason, WriteResult, WriteTag,
 };
 use crate::ids::{CommandId, GateId};
 use crate::telemetry::{self, Counted, GateStateGauge, Mail};
@@ -316,6 +316,9 @@ impl Actor for GateActor {
         args.ctx
             .directory
             .insert_gate(args.slot.spec.id.clone(), myself.clone());
+        if let Some(ownership) = &args.ctx.ownership {
+            ownership.gate_started(&args.slot.spec.id);
+        }
         // A restarted gate starts from nothing: its link tells it what the unit reads now,
         // even if nothing changed since it told the actor before (which it otherwise skips).
         if let Some(link) = args.ctx.directory.link(&args.slot.controller) {
@@ -367,24 +370,30 @@ impl Actor for GateActor {
             .remove_gate(&state.slot.spec.id, myself.get_id());
         // Whoever still waits hears that the gate went away rather than nothing at all, once
         // that is durable. The process may go on (a cluster giving the controller to another
-        // node, a configuration change): wait, briefly, for the commit, then tell them; at a
-        // shutdown with the database away, they hear nothing and see their connection end.
+        // node, a configuration change): wait, briefly, for the commit, then tell them. In a
+        // cluster, the outcomes were stored only if the lease still held at the commit and
+        // the gate had not moved to another controller; otherwise they hear
+        // `failed{failover}` (its events say what became of the gate). Alone, at a shutdown
+        // with the database away, they hear nothing and see their connection end.
         state.run(&myself, Input::LinkDown).await;
         if !state.awaiting.is_empty()
             && let Some(log) = state.ctx.eventlog.clone()
-            && matches!(
+        {
+            let committed = matches!(
                 tokio::time::timeout(LAST_OUTCOMES_WAIT, log.barrier()).await,
                 Ok(Ok(()))
-            )
-            // In a cluster, stored only if the lease still held at the commit.
-            && state
-                .ctx
-                .ownership
-                .as_ref()
-                .is_none_or(|o| o.holds(&state.slot.controller))
-        {
+            );
+            let ownership = state.ctx.ownership.clone();
+            let stored = committed
+                && ownership.as_ref().is_none_or(|o| {
+                    o.holds(&state.slot.controller) && !o.moved(&state.slot.spec.id)
+                });
             while let Some((_, id, status)) = state.awaiting.pop_front() {
-                state.deliver(id, status);
+                if stored {
+                    state.deliver(id, status);
+                } else if ownership.is_some() {
+                    state.deliver(id, CommandStatus::Failed(FailReason::Failover));
+                }
             }
         }
         if let Some((_, handle)) = state.timer.take() {

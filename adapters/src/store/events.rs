@@ -222,12 +222,19 @@ pub(super) async fn append(
 /// lock makes a concurrent takeover (an update of the lease row) wait for this commit, so the
 /// new holder starts after the last event written under the old epoch; an event written
 /// after the takeover is refused.
+/// What [`append_fenced`] refused: controllers (lease not the fence's) and gates (moved to
+/// another controller), as stored ids.
+pub(super) struct FencedOut {
+    pub controllers: Vec<String>,
+    pub gates: Vec<String>,
+}
+
 pub(super) async fn append_fenced(
     conn: &mut Conn,
     rows: Vec<NewEvent>,
     audits: Vec<NewAudit>,
     fence: gatehouse_actors::cluster::Fence,
-) -> Result<Vec<String>, Error> {
+) -> Result<FencedOut, Error> {
     let Conn::Postgres(object) = conn else {
         return Err(Error::Rejected(
             "fenced writes need PostgreSQL ([cluster])".into(),
@@ -257,6 +264,27 @@ pub(super) async fn append_fenced(
         let (kept, dropped): (Vec<NewEvent>, Vec<NewEvent>) = rows
             .into_iter()
             .partition(|r| valid.contains(&r.controller));
+        // Each gate's controller now, share-locked like the leases: a fleet change moving a
+        // gate waits for this commit, or this one sees the move. A gate no longer in the
+        // fleet keeps its last events.
+        let mut gates: Vec<String> = kept.iter().map(|r| r.gate.clone()).collect();
+        gates.sort();
+        gates.dedup();
+        let placed: Vec<PlacedRow> = if gates.is_empty() {
+            Vec::new()
+        } else {
+            diesel::sql_query(
+                "SELECT id, controller FROM gates WHERE id = ANY($1::text[]) FOR SHARE",
+            )
+            .bind::<Array<Text>, _>(&gates)
+            .load(c)
+            .await?
+        };
+        let placed: std::collections::HashMap<String, String> =
+            placed.into_iter().map(|r| (r.id, r.controller)).collect();
+        let (kept, elsewhere): (Vec<NewEvent>, Vec<NewEvent>) = kept
+            .into_iter()
+            .partition(|r| placed.get(&r.gate).is_none_or(|now| *now == r.controller));
         if !kept.is_empty() {
             pg_insert_events(c, kept).await?;
         }
@@ -266,10 +294,13 @@ pub(super) async fn append_fenced(
                 .execute(c)
                 .await?;
         }
-        let mut refused: Vec<String> = dropped.into_iter().map(|r| r.controller).collect();
-        refused.sort();
-        refused.dedup();
-        Ok::<_, diesel::result::Error>(refused)
+        let mut controllers: Vec<String> = dropped.into_iter().map(|r| r.controller).collect();
+        controllers.sort();
+        controllers.dedup();
+        let mut gates: Vec<String> = elsewhere.into_iter().map(|r| r.gate).collect();
+        gates.sort();
+        gates.dedup();
+        Ok::<_, diesel::result::Error>(FencedOut { controllers, gates })
     })
     .await?;
     Ok(refused)
@@ -279,6 +310,14 @@ pub(super) async fn append_fenced(
 struct FencedRow {
     #[diesel(sql_type = Text)]
     controller_id: String,
+}
+
+#[derive(QueryableByName)]
+struct PlacedRow {
+    #[diesel(sql_type = Text)]
+    id: String,
+    #[diesel(sql_type = Text)]
+    controller: String,
 }
 
 /// Audit rows per INSERT: 6 parameters each, well under SQLite's 32,766 and PostgreSQL's

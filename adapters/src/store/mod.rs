@@ -24,8 +24,8 @@ use diesel_async::{
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use gatehouse_actors::ports::BoxFuture;
 use gatehouse_actors::store::{
-    EventStore, FinishedCommand, FleetChange, FleetRecords, FleetStore, GateHead, StoreError,
-    StoredEvent,
+    EventStore, FinishedCommand, FleetChange, FleetRecords, FleetStore, GateHead, Refused,
+    StoreError, StoredEvent,
 };
 
 use gatehouse_actors::access::AuditRecord;
@@ -618,20 +618,30 @@ impl EventStore for Store {
         events: Vec<Arc<GateEvent>>,
         audits: Vec<AuditRecord>,
         fence: gatehouse_actors::cluster::Fence,
-    ) -> BoxFuture<'_, Result<Vec<ControllerId>, StoreError>> {
+    ) -> BoxFuture<'_, Result<Refused, StoreError>> {
         Box::pin(async move {
             let (rows, audits) = encode_batch(&events, audits)?;
             let mut conn = self.conn().await.map_err(Error::into_store)?;
             let refused = events::append_fenced(&mut conn, rows, audits, fence)
                 .await
                 .map_err(Error::into_store)?;
-            refused
+            let controllers = refused
+                .controllers
                 .iter()
                 .map(|c| {
                     ControllerId::new(c)
                         .map_err(|e| StoreError::Other(format!("stored controller id {c:?}: {e}")))
                 })
-                .collect()
+                .collect::<Result<_, _>>()?;
+            let gates = refused
+                .gates
+                .iter()
+                .map(|g| {
+                    GateId::new(g)
+                        .map_err(|e| StoreError::Other(format!("stored gate id {g:?}: {e}")))
+                })
+                .collect::<Result<_, _>>()?;
+            Ok(Refused { controllers, gates })
         })
     }
 
