@@ -382,6 +382,12 @@ pub trait EventStore: Send + Sync + 'static {
     }
     /// Every gate's resume point.
     fn heads(&self) -> BoxFuture<'_, Result<Vec<(GateId, GateHead)>, StoreError>>;
+    /// The resume points of `gates` only (those with events), one index lookup each: what a
+    /// node taking a few controllers needs, without reading the whole event table's index.
+    fn heads_of(
+        &self,
+        gates: Vec<GateId>,
+    ) -> BoxFuture<'_, Result<Vec<(GateId, GateHead)>, StoreError>>;
     /// A gate's events with `seq > after`, oldest first.
     fn since(
         &self,

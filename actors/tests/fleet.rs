@@ -459,6 +459,12 @@ impl EventStore for MemoryStore {
     fn heads(&self) -> BoxFuture<'_, Result<Vec<(GateId, GateHead)>, StoreError>> {
         Box::pin(async { Ok(Vec::new()) })
     }
+    fn heads_of(
+        &self,
+        _: Vec<GateId>,
+    ) -> BoxFuture<'_, Result<Vec<(GateId, GateHead)>, StoreError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
     fn since(
         &self,
         _: GateId,

@@ -639,6 +639,19 @@ async fn events_round_trip(ctx: Ctx) {
             ),
         ]
     );
+    // The heads of some gates only, as a node taking a controller reads them: the same
+    // answers, and nothing for a gate without events.
+    let all = store.heads().await.unwrap();
+    let some = store
+        .heads_of(vec![GateId::new("g2").unwrap(), GateId::new("quiet").unwrap()])
+        .await
+        .unwrap();
+    assert_eq!(some, vec![all[1].clone()]);
+    let both = store
+        .heads_of(vec![GateId::new("g1").unwrap(), GateId::new("g2").unwrap()])
+        .await
+        .unwrap();
+    assert_eq!(both, all);
 }
 
 async fn retried_batch_is_not_stored_twice(ctx: Ctx) {

@@ -87,6 +87,9 @@ pub struct Restore {
     pub finished: Vec<(CommandId, Action, crate::gate::CommandStatus)>,
 }
 
+/// Up to this many gates, [`restore_gates`] looks their heads up one by one.
+const HEADS_ONE_BY_ONE: usize = 256;
+
 /// Sets each gate of `specs` to resume from the store: its sequence, its cycle total and the
 /// outcomes of its commands finished within the idempotency window. At boot for every
 /// controller, and in a cluster for a controller this node takes over (the previous holder
@@ -96,7 +99,18 @@ pub async fn restore_gates(
     events: &dyn crate::store::EventStore,
     now_ms: u64,
 ) -> Result<(), crate::store::StoreError> {
-    let heads: std::collections::HashMap<_, _> = events.heads().await?.into_iter().collect();
+    // A few controllers (a node taking its share): one lookup per gate. Many (boot): one pass
+    // over the index beats thousands of round trips.
+    let gates: Vec<GateId> = specs
+        .iter()
+        .flat_map(|s| s.gates.iter().map(|g| g.spec.id.clone()))
+        .collect();
+    let heads = if gates.len() <= HEADS_ONE_BY_ONE {
+        events.heads_of(gates).await?
+    } else {
+        events.heads().await?
+    };
+    let heads: std::collections::HashMap<_, _> = heads.into_iter().collect();
     let since = now_ms.saturating_sub(crate::gate::machine::COMMAND_MEMORY_MS);
     let mut finished: std::collections::HashMap<_, Vec<_>> = std::collections::HashMap::new();
     for f in events.finished_commands(since).await? {

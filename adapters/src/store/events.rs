@@ -441,6 +441,48 @@ pub(super) async fn heads(conn: &mut Conn) -> Result<Vec<(GateId, GateHead)>, Er
         .collect()
 }
 
+/// [`heads`] of `gates` only: per gate, its highest seq and the cycles of its latest event
+/// that carried one, each an index lookup on `(gate, seq)`, in one read snapshot.
+pub(super) async fn heads_of(
+    conn: &mut Conn,
+    gates: &[GateId],
+) -> Result<Vec<(GateId, GateHead)>, Error> {
+    let found: Vec<(GateId, i64, Option<i64>)> = read_tx!(conn, |c| {
+        let mut found = Vec::with_capacity(gates.len());
+        for gate in gates {
+            let seq: Option<i64> = gate_events::table
+                .filter(gate_events::gate.eq(gate.as_str()))
+                .order(gate_events::seq.desc())
+                .select(gate_events::seq)
+                .first(c)
+                .await
+                .optional()?;
+            let Some(seq) = seq else { continue };
+            let cycles: Option<Option<i64>> = gate_events::table
+                .filter(gate_events::gate.eq(gate.as_str()))
+                .filter(gate_events::cycles.is_not_null())
+                .order(gate_events::seq.desc())
+                .select(gate_events::cycles)
+                .first(c)
+                .await
+                .optional()?;
+            found.push((gate.clone(), seq, cycles.flatten()));
+        }
+        Ok::<_, Error>(found)
+    })?;
+    found
+        .into_iter()
+        .map(|(gate, seq, cycles)| {
+            let what = |field: &str| format!("gate {gate}: {field}");
+            let head = GateHead {
+                seq: from_db(seq, || what("seq"))?,
+                cycles: cycles.map(|c| from_db(c, || what("cycles"))).transpose()?,
+            };
+            Ok((gate, head))
+        })
+        .collect()
+}
+
 /// A gate's events with `seq > after`, oldest first.
 pub(super) async fn since(
     conn: &mut Conn,

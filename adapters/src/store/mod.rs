@@ -652,6 +652,18 @@ impl EventStore for Store {
         })
     }
 
+    fn heads_of(
+        &self,
+        gates: Vec<GateId>,
+    ) -> BoxFuture<'_, Result<Vec<(GateId, GateHead)>, StoreError>> {
+        Box::pin(async move {
+            let mut conn = self.conn().await.map_err(Error::into_store)?;
+            events::heads_of(&mut conn, &gates)
+                .await
+                .map_err(Error::into_store)
+        })
+    }
+
     fn since(
         &self,
         gate: GateId,
