@@ -643,7 +643,10 @@ async fn events_round_trip(ctx: Ctx) {
     // answers, and nothing for a gate without events.
     let all = store.heads().await.unwrap();
     let some = store
-        .heads_of(vec![GateId::new("g2").unwrap(), GateId::new("quiet").unwrap()])
+        .heads_of(vec![
+            GateId::new("g2").unwrap(),
+            GateId::new("quiet").unwrap(),
+        ])
         .await
         .unwrap();
     assert_eq!(some, vec![all[1].clone()]);
