@@ -44,8 +44,9 @@ pub const AWAY_REFILL: Duration = Duration::from_secs(1);
 /// While Redis is away: how often the node reads the events committed since its last read.
 pub const AWAY_POLL: Duration = Duration::from_millis(500);
 
-/// Events per read of the store while Redis is away, and reads per poll at most.
+/// Events per read of the store while Redis is away.
 const TAIL_PAGE: u32 = 1_000;
+/// Reads of the store per poll, at most.
 const TAIL_PAGES: usize = 50;
 
 /// How long a failed connection waits before the next attempt (publisher and subscriber).
@@ -735,7 +736,7 @@ async fn watch_loop(inner: std::sync::Weak<Inner>) {
         let away = me.health.subscriber_down.load(Ordering::Relaxed);
         match (away, me.store.get()) {
             (true, Some(store)) => {
-                if now.duration_since(last_refill) >= AWAY_POLL || tail.is_none() {
+                if now.duration_since(last_refill) >= AWAY_POLL {
                     last_refill = now;
                     follow(&me, store.as_ref(), &mut tail).await;
                 }
@@ -782,9 +783,9 @@ async fn follow(me: &Inner, store: &dyn EventStore, tail: &mut Option<Tail>) {
                 );
             }
             Err(e) => {
-                // The sessions read the store themselves, as without a store to follow.
+                // Tried again at the next poll. The sessions were told to refill when Redis
+                // went; the gap raised once this succeeds covers what is committed meanwhile.
                 tracing::debug!(error = %e, "the event store is not answering either");
-                me.view.signal_gap();
             }
         }
         return;

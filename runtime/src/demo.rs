@@ -280,8 +280,8 @@ pub async fn run(mut config: Config, options: DemoOptions) -> anyhow::Result<()>
         passwords,
         sessions,
         changes,
-    )?;
-    http::remember_command_ids(&app).await;
+    )
+    .await?;
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let (api_addr, server) = http::start(
         &config,

@@ -219,7 +219,7 @@ fn limits(
 
 /// Loads the command ids claimed lately into the app's memory of ids, before it serves: a
 /// failure is logged (the store still has them; a node alone then checks only what it sees).
-pub async fn remember_command_ids(app: &App) {
+async fn remember_command_ids(app: &App) {
     match app.limits.load_recent_ids().await {
         Ok(n) => tracing::debug!(ids = n, "command ids claimed lately remembered"),
         Err(e) => tracing::warn!(
@@ -231,8 +231,9 @@ pub async fn remember_command_ids(app: &App) {
 }
 
 /// The application handles for `runtime` on `store`, with the WebSocket session layer whose
-/// hub and supervisor the runtime's root started.
-pub fn app(
+/// hub and supervisor the runtime's root started, and the command ids claimed lately
+/// remembered.
+pub async fn app(
     config: &Config,
     runtime: &Runtime,
     store: Arc<Store>,
@@ -245,15 +246,14 @@ pub fn app(
         None => TokenKeys::load_or_create(&config.data.dir),
     }
     .context("loading the token signing key")?;
-    let store_for_ids: Arc<dyn gatehouse_actors::store::CommandIdStore> = store.clone();
-    Ok(App {
+    let app = App {
         fleet: runtime.fleet.clone(),
         access: store.clone(),
         events: store.clone(),
         maintenance: store.clone(),
         notify: store.clone(),
         alerts: runtime.alerts.clone(),
-        reports: store,
+        reports: store.clone(),
         blobs: runtime.blobs.clone(),
         scheduler: runtime.scheduler.clone(),
         max_attachment: config.storage.max_attachment_mb * 1024 * 1024,
@@ -262,9 +262,11 @@ pub fn app(
         passwords,
         changes,
         sessions,
-        limits: Arc::new(limits(runtime, store_for_ids)),
+        limits: Arc::new(limits(runtime, store.clone())),
         root: Some(runtime.root().clone()),
-    })
+    };
+    remember_command_ids(&app).await;
+    Ok(app)
 }
 
 /// Serves the API on `listen` (or, with `fallback`, on a free port when it is taken) until

@@ -240,8 +240,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         passwords,
         sessions,
         changes,
-    )?;
-    http::remember_command_ids(&app).await;
+    )
+    .await?;
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let (addr, server) = http::start(
         &config,

@@ -305,22 +305,24 @@ impl Actor for EventLogWriter {
 }
 
 /// Appends one batch, retrying transient failures until it is in, then tells the gates.
-async fn commit(state: &WriterArgs, mut batch: Vec<Entry>) {
+async fn commit(state: &WriterArgs, batch: Vec<Entry>) {
     let mut events: Vec<Arc<GateEvent>> = Vec::with_capacity(batch.len());
     let mut audits: Vec<AuditRecord> = Vec::new();
     let mut barriers = Vec::new();
-    for e in &mut batch {
-        match &mut e.item {
-            Item::Event(event) => events.push(event.clone()),
-            Item::Audit(record) => audits.push(record.clone()),
+    // When each event and audit record was queued (barriers are not written).
+    let mut queued = Vec::with_capacity(batch.len());
+    for Entry { item, queued: at } in batch {
+        match item {
+            Item::Event(event) => events.push(event),
+            Item::Audit(record) => audits.push(record),
             Item::Barrier(tx) => {
-                let (dummy, _) = tokio::sync::oneshot::channel();
-                barriers.push(std::mem::replace(tx, dummy));
+                barriers.push(tx);
+                continue;
             }
         }
+        queued.push(at);
     }
-    batch.retain(|e| !matches!(e.item, Item::Barrier(_)));
-    if events.is_empty() && audits.is_empty() {
+    if queued.is_empty() {
         for b in barriers {
             let _ = b.send(());
         }
@@ -368,7 +370,7 @@ async fn commit(state: &WriterArgs, mut batch: Vec<Entry>) {
                 state.stats.transaction_time.record(started.elapsed());
                 if let Some(i) = crate::telemetry::get() {
                     i.eventlog_commit.record(started.elapsed().as_secs_f64());
-                    i.eventlog_batch.record(batch.len() as f64);
+                    i.eventlog_batch.record(queued.len() as f64);
                 }
                 break;
             }
@@ -396,8 +398,8 @@ async fn commit(state: &WriterArgs, mut batch: Vec<Entry>) {
         tracing::info!("event log commits again");
     }
     let now = tokio::time::Instant::now();
-    for e in &batch {
-        state.stats.commit_latency.record(now - e.queued);
+    for at in queued {
+        state.stats.commit_latency.record(now - at);
     }
     state
         .stats

@@ -216,12 +216,6 @@ pub(super) async fn append(
     Ok(())
 }
 
-/// [`append`] under a fence (PostgreSQL only): in one transaction, reads and share-locks the
-/// leases the fence names that are still its node's with its epochs, writes the events of
-/// those controllers and every audit record, and answers the controllers refused. The share
-/// lock makes a concurrent takeover (an update of the lease row) wait for this commit, so the
-/// new holder starts after the last event written under the old epoch; an event written
-/// after the takeover is refused.
 /// What [`append_fenced`] refused: controllers (lease not the fence's) and gates (moved to
 /// another controller), as stored ids.
 pub(super) struct FencedOut {
@@ -229,6 +223,13 @@ pub(super) struct FencedOut {
     pub gates: Vec<String>,
 }
 
+/// [`append`] under a fence (PostgreSQL only): in one transaction, reads and share-locks the
+/// leases the fence names that are still its node's with its epochs and the rows of the
+/// batch's gates, writes the events of those controllers whose gate is still theirs and every
+/// audit record, and answers what it refused. The share locks make a concurrent takeover (an
+/// update of the lease row) or a gate's move (an update of its row) wait for this commit, so
+/// the new holder starts after the last event written under the old epoch or controller; an
+/// event written after the takeover or the move is refused.
 pub(super) async fn append_fenced(
     conn: &mut Conn,
     rows: Vec<NewEvent>,
