@@ -60,6 +60,19 @@ pub struct Ownership {
     node: NodeId,
     ttl: Duration,
     state: Mutex<OwnershipState>,
+    /// Another node gave leases back: the keeper runs a round now, not at its next tick.
+    wake: tokio::sync::Notify,
+    /// Tells the other nodes that this one released its leases (the cluster bus; set once).
+    on_release: std::sync::OnceLock<ReleaseHook>,
+}
+
+/// Says to the other nodes that this node released leases; resolves once said.
+struct ReleaseHook(Box<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>);
+
+impl std::fmt::Debug for ReleaseHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReleaseHook")
+    }
 }
 
 #[derive(Debug, Default)]
@@ -87,6 +100,40 @@ impl Ownership {
             node,
             ttl,
             state: Mutex::default(),
+            wake: tokio::sync::Notify::new(),
+            on_release: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Another node released leases: the keeper takes its share of them now (the lease store
+    /// still decides; this only saves waiting for the next round).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Resolves at the next [`Ownership::wake`] (one made while nobody waited counts).
+    pub async fn woken(&self) {
+        self.wake.notified().await;
+    }
+
+    /// How this node tells the others it released leases (set once, by the cluster bus).
+    pub fn on_release(
+        &self,
+        hook: impl Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync + 'static,
+    ) {
+        let _ = self.on_release.set(ReleaseHook(Box::new(hook)));
+    }
+
+    /// Tells the other nodes that this node released leases, if there is a bus to say it on;
+    /// bounded to half a second (they take the leases at their next round anyway).
+    pub async fn say_released(&self) {
+        let Some(hook) = self.on_release.get() else {
+            return;
+        };
+        match tokio::time::timeout(Duration::from_millis(500), (hook.0)()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "the release of leases was not announced"),
+            Err(_) => tracing::warn!("the release of leases was not announced in 500 ms"),
         }
     }
 

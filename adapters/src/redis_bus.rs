@@ -172,6 +172,8 @@ struct Inner {
 #[derive(Clone)]
 pub struct RedisBus {
     inner: Arc<Inner>,
+    /// Shared with the publisher (a deadpool pool is a handle).
+    pool: deadpool_redis::Pool,
 }
 
 /// Why the bus could not be set up.
@@ -219,10 +221,10 @@ impl RedisBus {
                 last_error: Mutex::new(None),
             },
         });
-        tokio::spawn(publish_loop(pool, rx, Arc::downgrade(&inner)));
+        tokio::spawn(publish_loop(pool.clone(), rx, Arc::downgrade(&inner)));
         tokio::spawn(subscribe_loop(client, Arc::downgrade(&inner)));
         tokio::spawn(watch_loop(Arc::downgrade(&inner)));
-        Ok(RedisBus { inner })
+        Ok(RedisBus { inner, pool })
     }
 
     /// From now on, commands other nodes send here run on `fleet`, and commands this node
@@ -303,6 +305,25 @@ impl RedisBus {
             false,
             None,
         );
+    }
+
+    /// Sends a notice to the other nodes now, past the publisher's queue: answers once Redis
+    /// took it (for a node about to exit, whose queue may never be drained). Bound it with a
+    /// timeout: getting a connection waits up to 2 s while Redis is away.
+    pub async fn announce_now(&self, notice: serde_json::Value) -> Result<(), String> {
+        let payload = serde_json::to_vec(&EnvelopeRef {
+            from: self.inner.node.as_str(),
+            body: &Body::Notice { notice },
+        })
+        .map_err(|e| e.to_string())?;
+        let mut conn = self.pool.get().await.map_err(|e| e.to_string())?;
+        let _reached: i64 = redis::cmd("PUBLISH")
+            .arg(self.inner.channel("notices"))
+            .arg(payload)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(())
     }
 
     /// The notices other nodes announce.

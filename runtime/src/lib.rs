@@ -221,9 +221,14 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     if let Some(redis) = &cluster_bus
         && let Some(ownership) = runtime.fleet.context().ownership.clone()
     {
-        redis.serve(runtime.fleet.clone(), ownership);
+        redis.serve(runtime.fleet.clone(), ownership.clone());
         redis.follow_store(store.clone());
-        cluster_tasks.extend(carry_notices(redis, &changes, runtime.fleet.clone()));
+        cluster_tasks.extend(carry_notices(
+            redis,
+            &changes,
+            runtime.fleet.clone(),
+            ownership,
+        ));
     }
     runtime.cluster_bus = cluster_bus;
     runtime.shared_limits = shared_limits;
@@ -281,14 +286,19 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 /// The Redis channels of a cluster start with this.
 const CHANNEL_PREFIX: &str = "gatehouse:";
 
+/// The notice a node leaving the cluster sends once its leases are released: the others take
+/// them at once instead of at their next round.
+const LEASES_RELEASED: &str = "leases_released";
+
 /// Carries the access notices announced on this node to the other nodes, and theirs here; a
 /// fleet change made on another node is read from the store first (`Fleet::reload`), so that
-/// the sessions re-checking their gates see the new configuration. Answers the tasks (they
-/// end with the process).
+/// the sessions re-checking their gates see the new configuration. Carries the word that a
+/// leaving node released its leases likewise. Answers the tasks (they end with the process).
 fn carry_notices(
     redis: &RedisBus,
     changes: &AccessChanges,
     fleet: gatehouse_actors::tree::Fleet,
+    ownership: Arc<gatehouse_actors::cluster::Ownership>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     use gatehouse_api::changes::AccessChange;
     use tokio::sync::broadcast::error::RecvError;
@@ -308,11 +318,20 @@ fn carry_notices(
             }
         }
     });
+    let out = redis.clone();
+    ownership.on_release(move || {
+        let out = out.clone();
+        Box::pin(async move { out.announce_now(serde_json::json!(LEASES_RELEASED)).await })
+    });
     let mut notices = redis.notices();
     let into = changes.clone();
     let incoming = tokio::spawn(async move {
         loop {
             let change = match notices.recv().await {
+                Ok(v) if v == LEASES_RELEASED => {
+                    ownership.wake();
+                    continue;
+                }
                 Ok(v) => match serde_json::from_value::<AccessChange>(v) {
                     Ok(change) => change,
                     Err(e) => {

@@ -32,7 +32,7 @@ use gatehouse_actors::store::EventStore;
 use gatehouse_adapters::store::Store;
 use gatehouse_tests::cluster::{NODES, Node, owners, prepare, start};
 use gatehouse_tests::http::Http;
-use gatehouse_tests::procs::Simulator;
+use gatehouse_tests::procs::{Simulator, Stream, tail};
 use gatehouse_tests::redis::RedisServer;
 use gatehouse_tests::wsclient::WsClient;
 use gatehouse_tests::{ScratchDatabase, pg_server};
@@ -656,8 +656,21 @@ async fn controllers_are_owned_once_balanced_and_fail_over_within_the_lease() {
     .await;
     let took = asked.elapsed();
     println!("handover after SIGTERM in {took:?}: {:?}", counts(&all_n1));
-    assert!(took < TTL, "a handover waits for no expiry: {took:?}");
+    // Immediate: n2 stops its subtrees, releases its leases and says so on the bus, and n1
+    // takes them at once, waiting neither for an expiry nor for its next round.
+    assert!(
+        took < Duration::from_secs(1),
+        "a handover waits for no expiry and no round: {took:?}"
+    );
     assert!(nodes[1].proc.wait_exit(WAIT).success());
+    assert!(
+        nodes[0]
+            .proc
+            .count(Stream::Err, &["another node released its leases"])
+            >= 1,
+        "n1 heard n2's release on the bus: {}",
+        tail(&nodes[0].proc.lines(Stream::Err), 30)
+    );
 
     nodes[0].proc.signal("TERM");
     assert!(nodes[0].proc.wait_exit(WAIT).success());

@@ -14,8 +14,9 @@
 //! its lease can have passed to another node. Controllers whose events the store refused
 //! (the event log's fence) are stopped at the next round, and so are those whose configuration
 //! changed (given back: released, then taken again from the new configuration). On stop (SIGTERM), the node says it
-//! is draining, stops every subtree and releases every lease, so that the others take them at
-//! their next round. The state (what is held, with epochs and deadlines) lives in the shared
+//! is draining, stops every subtree and releases every lease, and says so on the cluster bus:
+//! the others run a round at once ([`KeeperMsg::Woken`]), or at their next tick if the word is
+//! lost. The state (what is held, with epochs and deadlines) lives in the shared
 //! [`Ownership`], so a restarted keeper carries on.
 
 use std::sync::Arc;
@@ -51,7 +52,10 @@ pub struct KeeperArgs {
 }
 
 pub enum KeeperMsg {
+    /// The round of every tick; schedules the next one.
     Round,
+    /// Another node released leases: a round now, outside the ticks.
+    Woken,
 }
 
 pub struct Keeper;
@@ -60,6 +64,8 @@ pub struct KeeperState {
     args: KeeperArgs,
     /// The last round that reached the store failed (logged once per outage).
     failing: bool,
+    /// Turns the ownership's wakes into [`KeeperMsg::Woken`]; ends with the keeper.
+    waker: tokio::task::JoinHandle<()>,
 }
 
 /// The keeper's child spec (permanent).
@@ -80,9 +86,20 @@ impl Actor for Keeper {
         args: KeeperArgs,
     ) -> Result<KeeperState, ActorProcessingErr> {
         myself.send_message(KeeperMsg::Round)?;
+        let ownership = args.ownership.clone();
+        let me = myself.clone();
+        let waker = tokio::spawn(async move {
+            loop {
+                ownership.woken().await;
+                if me.send_message(KeeperMsg::Woken).is_err() {
+                    return;
+                }
+            }
+        });
         Ok(KeeperState {
             args,
             failing: false,
+            waker,
         })
     }
 
@@ -98,6 +115,13 @@ impl Actor for Keeper {
                 let every = round_every(state.args.ownership.ttl());
                 myself.send_after(every, || KeeperMsg::Round);
             }
+            KeeperMsg::Woken => {
+                tracing::info!(
+                    node = %state.ownership().node(),
+                    "another node released its leases: a round now"
+                );
+                state.round().await;
+            }
         }
         Ok(())
     }
@@ -107,6 +131,7 @@ impl Actor for Keeper {
         _myself: ActorRef<KeeperMsg>,
         state: &mut KeeperState,
     ) -> Result<(), ActorProcessingErr> {
+        state.waker.abort();
         state.leave().await;
         Ok(())
     }
@@ -292,8 +317,12 @@ impl KeeperState {
         for c in &held {
             self.stop(c, "leaving").await;
         }
-        if let Err(e) = self.args.leases.release(node.clone(), held).await {
-            tracing::warn!(%node, error = %e, "leases not released; they expire within the TTL");
+        match self.args.leases.release(node.clone(), held).await {
+            // The others take them at once, not at their next round.
+            Ok(()) => self.ownership().say_released().await,
+            Err(e) => {
+                tracing::warn!(%node, error = %e, "leases not released; they expire within the TTL")
+            }
         }
     }
 }
