@@ -47,6 +47,8 @@ pub mod names {
     pub const SESSION_QUEUE_DROPS: &str = "gatehouse_session_queue_drops_total";
     pub const SESSION_COALESCED: &str = "gatehouse_session_coalesced_snapshots_total";
     pub const SESSION_CLOSES: &str = "gatehouse_session_closes_total";
+    pub const SESSION_EVENT_LOSSES: &str = "gatehouse_session_event_losses_total";
+    pub const SESSION_GAP_REFILLS: &str = "gatehouse_session_gap_refills_total";
     pub const EVENTLOG_BATCH_SIZE: &str = "gatehouse_eventlog_batch_size";
     pub const EVENTLOG_COMMIT_DURATION: &str = "gatehouse_eventlog_commit_duration_seconds";
     pub const EVENTLOG_QUEUE_DEPTH: &str = "gatehouse_eventlog_queue_depth";
@@ -86,6 +88,8 @@ pub mod names {
         SESSION_QUEUE_DROPS,
         SESSION_COALESCED,
         SESSION_CLOSES,
+        SESSION_EVENT_LOSSES,
+        SESSION_GAP_REFILLS,
         EVENTLOG_BATCH_SIZE,
         EVENTLOG_COMMIT_DURATION,
         EVENTLOG_QUEUE_DEPTH,

@@ -44,6 +44,9 @@ fn session_gauges(app: &App) {
         .set(stats.authenticated.load(Ordering::Relaxed).max(0) as f64);
     metrics::gauge!(names::SESSION_SUBSCRIPTIONS)
         .set(stats.subscriptions.load(Ordering::Relaxed).max(0) as f64);
+    metrics::counter!(names::SESSION_EVENT_LOSSES).absolute(stats.lagged.load(Ordering::Relaxed));
+    metrics::counter!(names::SESSION_GAP_REFILLS)
+        .absolute(stats.gap_refills.load(Ordering::Relaxed));
 }
 
 #[utoipa::path(

@@ -204,6 +204,14 @@ fn describe() {
         names::SESSION_CLOSES,
         "WebSocket sessions closed, by close code"
     );
+    c!(
+        names::SESSION_EVENT_LOSSES,
+        "Times events may have been lost before reaching the sessions (between nodes, or the hub behind the bus)"
+    );
+    c!(
+        names::SESSION_GAP_REFILLS,
+        "Gates a session refilled from the event store after a loss of events"
+    );
     h!(
         names::EVENTLOG_BATCH_SIZE,
         "Entries per event-log transaction"

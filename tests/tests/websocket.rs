@@ -760,6 +760,66 @@ async fn when_the_hub_loses_events_sessions_fill_them_from_the_store_without_gap
     rig.stop().await;
 }
 
+/// Events lost on their way to the sessions (a gap raised on the bus, as when Redis drops
+/// between nodes) cost one read of the followed gates' heads, shared by every session: the
+/// sessions already at those heads read nothing more, and the streams go on without gap or
+/// duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loss_of_events_costs_one_heads_read_for_all_sessions_and_none_per_session() {
+    const WATCHERS: usize = 12;
+    let rig = Rig::start().await;
+    let gates = ["n1", "n2", "s1"];
+    let mut watchers = Vec::new();
+    let mut starts = Vec::new();
+    for _ in 0..WATCHERS {
+        let mut w = rig.client("view").await;
+        let snapshot = subscribe(&mut w, json!({"type": "subscribe", "gates": gates})).await;
+        starts.push(snapshot_seqs(&snapshot));
+        watchers.push(w);
+    }
+    let stats = || rig.stack.app.sessions.stats();
+    let before = stats();
+    // The gates are at rest: every session holds each gate's head from its snapshot.
+    rig.stack.runtime.bus.signal_gap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while stats().gap_checks < before.gap_checks + WATCHERS as u64 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "every session checks its gates after the loss: {:?}",
+            stats()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let after = stats();
+    assert_eq!(
+        after.hub_lagged - before.hub_lagged,
+        1,
+        "one loss counted: {after:?}"
+    );
+    assert_eq!(
+        after.gap_head_reads - before.gap_head_reads,
+        1,
+        "one heads read for {WATCHERS} sessions: {after:?}"
+    );
+    assert_eq!(
+        after.gap_refills, before.gap_refills,
+        "no session was behind, so none read a gate's events: {after:?}"
+    );
+    // The streams go on: a gate moved now reaches every session, every event once, in order.
+    let mut op = rig.client("op").await;
+    let (_, frames) = command(&mut op, "n1", "open").await;
+    assert!(
+        frames
+            .iter()
+            .any(|f| f["type"] == "ack" && f["status"] == "completed"),
+        "{frames:?}"
+    );
+    for (w, start) in watchers.iter_mut().zip(&starts) {
+        expect_every_committed_event(&rig, w, start, &gates).await;
+    }
+    rig.stop().await;
+}
+
 /// A password reset over REST ends the account's live sessions (4401); a change that leaves
 /// the password alone (here: a role change that still reads the gate) does not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use gatehouse_actors::gate::GateEvent;
 use gatehouse_actors::ids::GateId;
+use gatehouse_actors::store::EventStore;
 use gatehouse_actors::supervision::{ChildSpec, Restart};
 use gatehouse_actors::tree::bus::LocalBus;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef};
@@ -56,8 +57,18 @@ pub struct HubStats {
     pub events: AtomicU64,
     /// Events handed to sessions.
     pub deliveries: AtomicU64,
-    /// Times the hub fell behind the bus (each followed by a resync of every session).
+    /// Times the hub fell behind the bus or events were lost between nodes (each followed by
+    /// a check of every session against the store).
     pub lagged: AtomicU64,
+    /// Reads of the subscribed gates' heads after a loss ([`GapHeads`]; one for all sessions).
+    pub gap_head_reads: AtomicU64,
+    /// Events the hub read from the store after a loss and handed to every subscriber.
+    pub gap_filled: AtomicU64,
+    /// Sessions that finished checking their gates after a loss.
+    pub gap_checks: AtomicU64,
+    /// Gates a session refilled from the store after a loss (behind the store's head, or
+    /// its head unknown).
+    pub gap_refills: AtomicU64,
     /// Sessions ever opened, and closed.
     pub opened: AtomicU64,
     pub closed: AtomicU64,
@@ -217,10 +228,136 @@ impl Hub {
 
     /// Forgets every gate's newest event (after a restart, they may be stale): subscribers
     /// read the gate's committed state instead.
-    fn forget_latest(&self) {
-        let slots: Vec<_> = lock(&self.gates).values().cloned().collect();
-        for slot in slots {
-            lock(&slot).latest = None;
+    /// Answers the seq of each newest event forgotten.
+    fn forget_latest(&self) -> HashMap<GateId, u64> {
+        let slots: Vec<_> = lock(&self.gates)
+            .iter()
+            .map(|(g, s)| (g.clone(), s.clone()))
+            .collect();
+        let mut seen = HashMap::new();
+        for (gate, slot) in slots {
+            if let Some(latest) = lock(&slot).latest.take() {
+                seen.insert(gate, latest.event.seq);
+            }
+        }
+        seen
+    }
+
+    /// The gates some session follows now.
+    fn subscribed_gates(&self) -> Vec<GateId> {
+        let slots: Vec<_> = lock(&self.gates)
+            .iter()
+            .map(|(g, s)| (g.clone(), s.clone()))
+            .collect();
+        slots
+            .into_iter()
+            .filter(|(_, s)| !lock(s).subscribers.is_empty())
+            .map(|(g, _)| g)
+            .collect()
+    }
+
+    /// Events may have been lost on their way here: forgets each gate's newest event (a
+    /// snapshot then comes from the store) and has every session check its gates against
+    /// the store's heads, read once for all of them.
+    fn check_all_sessions(&self) {
+        let seen = self.forget_latest();
+        let heads = Arc::new(GapHeads::new(self.subscribed_gates(), seen));
+        self.tell_all(|| SessionMsg::Resync(Some(heads.clone())));
+    }
+}
+
+/// How many gates one heads read asks for (`EventStore::heads_of`).
+const HEADS_PER_READ: usize = 256;
+
+/// Events the hub fills per gate after a loss, at most: a gate further behind is left to its
+/// sessions (each reads what it misses, up to its own replay bounds).
+const FILL_PER_GATE: u64 = 1_000;
+
+/// After events were lost (between nodes, or the hub fell behind the bus): the committed head
+/// of every gate subscribed then, read from the store once, by the first session that asks,
+/// for every session; and, for a gate whose head is past the newest event the hub had seen,
+/// the events in between, read once and handed to every subscriber as if live. A session
+/// whose gates are then at their heads reads nothing more, so a loss costs one read per 256
+/// followed gates plus one per gate that lost events, instead of one per session and gate.
+/// Every event lost was committed before the loss was noticed, so it is at or below the head
+/// read after.
+pub struct GapHeads {
+    gates: Vec<GateId>,
+    /// The newest seq the hub had seen of each gate when the loss was noticed.
+    seen: HashMap<GateId, u64>,
+    /// `None`: the read failed (each session then reads its gates itself).
+    heads: tokio::sync::OnceCell<Option<HashMap<GateId, u64>>>,
+}
+
+impl std::fmt::Debug for GapHeads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GapHeads")
+            .field("gates", &self.gates.len())
+            .field("seen", &self.seen.len())
+            .field("read", &self.heads.initialized())
+            .finish()
+    }
+}
+
+impl GapHeads {
+    fn new(gates: Vec<GateId>, seen: HashMap<GateId, u64>) -> GapHeads {
+        GapHeads {
+            gates,
+            seen,
+            heads: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// The heads (0 for a gate with nothing stored), or `None` when the store could not say;
+    /// a gate missing from the map was subscribed after the loss was noticed.
+    pub async fn read(&self, store: &dyn EventStore, hub: &Hub) -> Option<&HashMap<GateId, u64>> {
+        self.heads
+            .get_or_init(|| async {
+                hub.stats.gap_head_reads.fetch_add(1, Ordering::Relaxed);
+                let mut heads: HashMap<GateId, u64> =
+                    self.gates.iter().map(|g| (g.clone(), 0)).collect();
+                for chunk in self.gates.chunks(HEADS_PER_READ) {
+                    match store.heads_of(chunk.to_vec()).await {
+                        Ok(found) => heads.extend(found.into_iter().map(|(g, h)| (g, h.seq))),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "gate heads unreadable after a loss of events; each session reads its gates");
+                            return None;
+                        }
+                    }
+                }
+                for (gate, &head) in &heads {
+                    if let Some(&seen) = self.seen.get(gate)
+                        && seen < head
+                        && head - seen <= FILL_PER_GATE
+                    {
+                        self.fill(store, hub, gate, seen, head).await;
+                    }
+                }
+                Some(heads)
+            })
+            .await
+            .as_ref()
+    }
+
+    /// Hands `gate`'s committed events `after + 1 ..= head` to its subscribers, as if live
+    /// (each outbox drops what it already has). A failed read leaves them to the sessions.
+    async fn fill(&self, store: &dyn EventStore, hub: &Hub, gate: &GateId, after: u64, head: u64) {
+        let mut after = after;
+        while after < head {
+            let limit = (head - after).min(500) as u32;
+            let page = match store.since(gate.clone(), after, limit).await {
+                Ok(page) => page,
+                Err(e) => {
+                    tracing::warn!(%gate, error = %e, "lost events not refilled by the hub; its sessions read them");
+                    return;
+                }
+            };
+            let Some(last) = page.last() else { return };
+            after = last.event.seq;
+            for stored in page {
+                hub.stats.gap_filled.fetch_add(1, Ordering::Relaxed);
+                hub.publish(Arc::new(stored.event));
+            }
         }
     }
 }
@@ -278,8 +415,8 @@ impl Actor for HubActor {
         if state.hub.stats.starts.fetch_add(1, Ordering::Relaxed) > 0 {
             // Subscribed again first, so that everything after this point arrives live and
             // everything before it is in the store.
-            state.hub.forget_latest();
-            state.hub.tell_all(|| SessionMsg::Resync);
+            let _ = state.hub.forget_latest();
+            state.hub.tell_all(|| SessionMsg::Resync(None));
             state.hub.tell_all(|| SessionMsg::AccessChanged);
             tracing::warn!(
                 sessions = state.hub.open_sessions(),
@@ -353,8 +490,7 @@ impl HubState {
         tracing::debug!(
             "events between nodes may have been lost; sessions refill from the event store"
         );
-        self.hub.forget_latest();
-        self.hub.tell_all(|| SessionMsg::Resync);
+        self.hub.check_all_sessions();
     }
 
     fn lagged(&self, missed: u64) {
@@ -363,7 +499,7 @@ impl HubState {
             missed,
             "the session hub fell behind the event bus; sessions refill from the event store"
         );
-        self.hub.tell_all(|| SessionMsg::Resync);
+        self.hub.check_all_sessions();
     }
 
     fn on_change(&mut self, change: Result<AccessChange, RecvError>) {
@@ -380,4 +516,194 @@ pub fn child_spec(args: HubArgs) -> ChildSpec {
     ChildSpec::actor("hub", Restart::Permanent, None, move || {
         (HubActor, args.clone())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use gatehouse_actors::access::AuditRecord;
+    use gatehouse_actors::gate::{Cause, EventKind, GateSnapshot, GateState};
+    use gatehouse_actors::ids::ControllerId;
+    use gatehouse_actors::ports::BoxFuture;
+    use gatehouse_actors::store::{FinishedCommand, GateHead, StoreError, StoredEvent};
+    use serde_json::Value;
+
+    use super::*;
+
+    fn event(gate: &GateId, seq: u64) -> GateEvent {
+        GateEvent {
+            gate: gate.clone(),
+            controller: "c".parse::<ControllerId>().unwrap(),
+            seq,
+            at_ms: seq,
+            kind: EventKind::StateChanged {
+                from: GateState::Closed,
+            },
+            cause: Cause::Local,
+            snapshot: GateSnapshot {
+                state: GateState::Opening,
+                ..GateSnapshot::default()
+            },
+        }
+    }
+
+    /// One gate's events `1..=head`, with the reads counted; `away` fails every read.
+    struct Counted {
+        gate: GateId,
+        head: u64,
+        away: bool,
+        heads_reads: AtomicUsize,
+        since_reads: AtomicUsize,
+    }
+
+    impl Counted {
+        fn new(gate: &GateId, head: u64, away: bool) -> Counted {
+            Counted {
+                gate: gate.clone(),
+                head,
+                away,
+                heads_reads: AtomicUsize::new(0),
+                since_reads: AtomicUsize::new(0),
+            }
+        }
+
+        fn fail<T>(&self) -> Result<T, StoreError> {
+            Err(StoreError::Unavailable("the test store is away".into()))
+        }
+    }
+
+    impl EventStore for Counted {
+        fn append_batch(
+            &self,
+            _: Vec<Arc<GateEvent>>,
+            _: Vec<AuditRecord>,
+        ) -> BoxFuture<'_, Result<(), StoreError>> {
+            Box::pin(async { self.fail() })
+        }
+        fn heads(&self) -> BoxFuture<'_, Result<Vec<(GateId, GateHead)>, StoreError>> {
+            Box::pin(async { self.fail() })
+        }
+        fn heads_of(
+            &self,
+            gates: Vec<GateId>,
+        ) -> BoxFuture<'_, Result<Vec<(GateId, GateHead)>, StoreError>> {
+            Box::pin(async move {
+                self.heads_reads.fetch_add(1, Ordering::Relaxed);
+                if self.away {
+                    return self.fail();
+                }
+                Ok(gates
+                    .into_iter()
+                    .filter(|g| g == &self.gate)
+                    .map(|g| {
+                        let head = GateHead {
+                            seq: self.head,
+                            cycles: None,
+                        };
+                        (g, head)
+                    })
+                    .collect())
+            })
+        }
+        fn since(
+            &self,
+            gate: GateId,
+            after: u64,
+            limit: u32,
+        ) -> BoxFuture<'_, Result<Vec<StoredEvent>, StoreError>> {
+            Box::pin(async move {
+                self.since_reads.fetch_add(1, Ordering::Relaxed);
+                if self.away || gate != self.gate {
+                    return self.fail();
+                }
+                Ok((after + 1..=self.head)
+                    .take(limit as usize)
+                    .map(|seq| StoredEvent {
+                        id: seq as i64,
+                        event: event(&gate, seq),
+                    })
+                    .collect())
+            })
+        }
+        fn latest(&self, _: GateId) -> BoxFuture<'_, Result<Option<StoredEvent>, StoreError>> {
+            Box::pin(async { self.fail() })
+        }
+        fn after(&self, _: i64, _: u32) -> BoxFuture<'_, Result<Vec<StoredEvent>, StoreError>> {
+            Box::pin(async { self.fail() })
+        }
+        fn newest_id(&self) -> BoxFuture<'_, Result<i64, StoreError>> {
+            Box::pin(async { self.fail() })
+        }
+        fn finished_commands(
+            &self,
+            _: u64,
+        ) -> BoxFuture<'_, Result<Vec<FinishedCommand>, StoreError>> {
+            Box::pin(async { self.fail() })
+        }
+    }
+
+    /// Three subscribers of `gate`, each having sent everything up to seq 4, which the hub
+    /// saw last.
+    fn three_at_four(hub: &Hub, gate: &GateId) -> Vec<Arc<Outbox>> {
+        let outboxes: Vec<Arc<Outbox>> = (0..3).map(|_| Arc::new(Outbox::default())).collect();
+        for (i, outbox) in outboxes.iter().enumerate() {
+            outbox.hold(gate);
+            hub.subscribe(ActorId::Local(i as u64), outbox, std::slice::from_ref(gate));
+            outbox.release(gate, 4);
+        }
+        hub.publish(Arc::new(event(gate, 4)));
+        outboxes
+    }
+
+    fn seqs(outbox: &Outbox) -> Vec<u64> {
+        outbox
+            .take_frames()
+            .iter()
+            .map(|f| {
+                let frame: Value = serde_json::from_str(f).unwrap();
+                frame["seq"].as_u64().unwrap()
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_loss_is_read_once_and_filled_once_for_every_subscriber() {
+        let hub = Hub::default();
+        let gate: GateId = "a".parse().unwrap();
+        let outboxes = three_at_four(&hub, &gate);
+        // 5 and 6 were committed but lost on their way to the hub.
+        let store = Counted::new(&gate, 6, false);
+        let heads = GapHeads::new(hub.subscribed_gates(), hub.forget_latest());
+        for outbox in &outboxes {
+            let known = heads.read(&store, &hub).await.expect("the heads were read");
+            assert_eq!(known.get(&gate), Some(&6));
+            assert_eq!(outbox.last(&gate), Some(6), "at the head: nothing to read");
+        }
+        assert_eq!(store.heads_reads.load(Ordering::Relaxed), 1);
+        assert_eq!(store.since_reads.load(Ordering::Relaxed), 1);
+        assert_eq!(hub.stats.gap_filled.load(Ordering::Relaxed), 2);
+        for outbox in &outboxes {
+            assert_eq!(seqs(outbox), vec![5, 6], "each lost event once, in order");
+        }
+        assert_eq!(hub.latest(&gate).map(|e| e.seq), Some(6));
+    }
+
+    #[tokio::test]
+    async fn with_the_store_away_each_session_is_left_to_read_its_gates() {
+        let hub = Hub::default();
+        let gate: GateId = "a".parse().unwrap();
+        let outboxes = three_at_four(&hub, &gate);
+        let store = Counted::new(&gate, 6, true);
+        let heads = GapHeads::new(hub.subscribed_gates(), hub.forget_latest());
+        for _ in &outboxes {
+            assert!(heads.read(&store, &hub).await.is_none());
+        }
+        // Tried once, not once per session.
+        assert_eq!(store.heads_reads.load(Ordering::Relaxed), 1);
+        assert_eq!(store.since_reads.load(Ordering::Relaxed), 0);
+        for outbox in &outboxes {
+            assert_eq!(outbox.last(&gate), Some(4));
+        }
+    }
 }

@@ -33,8 +33,9 @@ pub enum SessionMsg {
         gate: GateId,
         ack: Ack,
     },
-    /// The hub lost events: fill every subscribed gate from the store.
-    Resync,
+    /// The hub lost events: fill every subscribed gate from the store, those behind the
+    /// heads read after the loss only (all of them without heads: the hub restarted).
+    Resync(Option<std::sync::Arc<super::hub::GapHeads>>),
     /// The caller's user or key changed: check the session's authority again.
     AccessChanged,
     /// The fleet changed: drop subscribed gates that are gone, re-check those that moved.

@@ -331,6 +331,17 @@ impl Outbox {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Everything queued, taken as the writer would (for tests elsewhere in `ws`).
+    #[cfg(test)]
+    pub(super) fn take_frames(&self) -> Vec<String> {
+        let mut batch = Vec::new();
+        let mut frames = Vec::new();
+        while self.next(&mut batch).is_none() && !batch.is_empty() {
+            frames.extend(batch.drain(..).map(|f| f.as_str().to_owned()));
+        }
+        frames
+    }
+
     /// The next frames to write, or the close, or nothing yet.
     fn next(&self, batch: &mut Vec<Utf8Bytes>) -> Option<Closing> {
         let mut inner = self.lock();

@@ -22,6 +22,7 @@ mod subscribe;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -180,11 +181,25 @@ impl Actor for Session {
                 let frame = protocol::ack(&ack.id.to_string(), gate.as_str(), status, reason);
                 state.send(frame);
             }
-            SessionMsg::Resync => {
+            SessionMsg::Resync(heads) => {
+                let known = match &heads {
+                    Some(h) => h.read(state.app.events.as_ref(), &state.hub).await,
+                    None => None,
+                };
                 let gates: Vec<GateId> = state.subs.keys().cloned().collect();
                 for gate in gates {
-                    state.resync(&gate).await;
+                    // Everything up to the head read after the loss was sent: nothing lost.
+                    let at_head = match (known.and_then(|k| k.get(&gate)), state.outbox.last(&gate))
+                    {
+                        (Some(&head), Some(last)) => head <= last,
+                        _ => false,
+                    };
+                    if !at_head {
+                        state.hub.stats.gap_refills.fetch_add(1, Ordering::Relaxed);
+                        state.resync(&gate).await;
+                    }
                 }
+                state.hub.stats.gap_checks.fetch_add(1, Ordering::Relaxed);
             }
             SessionMsg::AccessChanged => state.recheck().await,
             SessionMsg::FleetChanged => state.refleet(),
