@@ -243,6 +243,11 @@ impl Hub {
         seen
     }
 
+    /// How many gates some session follows now.
+    pub fn subscribed_gate_count(&self) -> usize {
+        self.subscribed_gates().len()
+    }
+
     /// The gates some session follows now.
     fn subscribed_gates(&self) -> Vec<GateId> {
         let slots: Vec<_> = lock(&self.gates)
@@ -523,30 +528,12 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
 
     use gatehouse_actors::access::AuditRecord;
-    use gatehouse_actors::gate::{Cause, EventKind, GateSnapshot, GateState};
-    use gatehouse_actors::ids::ControllerId;
     use gatehouse_actors::ports::BoxFuture;
     use gatehouse_actors::store::{FinishedCommand, GateHead, StoreError, StoredEvent};
     use serde_json::Value;
 
+    use super::super::outbox::tests::opening as event;
     use super::*;
-
-    fn event(gate: &GateId, seq: u64) -> GateEvent {
-        GateEvent {
-            gate: gate.clone(),
-            controller: "c".parse::<ControllerId>().unwrap(),
-            seq,
-            at_ms: seq,
-            kind: EventKind::StateChanged {
-                from: GateState::Closed,
-            },
-            cause: Cause::Local,
-            snapshot: GateSnapshot {
-                state: GateState::Opening,
-                ..GateSnapshot::default()
-            },
-        }
-    }
 
     /// One gate's events `1..=head`, with the reads counted; `away` fails every read.
     struct Counted {

@@ -447,18 +447,19 @@ impl Outbox {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use gatehouse_actors::gate::{Cause, EventKind, GateSnapshot, GateState};
     use gatehouse_actors::ids::{ControllerId, GateId};
 
     use super::*;
 
-    fn live(gate: &str, seq: u64) -> Arc<LiveEvent> {
-        Arc::new(LiveEvent::new(Arc::new(GateEvent {
-            gate: gate.parse::<GateId>().unwrap(),
+    /// A gate starting to open: the event the `ws` tests move streams with.
+    pub(in crate::ws) fn opening(gate: &GateId, seq: u64) -> GateEvent {
+        GateEvent {
+            gate: gate.clone(),
             controller: "c".parse::<ControllerId>().unwrap(),
             seq,
-            at_ms: 0,
+            at_ms: seq,
             kind: EventKind::StateChanged {
                 from: GateState::Closed,
             },
@@ -467,7 +468,14 @@ mod tests {
                 state: GateState::Opening,
                 ..GateSnapshot::default()
             },
-        })))
+        }
+    }
+
+    fn live(gate: &str, seq: u64) -> Arc<LiveEvent> {
+        Arc::new(LiveEvent::new(Arc::new(opening(
+            &gate.parse::<GateId>().unwrap(),
+            seq,
+        ))))
     }
 
     fn drain(outbox: &Outbox) -> Vec<Value> {

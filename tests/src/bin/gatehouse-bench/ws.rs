@@ -156,6 +156,22 @@ pub struct WsReport {
     pub sessions_coalesced_events: u64,
     /// Metrics on versus off, measured in alternating rounds of this one run.
     pub overhead: Option<Overhead>,
+    /// A loss of events raised on the bus with every session at its gates' heads.
+    pub gap: GapFigures,
+}
+
+/// What one loss of events (a gap raised on the bus, as when Redis drops between nodes)
+/// costs with every session at its gates' heads.
+#[derive(Debug, Serialize, Default)]
+pub struct GapFigures {
+    /// Gates the sessions follow.
+    pub followed_gates: usize,
+    /// From the gap to the last session done checking its gates.
+    pub check_ms: f64,
+    /// Reads of the followed gates' heads (one for all sessions; 256 gates a query).
+    pub head_reads: u64,
+    /// Gates a session read from the store itself.
+    pub session_refills: u64,
 }
 
 /// What instrumentation costs: the same phases with metrics off and on, alternately.
@@ -446,6 +462,33 @@ pub async fn run(sizes: WsSizes) -> anyhow::Result<WsReport> {
         overhead = Some(o);
     }
 
+    // A loss of events, every session at its gates' heads: one heads read for all of them,
+    // no session reading its gates.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = stack.app.sessions.stats();
+    let followed_gates = stack.app.sessions.hub().subscribed_gate_count();
+    let t0 = Instant::now();
+    stack.runtime.bus.signal_gap();
+    let gap_deadline = t0 + Duration::from_secs(120);
+    while stack.app.sessions.stats().gap_checks < before.gap_checks + s.sessions as u64 {
+        if Instant::now() > gap_deadline {
+            bail!(
+                "the sessions did not check their gates within 120 s of a gap: {:?}",
+                stack.app.sessions.stats()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let check_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let after = stack.app.sessions.stats();
+    let gap = GapFigures {
+        followed_gates,
+        check_ms,
+        head_reads: after.gap_head_reads - before.gap_head_reads,
+        session_refills: after.gap_refills - before.gap_refills,
+    };
+    eprintln!("gap phase: {gap:?}");
+
     let stats = stack.app.sessions.stats();
     drop(clients);
     stack.shutdown().await;
@@ -473,6 +516,7 @@ pub async fn run(sizes: WsSizes) -> anyhow::Result<WsReport> {
         sessions_too_slow: stats.too_slow,
         sessions_coalesced_events: stats.coalesced,
         overhead,
+        gap,
     })
 }
 
@@ -520,6 +564,10 @@ pub fn print_text(r: &WsReport) {
         r.burst.latency.p99_ms,
         r.sessions_too_slow,
         r.sessions_coalesced_events
+    );
+    println!(
+        "  a loss of events with every session at its heads: all {} sessions checked their {} gates in {:.0} ms; {} heads read(s), {} gate(s) read by a session",
+        r.sessions, r.gap.followed_gates, r.gap.check_ms, r.gap.head_reads, r.gap.session_refills
     );
     if let Some(o) = &r.overhead {
         println!(
