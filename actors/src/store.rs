@@ -388,6 +388,17 @@ pub trait EventStore: Send + Sync + 'static {
         &self,
         gates: Vec<GateId>,
     ) -> BoxFuture<'_, Result<Vec<(GateId, GateHead)>, StoreError>>;
+    /// The highest seq of each of `gates` that has events: [`heads_of`](Self::heads_of)
+    /// without the cycles, which a store answers in one query.
+    fn head_seqs(
+        &self,
+        gates: Vec<GateId>,
+    ) -> BoxFuture<'_, Result<Vec<(GateId, u64)>, StoreError>> {
+        Box::pin(async move {
+            let heads = self.heads_of(gates).await?;
+            Ok(heads.into_iter().map(|(g, h)| (g, h.seq)).collect())
+        })
+    }
     /// A gate's events with `seq > after`, oldest first.
     fn since(
         &self,

@@ -655,6 +655,23 @@ async fn events_round_trip(ctx: Ctx) {
         .await
         .unwrap();
     assert_eq!(both, all);
+    // Their seqs alone, in one grouped query (what sessions check after a loss of events).
+    let mut seqs = store
+        .head_seqs(vec![
+            GateId::new("quiet").unwrap(),
+            GateId::new("g2").unwrap(),
+            GateId::new("g1").unwrap(),
+        ])
+        .await
+        .unwrap();
+    seqs.sort();
+    assert_eq!(
+        seqs,
+        vec![
+            (GateId::new("g1").unwrap(), last),
+            (GateId::new("g2").unwrap(), 3)
+        ]
+    );
 }
 
 async fn retried_batch_is_not_stored_twice(ctx: Ctx) {

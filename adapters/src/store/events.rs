@@ -484,6 +484,31 @@ pub(super) async fn heads_of(
         .collect()
 }
 
+/// The highest seq of each of `gates` that has events, in one grouped query (`MAX(seq)` per
+/// gate reads the `(gate, seq)` index): what sessions check against after a loss of events.
+pub(super) async fn head_seqs(
+    conn: &mut Conn,
+    gates: &[GateId],
+) -> Result<Vec<(GateId, u64)>, Error> {
+    let names: Vec<&str> = gates.iter().map(GateId::as_str).collect();
+    let rows: Vec<(String, Option<i64>)> = with_conn!(conn, |c| {
+        gate_events::table
+            .filter(gate_events::gate.eq_any(&names))
+            .group_by(gate_events::gate)
+            .select((gate_events::gate, diesel::dsl::max(gate_events::seq)))
+            .load(c)
+            .await
+    })?;
+    rows.into_iter()
+        .filter_map(|(gate, seq)| seq.map(|seq| (gate, seq)))
+        .map(|(gate, seq)| {
+            let id = GateId::new(&gate)
+                .map_err(|e| Error::Other(format!("stored gate id {gate:?} is invalid: {e}")))?;
+            Ok((id, from_db(seq, || format!("gate {gate}: seq"))?))
+        })
+        .collect()
+}
+
 /// A gate's events with `seq > after`, oldest first.
 pub(super) async fn since(
     conn: &mut Conn,

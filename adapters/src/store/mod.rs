@@ -664,6 +664,18 @@ impl EventStore for Store {
         })
     }
 
+    fn head_seqs(
+        &self,
+        gates: Vec<GateId>,
+    ) -> BoxFuture<'_, Result<Vec<(GateId, u64)>, StoreError>> {
+        Box::pin(async move {
+            let mut conn = self.conn().await.map_err(Error::into_store)?;
+            events::head_seqs(&mut conn, &gates)
+                .await
+                .map_err(Error::into_store)
+        })
+    }
+
     fn since(
         &self,
         gate: GateId,

@@ -271,7 +271,7 @@ impl Hub {
     }
 }
 
-/// How many gates one heads read asks for (`EventStore::heads_of`).
+/// How many gates one heads read asks for (`EventStore::head_seqs`).
 const HEADS_PER_READ: usize = 256;
 
 /// Events the hub fills per gate after a loss, at most: a gate further behind is left to its
@@ -322,8 +322,8 @@ impl GapHeads {
                 let mut heads: HashMap<GateId, u64> =
                     self.gates.iter().map(|g| (g.clone(), 0)).collect();
                 for chunk in self.gates.chunks(HEADS_PER_READ) {
-                    match store.heads_of(chunk.to_vec()).await {
-                        Ok(found) => heads.extend(found.into_iter().map(|(g, h)| (g, h.seq))),
+                    match store.head_seqs(chunk.to_vec()).await {
+                        Ok(found) => heads.extend(found),
                         Err(e) => {
                             tracing::warn!(error = %e, "gate heads unreadable after a loss of events; each session reads its gates");
                             return None;
