@@ -311,11 +311,10 @@ impl RedisBus {
     /// took it (for a node about to exit, whose queue may never be drained). Bound it with a
     /// timeout: getting a connection waits up to 2 s while Redis is away.
     pub async fn announce_now(&self, notice: serde_json::Value) -> Result<(), String> {
-        let payload = serde_json::to_vec(&EnvelopeRef {
-            from: self.inner.node.as_str(),
-            body: &Body::Notice { notice },
-        })
-        .map_err(|e| e.to_string())?;
+        let payload = self
+            .inner
+            .encode(&Body::Notice { notice })
+            .map_err(|e| e.to_string())?;
         let mut conn = self.pool.get().await.map_err(|e| e.to_string())?;
         let _reached: i64 = redis::cmd("PUBLISH")
             .arg(self.inner.channel("notices"))
@@ -333,6 +332,14 @@ impl RedisBus {
 }
 
 impl Inner {
+    /// `body` as this node sends it on any channel.
+    fn encode(&self, body: &Body) -> serde_json::Result<Vec<u8>> {
+        serde_json::to_vec(&EnvelopeRef {
+            from: self.node.as_str(),
+            body,
+        })
+    }
+
     fn channel(&self, name: &str) -> String {
         format!("{}{name}", self.prefix)
     }
@@ -348,11 +355,7 @@ impl Inner {
         is_events: bool,
         on_fail: Option<Box<dyn FnOnce() + Send + Sync>>,
     ) {
-        let envelope = EnvelopeRef {
-            from: self.node.as_str(),
-            body,
-        };
-        let payload = match serde_json::to_vec(&envelope) {
+        let payload = match self.encode(body) {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(error = %e, "a bus message could not be encoded");
@@ -643,11 +646,7 @@ async fn publish(
     let mut conn = pool.get().await.map_err(|e| e.to_string())?;
     let mut pipe = redis::pipe();
     if gap_first {
-        let gap = serde_json::to_vec(&EnvelopeRef {
-            from: me.node.as_str(),
-            body: &Body::Gap,
-        })
-        .map_err(|e| e.to_string())?;
+        let gap = me.encode(&Body::Gap).map_err(|e| e.to_string())?;
         pipe.cmd("PUBLISH")
             .arg(me.channel("events"))
             .arg(gap)

@@ -226,21 +226,21 @@ impl Hub {
         }
     }
 
-    /// Forgets every gate's newest event (after a restart, they may be stale): subscribers
-    /// read the gate's committed state instead.
-    /// Answers the seq of each newest event forgotten.
-    fn forget_latest(&self) -> HashMap<GateId, u64> {
-        let slots: Vec<_> = lock(&self.gates)
+    /// Every gate's slot (the map's lock is not held while a slot is looked at).
+    fn slots(&self) -> Vec<(GateId, Arc<Mutex<Slot>>)> {
+        lock(&self.gates)
             .iter()
             .map(|(g, s)| (g.clone(), s.clone()))
-            .collect();
-        let mut seen = HashMap::new();
-        for (gate, slot) in slots {
-            if let Some(latest) = lock(&slot).latest.take() {
-                seen.insert(gate, latest.event.seq);
-            }
-        }
-        seen
+            .collect()
+    }
+
+    /// Forgets every gate's newest event (after a restart, they may be stale): subscribers
+    /// read the gate's committed state instead. Answers the seq of each event forgotten.
+    fn forget_latest(&self) -> HashMap<GateId, u64> {
+        self.slots()
+            .into_iter()
+            .filter_map(|(gate, slot)| Some((gate, lock(&slot).latest.take()?.event.seq)))
+            .collect()
     }
 
     /// How many gates some session follows now.
@@ -250,14 +250,10 @@ impl Hub {
 
     /// The gates some session follows now.
     fn subscribed_gates(&self) -> Vec<GateId> {
-        let slots: Vec<_> = lock(&self.gates)
-            .iter()
-            .map(|(g, s)| (g.clone(), s.clone()))
-            .collect();
-        slots
+        self.slots()
             .into_iter()
-            .filter(|(_, s)| !lock(s).subscribers.is_empty())
-            .map(|(g, _)| g)
+            .filter(|(_, slot)| !lock(slot).subscribers.is_empty())
+            .map(|(gate, _)| gate)
             .collect()
     }
 
@@ -335,7 +331,7 @@ impl GapHeads {
                         && seen < head
                         && head - seen <= FILL_PER_GATE
                     {
-                        self.fill(store, hub, gate, seen, head).await;
+                        Self::fill(store, hub, gate, seen, head).await;
                     }
                 }
                 Some(heads)
@@ -346,8 +342,7 @@ impl GapHeads {
 
     /// Hands `gate`'s committed events `after + 1 ..= head` to its subscribers, as if live
     /// (each outbox drops what it already has). A failed read leaves them to the sessions.
-    async fn fill(&self, store: &dyn EventStore, hub: &Hub, gate: &GateId, after: u64, head: u64) {
-        let mut after = after;
+    async fn fill(store: &dyn EventStore, hub: &Hub, gate: &GateId, mut after: u64, head: u64) {
         while after < head {
             let limit = (head - after).min(500) as u32;
             let page = match store.since(gate.clone(), after, limit).await {

@@ -114,10 +114,8 @@ pub struct SessionStats {
     pub coalesced: u64,
     pub hub_lagged: u64,
     /// After losses: reads of the subscribed gates' heads (one per loss, for all sessions),
-    /// events the hub refilled for all subscribers, sessions that finished checking, and
-    /// gates a session refilled from the store itself.
+    /// sessions that finished checking, and gates a session refilled from the store itself.
     pub gap_head_reads: u64,
-    pub gap_filled: u64,
     pub gap_checks: u64,
     pub gap_refills: u64,
     /// Times the hub actor was restarted after a failure.
@@ -166,7 +164,6 @@ impl Sessions {
             coalesced: s.coalesced.load(Ordering::Relaxed),
             hub_lagged: s.lagged.load(Ordering::Relaxed),
             gap_head_reads: s.gap_head_reads.load(Ordering::Relaxed),
-            gap_filled: s.gap_filled.load(Ordering::Relaxed),
             gap_checks: s.gap_checks.load(Ordering::Relaxed),
             gap_refills: s.gap_refills.load(Ordering::Relaxed),
             hub_restarts: s.starts.load(Ordering::Relaxed).saturating_sub(1),

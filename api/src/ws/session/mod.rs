@@ -189,11 +189,10 @@ impl Actor for Session {
                 let gates: Vec<GateId> = state.subs.keys().cloned().collect();
                 for gate in gates {
                     // Everything up to the head read after the loss was sent: nothing lost.
-                    let at_head = match (known.and_then(|k| k.get(&gate)), state.outbox.last(&gate))
-                    {
-                        (Some(&head), Some(last)) => head <= last,
-                        _ => false,
-                    };
+                    let at_head = known
+                        .and_then(|k| k.get(&gate))
+                        .zip(state.outbox.last(&gate))
+                        .is_some_and(|(&head, last)| head <= last);
                     if !at_head {
                         state.hub.stats.gap_refills.fetch_add(1, Ordering::Relaxed);
                         state.resync(&gate).await;
